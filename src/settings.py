@@ -1,0 +1,57 @@
+"""One typed settings object for the whole project.
+
+Every path is resolved against the project root so the CLI, notebooks (which run with
+``notebooks/`` as working directory) and tests all agree on where data lives.
+Override any field with an environment variable ``NEXTOFFER_<FIELD>``.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Paths and defaults; nothing is read or created when this is constructed."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTOFFER_", extra="ignore")
+
+    root: Path = Field(default=PACKAGE_ROOT, description="Project root; other paths hang off it.")
+    data_dir: Path = Path("data")
+    mlruns_dir: Path = Path("mlruns")
+    reports_dir: Path = Path("reports")
+    benchmarks_dir: Path = Path("benchmarks/results")
+
+    seed: int = 7
+    customers: int = 2_000
+    days: int = 60
+    start_date: date = date(2026, 1, 1)
+
+    def resolve(self, path: Path) -> Path:
+        """Absolute path: relative paths are taken from the project root."""
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def raw_dir(self) -> Path:
+        """Observable raw tables, as a bank would hand them over."""
+        return self.resolve(self.data_dir) / "raw"
+
+    @property
+    def truth_dir(self) -> Path:
+        """The simulator's hidden truth (latent needs, true probabilities); never a model input."""
+        return self.resolve(self.data_dir) / "truth"
+
+    @property
+    def features_dir(self) -> Path:
+        """Derived tables: identity map, customer views, feature tables."""
+        return self.resolve(self.data_dir) / "features"
+
+    @property
+    def rejects_dir(self) -> Path:
+        """Rows refused by validation in quarantine mode, with the reason."""
+        return self.resolve(self.data_dir) / "rejects"
