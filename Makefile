@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Everything installs into .venv from the pinned lock file (requirements.lock).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.8
+
+.PHONY: demo test bench bench-quick lab lock notebooks-sync lint clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)  ## simulate a small bank, validate it, build the customer view
+	$(VENV)/bin/nextoffer demo
+
+test: $(STAMP)  ## the whole test suite, notebooks included (small data)
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## benchmarks at full size; JSON under benchmarks/results/
+	$(PY) -m benchmarks.run
+
+bench-quick: $(STAMP)  ## the same benchmarks at a small size, to check they run
+	$(PY) -m benchmarks.run --customers 2000 --days 14 --out benchmarks/results/quick
+
+lab: $(STAMP)  ## JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+lock: $(STAMP)  ## re-pin requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
+
+notebooks-sync: $(STAMP)  ## regenerate .ipynb from the paired py:percent files
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) data/raw data/truth data/features data/rejects reports

@@ -1,0 +1,109 @@
+"""``make bench``: every benchmark in one run, results as JSON under benchmarks/results/.
+
+Each benchmark compares the project's implementation against a straightforward baseline
+measured in the same run on the same data, and reports the ratio — absolute seconds on a
+shared 2-core machine mean little on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from src.settings import Settings
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures come from, so results from different machines are not compared blindly."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "commit": commit,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "run_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_result(out_dir: Path, name: str, params: dict[str, Any], result: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    payload = {"benchmark": name, "params": params, "machine": machine_info(), "result": result}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"[bench] {name}: {json.dumps(result, default=str)[:400]}")
+    print(f"[bench] wrote {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only these benchmarks (by name)"
+    )
+    args = parser.parse_args(argv)
+
+    settings = Settings(seed=args.seed, customers=args.customers, days=args.days)
+    out_dir = settings.resolve(args.out) if args.out else settings.resolve(settings.benchmarks_dir)
+    work = settings.root / "benchmarks" / ".data" / f"{args.customers}x{args.days}"
+    raw_dir, truth_dir = work / "raw", work / "truth"
+    params = {"customers": args.customers, "days": args.days, "seed": args.seed}
+    as_of = datetime.combine(settings.start_date, datetime.min.time()) + timedelta(days=args.days)
+
+    def wanted(name: str) -> bool:
+        return args.only is None or name in args.only
+
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+
+    def bench_simulator() -> dict[str, Any]:
+        from benchmarks import bench_simulator
+
+        return bench_simulator.run(args.customers, args.days, work, seed=args.seed)
+
+    def bench_customer_view() -> dict[str, Any]:
+        from benchmarks import bench_customer_view
+
+        return bench_customer_view.run(raw_dir, as_of)
+
+    def bench_detection() -> dict[str, Any]:
+        from benchmarks import bench_detection
+        from src.features.identity import stitched_events
+
+        events = stitched_events(raw_dir)
+        return bench_detection.run(events)
+
+    steps = [
+        ("simulator", bench_simulator),
+        ("customer_view", bench_customer_view),
+        ("detection", bench_detection),
+    ]
+    if not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
+        raise SystemExit(f"no simulated data under {raw_dir}: run the simulator benchmark first")
+    for name, step in steps:
+        if wanted(name):
+            write_result(out_dir, name, params, step())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The one command line: ``nextoffer <subcommand>``.
+
+Subcommands are thin: they parse options into the settings object and call functions in
+``src``; heavy imports happen inside each command so ``nextoffer --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from src.settings import Settings
+
+app = typer.Typer(
+    name="nextoffer",
+    help="Next best offer for every bank customer.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+CustomersOpt = Annotated[Optional[int], typer.Option("--customers", help="Customers to simulate.")]
+DaysOpt = Annotated[Optional[int], typer.Option("--days", help="Days to simulate.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Data directory (default: data/).")
+]
+
+
+def _settings(**overrides: object) -> Settings:
+    """Settings from the environment, with command-line options taking precedence."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)
+
+
+@app.command()
+def simulate(
+    customers: CustomersOpt = None,
+    days: DaysOpt = None,
+    seed: SeedOpt = None,
+    data_dir: DataDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Simulate the synthetic bank: raw tables under data/raw, its truth under data/truth."""
+    from src.pipeline import run_simulation
+
+    settings = _settings(customers=customers, days=days, seed=seed, data_dir=data_dir)
+    counts = run_simulation(settings, progress=not quiet)
+    for table, rows in counts.items():
+        typer.echo(f"{table:<14} {rows:>12,} rows")
+    typer.echo(f"raw tables: {settings.raw_dir}\ntruth:      {settings.truth_dir}")
+
+
+@app.command()
+def validate(
+    data_dir: DataDirOpt = None,
+    quarantine: Annotated[
+        bool,
+        typer.Option("--quarantine", help="Write rejected rows with reasons to data/rejects/ "
+                     "and accept the rest, instead of failing on the first bad table."),
+    ] = False,
+) -> None:
+    """Validate the raw tables against the data contract; bad input names table, column, rows."""
+    from src.data.loaders import RawDataError, validate_raw
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        report = validate_raw(
+            settings.raw_dir, quarantine_dir=settings.rejects_dir if quarantine else None
+        )
+    except RawDataError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(_format_validation(report))
+
+
+def _format_validation(report: dict) -> str:
+    lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}"]
+    accepted = report.get("accepted", report)
+    rejected = report.get("rejected", {})
+    for table, rows in accepted.items():
+        lines.append(f"{table:<14} {rows:>12,} {rejected.get(table, 0):>10,}")
+    return "\n".join(lines)
+
+
+@app.command("build-view")
+def build_view(
+    as_of: Annotated[
+        Optional[datetime],
+        typer.Option("--as-of", help="View as of this date: only events strictly before it. "
+                     "Default: the day after the last simulated day."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Stitch identities and build the point-in-time customer view (DuckDB over Parquet)."""
+    from src.pipeline import run_customer_view
+
+    settings = _settings(data_dir=data_dir)
+    result = run_customer_view(settings, as_of=as_of)
+    for name, path in result.items():
+        typer.echo(f"{name:<16} {path}")
+
+
+@app.command("to-spark-sql")
+def to_spark_sql(
+    name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],
+) -> None:
+    """Print a feature SQL file transpiled to Spark SQL (sqlglot)."""
+    from src.features.spark import spark_sql_for
+
+    typer.echo(spark_sql_for(name))
+
+
+@app.command()
+def demo(
+    customers: CustomersOpt = None,
+    days: DaysOpt = None,
+    seed: SeedOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The main job end to end on embedded defaults: simulate, validate, stitch, build the view."""
+    from src.pipeline import run_demo
+
+    settings = _settings(customers=customers, days=days, seed=seed, data_dir=data_dir)
+    run_demo(settings, echo=typer.echo)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
