@@ -32,6 +32,12 @@ TXN_CODES: tuple[str, ...] = (
 )
 TXN_CHANNELS: tuple[str, ...] = ("app", "web", "branch", "atm", "auto")
 CURRENCIES: tuple[str, ...] = ("KRW", "USD", "JPY", "EUR", "CNY", "VND")
+# Fixed reference rates (KRW per unit) to put amounts in different currencies on one scale.
+# Raw amounts stay in the transaction's own currency; features and rules that need KRW
+# ("a remittance of at least 10M KRW") convert with these. Approximate constants, not market data.
+KRW_REFERENCE_RATES: dict[str, float] = {
+    "KRW": 1.0, "USD": 1400.0, "JPY": 9.5, "EUR": 1500.0, "CNY": 195.0, "VND": 0.055,
+}
 SLOTS: tuple[str, ...] = ("home_banner", "account_message", "events_for_me")
 CONTACT_CHANNELS: tuple[str, ...] = ("push", "sms", "messenger", "email")
 

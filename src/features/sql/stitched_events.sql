@@ -1,0 +1,39 @@
+-- stitched_events: the StitchedEvents stream (src/data/schemas.py) as of $as_of:
+-- stitched clicks UNION ALL transactions, ordered by customer (unresolved last), ts, event_id.
+-- Needs the stitched_clicks view (stitched_clicks.sql) for the same $as_of.
+-- Transaction-only fields are NULL on clicks and click-only fields NULL on transactions.
+SELECT
+    event_id,
+    ts,
+    customer_id,
+    'click' AS source,
+    channel,
+    CAST(session_id AS BIGINT) AS session_id,
+    page,
+    action,
+    CAST(dwell_seconds AS DOUBLE) AS dwell_seconds,
+    referrer,
+    CAST(NULL AS VARCHAR) AS code,
+    CAST(NULL AS DOUBLE) AS amount,
+    CAST(NULL AS VARCHAR) AS currency,
+    CAST(NULL AS VARCHAR) AS product
+FROM stitched_clicks
+UNION ALL
+SELECT
+    event_id,
+    ts,
+    customer_id,
+    'txn' AS source,
+    channel,
+    CAST(session_id AS BIGINT) AS session_id,
+    CAST(NULL AS VARCHAR) AS page,
+    CAST(NULL AS VARCHAR) AS action,
+    CAST(NULL AS DOUBLE) AS dwell_seconds,
+    CAST(NULL AS VARCHAR) AS referrer,
+    code,
+    CAST(amount AS DOUBLE) AS amount,
+    currency,
+    product
+FROM transactions
+WHERE ts < $as_of
+ORDER BY customer_id NULLS LAST, ts, event_id

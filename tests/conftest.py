@@ -1,0 +1,25 @@
+"""Shared fixtures: one small simulated bank per test session, reused read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.settings import Settings
+
+SMALL_BANK = {"customers": 400, "days": 35, "seed": 11}
+
+
+@pytest.fixture(scope="session")
+def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at a small simulated bank (raw + truth) in a temp data dir.
+
+    Tests must not write into it; copy it first if a test needs to change the data.
+    """
+    from src.pipeline import run_simulation
+
+    data_dir: Path = tmp_path_factory.mktemp("bank")
+    settings = Settings(data_dir=data_dir, **SMALL_BANK)
+    run_simulation(settings, progress=False)
+    return settings
