@@ -1,0 +1,27 @@
+"""Simulator throughput: events (clicks + transactions) written per second, end to end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from src.data.synthetic import SimConfig, simulate
+
+
+def run(customers: int, days: int, out_dir: Path, seed: int = 7, progress: bool = True) -> dict[str, Any]:
+    """Simulate into ``out_dir/raw`` and ``out_dir/truth``; report events, seconds, events/s."""
+    out_dir = Path(out_dir)
+    config = SimConfig(customers=customers, days=days, seed=seed)
+    started = time.perf_counter()
+    counts = simulate(config, out_dir / "raw", out_dir / "truth", progress=progress)
+    seconds = time.perf_counter() - started
+    events = counts["clickstream"] + counts["transactions"]
+    return {
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds),
+        "clicks_per_customer_day": round(counts["clickstream"] / (customers * days), 2),
+        "transactions_per_customer_day": round(counts["transactions"] / (customers * days), 2),
+        "rows": counts,
+    }
