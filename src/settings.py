@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     reports_dir: Path = Path("reports")
     benchmarks_dir: Path = Path("benchmarks/results")
 
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="A tracking server; default: SQLite under mlruns/ (embedded).",
+    )
+
     seed: int = 7
     customers: int = 2_000
     days: int = 60
@@ -35,6 +41,18 @@ class Settings(BaseSettings):
     def resolve(self, path: Path) -> Path:
         """Absolute path: relative paths are taken from the project root."""
         return path if path.is_absolute() else self.root / path
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking + registry: ``MLFLOW_TRACKING_URI`` if set, else SQLite in mlruns/."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.resolve(self.mlruns_dir) / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where runs store artifacts when tracking is embedded (MLflow 3 has no bare file store)."""
+        return self.resolve(self.mlruns_dir) / "artifacts"
 
     @property
     def raw_dir(self) -> Path:
