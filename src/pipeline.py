@@ -34,22 +34,16 @@ def run_simulation(settings: Settings, progress: bool = True) -> dict[str, int]:
 
 
 def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict[str, Path]:
-    """Stitch identities and build the customer view as of a date; write both as Parquet."""
-    from src.features.customer_view import build_customer_view
-    from src.features.identity import identity_map, stitched_events
+    """Stitch identities and build the customer view as of a date; write them as Parquet.
+
+    Both go straight from DuckDB to Parquet, so this step scales to the full bank.
+    """
+    from src.features.customer_view import write_customer_view
+    from src.features.identity import write_identity
 
     as_of = as_of or default_as_of(settings)
-    out = settings.features_dir
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = as_of.strftime("%Y-%m-%d")
-    paths = {
-        "identity_map": out / f"identity_map_{stamp}.parquet",
-        "stitched_events": out / "stitched_events.parquet",
-        "customer_view": out / f"customer_view_{stamp}.parquet",
-    }
-    identity_map(settings.raw_dir, as_of=as_of).to_parquet(paths["identity_map"], index=False)
-    stitched_events(settings.raw_dir).to_parquet(paths["stitched_events"], index=False)
-    build_customer_view(settings.raw_dir, as_of).to_parquet(paths["customer_view"], index=False)
+    paths = write_identity(settings.raw_dir, settings.features_dir, as_of=as_of)
+    paths["customer_view"] = write_customer_view(settings.raw_dir, settings.features_dir, as_of)
     return paths
 
 

@@ -1,0 +1,45 @@
+"""The main job end to end through the CLI, as `make demo` runs it (tiny size)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from src.cli import app
+from src.settings import Settings
+
+
+def test_demo_builds_the_view_and_says_where(tmp_path: Path):
+    result = CliRunner().invoke(
+        app, ["demo", "--customers", "150", "--days", "10", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    view_path = tmp_path / "features" / "customer_view_2026-01-11.parquet"
+    assert view_path.exists()
+    view = pd.read_parquet(view_path)
+    customers = pd.read_parquet(tmp_path / "raw" / "customers.parquet")
+    assert set(view["customer_id"]) <= set(customers["customer_id"])
+    assert str(view_path) in result.output
+    assert "0 rejected" in result.output
+
+
+def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, tmp_path: Path):
+    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    transactions = pd.read_parquet(tmp_path / "raw" / "transactions.parquet")
+    bad_event = int(transactions["event_id"].iloc[3])
+    transactions.loc[3, "amount"] = -5.0
+    transactions.to_parquet(tmp_path / "raw" / "transactions.parquet", index=False)
+
+    strict = CliRunner().invoke(app, ["validate", "--data-dir", str(tmp_path)])
+    assert strict.exit_code == 1
+    for expected in ("transactions", "amount", str(bad_event)):
+        assert expected in strict.output
+
+    lenient = CliRunner().invoke(app, ["validate", "--quarantine", "--data-dir", str(tmp_path)])
+    assert lenient.exit_code == 0, lenient.output
+    rejects = pd.read_parquet(tmp_path / "rejects" / "transactions.rejects.parquet")
+    assert rejects["event_id"].tolist() == [str(bad_event)]
+    assert "amount" in rejects["reject_reason"].iloc[0]
