@@ -1,0 +1,99 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 — Behaviour detection and customer journeys
+#
+# The stitched event stream (web/app clicks and transactions of each customer, in time order)
+# seen two ways: **rules** that detect behaviour patterns — the same YAML rules run in batch
+# here and online in the serving path — and **journeys**: sessions, paths around a page, top
+# paths and funnels by segment. Logic lives in `src/features/detection` and
+# `src/features/journeys`; this notebook runs it on the synthetic bank and plots it.
+
+# %% tags=["parameters"]
+data_dir = ""  # empty: the project's data/ directory (run `make demo` first)
+target_page = "loan_limit_result"  # the page whose before/after paths we look at
+path_steps = 3  # pages before and after the target
+segment = "life_stage"  # customer column to split funnels by
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from src.features import journeys
+from src.features.identity import connect_raw, stitched_events
+from src.settings import Settings
+
+settings = Settings(data_dir=data_dir) if data_dir else Settings()
+events = stitched_events(settings.raw_dir)
+customers = connect_raw(settings.raw_dir, tables=("customers",)).sql("SELECT * FROM customers").df()
+print(f"{len(events):,} events of {events['customer_id'].nunique():,} customers, "
+      f"{events['ts'].min():%Y-%m-%d} .. {events['ts'].max():%Y-%m-%d}")
+journeys.attribution_summary(events)
+
+# %% [markdown]
+# ## Sessions
+# A journey session ends after 30 minutes without activity or when the customer switches between
+# web and app. Web/app transactions join the session they happened in; branch, ATM and automatic
+# transactions form sessions of their own without pages.
+
+# %%
+sessions = journeys.sessionize(events)
+table = journeys.session_table(sessions)
+busiest = table.groupby("customer_id").size().idxmax()
+print(f"{len(table):,} sessions; one customer's journey ({busiest}):")
+journeys.customer_journey(sessions, busiest).head(10)
+
+# %% [markdown]
+# ## Paths before and after a target page
+
+# %%
+around = journeys.paths_around(sessions, target_page, before=path_steps, after=path_steps)
+fig = journeys.plot_top_paths(journeys.top_paths(around, k=10))
+fig.suptitle(f"Top paths through {target_page}")
+journeys.sankey_figure(around, title=f"Paths through {target_page}")
+
+# %% [markdown]
+# ## Start-to-end paths
+# Whole sessions from entry page to exit page; habits (home → account → transfer) dominate.
+
+# %%
+journeys.start_to_end_paths(table, k=10)
+
+# %% [markdown]
+# ## Which paths lead to an error page?
+# `rate` is how often the error page follows the path among all times the path occurs: a busy
+# path is not necessarily a broken one.
+
+# %%
+to_error = journeys.paths_to(sessions, "error", before=path_steps)
+fig = journeys.plot_top_paths(to_error.head(10))
+fig.suptitle("Paths into the error page")
+to_error.head(10)
+
+# %% [markdown]
+# ## Funnels by segment
+# Loan: limit inquiry → result → application steps → done, within one session.
+
+# %%
+loan_steps = ["loan_main", "loan_limit_inquiry", "loan_limit_result", "loan_apply_step1",
+              "loan_apply_done"]
+loan_funnel = journeys.funnel(sessions, loan_steps, by=segment, customers=customers)
+journeys.plot_funnel(loan_funnel)
+loan_funnel.head(12)
+
+# %%
+signup_steps = ["signup_step1", "signup_step2", "signup_step3", "signup_done"]
+signup_funnel = journeys.funnel(sessions, signup_steps, by=segment, customers=customers)
+journeys.plot_funnel(signup_funnel)
+plt.show()
