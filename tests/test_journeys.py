@@ -50,6 +50,7 @@ COLUMNS = [
     "amount",
     "currency",
     "product",
+    "amount_krw",
 ]
 
 
@@ -87,6 +88,7 @@ class Stream:
                 "amount": None,
                 "currency": None,
                 "product": None,
+                "amount_krw": None,
             }
         )
         return self
@@ -124,6 +126,7 @@ class Stream:
                 "amount": amount,
                 "currency": "KRW",
                 "product": None,
+                "amount_krw": amount,
             }
         )
         return self

@@ -216,6 +216,7 @@ class StitchedEvents(pa.DataFrameModel):
     amount: Series[float] = pa.Field(nullable=True)
     currency: Series[str] = pa.Field(nullable=True)
     product: Series[str] = pa.Field(nullable=True)
+    amount_krw: Series[float] = pa.Field(nullable=True)  # amount at KRW_REFERENCE_RATES
 
     class Config:
         name = "stitched_events"

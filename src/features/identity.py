@@ -30,7 +30,7 @@ IDENTITY_TABLES: tuple[str, ...] = ("clickstream", "transactions")
 """Raw tables stitching reads."""
 
 IDENTITY_STAGES: tuple[str, ...] = (
-    "session_keys", "identity_map", "session_map", "stitched_clicks", "stitched_events",
+    "session_keys", "identity_map", "session_map", "stitched_clicks", "fx_rates", "stitched_events",
 )
 """SQL files (and the view each defines), in dependency order."""
 

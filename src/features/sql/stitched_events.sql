@@ -2,6 +2,7 @@
 -- stitched clicks UNION ALL transactions, ordered by customer (unresolved last), ts, event_id.
 -- Needs the stitched_clicks view (stitched_clicks.sql) for the same $as_of.
 -- Transaction-only fields are NULL on clicks and click-only fields NULL on transactions.
+-- amount_krw puts every currency on one scale (fx_rates.sql), so rules can say "10M KRW".
 SELECT
     event_id,
     ts,
@@ -16,7 +17,8 @@ SELECT
     CAST(NULL AS VARCHAR) AS code,
     CAST(NULL AS DOUBLE) AS amount,
     CAST(NULL AS VARCHAR) AS currency,
-    CAST(NULL AS VARCHAR) AS product
+    CAST(NULL AS VARCHAR) AS product,
+    CAST(NULL AS DOUBLE) AS amount_krw
 FROM stitched_clicks
 UNION ALL
 SELECT
@@ -32,8 +34,10 @@ SELECT
     CAST(NULL AS VARCHAR) AS referrer,
     code,
     CAST(amount AS DOUBLE) AS amount,
-    currency,
-    product
-FROM transactions
+    t.currency,
+    product,
+    CAST(amount AS DOUBLE) * r.krw_rate AS amount_krw
+FROM transactions AS t
+LEFT JOIN fx_rates AS r ON r.currency = t.currency
 WHERE ts < $as_of
 ORDER BY customer_id NULLS LAST, ts, event_id
