@@ -31,6 +31,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from src.features import journeys
+from src.features.detection import (
+    OnlineDetector, detect, events_from_frame, funnel_report, load_rules, rule_features,
+)
+from src.features.detection.events import detections_frame
 from src.features.identity import connect_raw, stitched_events
 from src.settings import Settings
 
@@ -40,6 +44,69 @@ customers = connect_raw(settings.raw_dir, tables=("customers",)).sql("SELECT * F
 print(f"{len(events):,} events of {events['customer_id'].nunique():,} customers, "
       f"{events['ts'].min():%Y-%m-%d} .. {events['ts'].max():%Y-%m-%d}")
 journeys.attribution_summary(events)
+
+# %% [markdown]
+# ## Rules
+# The shipped rules (`src/features/rules/*.yaml`): ordered steps over clicks and transactions,
+# time windows, absences that fire as timeouts, dwell and count conditions, and an action for the
+# online path.
+
+# %%
+rules = load_rules()
+pd.DataFrame(
+    [{"rule": r.name, "kind": r.kind, "steps": " → ".join(s.name for s in r.steps),
+      "action": r.action} for r in rules]
+)
+
+# %% [markdown]
+# ### Batch over history
+
+# %%
+until = events["ts"].max()
+detections = detect(events, rules, until=until)
+per_day = (detections.assign(day=detections["fired_at"].dt.floor("D"))
+           .groupby(["day", "rule"]).size().unstack(fill_value=0))
+ax = per_day.plot(figsize=(10, 3.5), title="Detections per day by rule")
+ax.set_ylabel("detections")
+detections.groupby(["rule", "kind"]).size().rename("detections").to_frame()
+
+# %% [markdown]
+# ### Online, one event at a time — the same detections
+# The serving path sees events one by one in time order. Replaying the history through the
+# online evaluator (and a final clock tick for pending timeouts) gives exactly the batch result.
+
+# %%
+online = OnlineDetector(rules)
+fired = online.process_many(events_from_frame(events))
+fired += online.tick(until)
+online_frame = detections_frame(fired)
+key = ["customer_id", "rule", "kind", "anchor_at", "fired_at"]
+same = (online_frame[key].sort_values(key).reset_index(drop=True)
+        .equals(detections[key].sort_values(key).reset_index(drop=True)))
+print(f"batch {len(detections):,} detections, online {len(online_frame):,}; identical: {same}; "
+      f"online state at the end: {online.state_size():,} partial matches")
+
+# %% [markdown]
+# ### Step funnels per rule, by segment
+
+# %%
+fig, axes = plt.subplots(1, len(rules), figsize=(3.2 * len(rules), 3.2), sharey=False)
+for ax, rule in zip(axes, rules):
+    report = funnel_report(events, rule, customers=customers, by=segment, until=until)
+    steps = report.groupby(["step", "step_name"])["customers"].sum()
+    ax.bar([f"{i}. {name}" for i, name in steps.index], steps.values, color="tab:blue")
+    ax.set_title(rule.name, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+plt.tight_layout()
+funnel_report(events, rules[0], customers=customers, by=segment, until=until).head(10)
+
+# %% [markdown]
+# ### Rule features as of a date (for the models)
+
+# %%
+as_of = until.normalize()
+features = rule_features(detections, as_of, customers, rules=rules, wide=True)
+features.describe().T.head(12)
 
 # %% [markdown]
 # ## Sessions

@@ -103,6 +103,32 @@ def build_view(
         typer.echo(f"{name:<16} {path}")
 
 
+@app.command()
+def detect(
+    as_of: Annotated[
+        Optional[datetime],
+        typer.Option("--as-of", help="Evaluate events strictly before this time "
+                     "(default: the day after the last simulated day)."),
+    ] = None,
+    rules: Annotated[
+        Optional[Path], typer.Option("--rules", help="A rule file or directory of YAML rules.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the behaviour rules over history: detections, step funnels, rule features."""
+    from src.features.detection import RuleError
+    from src.pipeline import run_detection
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        paths = run_detection(settings, as_of=as_of, rules_path=rules)
+    except RuleError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    for name, path in paths.items():
+        typer.echo(f"{name:<16} {path}")
+
+
 @app.command("to-spark-sql")
 def to_spark_sql(
     name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],

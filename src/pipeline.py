@@ -47,6 +47,45 @@ def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict
     return paths
 
 
+def run_detection(
+    settings: Settings, as_of: datetime | None = None, rules_path: Path | None = None
+) -> dict[str, Path]:
+    """Run the YAML rules over the stitched history: detections, step funnels, rule features.
+
+    Detections use events strictly before ``as_of`` (timeouts fire only if their deadline is
+    before it), so the rule features as of that date are point-in-time correct.
+    """
+    import pandas as pd
+
+    from src.features.detection import detect, funnel_report, load_rules, rule_features
+    from src.features.identity import connect_raw, stitched_events
+
+    as_of = as_of or default_as_of(settings)
+    rules = load_rules(rules_path) if rules_path else load_rules()
+    con = connect_raw(settings.raw_dir)
+    events = stitched_events(con, as_of=as_of)
+    customers = con.sql("SELECT customer_id, life_stage FROM customers").df()
+    detections = detect(events, rules, until=as_of)
+    funnels = pd.concat(
+        [funnel_report(events, rule, customers=customers, until=as_of).assign(rule=rule.name)
+         for rule in rules],
+        ignore_index=True,
+    )
+    features = rule_features(detections, as_of, customers, rules=rules, wide=True)
+    out = settings.features_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = as_of.strftime("%Y-%m-%d")
+    paths = {
+        "detections": out / f"detections_{stamp}.parquet",
+        "rule_funnels": out / f"rule_funnels_{stamp}.parquet",
+        "rule_features": out / f"rule_features_{stamp}.parquet",
+    }
+    detections.to_parquet(paths["detections"], index=False)
+    funnels.to_parquet(paths["rule_funnels"], index=False)
+    features.to_parquet(paths["rule_features"], index=False)
+    return paths
+
+
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Simulate a small bank, validate it, stitch identities and build the view; say where."""
     import pandas as pd
@@ -54,19 +93,19 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     from src.data.loaders import validate_raw
 
     started = time.perf_counter()
-    echo(f"1/3 simulating {settings.customers:,} customers x {settings.days} days "
+    echo(f"1/4 simulating {settings.customers:,} customers x {settings.days} days "
          f"(seed {settings.seed}) ...")
     counts = run_simulation(settings)
     for table, rows in counts.items():
         echo(f"      {table:<14} {rows:>10,} rows")
 
-    echo("2/3 validating raw tables against the data contract ...")
+    echo("2/4 validating raw tables against the data contract ...")
     report = validate_raw(settings.raw_dir)
     echo(f"      {sum(report['accepted'].values()):,} rows accepted, "
          f"{sum(report['rejected'].values()):,} rejected")
 
     as_of = default_as_of(settings)
-    echo(f"3/3 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
+    echo(f"3/4 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
     paths = run_customer_view(settings, as_of=as_of)
     view = pd.read_parquet(paths["customer_view"])
     identity = pd.read_parquet(paths["identity_map"])
@@ -74,9 +113,16 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     echo(f"      identity map: {len(identity):,} devices/cookies, "
          f"{int(identity['is_shared'].sum()):,} shared (not merged)")
 
+    echo("4/4 detecting behaviour with the rules in src/features/rules ...")
+    paths.update(run_detection(settings, as_of=as_of))
+    detections = pd.read_parquet(paths["detections"])
+    for (rule, kind), count in detections.groupby(["rule", "kind"]).size().items():
+        echo(f"      {rule:<30} {kind:<8} {count:>8,}")
+
     echo(f"\ndone in {time.perf_counter() - started:.1f}s. Where to look:")
     echo(f"  raw tables       {settings.raw_dir}")
     for name, path in paths.items():
         echo(f"  {name:<16} {path}")
-    echo("  notebooks        make lab  ->  notebooks/01_customer_view.ipynb")
+    echo("  notebooks        make lab  ->  notebooks/01_customer_view.ipynb, "
+         "02_detection_and_journeys.ipynb")
     return paths
