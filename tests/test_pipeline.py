@@ -43,3 +43,21 @@ def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, t
     rejects = pd.read_parquet(tmp_path / "rejects" / "transactions.rejects.parquet")
     assert rejects["event_id"].tolist() == [str(bad_event)]
     assert "amount" in rejects["reject_reason"].iloc[0]
+
+
+def test_detect_writes_detections_and_rejects_bad_rules(small_bank: Settings, tmp_path: Path):
+    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    ok = CliRunner().invoke(app, ["detect", "--data-dir", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    detections = pd.read_parquet(next((tmp_path / "features").glob("detections_*.parquet")))
+    assert detections["rule"].nunique() >= 3  # the small bank shows most shipped behaviours
+    features = pd.read_parquet(next((tmp_path / "features").glob("rule_features_*.parquet")))
+    assert features["customer_id"].is_unique
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\nwithin: 10m\naction: {type: flag}\nsteps:\n"
+                   "  - name: s1\n    source: click\n"
+                   "    where: {page: no_such_page}\n")
+    refused = CliRunner().invoke(app, ["detect", "--rules", str(bad), "--data-dir", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert "bad.yaml" in refused.output and "no_such_page" in refused.output
