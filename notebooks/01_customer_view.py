@@ -127,6 +127,30 @@ flags = ["consent_push", "consent_sms", "consent_messenger", "consent_email",
 view[flags].mean().rename("share of customers").to_frame().style.format("{:.1%}")
 
 # %% [markdown]
+# ## Does the view see what drives customers?
+# The simulator knows each customer's latent need per product (never in the raw tables). The view
+# only sees its traces — product page views, inquiries, due dates. Customers binned by their true
+# need on the day before T: the observable traces should rise with it, noisily.
+
+# %%
+from src.data.synthetic import Oracle
+
+if (settings.truth_dir / "meta.json").exists():
+    oracle = Oracle.load(settings.truth_dir, settings.raw_dir)
+    day_before = as_of_ts - pd.Timedelta(days=1)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, product in zip(axes, ["loan", "fx", "fund", "savings"]):
+        need = oracle.need(view["customer_id"].to_numpy(), product, day_before)
+        bins = pd.qcut(need, 5, labels=["q1", "q2", "q3", "q4", "q5"], duplicates="drop")
+        view.groupby(bins, observed=True)[f"pv_{product}_30d"].mean().plot.bar(ax=ax, color="tab:red")
+        ax.set_title(f"{product}: page views by true need")
+        ax.set_xlabel("true need quintile")
+    axes[0].set_ylabel("page views, 30 days")
+    plt.tight_layout()
+else:
+    print("no simulator truth next to these raw tables (real data): nothing to compare")
+
+# %% [markdown]
 # ## Point in time
 # The same customer a week earlier: every feature only sees events strictly before its T.
 
