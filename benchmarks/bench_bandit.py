@@ -1,0 +1,71 @@
+"""Bandit speed: VW training throughput from the decision log, decision latency at 20 candidates.
+
+Training throughput is measured end to end (format the text example + ``learn``) and for VW
+alone (pre-formatted examples), so the cost of our Python formatting is visible next to VW's.
+Latency is one decision: format the request's example with 20 candidate offers, predict the
+PMF, sample — what the offer slot pays per request.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions
+from src.models.bandit_features import (
+    build_views,
+    default_feature_spec,
+    slot_candidates,
+    vw_example,
+)
+
+
+def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: int = 5_000,
+        log_days: int = 14, seed: int = 0) -> dict[str, Any]:
+    """Train on up to ``max_examples`` logged decisions; time ``decisions`` choices over 20 offers."""
+    raw_dir = Path(raw_dir)
+    spec = default_feature_spec()
+    config = BanditConfig(seed=seed)
+    offers = pd.read_parquet(raw_dir / "offers.parquet")
+    exposures = pd.read_parquet(raw_dir / "exposures.parquet")
+    start = exposures["ts"].min().normalize()
+    end = start + pd.Timedelta(days=log_days)
+    views = build_views(raw_dir, [start, start + pd.Timedelta(days=7)], spec)
+    log = logged_decisions(exposures[exposures["ts"] < end], views, offers, config).head(max_examples)
+    by_slot = slot_candidates(offers)
+
+    bandit = ContextualBandit(config, spec)
+    t0 = time.perf_counter()
+    for r in log.itertuples(index=False):
+        bandit.learn(r.context, by_slot[r.slot], int(r.action), float(r.prob), float(r.reward))
+    end_to_end = time.perf_counter() - t0
+
+    texts = [vw_example(r.context, by_slot[r.slot], spec, label=(int(r.action), float(r.reward), float(r.prob)))
+             for r in log.itertuples(index=False)]
+    vw_only = ContextualBandit(config, spec)
+    t0 = time.perf_counter()
+    for lines in texts:
+        vw_only.vw.learn(lines)
+    vw_seconds = time.perf_counter() - t0
+
+    all_offers = offers.to_dict("records")  # the whole catalog: 20 candidate offers
+    rng = np.random.default_rng(seed)
+    contexts = log["context"].sample(min(decisions, len(log)), replace=len(log) < decisions, random_state=seed)
+    latency = np.empty(len(contexts))
+    for i, ctx in enumerate(contexts):
+        t0 = time.perf_counter_ns()
+        bandit.choose(ctx, all_offers, rng)
+        latency[i] = (time.perf_counter_ns() - t0) / 1_000
+    return {
+        "examples": len(log),
+        "train_examples_per_s": round(len(log) / end_to_end),
+        "train_vw_only_examples_per_s": round(len(log) / vw_seconds),
+        "candidates": len(all_offers),
+        "decisions": len(latency),
+        "decision_us_median": round(float(np.median(latency)), 1),
+        "decision_us_p99": round(float(np.percentile(latency, 99)), 1),
+    }

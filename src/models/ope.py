@@ -1,0 +1,348 @@
+"""Off-policy evaluation: what would a policy have earned on traffic another policy served?
+
+From a log of (context, candidates, chosen action, probability it was chosen with, reward):
+
+- **IPS**  mean of w_i r_i, w_i = pi(a_i | x_i) / p_i. Unbiased; variance grows with the weights.
+- **SNIPS** sum(w r) / sum(w). Slightly biased, much steadier when weights are large.
+- **DM**   mean over x of sum_a pi(a | x) q(x, a) with a reward model q. Low variance, biased by q.
+- **DR**   DM + w_i (r_i - q(x_i, a_i)). Unbiased if either the probabilities or q are right.
+
+Confidence intervals: normal approximation on the per-decision terms (SNIPS by the delta
+method), optionally a bootstrap over decisions. The reward model is cross-fitted (each
+decision's q comes from a model that did not see it), so DR keeps its unbiasedness.
+
+Target policies are matrices ``(n, K)``: row i is the policy's distribution over row i's
+candidates (padded with zeros to the widest candidate set).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ESTIMATORS = ("ips", "snips", "dm", "dr")
+LOG_COLUMNS = ("action", "prob", "reward")
+_NOT_CONTEXT = {"decision_id", "ts", "customer_id", "action", "prob", "reward", "candidates",
+                "click", "convert", "value", "offer_id", "request_id", "context", "seen"}
+
+PolicyFn = Callable[[pd.DataFrame, list[list[str]]], np.ndarray]
+
+
+def _terms(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: np.ndarray,
+           q: np.ndarray | None) -> dict[str, np.ndarray]:
+    rows = np.arange(len(action))
+    w = target[rows, action] / prob
+    out = {"ips": w * reward, "weights": w}
+    if q is not None:
+        dm = (target * q).sum(axis=1)
+        out["dm"] = dm
+        out["dr"] = dm + w * (reward - q[rows, action])
+    return out
+
+
+def _point(name: str, t: dict[str, np.ndarray], reward: np.ndarray) -> float:
+    if name == "snips":
+        return float((t["weights"] * reward).sum() / t["weights"].sum())
+    return float(t[name].mean())
+
+
+def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: np.ndarray,
+             q: np.ndarray | None = None, alpha: float = 0.05, n_bootstrap: int = 0,
+             seed: int = 0) -> pd.DataFrame:
+    """IPS, SNIPS (and DM, DR with a reward model ``q``) with (1 - alpha) confidence intervals.
+
+    ``action``: index of the logged choice in its row's candidates; ``prob``: the logging
+    policy's probability of it; ``target``: (n, K) target-policy probabilities; ``q``: (n, K)
+    predicted rewards. Returns one row per estimator: value, se, ci_low, ci_high (normal) and,
+    with ``n_bootstrap``, boot_low / boot_high (percentile).
+    """
+    action = np.asarray(action, dtype=int)
+    prob = np.asarray(prob, dtype=float)
+    reward = np.asarray(reward, dtype=float)
+    target = np.asarray(target, dtype=float)
+    n = len(action)
+    if n == 0:
+        raise ValueError("the log is empty")
+    if not (len(prob) == len(reward) == target.shape[0] == n):
+        raise ValueError("action, prob, reward and target must have one row per decision")
+    if ((prob <= 0) | (prob > 1)).any():
+        raise ValueError("logged probabilities must be in (0, 1]")
+    if (action < 0).any() or (action >= target.shape[1]).any():
+        raise ValueError("an action index falls outside its candidate set")
+    t = _terms(action, prob, reward, target, q)
+    z = stats.norm.isf(alpha / 2)
+    names = [e for e in ESTIMATORS if e in ("ips", "snips") or q is not None]
+    rows = []
+    for name in names:
+        value = _point(name, t, reward)
+        if name == "snips":
+            influence = t["weights"] * (reward - value) / t["weights"].mean()
+        else:
+            influence = t[name]
+        se = float(influence.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        rows.append({"estimator": name, "value": value, "se": se, "ci_low": value - z * se,
+                     "ci_high": value + z * se, "n": n, "mean_weight": float(t["weights"].mean())})
+    frame = pd.DataFrame(rows)
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        boots = {name: np.empty(n_bootstrap) for name in names}
+        for b in range(n_bootstrap):
+            idx = rng.integers(0, n, n)
+            tb = {k: v[idx] for k, v in t.items()}
+            for name in names:
+                boots[name][b] = _point(name, tb, reward[idx])
+        frame["boot_low"] = [np.quantile(boots[nm], alpha / 2) for nm in names]
+        frame["boot_high"] = [np.quantile(boots[nm], 1 - alpha / 2) for nm in names]
+    return frame
+
+
+# --- reward model (direct method) -------------------------------------------------------
+
+
+def context_frame(contexts: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Context as a model matrix: numbers and booleans as is, categories one-hot."""
+    frame = contexts.copy() if isinstance(contexts, pd.DataFrame) else pd.DataFrame(list(contexts))
+    frame = frame.drop(columns=[c for c in frame.columns if c in _NOT_CONTEXT], errors="ignore")
+    frame = frame.reset_index(drop=True)
+    categorical = [c for c in frame.columns if frame[c].dtype == object
+                   or isinstance(frame[c].dtype, (pd.StringDtype, pd.CategoricalDtype))]
+    numeric = frame.drop(columns=categorical)
+    numeric = numeric.apply(pd.to_numeric, errors="coerce").astype(float)
+    dummies = pd.get_dummies(frame[categorical].astype("object"), dtype=float) if categorical else None
+    return pd.concat([numeric, dummies], axis=1) if dummies is not None else numeric
+
+
+def fit_reward_model(X: pd.DataFrame, candidates: list[list[str]], action: np.ndarray, reward: np.ndarray,
+                     seen: Sequence[Mapping[str, int]] | None = None, folds: int = 2, seed: int = 0,
+                     threads: int | None = 1) -> np.ndarray:
+    """Cross-fitted q(x, a) for every row's candidates: (n, K), zero-padded.
+
+    Gradient-boosted trees on (context, offer one-hot, times this offer was seen recently), so
+    offer x context interactions are learned without hand-made crosses. Binary rewards get a
+    classifier (q = P(reward = 1)), others a regressor. ``threads`` caps OpenMP threads (one by
+    default: these models are small, and oversubscribed cores make OpenMP crawl).
+    """
+    import sklearn.ensemble  # noqa: F401  (load its OpenMP runtime first: threadpoolctl limits loaded ones)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        return _fit_reward_model(X, candidates, action, reward, seen, folds, seed)
+
+
+def _fit_reward_model(X, candidates, action, reward, seen, folds, seed) -> np.ndarray:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    n = len(action)
+    offers = sorted({o for c in candidates for o in c})
+    col = {o: j for j, o in enumerate(offers)}
+    width = max(len(c) for c in candidates)
+    base = X.to_numpy(dtype=float)
+    seen = seen if seen is not None else [{}] * n
+
+    def design(rows: np.ndarray, offer_ids: list[str]) -> np.ndarray:
+        onehot = np.zeros((len(rows), len(offers)))
+        onehot[np.arange(len(rows)), [col[o] for o in offer_ids]] = 1.0
+        seen_n = np.array([float((seen[i] or {}).get(o, 0)) for i, o in zip(rows, offer_ids)])
+        return np.hstack([base[rows], onehot, seen_n[:, None]])
+
+    binary = set(np.unique(reward)) <= {0.0, 1.0}
+    fold = np.random.default_rng(seed).integers(0, folds, n)
+    q = np.zeros((n, width))
+    for f in range(folds):
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        if len(test) == 0:
+            continue
+        X_train = design(train, [candidates[i][action[i]] for i in train])
+        y = reward[train]
+        if binary and len(np.unique(y)) == 2:
+            model = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, max_leaf_nodes=8, max_bins=32, min_samples_leaf=100,
+                                                   l2_regularization=1.0, random_state=seed).fit(X_train, y)
+            predict = model.predict_proba
+        else:
+            model = HistGradientBoostingRegressor(max_iter=60, learning_rate=0.1, max_leaf_nodes=8, max_bins=32, min_samples_leaf=100,
+                                                  l2_regularization=1.0, random_state=seed).fit(X_train, y)
+            predict = model.predict
+        rows = np.concatenate([np.full(len(candidates[i]), i) for i in test])
+        ids = [o for i in test for o in candidates[i]]
+        k = np.concatenate([np.arange(len(candidates[i])) for i in test])
+        pred = predict(design(rows, ids))
+        q[rows, k] = pred[:, 1] if pred.ndim == 2 else pred
+    return q
+
+
+# --- policies as (n, K) matrices ----------------------------------------------------------
+
+
+def uniform_policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray:
+    width = max(len(c) for c in candidates)
+    out = np.zeros((len(candidates), width))
+    for i, c in enumerate(candidates):
+        out[i, :len(c)] = 1.0 / len(c)
+    return out
+
+
+def constant_policy(preferred: Sequence[str]) -> PolicyFn:
+    """Always the first of ``preferred`` that is a candidate (e.g. each slot's A/B winner);
+    uniform when none is."""
+    preferred = [str(p) for p in preferred]
+
+    def policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray:
+        out = uniform_policy(log, candidates)
+        for i, c in enumerate(candidates):
+            hit = next((p for p in preferred if p in c), None)
+            if hit is not None:
+                out[i] = 0.0
+                out[i, c.index(hit)] = 1.0
+        return out
+
+    return policy
+
+
+def pyfunc_policy(model_uri: str) -> PolicyFn:
+    """An MLflow bandit pyfunc as a target policy (its PMF per row)."""
+
+    def policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray:
+        import mlflow.pyfunc
+
+        model = mlflow.pyfunc.load_model(model_uri)
+        rows = log.drop(columns=[c for c in ("candidates",) if c in log.columns]).copy()
+        rows["candidates"] = [",".join(c) for c in candidates]
+        pred = model.predict(rows)
+        width = max(len(c) for c in candidates)
+        out = np.zeros((len(candidates), width))
+        for i, (c, pmf) in enumerate(zip(candidates, pred["pmf"])):
+            p = json.loads(pmf)
+            out[i, :len(c)] = [p[o] for o in c]
+        return out
+
+    return policy
+
+
+def parse_policy(spec: str | PolicyFn) -> PolicyFn:
+    """``uniform`` | ``constant:OF03,OF11,OF19`` | ``model:<mlflow uri>`` | a callable."""
+    if callable(spec):
+        return spec
+    if spec == "uniform":
+        return uniform_policy
+    if spec.startswith("constant:"):
+        return constant_policy([s.strip() for s in spec.split(":", 1)[1].split(",") if s.strip()])
+    if spec.startswith("model:"):
+        return pyfunc_policy(spec.split(":", 1)[1])
+    raise ValueError(f"unknown policy {spec!r}: use 'uniform', 'constant:<offer ids>' or 'model:<uri>'")
+
+
+# --- from a file --------------------------------------------------------------------------
+
+
+def read_log(path: Path | str) -> pd.DataFrame:
+    """A decision log from Parquet or CSV, validated: ``action``, ``prob`` in (0, 1], numeric
+    ``reward``; candidates from a ``candidates`` column (comma-separated offer ids) or else the
+    actions seen in the row's ``slot`` (or in the whole log)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no decision log at {path}")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        log = pd.read_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        log = pd.read_csv(path)
+    else:
+        raise ValueError(f"{path.name}: the log must be .parquet or .csv")
+    missing = [c for c in LOG_COLUMNS if c not in log.columns]
+    if missing:
+        raise ValueError(f"{path.name}: missing column(s) {missing}; a log needs {list(LOG_COLUMNS)}")
+    if log.empty:
+        raise ValueError(f"{path.name}: the log has no rows")
+    for field in ("prob", "reward"):
+        values = pd.to_numeric(log[field], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            raise ValueError(f"{path.name}: column '{field}' has non-numeric or empty values in "
+                             f"{int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}")
+        log[field] = values.astype(float)
+    bad = (log["prob"] <= 0) | (log["prob"] > 1)
+    if bad.any():
+        raise ValueError(f"{path.name}: column 'prob' must be in (0, 1]; {int(bad.sum())} row(s) are not, "
+                         f"first at row {int(np.flatnonzero(bad)[0])}")
+    if log["action"].isna().any():
+        raise ValueError(f"{path.name}: column 'action' has empty values")
+    log["action"] = log["action"].astype(str)
+    return log
+
+
+def log_candidates(log: pd.DataFrame) -> list[list[str]]:
+    """Each row's candidate set (see :func:`read_log`), the logged action always included."""
+    if "candidates" in log.columns:
+        cands = [[s.strip() for s in str(c).split(",") if s.strip()] for c in log["candidates"]]
+    elif "slot" in log.columns:
+        per_slot = {s: sorted(g["action"].unique()) for s, g in log.groupby("slot")}
+        cands = [per_slot[s] for s in log["slot"]]
+    else:
+        everything = sorted(log["action"].unique())
+        cands = [everything] * len(log)
+    for i, (a, c) in enumerate(zip(log["action"], cands)):
+        if a not in c:
+            raise ValueError(f"row {i}: action {a!r} is not among its candidates {c}")
+    return cands
+
+
+def evaluate_log(log: pd.DataFrame, policies: Mapping[str, str | PolicyFn], *, reward_model: bool = True,
+                 alpha: float = 0.05, n_bootstrap: int = 0, seed: int = 0) -> pd.DataFrame:
+    """Every estimator for every policy on one log (a validated frame, see :func:`read_log`)."""
+    candidates = log_candidates(log)
+    action = np.array([c.index(a) for a, c in zip(log["action"], candidates)])
+    prob, reward = log["prob"].to_numpy(float), log["reward"].to_numpy(float)
+    q = None
+    if reward_model:
+        seen = [json.loads(s) if isinstance(s, str) else (s or {}) for s in log["seen"]] if "seen" in log else None
+        q = fit_reward_model(context_frame(log), candidates, action, reward, seen=seen, seed=seed)
+    frames = []
+    for name, spec in policies.items():
+        target = parse_policy(spec)(log, candidates)
+        frame = estimate(action, prob, reward, target, q, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed)
+        frame.insert(0, "policy", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_policy_file(path: Path | str, policy: str | PolicyFn | Mapping[str, str | PolicyFn] = "uniform",
+                         *, reward_model: bool = True, alpha: float = 0.05, n_bootstrap: int = 0,
+                         seed: int = 0) -> pd.DataFrame:
+    """``nextoffer evaluate-policy``: read a log (Parquet/CSV), estimate the policy's value.
+
+    ``policy``: ``uniform``, ``constant:<offer ids in preference order>``, ``model:<mlflow uri>``,
+    a callable ``(log, candidates) -> (n, K)``, or a mapping of several by name.
+    """
+    log = read_log(path)
+    policies = dict(policy) if isinstance(policy, Mapping) else {str(policy) if isinstance(policy, str) else "policy": policy}
+    return evaluate_log(log, policies, reward_model=reward_model, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed)
+
+
+# --- ground truth on the simulator ------------------------------------------------------
+
+
+def oracle_rewards(oracle, log: pd.DataFrame, candidates: list[list[str]], metric: str = "click",
+                   value_scale: float = 1.0) -> np.ndarray:
+    """True expected reward of every candidate of every logged decision: (n, K), zero-padded.
+
+    Fatigue is the logged history's (the one-step counterfactual: only this decision changes).
+    """
+    width = max(len(c) for c in candidates)
+    rows = np.concatenate([np.full(len(c), i) for i, c in enumerate(candidates)])
+    k = np.concatenate([np.arange(len(c)) for c in candidates])
+    ids = np.array([o for c in candidates for o in c], dtype=object)
+    values = oracle.expected(log["customer_id"].to_numpy()[rows], ids, log["ts"].to_numpy()[rows],
+                             log["channel"].to_numpy()[rows], metric=metric)
+    out = np.zeros((len(candidates), width))
+    out[rows, k] = values / (value_scale if metric == "value" else 1.0)
+    return out
+
+
+def true_value(target: np.ndarray, truth: np.ndarray) -> float:
+    """A policy's true value on the logged contexts: mean of sum_a pi(a | x) E[r | x, a]."""
+    return float((target * truth).sum(axis=1).mean())

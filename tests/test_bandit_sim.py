@@ -1,0 +1,74 @@
+"""The simulated comparison and the off-policy check on the small bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.models.bandit import BanditConfig
+from src.models.policies import ComparisonConfig, ope_check, run_comparison, summarize
+
+
+@pytest.fixture(scope="module")
+def comparison(small_bank):
+    config = ComparisonConfig(train_days=14, sim_days=6, ab_test_days=3, seed=3,
+                              requests_per_customer_day=1.0, bandit=BanditConfig(epsilon=0.1))
+    return run_comparison(small_bank.raw_dir, small_bank.truth_dir, config)
+
+
+def test_every_policy_sees_the_same_traffic(comparison):
+    steps = comparison.steps
+    ids = {p: g["request_id"].tolist() for p, g in steps.groupby("policy")}
+    assert set(ids) == {"random", "ab_then_fix", "bandit", "oracle"}
+    first = next(iter(ids.values()))
+    assert len(first) > 100 and all(v == first for v in ids.values())
+
+
+def test_oracle_is_the_ceiling_and_probabilities_are_valid(comparison):
+    steps, summary = comparison.steps, comparison.summary
+    assert steps.query("policy == 'oracle'")["regret"].abs().max() < 1e-9
+    assert (steps["regret"] >= -1e-9).all()
+    assert summary["expected_reward"].idxmax() == "oracle"
+    assert ((steps["prob"] > 0) & (steps["prob"] <= 1)).all()
+    assert summarize(steps).loc["oracle", "pct_of_oracle"] == pytest.approx(100)
+
+
+def test_ab_policy_tests_then_fixes_one_offer_per_slot(comparison):
+    steps = comparison.steps.query("policy == 'ab_then_fix'")
+    after = steps[steps["day"] >= 3]
+    assert (after.groupby("slot")["offer_id"].nunique() == 1).all()
+    assert (after["prob"] == 1.0).all()
+    ab = comparison.ab.set_index("slot")
+    for slot, offer in after.groupby("slot")["offer_id"].first().items():
+        assert ab.loc[slot, "winner"] == offer
+    assert ab["p_value"].between(0, 1).all()
+
+
+def test_offline_log_keeps_logged_probabilities_and_point_in_time_views(small_bank, comparison):
+    log = comparison.offline_log
+    exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet").set_index("decision_id")
+    np.testing.assert_allclose(log["prob"], exposures.loc[log["decision_id"], "logged_prob"])
+    assert log["ts"].max() < pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
+    # the reward is the click, and the bandit learned from every logged decision
+    assert (log["reward"] == log["click"].astype(float)).all()
+    assert comparison.offline_bandit.n_learned == len(log)
+
+
+def test_fatigue_in_the_log_matches_a_brute_force_count(small_bank, comparison):
+    exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet")
+    log = comparison.offline_log.sample(30, random_state=0)
+    for r in log.itertuples():
+        mine = exposures[(exposures.customer_id == r.customer_id) & (exposures.ts < r.ts)
+                         & (exposures.ts >= r.ts.normalize() - pd.Timedelta(days=7))]
+        assert r.context["exposures_7d"] == len(mine)
+        assert r.context["seen"] == mine["offer_id"].value_counts().to_dict()
+
+
+def test_off_policy_estimates_bracket_the_truth(small_bank, comparison):
+    start = pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
+    table = ope_check(small_bank.raw_dir, small_bank.truth_dir, comparison.offline_bandit, comparison.views,
+                      start, start + pd.Timedelta(days=10), extra_policies={"ab": comparison.ab["winner"].tolist()})
+    assert set(table["policy"]) == {"bandit", "uniform", "ab"}
+    for row in table.query("estimator in ['ips', 'dr']").itertuples():
+        assert abs(row.value - row.true_value) < 4 * row.se, row
