@@ -120,10 +120,16 @@ def main(argv: list[str] | None = None) -> None:
         events = simulated_events(raw_dir, args.detection_events)
         return bench_detection.run(events)
 
+    def bench_bandit() -> dict[str, Any]:
+        from benchmarks import bench_bandit
+
+        return bench_bandit.run(raw_dir, truth_dir)
+
     steps = [
         ("simulator", bench_simulator),
         ("customer_view", bench_customer_view),
         ("detection", bench_detection),
+        ("bandit", bench_bandit),
     ]
     if not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
         raise SystemExit(f"no simulated data under {raw_dir}: run the simulator benchmark first")

@@ -129,6 +129,28 @@ def detect(
         typer.echo(f"{name:<16} {path}")
 
 
+@app.command("evaluate-policy")
+def evaluate_policy(
+    log: Annotated[Path, typer.Argument(help="Decision log (Parquet or CSV): action, prob, "
+                                        "reward and candidates (comma-separated) or slot.")],
+    policy: Annotated[
+        list[str],
+        typer.Option("--policy", help="uniform | constant:OF07,OF14 | model:<mlflow uri>; "
+                     "repeat to compare several."),
+    ] = ["uniform"],  # noqa: B006 - typer needs a literal default
+    alpha: Annotated[float, typer.Option(help="1 - confidence level of the intervals.")] = 0.05,
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DM, DR) of policies' value from a logged decision file."""
+    from src.models.ope import evaluate_policy_file
+
+    try:
+        table = evaluate_policy_file(log, {name: name for name in policy}, alpha=alpha)
+    except (ValueError, FileNotFoundError) as error:  # the message names the file and field
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(table.to_string(index=False))
+
+
 @app.command("to-spark-sql")
 def to_spark_sql(
     name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],

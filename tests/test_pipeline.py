@@ -61,3 +61,22 @@ def test_detect_writes_detections_and_rejects_bad_rules(small_bank: Settings, tm
     refused = CliRunner().invoke(app, ["detect", "--rules", str(bad), "--data-dir", str(tmp_path)])
     assert refused.exit_code == 1
     assert "bad.yaml" in refused.output and "no_such_page" in refused.output
+
+
+def test_evaluate_policy_prints_estimates_and_names_a_missing_field(
+    small_bank: Settings, tmp_path: Path
+):
+    exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet")
+    log = exposures.rename(columns={"offer_id": "action", "logged_prob": "prob"}).assign(
+        reward=exposures["click"].astype(float)
+    )[["decision_id", "slot", "action", "prob", "reward"]]
+    log.to_parquet(tmp_path / "log.parquet", index=False)
+    result = CliRunner().invoke(app, ["evaluate-policy", str(tmp_path / "log.parquet")])
+    assert result.exit_code == 0, result.output
+    for estimator in ("ips", "snips", "dm", "dr"):
+        assert estimator in result.output
+
+    log.drop(columns=["prob"]).to_csv(tmp_path / "bad.csv", index=False)
+    refused = CliRunner().invoke(app, ["evaluate-policy", str(tmp_path / "bad.csv")])
+    assert refused.exit_code == 1
+    assert "prob" in refused.output and "bad.csv" in refused.output
