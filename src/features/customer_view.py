@@ -39,9 +39,11 @@ __all__ = [
 ]  # KRW_REFERENCE_RATES (schemas.py) is what sql/fx_rates.sql spells out; a test checks
 
 VIEW_STAGES: tuple[str, ...] = (
-    "session_keys", "identity_map", "session_map", "stitched_clicks", "fx_rates", "customer_view",
+    "session_keys", "identity_map", "session_map", "fx_rates", "customer_view",
 )
-"""SQL stages the view needs, in dependency order (each registered as a view of that name)."""
+"""SQL stages the view needs, in dependency order (each registered as a view of that name).
+No ``stitched_clicks``: the view sums ``session_keys``' per-session counts through
+``session_map`` instead of stitching tens of millions of single events."""
 
 DUE_FEATURES: dict[str, str] = {
     "days_to_card_payment": "days from T's date to the next card payment day of an open card "

@@ -5,9 +5,11 @@ table names ``customers``, ``holdings``, ``clickstream``, ``transactions`` so th
 on Spark once transpiled, see :mod:`src.features.spark`). This module only wires DuckDB to the
 raw Parquet files and runs the stages in order:
 
-``session_keys`` (one scan of the clickstream) -> ``identity_map`` (device/cookie -> customer)
+``session_keys`` (one scan of the clickstream, down to session grain, with the additive
+activity counts the customer view needs) -> ``identity_map`` (device/cookie -> customer)
 -> ``session_map`` (session -> customer) -> ``stitched_clicks`` -> ``stitched_events`` (the
-``StitchedEvents`` contract).
+``StitchedEvents`` contract). The customer view stops at ``session_map``: it sums the session
+counts of ``session_keys`` per attributed customer and never stitches single events.
 
 Every stage takes the cut-off ``as_of``: only events strictly before it are used, so the view
 as of T never learns from a login at or after T. ``as_of=None`` means all history.
@@ -35,8 +37,9 @@ IDENTITY_STAGES: tuple[str, ...] = (
 """SQL files (and the view each defines), in dependency order."""
 
 MATERIALIZED: frozenset[str] = frozenset({"session_keys", "identity_map", "session_map"})
-"""Small stages read several times downstream: DuckDB stores them as temp tables instead of
-re-scanning the clickstream Parquet for every reference (a view is inlined at each use)."""
+"""Stages read several times downstream: DuckDB stores them as temp tables instead of
+re-scanning the clickstream Parquet for every reference (a view is inlined at each use).
+``session_keys`` is ~1/4 of the clickstream's rows, the other two ~1/8 and less."""
 
 ALL_HISTORY = "9999-12-31 23:59:59"
 """Cut-off used for ``as_of=None``: later than any event."""

@@ -1,12 +1,19 @@
 -- customer_view: one row per customer who joined before $as_of, every feature as of $as_of.
 --
 -- Point in time: only events strictly before $as_of (ts < $as_of); holdings opened before $as_of
--- and not closed before it; identity stitching (stitched_clicks) is itself as of $as_of.
+-- and not closed before it; identity stitching (session_map) is itself as of $as_of.
 -- Windows are [$as_of - N days, $as_of). "Days to" a due date count from the calendar date of
 -- $as_of (0 = due that day); day-of-month dues clamp to the month's last day.
--- Needs the views customers, holdings, transactions (raw tables), stitched_clicks
--- (stitched_clicks.sql) and fx_rates (fx_rates.sql). Column meanings: data_dictionary() in
--- src/features/customer_view.py; the block structure is window x page group / txn code.
+-- Needs the views customers, holdings, transactions (raw tables), session_keys
+-- (session_keys.sql), session_map (session_map.sql) and fx_rates (fx_rates.sql). Column
+-- meanings: data_dictionary() in src/features/customer_view.py; the block structure is
+-- window x page group / txn code.
+--
+-- Performance: events are never stitched one by one. session_keys already holds per-session
+-- counts split by window (window_days = 7 | 30 | 90, the smallest window an event falls in, so
+-- "in the last N days" is window_days <= N); they are attributed through session_map and
+-- summed. Transactions are first reduced to (customer, code, currency, window) cells, then
+-- pivoted. Only conditional SUM/COUNT/MIN/MAX, so the text transpiles to Spark as is.
 WITH view_customers AS (
     SELECT *
     FROM customers
@@ -70,190 +77,233 @@ holding_features AS (
     FROM holding_dues
     GROUP BY customer_id
 ),
+stitched_sessions AS (
+    -- session_keys rows attributed: an event with its own login keeps that customer, an
+    -- anonymous one takes its session's (session_map); a multi-login session counts for each
+    -- of its customers, unresolved events for nobody. Read twice below (DuckDB materializes it).
+    SELECT
+        COALESCE(k.customer_id, s.customer_id) AS customer_id,
+        k.session_id,
+        k.window_days,
+        k.last_ts,
+        k.app_events,
+        k.page_views,
+        k.dwell_seconds,
+        k.pv_loan,
+        k.pv_fx,
+        k.pv_fund,
+        k.pv_savings,
+        k.pv_card,
+        k.pv_signup,
+        k.pv_pension,
+        k.pv_error,
+        k.logins
+    FROM session_keys AS k
+    JOIN session_map AS s ON k.session_id = s.session_id
+    WHERE COALESCE(k.customer_id, s.customer_id) IS NOT NULL
+),
+customer_windows AS (
+    -- additive counts need no session grain: sum them per (customer, window) right away
+    SELECT
+        customer_id,
+        window_days,
+        MAX(last_ts) AS last_ts,
+        SUM(page_views) AS page_views,
+        SUM(dwell_seconds) AS dwell_seconds,
+        SUM(pv_loan) AS pv_loan,
+        SUM(pv_fx) AS pv_fx,
+        SUM(pv_fund) AS pv_fund,
+        SUM(pv_savings) AS pv_savings,
+        SUM(pv_card) AS pv_card,
+        SUM(pv_signup) AS pv_signup,
+        SUM(pv_pension) AS pv_pension,
+        SUM(pv_error) AS pv_error,
+        SUM(logins) AS logins
+    FROM stitched_sessions
+    GROUP BY customer_id, window_days
+),
 click_sessions AS (
-    -- one row per (customer, session): a multi-login session counts for each of its customers
+    -- one row per (customer, session): the smallest window it has an event in, and an app event in
     SELECT
         customer_id,
         session_id,
-        MAX(ts) AS last_ts,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND channel = 'app' THEN 1 END) AS app_events_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' THEN 1 END) AS page_views_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY THEN dwell_seconds END) AS dwell_seconds_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'loan%' THEN 1 END) AS pv_loan_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'fx%' THEN 1 END) AS pv_fx_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'fund%' THEN 1 END) AS pv_fund_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'savings%' THEN 1 END) AS pv_savings_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'card%' THEN 1 END) AS pv_card_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'signup%' THEN 1 END) AS pv_signup_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page LIKE 'pension%' THEN 1 END) AS pv_pension_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'view' AND page = 'error' THEN 1 END) AS pv_error_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND action = 'login' THEN 1 END) AS logins_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND channel = 'app' THEN 1 END) AS app_events_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' THEN 1 END) AS page_views_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY THEN dwell_seconds END) AS dwell_seconds_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'loan%' THEN 1 END) AS pv_loan_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'fx%' THEN 1 END) AS pv_fx_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'fund%' THEN 1 END) AS pv_fund_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'savings%' THEN 1 END) AS pv_savings_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'card%' THEN 1 END) AS pv_card_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'signup%' THEN 1 END) AS pv_signup_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page LIKE 'pension%' THEN 1 END) AS pv_pension_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'view' AND page = 'error' THEN 1 END) AS pv_error_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND action = 'login' THEN 1 END) AS logins_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND channel = 'app' THEN 1 END) AS app_events_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' THEN 1 END) AS page_views_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY THEN dwell_seconds END) AS dwell_seconds_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'loan%' THEN 1 END) AS pv_loan_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'fx%' THEN 1 END) AS pv_fx_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'fund%' THEN 1 END) AS pv_fund_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'savings%' THEN 1 END) AS pv_savings_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'card%' THEN 1 END) AS pv_card_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'signup%' THEN 1 END) AS pv_signup_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page LIKE 'pension%' THEN 1 END) AS pv_pension_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'view' AND page = 'error' THEN 1 END) AS pv_error_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND action = 'login' THEN 1 END) AS logins_90d
-    FROM stitched_clicks
-    WHERE customer_id IS NOT NULL
+        MIN(window_days) AS window_days,
+        MIN(CASE WHEN app_events > 0 THEN window_days END) AS app_window_days
+    FROM stitched_sessions
     GROUP BY customer_id, session_id
 ),
-activity AS (
+session_counts AS (
     SELECT
         customer_id,
-        COUNT(CASE WHEN last_ts >= $as_of - INTERVAL 7 DAY THEN 1 END) AS sessions_7d,
-        COUNT(CASE WHEN app_events_7d > 0 THEN 1 END) AS app_sessions_7d,
-        SUM(page_views_7d) AS page_views_7d,
-        SUM(dwell_seconds_7d) AS dwell_seconds_7d,
-        SUM(pv_loan_7d) AS pv_loan_7d,
-        SUM(pv_fx_7d) AS pv_fx_7d,
-        SUM(pv_fund_7d) AS pv_fund_7d,
-        SUM(pv_savings_7d) AS pv_savings_7d,
-        SUM(pv_card_7d) AS pv_card_7d,
-        SUM(pv_signup_7d) AS pv_signup_7d,
-        SUM(pv_pension_7d) AS pv_pension_7d,
-        SUM(pv_error_7d) AS pv_error_7d,
-        SUM(logins_7d) AS logins_7d,
-        COUNT(CASE WHEN last_ts >= $as_of - INTERVAL 30 DAY THEN 1 END) AS sessions_30d,
-        COUNT(CASE WHEN app_events_30d > 0 THEN 1 END) AS app_sessions_30d,
-        SUM(page_views_30d) AS page_views_30d,
-        SUM(dwell_seconds_30d) AS dwell_seconds_30d,
-        SUM(pv_loan_30d) AS pv_loan_30d,
-        SUM(pv_fx_30d) AS pv_fx_30d,
-        SUM(pv_fund_30d) AS pv_fund_30d,
-        SUM(pv_savings_30d) AS pv_savings_30d,
-        SUM(pv_card_30d) AS pv_card_30d,
-        SUM(pv_signup_30d) AS pv_signup_30d,
-        SUM(pv_pension_30d) AS pv_pension_30d,
-        SUM(pv_error_30d) AS pv_error_30d,
-        SUM(logins_30d) AS logins_30d,
-        COUNT(CASE WHEN last_ts >= $as_of - INTERVAL 90 DAY THEN 1 END) AS sessions_90d,
-        COUNT(CASE WHEN app_events_90d > 0 THEN 1 END) AS app_sessions_90d,
-        SUM(page_views_90d) AS page_views_90d,
-        SUM(dwell_seconds_90d) AS dwell_seconds_90d,
-        SUM(pv_loan_90d) AS pv_loan_90d,
-        SUM(pv_fx_90d) AS pv_fx_90d,
-        SUM(pv_fund_90d) AS pv_fund_90d,
-        SUM(pv_savings_90d) AS pv_savings_90d,
-        SUM(pv_card_90d) AS pv_card_90d,
-        SUM(pv_signup_90d) AS pv_signup_90d,
-        SUM(pv_pension_90d) AS pv_pension_90d,
-        SUM(pv_error_90d) AS pv_error_90d,
-        SUM(logins_90d) AS logins_90d,
-        MAX(last_ts) AS last_session_ts
+        COUNT(CASE WHEN window_days <= 7 THEN 1 END) AS sessions_7d,
+        COUNT(CASE WHEN app_window_days <= 7 THEN 1 END) AS app_sessions_7d,
+        COUNT(CASE WHEN window_days <= 30 THEN 1 END) AS sessions_30d,
+        COUNT(CASE WHEN app_window_days <= 30 THEN 1 END) AS app_sessions_30d,
+        COUNT(CASE WHEN window_days <= 90 THEN 1 END) AS sessions_90d,
+        COUNT(CASE WHEN app_window_days <= 90 THEN 1 END) AS app_sessions_90d
     FROM click_sessions
     GROUP BY customer_id
 ),
-txn AS (
-    SELECT t.customer_id, t.ts, t.code, t.currency, t.amount * r.krw_rate AS amount_krw
+activity AS (
+    SELECT
+        w.customer_id,
+        MAX(n.sessions_7d) AS sessions_7d,
+        MAX(n.app_sessions_7d) AS app_sessions_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.page_views END) AS page_views_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.dwell_seconds END) AS dwell_seconds_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_loan END) AS pv_loan_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_fx END) AS pv_fx_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_fund END) AS pv_fund_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_savings END) AS pv_savings_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_card END) AS pv_card_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_signup END) AS pv_signup_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_pension END) AS pv_pension_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.pv_error END) AS pv_error_7d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.logins END) AS logins_7d,
+        MAX(n.sessions_30d) AS sessions_30d,
+        MAX(n.app_sessions_30d) AS app_sessions_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.page_views END) AS page_views_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.dwell_seconds END) AS dwell_seconds_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_loan END) AS pv_loan_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_fx END) AS pv_fx_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_fund END) AS pv_fund_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_savings END) AS pv_savings_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_card END) AS pv_card_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_signup END) AS pv_signup_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_pension END) AS pv_pension_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.pv_error END) AS pv_error_30d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.logins END) AS logins_30d,
+        MAX(n.sessions_90d) AS sessions_90d,
+        MAX(n.app_sessions_90d) AS app_sessions_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.page_views END) AS page_views_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.dwell_seconds END) AS dwell_seconds_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_loan END) AS pv_loan_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_fx END) AS pv_fx_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_fund END) AS pv_fund_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_savings END) AS pv_savings_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_card END) AS pv_card_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_signup END) AS pv_signup_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_pension END) AS pv_pension_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.pv_error END) AS pv_error_90d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.logins END) AS logins_90d,
+        MAX(w.last_ts) AS last_session_ts
+    FROM customer_windows AS w
+    LEFT JOIN session_counts AS n ON w.customer_id = n.customer_id
+    GROUP BY w.customer_id
+),
+txn_cells AS (
+    -- transactions before $as_of reduced to (customer, code, currency, window) cells
+    SELECT
+        t.customer_id,
+        t.code,
+        t.currency,
+        CASE
+            WHEN t.ts >= $as_of - INTERVAL 7 DAY THEN 7
+            WHEN t.ts >= $as_of - INTERVAL 30 DAY THEN 30
+            WHEN t.ts >= $as_of - INTERVAL 90 DAY THEN 90
+        END AS window_days,
+        COUNT(*) AS n,
+        SUM(t.amount * r.krw_rate) AS amount_krw,
+        MAX(t.ts) AS last_ts
     FROM transactions AS t
     LEFT JOIN fx_rates AS r ON t.currency = r.currency
     WHERE t.ts < $as_of
+    GROUP BY
+        t.customer_id,
+        t.code,
+        t.currency,
+        CASE
+            WHEN t.ts >= $as_of - INTERVAL 7 DAY THEN 7
+            WHEN t.ts >= $as_of - INTERVAL 30 DAY THEN 30
+            WHEN t.ts >= $as_of - INTERVAL 90 DAY THEN 90
+        END
 ),
 txn_features AS (
     SELECT
         customer_id,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'TRANSFER' THEN 1 END) AS txn_transfer_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'CARD_PAYMENT' THEN 1 END) AS txn_card_payment_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'FX_REMIT' THEN 1 END) AS txn_fx_remit_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN 1 END) AS txn_loan_limit_inquiry_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_APPLICATION' THEN 1 END) AS txn_loan_application_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'PRODUCT_SIGNUP' THEN 1 END) AS txn_product_signup_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'DEPOSIT' THEN 1 END) AS txn_deposit_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'WITHDRAWAL' THEN 1 END) AS txn_withdrawal_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'BALANCE_INQUIRY' THEN 1 END) AS txn_balance_inquiry_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'MATURITY_PAYOUT' THEN 1 END) AS txn_maturity_payout_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'AUTO_TRANSFER' THEN 1 END) AS txn_auto_transfer_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_INTEREST' THEN 1 END) AS txn_loan_interest_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'FUND_BUY' THEN 1 END) AS txn_fund_buy_cnt_7d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 7 DAY AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_7d,
-        COUNT(DISTINCT CASE WHEN ts >= $as_of - INTERVAL 7 DAY THEN currency END) AS n_currencies_7d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'TRANSFER' THEN 1 END) AS txn_transfer_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'CARD_PAYMENT' THEN 1 END) AS txn_card_payment_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'FX_REMIT' THEN 1 END) AS txn_fx_remit_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN 1 END) AS txn_loan_limit_inquiry_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_APPLICATION' THEN 1 END) AS txn_loan_application_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'PRODUCT_SIGNUP' THEN 1 END) AS txn_product_signup_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'DEPOSIT' THEN 1 END) AS txn_deposit_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'WITHDRAWAL' THEN 1 END) AS txn_withdrawal_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'BALANCE_INQUIRY' THEN 1 END) AS txn_balance_inquiry_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'MATURITY_PAYOUT' THEN 1 END) AS txn_maturity_payout_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'AUTO_TRANSFER' THEN 1 END) AS txn_auto_transfer_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_INTEREST' THEN 1 END) AS txn_loan_interest_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'FUND_BUY' THEN 1 END) AS txn_fund_buy_cnt_30d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 30 DAY AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_30d,
-        COUNT(DISTINCT CASE WHEN ts >= $as_of - INTERVAL 30 DAY THEN currency END) AS n_currencies_30d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'TRANSFER' THEN 1 END) AS txn_transfer_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'CARD_PAYMENT' THEN 1 END) AS txn_card_payment_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'FX_REMIT' THEN 1 END) AS txn_fx_remit_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN 1 END) AS txn_loan_limit_inquiry_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_APPLICATION' THEN 1 END) AS txn_loan_application_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'PRODUCT_SIGNUP' THEN 1 END) AS txn_product_signup_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'DEPOSIT' THEN 1 END) AS txn_deposit_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'WITHDRAWAL' THEN 1 END) AS txn_withdrawal_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'BALANCE_INQUIRY' THEN 1 END) AS txn_balance_inquiry_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'MATURITY_PAYOUT' THEN 1 END) AS txn_maturity_payout_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'AUTO_TRANSFER' THEN 1 END) AS txn_auto_transfer_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_INTEREST' THEN 1 END) AS txn_loan_interest_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_90d,
-        COUNT(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'FUND_BUY' THEN 1 END) AS txn_fund_buy_cnt_90d,
-        SUM(CASE WHEN ts >= $as_of - INTERVAL 90 DAY AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_90d,
-        COUNT(DISTINCT CASE WHEN ts >= $as_of - INTERVAL 90 DAY THEN currency END) AS n_currencies_90d,
-        MAX(ts) AS last_txn_ts
-    FROM txn
+        SUM(CASE WHEN window_days <= 7 AND code = 'TRANSFER' THEN n END) AS txn_transfer_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'CARD_PAYMENT' THEN n END) AS txn_card_payment_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'FX_REMIT' THEN n END) AS txn_fx_remit_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_LIMIT_INQUIRY' THEN n END) AS txn_loan_limit_inquiry_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_APPLICATION' THEN n END) AS txn_loan_application_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' THEN n END) AS txn_product_signup_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'DEPOSIT' THEN n END) AS txn_deposit_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'WITHDRAWAL' THEN n END) AS txn_withdrawal_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'BALANCE_INQUIRY' THEN n END) AS txn_balance_inquiry_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'MATURITY_PAYOUT' THEN n END) AS txn_maturity_payout_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'AUTO_TRANSFER' THEN n END) AS txn_auto_transfer_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_INTEREST' THEN n END) AS txn_loan_interest_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'FUND_BUY' THEN n END) AS txn_fund_buy_cnt_7d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_7d,
+        COUNT(DISTINCT CASE WHEN window_days <= 7 THEN currency END) AS n_currencies_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'TRANSFER' THEN n END) AS txn_transfer_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'CARD_PAYMENT' THEN n END) AS txn_card_payment_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'FX_REMIT' THEN n END) AS txn_fx_remit_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_LIMIT_INQUIRY' THEN n END) AS txn_loan_limit_inquiry_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_APPLICATION' THEN n END) AS txn_loan_application_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' THEN n END) AS txn_product_signup_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'DEPOSIT' THEN n END) AS txn_deposit_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'WITHDRAWAL' THEN n END) AS txn_withdrawal_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'BALANCE_INQUIRY' THEN n END) AS txn_balance_inquiry_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'MATURITY_PAYOUT' THEN n END) AS txn_maturity_payout_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'AUTO_TRANSFER' THEN n END) AS txn_auto_transfer_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_INTEREST' THEN n END) AS txn_loan_interest_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'FUND_BUY' THEN n END) AS txn_fund_buy_cnt_30d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_30d,
+        COUNT(DISTINCT CASE WHEN window_days <= 30 THEN currency END) AS n_currencies_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'TRANSFER' THEN n END) AS txn_transfer_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'TRANSFER' THEN amount_krw END) AS txn_transfer_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'CARD_PAYMENT' THEN n END) AS txn_card_payment_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'CARD_PAYMENT' THEN amount_krw END) AS txn_card_payment_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'FX_REMIT' THEN n END) AS txn_fx_remit_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'FX_REMIT' THEN amount_krw END) AS txn_fx_remit_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_LIMIT_INQUIRY' THEN n END) AS txn_loan_limit_inquiry_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_LIMIT_INQUIRY' THEN amount_krw END) AS txn_loan_limit_inquiry_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_APPLICATION' THEN n END) AS txn_loan_application_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_APPLICATION' THEN amount_krw END) AS txn_loan_application_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' THEN n END) AS txn_product_signup_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' THEN amount_krw END) AS txn_product_signup_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'DEPOSIT' THEN n END) AS txn_deposit_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'DEPOSIT' THEN amount_krw END) AS txn_deposit_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'WITHDRAWAL' THEN n END) AS txn_withdrawal_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'WITHDRAWAL' THEN amount_krw END) AS txn_withdrawal_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'BALANCE_INQUIRY' THEN n END) AS txn_balance_inquiry_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'BALANCE_INQUIRY' THEN amount_krw END) AS txn_balance_inquiry_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'MATURITY_PAYOUT' THEN n END) AS txn_maturity_payout_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'MATURITY_PAYOUT' THEN amount_krw END) AS txn_maturity_payout_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'AUTO_TRANSFER' THEN n END) AS txn_auto_transfer_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'AUTO_TRANSFER' THEN amount_krw END) AS txn_auto_transfer_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_INTEREST' THEN n END) AS txn_loan_interest_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'LOAN_INTEREST' THEN amount_krw END) AS txn_loan_interest_amt_krw_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'FUND_BUY' THEN n END) AS txn_fund_buy_cnt_90d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_90d,
+        COUNT(DISTINCT CASE WHEN window_days <= 90 THEN currency END) AS n_currencies_90d,
+        MAX(last_ts) AS last_txn_ts
+    FROM txn_cells
     GROUP BY customer_id
 )
 SELECT

@@ -13,51 +13,95 @@
 --   unknown            no login and no identifier ever logged in (before $as_of): NULL.
 --
 -- Columns: session_id, customer_id, resolution, n_login_customers
+--
+-- How: one GROUP BY session over session_keys gives the smallest and largest login customer;
+-- that settles n_login_customers as 0 or 1 for almost every session, and the exact
+-- COUNT(DISTINCT) is only computed for the rare sessions with two or more. Only sessions with no
+-- login at all look their device and cookie up in identity_map (two joins against the small
+-- map). "How many distinct candidates" only matters as 0 / 1 / more, so it is read off the
+-- smallest and largest candidate instead of a COUNT(DISTINCT) over a device+cookie union.
 WITH session_logins AS (
     SELECT
         session_id,
-        COUNT(DISTINCT customer_id) AS n_login_customers,
-        MIN(customer_id) AS login_customer_id
+        MIN(customer_id) AS login_min,
+        MAX(customer_id) AS login_max
     FROM session_keys
     GROUP BY session_id
 ),
-session_identifiers AS (
-    SELECT DISTINCT session_id, 'device' AS identifier_type, device_id AS identifier
-    FROM session_keys
-    UNION
-    SELECT DISTINCT session_id, 'cookie' AS identifier_type, cookie_id AS identifier
-    FROM session_keys
-    WHERE cookie_id IS NOT NULL
-),
-session_links AS (
+multi_login AS (
     SELECT
-        si.session_id,
-        COUNT(DISTINCT im.customer_id) AS n_candidates,
-        MIN(im.customer_id) AS candidate_customer_id,
-        MAX(CASE WHEN im.is_shared THEN 1 ELSE 0 END) AS any_shared,
-        MAX(CASE WHEN si.identifier_type = 'device' AND im.customer_id IS NOT NULL
-            THEN 1 ELSE 0 END) AS device_resolves
-    FROM session_identifiers AS si
-    LEFT JOIN identity_map AS im
-        ON si.identifier_type = im.identifier_type AND si.identifier = im.identifier
-    GROUP BY si.session_id
+        session_id,
+        COUNT(DISTINCT customer_id) AS n_login_customers
+    FROM session_keys
+    WHERE session_id IN (SELECT session_id FROM session_logins WHERE login_min < login_max)
+    GROUP BY session_id
+),
+anonymous_links AS (
+    SELECT
+        k.session_id,
+        d.customer_id AS device_customer_id,
+        c.customer_id AS cookie_customer_id,
+        CASE WHEN d.is_shared OR c.is_shared THEN 1 ELSE 0 END AS shared
+    FROM session_keys AS k
+    LEFT JOIN identity_map AS d
+        ON d.identifier_type = 'device' AND k.device_id = d.identifier
+    LEFT JOIN identity_map AS c
+        ON c.identifier_type = 'cookie' AND k.cookie_id = c.identifier
+    WHERE k.session_id IN (SELECT session_id FROM session_logins WHERE login_min IS NULL)
+),
+anonymous_sessions AS (
+    SELECT
+        session_id,
+        MIN(device_customer_id) AS device_min,
+        MAX(device_customer_id) AS device_max,
+        MIN(cookie_customer_id) AS cookie_min,
+        MAX(cookie_customer_id) AS cookie_max,
+        MAX(shared) AS any_shared
+    FROM anonymous_links
+    GROUP BY session_id
+),
+sessions AS (
+    -- per session: login count, and the smallest / largest customer any identifier of a
+    -- login-less session resolves to (NULL: none)
+    SELECT
+        l.session_id,
+        CASE
+            WHEN l.login_min IS NULL THEN 0
+            WHEN l.login_min = l.login_max THEN 1
+            ELSE m.n_login_customers
+        END AS n_login_customers,
+        l.login_min AS login_customer_id,
+        a.any_shared,
+        a.device_min IS NOT NULL AS device_resolves,
+        CASE
+            WHEN a.device_min IS NULL THEN a.cookie_min
+            WHEN a.cookie_min IS NULL OR a.device_min <= a.cookie_min THEN a.device_min
+            ELSE a.cookie_min
+        END AS candidate_min,
+        CASE
+            WHEN a.device_max IS NULL THEN a.cookie_max
+            WHEN a.cookie_max IS NULL OR a.device_max >= a.cookie_max THEN a.device_max
+            ELSE a.cookie_max
+        END AS candidate_max
+    FROM session_logins AS l
+    LEFT JOIN multi_login AS m ON l.session_id = m.session_id
+    LEFT JOIN anonymous_sessions AS a ON l.session_id = a.session_id
 )
 SELECT
-    sl.session_id,
+    session_id,
     CASE
-        WHEN sl.n_login_customers = 1 THEN sl.login_customer_id
-        WHEN sl.n_login_customers = 0 AND lk.any_shared = 0 AND lk.n_candidates = 1
-            THEN lk.candidate_customer_id
+        WHEN n_login_customers = 1 THEN login_customer_id
+        WHEN n_login_customers = 0 AND any_shared = 0 AND candidate_min = candidate_max
+            THEN candidate_min
     END AS customer_id,
     CASE
-        WHEN sl.n_login_customers = 1 THEN 'login'
-        WHEN sl.n_login_customers > 1 THEN 'multi_login'
-        WHEN lk.any_shared = 1 THEN 'shared_identifier'
-        WHEN lk.n_candidates > 1 THEN 'ambiguous'
-        WHEN lk.n_candidates = 1 AND lk.device_resolves = 1 THEN 'device'
-        WHEN lk.n_candidates = 1 THEN 'cookie'
+        WHEN n_login_customers = 1 THEN 'login'
+        WHEN n_login_customers > 1 THEN 'multi_login'
+        WHEN any_shared = 1 THEN 'shared_identifier'
+        WHEN candidate_min < candidate_max THEN 'ambiguous'
+        WHEN candidate_min = candidate_max AND device_resolves THEN 'device'
+        WHEN candidate_min = candidate_max THEN 'cookie'
         ELSE 'unknown'
     END AS resolution,
-    sl.n_login_customers
-FROM session_logins AS sl
-JOIN session_links AS lk ON sl.session_id = lk.session_id
+    n_login_customers
+FROM sessions
