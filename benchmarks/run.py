@@ -125,10 +125,16 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_bandit.run(raw_dir, truth_dir)
 
+    def bench_models() -> dict[str, Any]:
+        from benchmarks import bench_models
+
+        return bench_models.run(raw_dir, truth_dir)
+
     steps = [
         ("simulator", bench_simulator),
         ("customer_view", bench_customer_view),
         ("detection", bench_detection),
+        ("models", bench_models),
         ("bandit", bench_bandit),
     ]
     if not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

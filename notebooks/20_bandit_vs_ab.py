@@ -32,7 +32,7 @@
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
 train_days = 14  # the logged history the bandit learns from offline
-sim_days = 0  # days the policies run; 0 = the rest of the simulated period
+sim_days = 0  # days the policies run (0: the rest of the simulated period)
 ab_test_days = 7  # A/B test period at the start of the run
 exploration = "epsilon"  # epsilon | softmax | squarecb
 epsilon = 0.05

@@ -129,6 +129,26 @@ def detect(
         typer.echo(f"{name:<16} {path}")
 
 
+@app.command()
+def retrain(
+    as_of: Annotated[datetime, typer.Option("--as-of", help="Train with data strictly before this "
+                                            "date (the day the scheduler runs).")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Retrain with papermill: the propensity and CVR notebooks, executed copies under reports/."""
+    from src.models.retrain import RetrainError
+    from src.models.retrain import retrain as run_retrain
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        result = run_retrain(settings, as_of)
+    except RetrainError as error:  # names the failing step and its executed notebook
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    for step in result.steps:
+        typer.echo(f"{step.name:<22} {step.seconds:>7.1f}s  run {step.run_id}  {step.notebook}")
+
+
 @app.command("evaluate-policy")
 def evaluate_policy(
     log: Annotated[Path, typer.Argument(help="Decision log (Parquet or CSV): action, prob, "

@@ -51,7 +51,14 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> Path:
-        """Where runs store artifacts when tracking is embedded (MLflow 3 has no bare file store)."""
+        """Where runs store artifacts when tracking is embedded: beside the SQLite store.
+
+        MLflow 3 has no bare ./mlruns file store; keeping artifacts next to the database means a
+        store pointed elsewhere (a test's temp dir) takes its artifacts with it.
+        """
+        uri = self.tracking_uri
+        if uri.startswith("sqlite:///"):
+            return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
         return self.resolve(self.mlruns_dir) / "artifacts"
 
     @property

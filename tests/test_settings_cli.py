@@ -44,3 +44,11 @@ def test_cli_import_is_light():
     code = "import sys, src.cli; print(sorted(m for m in ('pandas', 'duckdb', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_artifacts_live_beside_the_sqlite_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store/mlflow.db")
+    assert Settings().artifact_root == tmp_path / "store" / "artifacts"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert Settings().artifact_root == PACKAGE_ROOT / "mlruns" / "artifacts"
+    assert Settings().tracking_uri == f"sqlite:///{PACKAGE_ROOT / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10 — Propensity per product
+#
+# For every customer and date T: will they sign up for each product within the next 30 days?
+# Features are the customer view as of T (only what happened before T); labels are the
+# `PRODUCT_SIGNUP` transactions in [T, T + 30 days). Training, validation (early stopping and
+# calibration) and test use successive dates, so the test is on held-out time.
+#
+# The model — one calibrated LightGBM per product — is compared with a logistic regression on
+# the same rows and, on the simulated bank, with the **oracle** (the true probability the labels
+# were drawn from) and **need_frozen** (the true need the day before T, frozen over the window:
+# the best possible from the past). Everything is logged to MLflow and the model is registered
+# as `challenger`; it becomes `champion` only if it beats the current one on the same test rows.
+# The logic is in `src/models/train.py`; `nextoffer retrain` runs this notebook with papermill.
+
+# %% tags=["parameters"]
+data_dir = ""  # empty: the project's data/ directory
+as_of = ""  # retraining date: only data before it is used (empty: all data)
+products = ""  # comma-separated (empty: all products)
+window_days = 30  # label window (shortened automatically on a bank too short for it)
+embargo = True  # every training label window closes before the test date (False leaks: see src/features/feature_table.py)
+learning_rate = 0.05
+num_leaves = 15
+min_child_samples = 100
+register = True  # register the model and run the champion/challenger comparison
+with_rule_features = False  # add the detection rules' features (slower: detection per date)
+run_info_path = ""  # where to write {run_id, model_uri, ...} as JSON (set by `retrain`)
+out_dir = ""  # also write plots and tables here (set by `retrain`)
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import display
+
+from src.data.schemas import PRODUCTS
+from src.models.propensity import PropensityConfig
+from src.models.train import run_propensity_training, write_run_info
+from src.settings import Settings
+
+settings = Settings(data_dir=data_dir) if data_dir else Settings()
+chosen = [p.strip() for p in products.split(",") if p.strip()] or list(PRODUCTS)
+extra = None
+if with_rule_features:
+    from src.features.feature_table import detection_rule_features
+
+    extra = detection_rule_features()
+config = PropensityConfig(learning_rate=learning_rate, num_leaves=num_leaves, min_child_samples=min_child_samples)
+run = run_propensity_training(settings, as_of or None, chosen, config, window_days=window_days, embargo=embargo,
+                              extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None)
+print("time split:", run.plan.as_dict())
+print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
+
+# %% [markdown]
+# ## Held-out quality next to the baseline and the oracle
+#
+# `gap_to_oracle` = oracle AUC − model AUC. It splits into `irreducible_gap` (oracle − need_frozen:
+# needs that move inside the window and offers shown in it, which no model can see on T) and
+# `learnable_gap` (need_frozen − model: what better features could still win).
+
+# %%
+display(run.gaps.round(4))
+display(run.metrics.round(4))
+
+# %%
+run.figures["roc"]
+
+# %%
+run.figures["calibration"]
+
+# %%
+run.figures["lift"]
+
+# %%
+run.figures["feature_importance"]
+
+# %% [markdown]
+# ## Tracking and promotion
+
+# %%
+print("MLflow run:", run.run_id, "\nmodel:", run.model_uri)
+if run.promotion is not None:
+    print(run.promotion)
+if run_info_path:
+    write_run_info(run_info_path, notebook="10_train_propensity", run_id=run.run_id, model_uri=run.model_uri,
+                   experiment_id=run.extra.get("experiment_id"), plan=run.plan.as_dict(),
+                   promotion=None if run.promotion is None else run.promotion.__dict__)

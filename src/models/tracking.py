@@ -1,0 +1,121 @@
+"""MLflow plumbing: where runs go, what every run records, and the logged model format.
+
+Embedded by default: tracking and registry in SQLite under ``mlruns/`` and artifacts under
+``Settings().artifact_root`` (each experiment is created with that ``artifact_location``, as
+a file URI — MLflow 3 no longer takes a bare ``./mlruns`` store). ``MLFLOW_TRACKING_URI``
+points everything at a server instead; the server then decides where artifacts go.
+
+The propensity model is logged as **one multi-output pyfunc**: input = raw feature rows (the
+customer-view columns, as ``build_customer_view`` returns them), output = one column of
+calibrated probabilities per product. One model, one version, one champion alias: serving
+scores every product in one call and the products can never be out of step.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from src.settings import Settings
+
+
+def configure_mlflow(settings: Settings, experiment: str) -> str:
+    """Point MLflow at the settings' tracking URI, ensure the experiment; its id."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not uri.startswith(("http://", "https://", "databricks")):  # a local store: artifacts under mlruns/
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        location = settings.artifact_root.as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def code_version(root: Path | None = None) -> dict[str, str]:
+    """Git commit and whether the tree had uncommitted changes ("unknown" outside git)."""
+    root = root or Settings().root
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": "unknown" if commit == "unknown" else str(bool(dirty)).lower()}
+
+
+def serving_frame(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Raw rows in the logged signature's types: nullable ints become float (NaN for null),
+    bools stay bool, strings stay strings — what a JSON request can carry."""
+    out = rows[columns].copy()
+    for c in columns:
+        if isinstance(out[c].dtype, pd.Int64Dtype) or pd.api.types.is_integer_dtype(out[c]):
+            out[c] = out[c].astype("float64")
+        elif pd.api.types.is_string_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
+            out[c] = out[c].astype(object)
+    return out.reset_index(drop=True)
+
+
+class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+    """Raw feature rows -> calibrated probability per product (one column each)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        rows = pd.DataFrame(model_input)
+        return self.model.predict_proba(rows).reset_index(drop=True)
+
+
+def log_pyfunc(model: Any, example_rows: pd.DataFrame, raw_columns: list[str], name: str = "model",
+               wrapper: type[mlflow.pyfunc.PythonModel] = PropensityPyfunc) -> str:
+    """Log ``model`` (has ``predict_proba(rows) -> frame``) with signature and input example
+    in the active run; its model URI."""
+    from mlflow.models import infer_signature
+
+    example = serving_frame(example_rows.head(5), raw_columns)
+    output = model.predict_proba(example)
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=wrapper(model), signature=infer_signature(example, output),
+        input_example=example, pip_requirements=_requirements(),
+    )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """Pinned versions of what unpickling the model needs (the project itself must be importable)."""
+    import importlib.metadata as md
+
+    return [f"{p}=={md.version(p)}" for p in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+
+
+def log_figures(figures: dict[str, Any], artifact_dir: str = "plots", local_dir: Path | None = None) -> None:
+    """Save matplotlib figures as PNG (to ``local_dir`` too, if given) and log them."""
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"{artifact_dir}/{name}.png")
+        if local_dir is not None:
+            local_dir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(local_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+
+
+def log_metrics_frame(metrics: pd.DataFrame, prefix: str = "") -> None:
+    """A (product, scorer) x metric frame as flat MLflow metrics ``<prefix><product>.<scorer>.<metric>``."""
+    flat = {}
+    for (product, scorer), row in metrics.iterrows():
+        for metric, value in row.items():
+            if value is not None and np.isfinite(value):
+                flat[f"{prefix}{product}.{scorer}.{metric}"] = float(value)
+    mlflow.log_metrics(flat)

@@ -1,0 +1,324 @@
+"""One tracked propensity training run, end to end: what notebook 10 and the benchmark call.
+
+plan the time split -> feature table -> fit (LightGBM + calibration, logistic baseline) ->
+score the test date next to the oracle -> MLflow run (params, data window, code version,
+metrics, plots, tables, the pyfunc) -> register as challenger, promote if it beats the
+champion on the same test rows (mean AUC over products).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.data.schemas import PRODUCTS
+from src.features.feature_table import (
+    AsOfPlan,
+    ExtraFeatures,
+    build_feature_table,
+    data_period,
+    label_column,
+    plan_as_of_dates,
+    view_feature_columns,
+)
+from src.models.evaluate import (
+    gap_summary,
+    metrics_table,
+    oracle_scores,
+    propensity_figures,
+    score_table,
+)
+from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
+from src.models.registry import PromotionResult, register_and_promote
+from src.settings import Settings
+
+EXPERIMENT = "propensity"
+MODEL_NAME = "nextoffer-propensity"
+
+
+@dataclass
+class PropensityRun:
+    """Everything a notebook shows and a scheduler checks."""
+
+    plan: AsOfPlan
+    model: PropensityModel
+    metrics: pd.DataFrame
+    gaps: pd.DataFrame
+    figures: dict
+    test_rows: pd.DataFrame
+    timings: dict[str, float]
+    run_id: str | None = None
+    model_uri: str | None = None
+    promotion: PromotionResult | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def plan_for(raw_dir: Path, as_of: date | datetime | str | None, window_days: int = 30,
+             embargo: bool = True) -> AsOfPlan:
+    """The time split for a retraining on ``as_of``: only data before it (default: all data)."""
+    start, end = data_period(raw_dir)
+    if as_of:
+        end = min(end, pd.Timestamp(as_of).normalize())
+    return plan_as_of_dates(start, end, window_days=window_days, embargo=embargo)
+
+
+def mean_auc(model, rows: pd.DataFrame, products: Sequence[str]) -> float:
+    """Promotion metric: AUC averaged over products (products with one class only skipped)."""
+    from sklearn.metrics import roc_auc_score
+
+    preds = model.predict_proba(rows) if hasattr(model, "predict_proba") else model.predict(rows)
+    aucs = []
+    for p in products:
+        y = rows[label_column(p)].to_numpy(int)
+        if 0 < y.sum() < len(y) and p in preds:
+            aucs.append(roc_auc_score(y, np.asarray(preds[p], float)))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def champion_scorer(rows: pd.DataFrame, raw_columns: list[str], products: Sequence[str]):
+    """``score_champion`` for the registry: load the champion pyfunc, score the same rows."""
+    from src.models.tracking import serving_frame
+
+    def score(uri: str) -> float:
+        import mlflow
+
+        champion = mlflow.pyfunc.load_model(uri)
+        preds = champion.predict(serving_frame(rows, raw_columns))
+        preds.index = rows.index
+        return mean_auc(_Preds(preds), rows, products)
+
+    return score
+
+
+class _Preds:
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def predict_proba(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return self.frame
+
+
+def run_propensity_training(settings: Settings, as_of: date | datetime | str | None = None,
+                            products: Sequence[str] = PRODUCTS, config: PropensityConfig | None = None,
+                            window_days: int = 30, embargo: bool = True, extra: ExtraFeatures | None = None,
+                            track: bool = True, register: bool = True, out_dir: Path | None = None,
+                            table: pd.DataFrame | None = None, plan: AsOfPlan | None = None,
+                            progress: bool = True) -> PropensityRun:
+    """Train, evaluate against the oracle (if the bank has a truth dir), track and register.
+
+    ``table``/``plan`` skip the feature build (benchmarks reuse one table). ``out_dir`` gets
+    the plots and metrics as files as well.
+    """
+    config = config or PropensityConfig()
+    products = list(products)
+    timings: dict[str, float] = {}
+    plan = plan or plan_for(settings.raw_dir, as_of, window_days, embargo)
+    t0 = time.perf_counter()
+    if table is None:
+        table = build_feature_table(settings.raw_dir, plan.dates, plan.window_days, products, extra=extra,
+                                    progress=progress)
+    timings["feature_table_s"] = time.perf_counter() - t0
+    raw_columns = [c for c in table.columns
+                   if c in set(view_feature_columns()) or c.startswith("rule_")]
+    t0 = time.perf_counter()
+    model = train_propensity(table, plan, products, config, raw_columns, progress=progress)
+    timings["train_s"] = time.perf_counter() - t0
+
+    test = split_rows(table, plan, config.val_customer_share)["test"]
+    reference = None
+    if (settings.truth_dir / "meta.json").exists():
+        reference = oracle_scores(settings.truth_dir, settings.raw_dir, test, products, plan.window_days)
+    scores = score_table(model, test, products, reference)
+    metrics = metrics_table(test, scores, products)
+    gaps = gap_summary(metrics)
+    figures = propensity_figures(model, test, scores, products)
+    run = PropensityRun(plan, model, metrics, gaps, figures, test, timings)
+    if out_dir is not None:
+        _write_local(run, Path(out_dir))
+    if track:
+        _track(run, settings, config, products, register)
+    return run
+
+
+def _write_local(run: PropensityRun, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.metrics.to_csv(out_dir / "propensity_metrics.csv")
+    run.gaps.to_csv(out_dir / "propensity_auc_gap.csv")
+    for name, fig in run.figures.items():
+        fig.savefig(out_dir / f"propensity_{name}.png", dpi=110, bbox_inches="tight")
+
+
+def _track(run: PropensityRun, settings: Settings, config: PropensityConfig, products: list[str],
+           register: bool) -> None:
+    import mlflow
+
+    from src.models.tracking import (
+        code_version,
+        configure_mlflow,
+        log_figures,
+        log_metrics_frame,
+        log_pyfunc,
+    )
+
+    experiment_id = configure_mlflow(settings, EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id) as active:
+        window = run.plan.as_dict()
+        mlflow.log_params({**config.model_dump(), "products": ",".join(products),
+                           "window_days": run.plan.window_days,
+                           "n_features_raw": len(run.model.raw_columns),
+                           "n_features_matrix": len(run.model.matrix_columns)})
+        mlflow.log_params({f"as_of_{k}": ",".join(v) for k, v in window.items() if isinstance(v, list)})
+        mlflow.set_tags({**code_version(settings.root), "data_dir": str(settings.resolve(settings.data_dir)),
+                         "as_of_test": window["test"][-1]})
+        mlflow.log_dict(window, "data_window.json")
+        log_metrics_frame(run.metrics)
+        mlflow.log_metrics({f"{p}.gap_to_oracle_auc": float(v) for p, v in run.gaps.get("gap_to_oracle", {}).items()
+                            if np.isfinite(v)})
+        for p, m in run.model.products.items():
+            mlflow.log_metric(f"{p}.best_iteration", m.best_iteration)
+        mlflow.log_metrics(run.timings)
+        score = mean_auc(run.model, run.test_rows, products)
+        mlflow.log_metric("mean_auc", score)
+        mlflow.log_text(run.metrics.to_csv(), "tables/metrics.csv")
+        mlflow.log_text(run.gaps.to_csv(), "tables/auc_gap.csv")
+        log_figures(run.figures)
+        run.run_id = active.info.run_id
+        run.model_uri = log_pyfunc(run.model, run.test_rows, run.model.raw_columns)
+        if register:
+            run.promotion = register_and_promote(
+                run.model_uri, MODEL_NAME, metric="mean_auc", candidate_score=score,
+                score_champion=champion_scorer(run.test_rows, run.model.raw_columns, products),
+                tracking_uri=settings.tracking_uri)
+            mlflow.set_tags({"registered_version": run.promotion.version,
+                             "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion"})
+        run.extra["experiment_id"] = experiment_id
+
+
+def write_run_info(path: Path | str, **info) -> Path:
+    """Small JSON a notebook writes next to itself so ``retrain`` finds its MLflow run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return path
+
+
+# --- CVR -------------------------------------------------------------------------------------
+CVR_EXPERIMENT = "cvr"
+
+
+@dataclass
+class CvrRun:
+    """The CVR model, its held-out metrics, the segment report and the MLflow run."""
+
+    model: object
+    metrics: pd.DataFrame
+    report: pd.DataFrame
+    summary: pd.DataFrame
+    weeks: dict[str, list[str]]
+    figures: dict
+    timings: dict[str, float]
+    run_id: str | None = None
+
+
+def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = None, step_days: int = 7,
+                     min_history_days: int = 7, track: bool = True, out_dir: Path | None = None,
+                     progress: bool = True) -> CvrRun:
+    """Weekly snapshots up to ``as_of``: exposures of the last week test, the week before
+    validate, earlier weeks train; then the segment report on the last snapshot."""
+    from src.features.customer_view import build_customer_view
+    from src.models import cvr
+
+    start, end = data_period(settings.raw_dir)
+    if as_of:
+        end = min(end, pd.Timestamp(as_of).normalize())
+    snaps = cvr.weekly_snapshots(start + pd.Timedelta(days=min_history_days), end - pd.Timedelta(days=1), step_days)
+    if len(snaps) < 3:
+        raise ValueError(f"need 3 weekly snapshots before {end:%Y-%m-%d}, have {len(snaps)}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows = cvr.exposure_rows(settings.raw_dir, snaps, progress=progress)
+    rows = rows.loc[rows["ts"] < end]
+    timings["exposure_rows_s"] = time.perf_counter() - t0
+    test, val = rows["snapshot"] == snaps[-1], rows["snapshot"] == snaps[-2]
+    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    t0 = time.perf_counter()
+    model = cvr.train_cvr(rows.loc[~test & ~val], rows.loc[val], offers["offer_id"].tolist())
+    timings["train_s"] = time.perf_counter() - t0
+    has_truth = (settings.truth_dir / "meta.json").exists()
+    oracle_p = cvr.oracle_convert(settings.truth_dir, settings.raw_dir, rows.loc[test]) if has_truth else None
+    metrics = cvr.evaluate_cvr(model, rows.loc[test], oracle_p)
+    view = build_customer_view(settings.raw_dir, snaps[-1])
+    view = view.loc[~view["is_closed"]].reset_index(drop=True)
+    oracle_matrix = (cvr.oracle_conversion_matrix(settings.truth_dir, settings.raw_dir, view["customer_id"],
+                                                  offers["offer_id"].tolist(), snaps[-1] + pd.Timedelta(hours=12))
+                     if has_truth else None)
+    report = cvr.segment_report(view, offers, model, oracle_matrix)
+    summary = cvr.segment_product_summary(report)
+    weeks = {"train": [f"{s:%Y-%m-%d}" for s in snaps[:-2]], "val": [f"{snaps[-2]:%Y-%m-%d}"],
+             "test": [f"{snaps[-1]:%Y-%m-%d}"], "end": [f"{end:%Y-%m-%d}"]}
+    figures = {"segment_roas": _plot_roas(summary)}
+    if oracle_matrix is not None:
+        figures["segment_conversions_vs_oracle"] = _plot_vs_oracle(report)
+    run = CvrRun(model, metrics, report, summary, weeks, figures, timings)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        metrics.to_csv(Path(out_dir) / "cvr_metrics.csv")
+        report.to_csv(Path(out_dir) / "segment_report.csv", index=False)
+        for name, fig in figures.items():
+            fig.savefig(Path(out_dir) / f"cvr_{name}.png", dpi=110, bbox_inches="tight")
+    if track:
+        import mlflow
+
+        from src.models.tracking import code_version, configure_mlflow, log_figures
+
+        experiment_id = configure_mlflow(settings, CVR_EXPERIMENT)
+        with mlflow.start_run(experiment_id=experiment_id) as active:
+            mlflow.log_params({"step_days": step_days, "best_iteration": model.best_iteration,
+                               "n_train": int((~test & ~val).sum()), "n_val": int(val.sum()), "n_test": int(test.sum())})
+            mlflow.log_params({f"weeks_{k}": ",".join(v) for k, v in weeks.items()})
+            mlflow.set_tags(code_version(settings.root))
+            mlflow.log_dict(weeks, "data_window.json")
+            for scorer, row in metrics.iterrows():
+                mlflow.log_metrics({f"{scorer}.{k}": float(v) for k, v in row.items() if np.isfinite(v)})
+            mlflow.log_metrics(timings)
+            mlflow.log_text(report.to_csv(index=False), "tables/segment_report.csv")
+            mlflow.log_text(summary.to_csv(index=False), "tables/segment_product_summary.csv")
+            log_figures(figures)
+            run.run_id = active.info.run_id
+    return run
+
+
+def _plot_roas(summary: pd.DataFrame, top: int = 20):
+    import matplotlib.pyplot as plt
+
+    head = summary.head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(head) + 1.2))
+    ax.barh(head["segment"] + " · " + head["product"], head["roas"], label="model")
+    if "oracle_roas" in head:
+        ax.plot(head["oracle_roas"], np.arange(len(head)), "k|", ms=10, label="oracle")
+    ax.axvline(1, color="k", ls=":", lw=0.8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set(xlabel="ROAS (value / cost of one exposure per customer)", title="Best segment x product by ROAS")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_vs_oracle(report: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(report["oracle_conversions"], report["expected_conversions"], s=8, alpha=0.6)
+    top = float(max(report["oracle_conversions"].max(), report["expected_conversions"].max()))
+    ax.plot([0, top], [0, top], "k:", lw=0.8)
+    ax.set(xlabel="oracle expected conversions", ylabel="model expected conversions",
+           title="Segment x offer: model vs oracle")
+    fig.tight_layout()
+    return fig

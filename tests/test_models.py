@@ -1,0 +1,133 @@
+"""Propensity / CVR models: metrics, training, the logged pyfunc, retraining, real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.features.feature_table import (
+    build_feature_table,
+    data_period,
+    plan_as_of_dates,
+    view_feature_columns,
+)
+from src.models.metrics import binary_metrics, expected_calibration_error, lift_by_decile
+from src.models.propensity import PropensityConfig, fit_product, train_propensity
+from src.settings import Settings
+
+BANK_MARKETING = Path("/work/shared/data/bank-marketing/bank-additional-full.csv")
+
+
+def _synthetic(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 4)), columns=list("abcd"))
+    p = 1 / (1 + np.exp(-(-2.5 + 1.5 * X["a"] - X["b"] * X["c"])))
+    return X, (rng.random(n) < p).astype(int), p.to_numpy()
+
+
+def test_metrics_tell_calibrated_from_miscalibrated():
+    _, y, p = _synthetic(20_000, 0)
+    assert expected_calibration_error(y, p) < 0.01
+    assert expected_calibration_error(y, np.clip(p * 2, 0, 1)) > 0.05
+    lift = lift_by_decile(y, p)
+    assert lift.iloc[0] > 2 > lift.iloc[-1]
+    one_class = binary_metrics(np.zeros(10), np.full(10, 0.1))
+    assert np.isnan(one_class["auc"]) and one_class["brier"] == pytest.approx(0.01)
+
+
+def test_boosting_learns_an_interaction_and_calibration_holds():
+    X, y, p = _synthetic(12_000, 1)
+    m = fit_product("toy", X[:8000], y[:8000], X[8000:10000], y[8000:10000],
+                    PropensityConfig(n_estimators=300, min_child_samples=50, isotonic_min_positives=100))
+    Xt, yt = X[10000:], y[10000:]
+    model, base, oracle = (binary_metrics(yt, f) for f in (m.predict(Xt), m.predict_baseline(Xt), p[10000:]))
+    assert m.best_iteration < 300 and m.calibration == "isotonic"
+    assert model["auc"] > base["auc"] + 0.02  # the interaction b*c is beyond the linear baseline
+    assert oracle["auc"] - model["auc"] < 0.03
+    assert model["ece"] < 0.04  # isotonic fitted on 2,000 validation rows
+
+
+@pytest.fixture(scope="module")
+def trained(small_bank: Settings):
+    start, end = data_period(small_bank.raw_dir)
+    plan = plan_as_of_dates(start, end)
+    table = build_feature_table(small_bank.raw_dir, plan.dates, plan.window_days)
+    model = train_propensity(table, plan, ["savings", "card"], PropensityConfig(n_estimators=50),
+                             view_feature_columns())
+    return table, plan, model
+
+
+def test_pyfunc_takes_raw_view_rows_and_returns_calibrated_probabilities(trained, tmp_path: Path):
+    from src.models.tracking import log_pyfunc, serving_frame
+
+    table, plan, model = trained
+    rows = table.loc[table["as_of"] == plan.test[0]].head(50)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        uri = log_pyfunc(model, rows, model.raw_columns)
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert loaded.metadata.signature is not None
+    assert set(loaded.metadata.get_input_schema().input_names()) == set(model.raw_columns)
+    got = loaded.predict(serving_frame(rows, model.raw_columns))
+    want = model.predict_proba(rows).reset_index(drop=True)
+    assert list(got.columns) == ["savings", "card"]
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-6)
+    assert ((got >= 0) & (got <= 1)).all().all()
+
+
+def test_cvr_segment_report_ranks_by_roas(small_bank: Settings):
+    from src.models.train import run_cvr_training
+
+    run = run_cvr_training(small_bank, track=False, progress=False)
+    rep = run.report
+    assert {"model", "oracle"} <= set(run.metrics.index)
+    np.testing.assert_allclose(rep["roas"], rep["value_krw"] / rep["cost_krw"])
+    assert rep["roas"].is_monotonic_decreasing
+    assert (rep["expected_conversions"] <= rep["customers"]).all()
+    assert run.summary.groupby(["segment", "product"]).size().max() == 1
+
+
+def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
+    from src.models.retrain import RetrainError, retrain
+
+    (tmp_path / "notebooks").mkdir()
+    ok = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("data_dir = ''\nas_of = ''\nrun_info_path = ''\nout_dir = ''",
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import json, pathlib\npathlib.Path(run_info_path).write_text(json.dumps({'run_id': None, 'as_of': as_of}))"),
+    ])
+    bad = nbformat.v4.new_notebook(cells=[ok.cells[0], nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
+    for nb in (ok, bad):
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(ok, tmp_path / "notebooks" / "good.ipynb")
+    nbformat.write(bad, tmp_path / "notebooks" / "bad.ipynb")
+    settings = small_bank.model_copy(update={"root": tmp_path})
+
+    result = retrain(settings, "2026-02-01", notebooks=["good"], out_dir=tmp_path / "reports", log_to_mlflow=False)
+    assert (tmp_path / "reports" / "2026-02-01" / "good.ipynb").exists()
+    assert json.loads((tmp_path / "reports" / "2026-02-01" / "good.run.json").read_text())["as_of"] == "2026-02-01"
+    assert result.steps[0].name == "good"
+    with pytest.raises(RetrainError, match="'bad'") as err:
+        retrain(settings, "2026-02-01", notebooks=["good", "bad"], out_dir=tmp_path / "reports", log_to_mlflow=False)
+    assert err.value.step == "bad" and err.value.notebook.exists()
+
+
+@pytest.mark.skipif(not BANK_MARKETING.exists(), reason="UCI Bank Marketing data not present")
+def test_bank_marketing_pipeline_on_a_subsample():
+    from src.models.bank_marketing import bank_matrix, evaluate_bank_marketing, load_bank_marketing
+
+    df = load_bank_marketing(BANK_MARKETING).head(200)
+    assert "duration" not in bank_matrix(df).columns
+    out = evaluate_bank_marketing(BANK_MARKETING, n_folds=3, sample=6000,
+                                  config=PropensityConfig(n_estimators=200, min_child_samples=50))
+    assert len(out["cv"]) == 6
+    assert out["cv_mean"].loc["model", "auc"] > 0.7  # real signal without the leaking duration
+    assert set(out["time"].index) == {"model", "logreg"}
