@@ -130,12 +130,18 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_models.run(raw_dir, truth_dir)
 
+    def bench_serving() -> dict[str, Any]:
+        from benchmarks import bench_serving
+
+        return bench_serving.run(work / "serving")
+
     steps = [
         ("simulator", bench_simulator),
         ("customer_view", bench_customer_view),
         ("detection", bench_detection),
         ("models", bench_models),
         ("bandit", bench_bandit),
+        ("serving", bench_serving),
     ]
     if not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
         raise SystemExit(f"no simulated data under {raw_dir}: run the simulator benchmark first")

@@ -171,6 +171,30 @@ def evaluate_policy(
     typer.echo(table.to_string(index=False))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING_*."""
+    from src.serving.service import serve as run_server
+
+    run_server(_settings(), host=host, port=port)
+
+
+@app.command("export-log")
+def export_log(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the Parquet files.")],
+    reward: Annotated[str, typer.Option(help="click | conversion: the reward column for "
+                                        "off-policy evaluation.")] = "click",
+) -> None:
+    """Decisions and rewards from the serving log to Parquet, for retraining and evaluate-policy."""
+    from src.serving.service import export_log as export
+
+    for name, path in export(_settings(), out_dir, reward=reward).items():
+        typer.echo(f"{name:<18} {path}")
+
+
 @app.command("to-spark-sql")
 def to_spark_sql(
     name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],

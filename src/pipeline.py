@@ -86,6 +86,21 @@ def run_detection(
     return paths
 
 
+def run_training(settings: Settings, echo: Callable[[str], None] = print) -> None:
+    """Train the propensity models on held-out time, track the run, register and maybe promote."""
+    from src.models.train import run_propensity_training
+
+    result = run_propensity_training(settings, progress=False)
+    gaps = result.gaps
+    for product, row in gaps.iterrows():
+        echo(f"      {product:<8} AUC {row['model']:.3f}  oracle {row['oracle']:.3f}  "
+             f"logreg {row['logreg']:.3f}")
+    if result.promotion is not None:
+        outcome = "champion" if result.promotion.promoted else "challenger"
+        echo(f"      registered {result.promotion.name} v{result.promotion.version} as "
+             f"{outcome}: {result.promotion.reason}")
+
+
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Simulate a small bank, validate it, stitch identities and build the view; say where."""
     import pandas as pd
@@ -93,19 +108,19 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     from src.data.loaders import validate_raw
 
     started = time.perf_counter()
-    echo(f"1/4 simulating {settings.customers:,} customers x {settings.days} days "
+    echo(f"1/6 simulating {settings.customers:,} customers x {settings.days} days "
          f"(seed {settings.seed}) ...")
     counts = run_simulation(settings)
     for table, rows in counts.items():
         echo(f"      {table:<14} {rows:>10,} rows")
 
-    echo("2/4 validating raw tables against the data contract ...")
+    echo("2/6 validating raw tables against the data contract ...")
     report = validate_raw(settings.raw_dir)
     echo(f"      {sum(report['accepted'].values()):,} rows accepted, "
          f"{sum(report['rejected'].values()):,} rejected")
 
     as_of = default_as_of(settings)
-    echo(f"3/4 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
+    echo(f"3/6 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
     paths = run_customer_view(settings, as_of=as_of)
     view = pd.read_parquet(paths["customer_view"])
     identity = pd.read_parquet(paths["identity_map"])
@@ -113,16 +128,25 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     echo(f"      identity map: {len(identity):,} devices/cookies, "
          f"{int(identity['is_shared'].sum()):,} shared (not merged)")
 
-    echo("4/4 detecting behaviour with the rules in src/features/rules ...")
+    echo("4/6 detecting behaviour with the rules in src/features/rules ...")
     paths.update(run_detection(settings, as_of=as_of))
     detections = pd.read_parquet(paths["detections"])
     for (rule, kind), count in detections.groupby(["rule", "kind"]).size().items():
         echo(f"      {rule:<30} {kind:<8} {count:>8,}")
 
+    echo("5/6 training propensity models (MLflow, SQLite under mlruns/) ...")
+    run_training(settings, echo=echo)
+
+    from src.serving.service import run_demo as serve_a_few_decisions
+
+    echo("6/6 starting the scoring endpoint, sending a few decisions and rewards ...")
+    serve_a_few_decisions(settings, echo=echo)
+
     echo(f"\ndone in {time.perf_counter() - started:.1f}s. Where to look:")
     echo(f"  raw tables       {settings.raw_dir}")
     for name, path in paths.items():
         echo(f"  {name:<16} {path}")
+    echo(f"  MLflow           {settings.tracking_uri}  (mlflow ui --backend-store-uri ...)")
     echo("  notebooks        make lab  ->  notebooks/01_customer_view.ipynb, "
          "02_detection_and_journeys.ipynb")
     return paths

@@ -1,0 +1,221 @@
+"""The decision path: eligibility -> contact caps -> scores -> policy draw -> a loggable record.
+
+Everything here is synchronous and in memory (one view row, one matrix row, one VW predict);
+the only I/O of a decision is the log write the HTTP handler awaits afterwards.
+
+Policies, in order of preference, each returning a probability for every allowed offer:
+
+1. ``bandit``: the champion bandit's PMF over the allowed offers (renormalized over them).
+2. ``propensity_greedy`` (fallback): offers of products a rule marked first, then by champion
+   propensity; epsilon-greedy, so the log stays usable for off-policy evaluation.
+3. ``default_order`` (fallback): the policy file's order, epsilon-greedy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from src.serving.caps import ContactCaps, Usage
+from src.serving.config import Offer, PolicyConfig
+from src.serving.customers import CustomerStore, OnlineFlags
+from src.serving.eligibility import exclusions, needed_columns
+from src.serving.log import DecisionRecord
+from src.serving.models import ModelManager, ModelSet
+from src.serving.schemas import DecisionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the policy did with the allowed offers."""
+
+    offer_id: str | None
+    candidates: tuple[str, ...]
+    pmf: tuple[float, ...]
+    policy: str
+    fallback_reason: str | None
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def naive_ns(when: datetime) -> int:
+    """Nanoseconds of a naive local time on the event stream's scale (``detection.to_ns``)."""
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def epsilon_greedy(n: int, epsilon: float) -> list[float]:
+    """Probabilities of an epsilon-greedy draw whose first candidate is the greedy one."""
+    if n == 0:
+        return []
+    p = [epsilon / n] * n
+    p[0] += 1.0 - epsilon
+    return p
+
+
+def draw(pmf: Sequence[float], u: float) -> int:
+    """Index drawn from ``pmf`` with a uniform number ``u`` in [0, 1)."""
+    acc = 0.0
+    for i, p in enumerate(pmf):
+        acc += p
+        if u < acc:
+            return i
+    return max(i for i, p in enumerate(pmf) if p > 0)
+
+
+def bandit_context(row: Mapping[str, Any] | None, when: datetime, channel: str, usage: Usage,
+                   scores: Mapping[str, float] | None, flags: Sequence[str]) -> dict[str, Any]:
+    """The bandit's request context (``bandit_features.request_context`` plus propensity scores as
+    ``propensity_<product>`` and active rule flags as 1)."""
+    ctx: dict[str, Any] = dict(row) if row else {}
+    ctx["hour"] = when.hour
+    ctx["weekday"] = when.weekday()
+    ctx["channel"] = channel
+    ctx["exposures_7d"] = usage.week_total
+    ctx["seen"] = usage.offer_week
+    if scores:
+        for product, p in scores.items():
+            ctx[f"propensity_{product}"] = p
+    for f in flags:
+        ctx[f] = 1
+    return ctx
+
+
+class DecisionEngine:
+    """Makes decisions; owns no I/O. ``clock`` returns an aware datetime (injected in tests)."""
+
+    def __init__(self, policy: PolicyConfig, store: CustomerStore, flags: OnlineFlags,
+                 caps: ContactCaps, models: ModelManager, *, timezone: str = "Asia/Seoul",
+                 seed: int | None = None, clock: Callable[[], datetime] | None = None) -> None:
+        self.policy = policy
+        self.store = store
+        self.flags = flags
+        self.caps = caps
+        self.models = models
+        self.tz = ZoneInfo(timezone)
+        self.rng = random.Random(seed)
+        self._ids = random.Random()  # OS-seeded even in tests: ids must not repeat across restarts
+        self.clock = clock or (lambda: datetime.now(self.tz))
+        self.by_slot: dict[str, list[Offer]] = {}
+        for offer in policy.offers:
+            for slot in offer.slots:
+                self.by_slot.setdefault(slot, []).append(offer)
+        self.offers = {o.offer_id: o for o in policy.offers}
+        rank = {o: i for i, o in enumerate(policy.default_order)}
+        self.default_rank = {o.offer_id: rank.get(o.offer_id, len(rank) + i)
+                             for i, o in enumerate(policy.offers)}
+        self.eligibility_columns = needed_columns(policy)
+        store.warm(self.eligibility_columns)
+        self._columns_for: tuple[int, tuple[str, ...]] = (-1, ())
+
+    def new_id(self) -> str:
+        """A random 128-bit decision id (``uuid4`` costs an ``os.urandom`` call per request)."""
+        return f"{self._ids.getrandbits(128):032x}"
+
+    def now(self) -> datetime:
+        """Local wall-clock time of the service (naive, like the data)."""
+        return self.clock().astimezone(self.tz).replace(tzinfo=None)
+
+    def local(self, when: datetime | None, default: datetime) -> datetime:
+        if when is None:
+            return default
+        return when.astimezone(self.tz).replace(tzinfo=None) if when.tzinfo else when
+
+    def _columns(self, models: ModelSet) -> tuple[str, ...]:
+        key = id(models.bandit)
+        if self._columns_for[0] != key:
+            extra = models.bandit.context_columns if models.bandit else ()
+            self._columns_for = (key, tuple(dict.fromkeys(self.eligibility_columns + extra)))
+        return self._columns_for[1]
+
+    def decide(self, request: DecisionRequest) -> DecisionRecord:
+        """One decision, with its contact reserved; the caller logs it (or releases the contact)."""
+        now = self.now()
+        day = now.toordinal()
+        ctx = request.context
+        when = self.local(ctx.time, now)
+        customer_id, channel, slot = request.customer_id, ctx.channel, request.slot
+        models = self.models.current
+        position = self.store.position(customer_id)
+        row = None if position is None else self.store.row(position, self._columns(models))
+        offers = self.by_slot.get(slot, [])
+        excluded = exclusions(row, channel, offers, self.policy)
+        eligible = [o for o in offers if o.offer_id not in excluded]
+        scores = models.propensity.for_position(position) if models.propensity else None
+        flags = self.flags.active(customer_id, naive_ns(when)) if len(self.flags) else ()
+
+        def choose(usage: Usage, blocked: dict[str, str]) -> tuple[str | None, Choice]:
+            if blocked:
+                excluded.update(blocked)
+            allowed = [o for o in eligible if o.offer_id not in blocked]
+            if not allowed:
+                return None, Choice(None, (), (), "none", None)
+            choice = self._choose(allowed, row, when, channel, slot, usage, scores, flags, models)
+            return choice.offer_id, choice
+
+        choice = self.caps.reserve_with(customer_id, channel, day, [o.offer_id for o in eligible], choose)
+        chosen = self.offers.get(choice.offer_id) if choice.offer_id else None
+        return DecisionRecord(
+            decision_id=self.new_id(), created_at=now.isoformat(timespec="microseconds"), day=day,
+            customer_id=customer_id, slot=slot, channel=channel, device=ctx.device, page=ctx.page,
+            request_time=when.isoformat(timespec="seconds"), offer_id=choice.offer_id,
+            product=chosen.product if chosen else None,
+            prob=choice.pmf[choice.candidates.index(choice.offer_id)] if chosen else None,
+            candidates=choice.candidates, pmf=choice.pmf,
+            scores={o.offer_id: (scores.get(o.product) if scores else None) for o in eligible},
+            excluded=excluded, policy=choice.policy, model_versions=models.versions(),
+            cold_start=position is None, fallback=choice.fallback_reason is not None,
+            fallback_reason=choice.fallback_reason, view_as_of=self.store.as_of, flags=flags)
+
+    def _choose(self, allowed: list[Offer], row: Mapping[str, Any] | None, when: datetime, channel: str,
+                slot: str, usage: Usage, scores: Mapping[str, float] | None, flags: Sequence[str],
+                models: ModelSet) -> Choice:
+        reason = None
+        if models.bandit is not None:
+            try:
+                candidates = [{"offer_id": o.offer_id, "product": o.product, "slot": slot,
+                               "creative": o.creative} for o in allowed]
+                context = bandit_context(row, when, channel, usage, scores, flags)
+                pmf = models.bandit.pmf(context, candidates)
+                i = draw(pmf, self.rng.random())
+                return Choice(allowed[i].offer_id, tuple(o.offer_id for o in allowed), tuple(pmf),
+                              "bandit", None)
+            except Exception:  # noqa: BLE001 - a failing model must not fail the request
+                reason = "bandit_error"
+        marked = {f[len("mark_"):] for f in flags if f.startswith("mark_")}
+        if scores is not None:
+            ordered = sorted(allowed, key=lambda o: (o.product not in marked, -(scores.get(o.product) or 0.0),
+                                                     self.default_rank[o.offer_id]))
+            policy = "propensity_greedy"
+            reason = reason or ("no_bandit_model" if self.models.names.get("bandit") else None)
+        else:
+            ordered = sorted(allowed, key=lambda o: (o.product not in marked, self.default_rank[o.offer_id]))
+            policy = "default_order"
+            reason = reason or "no_model"
+        pmf = epsilon_greedy(len(ordered), self.policy.fallback_epsilon)
+        i = draw(pmf, self.rng.random())
+        return Choice(ordered[i].offer_id, tuple(o.offer_id for o in ordered), tuple(pmf), policy, reason)
+
+    def without_offer(self, request: DecisionRequest, reason: str,
+                      base: DecisionRecord | None = None) -> DecisionRecord:
+        """A decision that shows nothing, flagged with ``reason``: what the app gets when the
+        decision could not be made or not be logged (no contact without a durable record)."""
+        if base is not None:
+            excluded = dict(base.excluded)
+            if base.offer_id:
+                excluded[base.offer_id] = reason
+            return replace(base, offer_id=None, product=None, prob=None, candidates=(), pmf=(),
+                           excluded=excluded, policy="none", fallback=True, fallback_reason=reason)
+        now = self.now()
+        ctx = request.context
+        return DecisionRecord(
+            decision_id=self.new_id(), created_at=now.isoformat(timespec="microseconds"),
+            day=now.toordinal(), customer_id=request.customer_id, slot=request.slot, channel=ctx.channel,
+            device=ctx.device, page=ctx.page, request_time=None, offer_id=None, product=None, prob=None,
+            candidates=(), pmf=(), scores={}, excluded={}, policy="none", model_versions={},
+            cold_start=self.store.position(request.customer_id) is None, fallback=True,
+            fallback_reason=reason, view_as_of=self.store.as_of)
