@@ -24,6 +24,9 @@ def test_demo_builds_the_view_and_says_where(tmp_path: Path):
     assert set(view["customer_id"]) <= set(customers["customer_id"])
     assert str(view_path) in result.output
     assert "0 rejected" in result.output
+    # ten days cannot hold a time split: training says so, the endpoint serves its fallback order
+    assert "skipped: period 2026-01-01..2026-01-10 too short" in result.output
+    assert "NEW-CUSTOMER" in result.output and "cold_start" in result.output
 
 
 def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, tmp_path: Path):

@@ -40,6 +40,11 @@ CATEGORICAL: dict[str, tuple[str, ...]] = {
 NOT_FEATURES: tuple[str, ...] = ("customer_id", "is_closed")
 
 
+
+class TooShortForTimeSplit(ValueError):
+    """The data period cannot hold training, validation and test windows after enough history."""
+
+
 def label_column(product: str) -> str:
     return f"label_{product}"
 
@@ -105,7 +110,7 @@ def plan_as_of_dates(start: DateLike, end: DateLike, window_days: int = 30, n_tr
             return AsOfPlan(tuple(train), (val,), (test,), w)
         if not shrink_window:
             break
-    raise ValueError(f"period {start:%Y-%m-%d}..{end:%Y-%m-%d} too short for a time split "
+    raise TooShortForTimeSplit(f"period {start:%Y-%m-%d}..{end:%Y-%m-%d} too short for a time split "
                      f"(window {window_days}d, step {step_days}d, history {min_history_days}d)")
 
 
