@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,11 +21,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-CustomersOpt = Annotated[Optional[int], typer.Option("--customers", help="Customers to simulate.")]
-DaysOpt = Annotated[Optional[int], typer.Option("--days", help="Days to simulate.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+CustomersOpt = Annotated[int | None, typer.Option("--customers", help="Customers to simulate.")]
+DaysOpt = Annotated[int | None, typer.Option("--days", help="Days to simulate.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Data directory (default: data/).")
+    Path | None, typer.Option("--data-dir", help="Data directory (default: data/).")
 ]
 
 
@@ -88,7 +88,7 @@ def _format_validation(report: dict) -> str:
 @app.command("build-view")
 def build_view(
     as_of: Annotated[
-        Optional[datetime],
+        datetime | None,
         typer.Option("--as-of", help="View as of this date: only events strictly before it. "
                      "Default: the day after the last simulated day."),
     ] = None,
@@ -106,12 +106,12 @@ def build_view(
 @app.command()
 def detect(
     as_of: Annotated[
-        Optional[datetime],
+        datetime | None,
         typer.Option("--as-of", help="Evaluate events strictly before this time "
                      "(default: the day after the last simulated day)."),
     ] = None,
     rules: Annotated[
-        Optional[Path], typer.Option("--rules", help="A rule file or directory of YAML rules.")
+        Path | None, typer.Option("--rules", help="A rule file or directory of YAML rules.")
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:

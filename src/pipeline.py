@@ -7,9 +7,9 @@ so a notebook or a scheduler can run any one of them on its own.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from src.settings import Settings
 

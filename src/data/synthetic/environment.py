@@ -9,8 +9,8 @@ Fatigue counts only this environment's own exposures (the policy lives in its ow
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

@@ -31,12 +31,12 @@ class ExposureHistory:
     keys_same: np.ndarray
 
     @classmethod
-    def build(cls, customer: np.ndarray, second: np.ndarray, offer: np.ndarray, n_offers: int) -> "ExposureHistory":
+    def build(cls, customer: np.ndarray, second: np.ndarray, offer: np.ndarray, n_offers: int) -> ExposureHistory:
         return cls(np.sort(response.fatigue_keys(customer, second)),
                    np.sort(response.fatigue_keys(customer * n_offers + offer, second)))
 
     @classmethod
-    def empty(cls) -> "ExposureHistory":
+    def empty(cls) -> ExposureHistory:
         return cls(np.empty(0, np.int64), np.empty(0, np.int64))
 
 
@@ -73,7 +73,7 @@ class Oracle:
             self.offer_idx(exposures["offer_id"]), len(self.offer_index))
 
     @classmethod
-    def load(cls, truth_dir: Path, raw_dir: Path) -> "Oracle":
+    def load(cls, truth_dir: Path, raw_dir: Path) -> Oracle:
         return cls(truth_dir, raw_dir)
 
     # --- lookups ----------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class OfferTable:
         return frame
 
     @classmethod
-    def from_truth_frame(cls, frame: pd.DataFrame) -> "OfferTable":
+    def from_truth_frame(cls, frame: pd.DataFrame) -> OfferTable:
         return cls(
             offer_id=frame["offer_id"].to_numpy(dtype=object),
             slot=frame["slot"].map({s: i for i, s in enumerate(SLOTS)}).to_numpy(np.int64),

@@ -19,14 +19,30 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from src.data.schemas import (
-    CLICK_ACTIONS, CLICK_CHANNELS, CURRENCIES, KRW_REFERENCE_RATES, PAGES, PRODUCTS, REFERRERS, SLOTS, TXN_CHANNELS,
+    CLICK_ACTIONS,
+    CLICK_CHANNELS,
+    CURRENCIES,
+    KRW_REFERENCE_RATES,
+    PAGES,
+    PRODUCTS,
+    REFERRERS,
+    SLOTS,
+    TXN_CHANNELS,
     TXN_CODES,
 )
 from src.data.synthetic import flows, needs, response
 from src.data.synthetic.config import SimConfig
 from src.data.synthetic.population import (
-    NAT, P_IDX, US_PER_DAY, US_PER_SEC, Population, customers_frame, epoch_us, initial_holdings,
-    make_population, traits_frame,
+    NAT,
+    P_IDX,
+    US_PER_DAY,
+    US_PER_SEC,
+    Population,
+    customers_frame,
+    epoch_us,
+    initial_holdings,
+    make_population,
+    traits_frame,
 )
 
 DAY_SEC = 86_400
