@@ -26,7 +26,8 @@ bench: $(STAMP)  ## benchmarks at full size; JSON under benchmarks/results/
 	$(PY) -m benchmarks.run
 
 bench-quick: $(STAMP)  ## the same benchmarks at a small size, to check they run
-	$(PY) -m benchmarks.run --customers 2000 --days 14 --out benchmarks/results/quick
+	$(PY) -m benchmarks.run --customers 2000 --days 60 --detection-events 200000 \
+		--only simulator customer_view detection --out /tmp/nextoffer-bench-quick
 
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
