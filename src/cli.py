@@ -76,12 +76,10 @@ def validate(
     typer.echo(_format_validation(report))
 
 
-def _format_validation(report: dict) -> str:
+def _format_validation(report: dict[str, dict[str, int]]) -> str:
     lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}"]
-    accepted = report.get("accepted", report)
-    rejected = report.get("rejected", {})
-    for table, rows in accepted.items():
-        lines.append(f"{table:<14} {rows:>12,} {rejected.get(table, 0):>10,}")
+    for table, rows in report["accepted"].items():
+        lines.append(f"{table:<14} {rows:>12,} {report['rejected'][table]:>10,}")
     return "\n".join(lines)
 
 

@@ -48,12 +48,16 @@ def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict
 
 
 def run_detection(
-    settings: Settings, as_of: datetime | None = None, rules_path: Path | None = None
+    settings: Settings,
+    as_of: datetime | None = None,
+    rules_path: Path | None = None,
+    stitched_events_path: Path | None = None,
 ) -> dict[str, Path]:
     """Run the YAML rules over the stitched history: detections, step funnels, rule features.
 
     Detections use events strictly before ``as_of`` (timeouts fire only if their deadline is
-    before it), so the rule features as of that date are point-in-time correct.
+    before it), so the rule features as of that date are point-in-time correct. Pass the
+    stitched stream written for the same ``as_of`` (``run_customer_view``) to skip re-stitching.
     """
     import pandas as pd
 
@@ -63,7 +67,10 @@ def run_detection(
     as_of = as_of or default_as_of(settings)
     rules = load_rules(rules_path) if rules_path else load_rules()
     con = connect_raw(settings.raw_dir)
-    events = stitched_events(con, as_of=as_of)
+    if stitched_events_path is not None:
+        events = pd.read_parquet(stitched_events_path).astype({"session_id": "Int64"})
+    else:
+        events = stitched_events(con, as_of=as_of)
     customers = con.sql("SELECT customer_id, life_stage FROM customers").df()
     detections = detect(events, rules, until=as_of)
     funnels = pd.concat(
@@ -130,7 +137,9 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
          f"{int(identity['is_shared'].sum()):,} shared (not merged)")
 
     echo("4/6 detecting behaviour with the rules in src/features/rules ...")
-    paths.update(run_detection(settings, as_of=as_of))
+    paths.update(
+        run_detection(settings, as_of=as_of, stitched_events_path=paths["stitched_events"])
+    )
     detections = pd.read_parquet(paths["detections"])
     for (rule, kind), count in detections.groupby(["rule", "kind"]).size().items():
         echo(f"      {rule:<30} {kind:<8} {count:>8,}")

@@ -83,3 +83,19 @@ def test_evaluate_policy_prints_estimates_and_names_a_missing_field(
     refused = CliRunner().invoke(app, ["evaluate-policy", str(tmp_path / "bad.csv")])
     assert refused.exit_code == 1
     assert "prob" in refused.output and "bad.csv" in refused.output
+
+
+def test_detection_from_the_written_stream_equals_restitching(small_bank: Settings, tmp_path: Path):
+    """The demo reuses step 3's stitched stream; that must not change a single detection."""
+    from src.pipeline import default_as_of, run_customer_view, run_detection
+
+    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    settings = small_bank.model_copy(update={"data_dir": tmp_path})
+    as_of = default_as_of(settings)
+    written = run_customer_view(settings, as_of=as_of)["stitched_events"]
+    fresh = pd.read_parquet(run_detection(settings, as_of=as_of)["detections"])
+    reused = pd.read_parquet(
+        run_detection(settings, as_of=as_of, stitched_events_path=written)["detections"]
+    )
+    assert len(fresh) > 0
+    pd.testing.assert_frame_equal(fresh, reused)
