@@ -147,6 +147,23 @@ def retrain(
         typer.echo(f"{step.name:<22} {step.seconds:>7.1f}s  run {step.run_id}  {step.notebook}")
 
 
+@app.command("train-bandit")
+def train_bandit(
+    held_out_share: Annotated[float, typer.Option(help="Share of the logged days held out to "
+                                                  "score the bandit (doubly robust).")] = 0.3,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train the content bandit from the logged exposures; register it, promote only if better."""
+    from src.pipeline import run_bandit_training
+
+    result = run_bandit_training(_settings(data_dir=data_dir), held_out_share=held_out_share)
+    typer.echo(f"trained on {result.train_decisions:,} logged decisions; held out "
+               f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
+               f"bandit (DR) {result.held_out_dr_value:.4f}")
+    outcome = "champion" if result.promotion.promoted else "challenger"
+    typer.echo(f"{result.promotion.name} v{result.promotion.version} -> {outcome}: {result.promotion.reason}")
+
+
 @app.command("evaluate-policy")
 def evaluate_policy(
     log: Annotated[Path, typer.Argument(help="Decision log (Parquet or CSV): action, prob, "

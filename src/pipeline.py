@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from src.settings import Settings
 
@@ -108,6 +110,68 @@ def run_training(settings: Settings, echo: Callable[[str], None] = print) -> Non
              f"{outcome}: {result.promotion.reason}")
 
 
+@dataclass(frozen=True)
+class BanditTrainingResult:
+    """What the bandit step did: how much log it learned from and how it scored held out."""
+
+    train_decisions: int
+    held_out_decisions: int
+    held_out_dr_value: float
+    logged_policy_value: float
+    promotion: Any
+
+
+def run_bandit_training(settings: Settings, held_out_share: float = 0.3,
+                        echo: Callable[[str], None] = print) -> BanditTrainingResult:
+    """Train the content bandit off-policy from the bank's logged exposures, score it, register it.
+
+    The log's earlier days train the VW bandit (each decision with the probability the bank's
+    logging policy chose it with); the later ``held_out_share`` of days scores it by the doubly
+    robust off-policy estimate. It is registered as ``challenger`` and becomes ``champion`` only
+    if it beats the current champion on that same held-out log, so the endpoint never swaps
+    in a bandit that was not shown to be better first.
+    """
+    import pandas as pd
+
+    from src.models.bandit import (
+        BanditConfig,
+        ContextualBandit,
+        log_bandit,
+        logged_decisions,
+        register_bandit,
+        train_offline,
+    )
+    from src.models.bandit_features import build_views, default_feature_spec, view_schedule
+    from src.models.policies import held_out_scorer
+
+    exposures = pd.read_parquet(settings.raw_dir / "exposures.parquet")
+    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    start = exposures["ts"].min().normalize()
+    end = exposures["ts"].max().normalize() + pd.Timedelta(days=1)
+    days = (end - start).days
+    held_out_days = max(1, round(days * held_out_share))
+    if days - held_out_days < 1:
+        raise ValueError(f"{days} logged day(s): too few to train a bandit and hold some out")
+    split = end - pd.Timedelta(days=held_out_days)
+    spec, config = default_feature_spec(), BanditConfig(seed=settings.seed)
+    views = build_views(settings.raw_dir, view_schedule(start, end, 7), spec)
+    log = logged_decisions(exposures, views, offers, config, end=split)
+    bandit = ContextualBandit(config, spec)
+    train_offline(bandit, log, offers)
+    score = held_out_scorer(settings.raw_dir, views, config, start=split, seed=settings.seed)
+    value = score(bandit)
+    held_out = logged_decisions(exposures, views, offers, config, start=split)
+    logged_value = float(held_out["reward"].mean()) if len(held_out) else float("nan")
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    uri = log_bandit(bandit, offers, run_name=f"bandit-{split:%Y-%m-%d}",
+                     metrics={"ope_dr_value": value, "logged_policy_value": logged_value,
+                              "train_decisions": float(len(log))},
+                     tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_root.as_uri())
+    promotion = register_bandit(uri, "nextoffer-bandit", value, score_champion=score,
+                                tracking_uri=settings.tracking_uri)
+    return BanditTrainingResult(len(log), len(held_out), value, logged_value, promotion)
+
+
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Simulate a small bank, validate it, stitch identities and build the view; say where."""
     import pandas as pd
@@ -116,19 +180,19 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     from src.features.feature_table import TooShortForTimeSplit
 
     started = time.perf_counter()
-    echo(f"1/6 simulating {settings.customers:,} customers x {settings.days} days "
+    echo(f"1/7 simulating {settings.customers:,} customers x {settings.days} days "
          f"(seed {settings.seed}) ...")
     counts = run_simulation(settings)
     for table, rows in counts.items():
         echo(f"      {table:<14} {rows:>10,} rows")
 
-    echo("2/6 validating raw tables against the data contract ...")
+    echo("2/7 validating raw tables against the data contract ...")
     report = validate_raw(settings.raw_dir)
     echo(f"      {sum(report['accepted'].values()):,} rows accepted, "
          f"{sum(report['rejected'].values()):,} rejected")
 
     as_of = default_as_of(settings)
-    echo(f"3/6 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
+    echo(f"3/7 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
     paths = run_customer_view(settings, as_of=as_of)
     view = pd.read_parquet(paths["customer_view"])
     identity = pd.read_parquet(paths["identity_map"])
@@ -136,7 +200,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     echo(f"      identity map: {len(identity):,} devices/cookies, "
          f"{int(identity['is_shared'].sum()):,} shared (not merged)")
 
-    echo("4/6 detecting behaviour with the rules in src/features/rules ...")
+    echo("4/7 detecting behaviour with the rules in src/features/rules ...")
     paths.update(
         run_detection(settings, as_of=as_of, stitched_events_path=paths["stitched_events"])
     )
@@ -144,15 +208,24 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     for (rule, kind), count in detections.groupby(["rule", "kind"]).size().items():
         echo(f"      {rule:<30} {kind:<8} {count:>8,}")
 
-    echo("5/6 training propensity models (MLflow, SQLite under mlruns/) ...")
+    echo("5/7 training propensity models (MLflow, SQLite under mlruns/) ...")
     try:
         run_training(settings, echo=echo)
     except TooShortForTimeSplit as reason:  # a tiny demo bank: serve with the fallback order
         echo(f"      skipped: {reason}")
 
+    echo("6/7 training the content bandit (VW) from the logged offer exposures ...")
+    bandit = run_bandit_training(settings, echo=echo)
+    outcome = "champion" if bandit.promotion.promoted else "challenger"
+    echo(f"      {bandit.train_decisions:,} logged decisions learned; held out "
+         f"{bandit.held_out_decisions:,}: click rate {bandit.logged_policy_value:.4f} logged vs "
+         f"{bandit.held_out_dr_value:.4f} bandit (doubly robust estimate)")
+    echo(f"      registered {bandit.promotion.name} v{bandit.promotion.version} as {outcome}: "
+         f"{bandit.promotion.reason}")
+
     from src.serving.service import run_demo as serve_a_few_decisions
 
-    echo("6/6 starting the scoring endpoint, sending a few decisions and rewards ...")
+    echo("7/7 starting the scoring endpoint, sending a few decisions and rewards ...")
     serve_a_few_decisions(settings, echo=echo)
 
     echo(f"\ndone in {time.perf_counter() - started:.1f}s. Where to look:")

@@ -150,7 +150,7 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
     # Family sharing: a customer uses a partner's web device (the partner keeps using it too).
     shared_web_device = np.full(n, -1)
     web_owners = np.flatnonzero(has_web)
-    n_shared = int(round(shared_device_share * n))
+    n_shared = round(shared_device_share * n)
     if n_shared and len(web_owners) > 1:
         users = rng.choice(n, size=min(n_shared, n), replace=False)
         owners = rng.choice(web_owners, size=len(users))
