@@ -227,9 +227,15 @@ def demo(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """The main job end to end on embedded defaults: simulate, validate, stitch, build the view."""
+    """The main job end to end on embedded defaults: simulate, validate, stitch, build the view,
+    detect, train, serve a few decisions."""
+    import os
+
     from src.pipeline import run_demo
 
+    # the demo prints its own progress; MLflow's per-artifact bars and INFO lines drown it out
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     settings = _settings(customers=customers, days=days, seed=seed, data_dir=data_dir)
     run_demo(settings, echo=typer.echo)
 
