@@ -10,8 +10,11 @@ Reference: ``mlflow models serve --env-manager local`` of the same propensity mo
 with one customer row per request (MLflow's scoring server cannot look up features itself).
 Client: ``src.serving.loadgen`` (raw keep-alive HTTP/1.1), on the same machine.
 
-Where the time goes: cProfile of the decision path in process (no HTTP), and the service's
-``/healthz`` rate as the ceiling of the HTTP stack alone.
+Where the time goes: cProfile of the decision path in process (no HTTP), with the customer
+caches warm (every customer seen before, as in the load runs) and cold (first request of each
+customer); the whole request in process through the ASGI app (no sockets); CPU per request of
+the server process and of the load client during each load run (they share the machine's
+cores); and the service's ``/healthz`` rate as the ceiling of the HTTP stack alone.
 """
 
 from __future__ import annotations
@@ -32,14 +35,28 @@ from typing import Any
 import pandas as pd
 
 from src.serving.config import Cap, ServingSettings, policy_from_offers
-from src.serving.loadgen import run_load
+from src.serving.loadgen import load
 from src.serving.service import ServerProcess, free_port, serving_env
 
 
-def _load(port: int, make_request, concurrency: int, total: int, duration_s: float) -> dict[str, float]:
-    result = asyncio.run(run_load("127.0.0.1", port, make_request, concurrency=concurrency, total=total,
-                                  duration_s=duration_s, warmup=min(200, total // 10)))
-    return {k: round(v, 3) for k, v in result.summary().items()}
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _load(port: int, make_request, concurrency: int, total: int, duration_s: float,
+          server_pid: int | None = None) -> dict[str, float]:
+    before = _cpu_s(server_pid) if server_pid else 0.0
+    result = load("127.0.0.1", port, make_request, concurrency=concurrency, total=total,
+                  duration_s=duration_s, warmup=min(200, total // 10))
+    out = result.summary()
+    if server_pid and result.completed:
+        out["server_cpu_us_per_request"] = (_cpu_s(server_pid) - before) / result.completed * 1e6
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def _wait(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
@@ -55,8 +72,26 @@ def _wait(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> N
     raise TimeoutError(url)
 
 
-def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, top: int = 15) -> dict[str, Any]:
-    """Per-decision cost in process and the functions it is spent in (cProfile, cumulative)."""
+def _top(prof: cProfile.Profile, n: int, top: int) -> list[dict[str, Any]]:
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    total = stats.total_tt
+    rows = []
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in sorted(
+            stats.stats.items(), key=lambda kv: -kv[1][3])[:top * 4]:
+        if "serving" in file or "bandit" in file or "pylibvw" in func or "json" in func or "validate" in func:
+            rows.append({"function": f"{Path(file).name}:{line}({func})", "calls_per_decision": round(ncalls / n, 3),
+                         "cumulative_share": round(cumtime / total, 3), "own_share": round(tottime / total, 3)})
+    return rows[:top]
+
+
+def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, top: int = 20) -> dict[str, Any]:
+    """Per-decision cost in process and the functions it is spent in (cProfile, cumulative).
+
+    ``per_decision_us``: engine + response body + log row, every customer seen before (the
+    state of the load runs: 1,000 customers, thousands of requests). ``cold_per_decision_us``:
+    the same for customers never seen (eligibility, scores and the customer's part of the VW
+    example built on the request). ``request_in_process_us``: the whole ``POST /v1/decisions``
+    through the ASGI app, log commit included, 8 concurrent requests, no sockets (CPU time)."""
     from src.serving.app import build_state, decision_json
     from src.serving.log import _decision_row
     from src.serving.metrics import service_metrics
@@ -69,33 +104,100 @@ def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, to
     state.manager.refresh()
     ids = list(state.store.index)
     requests = [DecisionRequest.model_validate({"customer_id": ids[i % len(ids)], "slot": "home_banner",
-                                                "context": {"channel": "app"}}) for i in range(n)]
+                                                "context": {"channel": "app", "device": "ios", "page": "home"}})
+                for i in range(n)]
 
-    def work() -> None:
-        for r in requests:
+    def work(batch=requests) -> None:
+        for r in batch:
             record = state.engine.decide(r)
             decision_json(record, state.engine)
             _decision_row(record)
 
-    t0 = time.perf_counter()
-    work()
-    per_decision_us = (time.perf_counter() - t0) / n * 1e6
+    work()  # every customer seen once: caches warm
+    timings = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        work()
+        timings.append((time.perf_counter() - t0) / n * 1e6)
     prof = cProfile.Profile()
     prof.runcall(work)
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")
-    total = stats.total_tt
-    rows = []
-    for (file, line, func), (_, ncalls, tottime, cumtime, _) in sorted(
-            stats.stats.items(), key=lambda kv: -kv[1][3])[:top * 3]:
-        if "serving" in file or "bandit" in file or "pylibvw" in func or "json" in file:
-            rows.append({"function": f"{Path(file).name}:{line}({func})", "calls_per_decision": ncalls / n,
-                         "cumulative_share": round(cumtime / total, 3)})
+    hot = _top(prof, n, top)
+
+    def cold() -> float:  # a fresh engine cache and VW customer cache: every customer is new
+        state.engine._audience_models = None
+        scorer = getattr(state.manager.current.bandit, "scorer", None)
+        if scorer is not None:
+            scorer._customer.clear()
+        batch = requests[:min(n, len(ids))]
+        t0 = time.perf_counter()
+        work(batch)
+        return (time.perf_counter() - t0) / len(batch) * 1e6
+
+    cold_us = min(cold() for _ in range(3))
     state.log.close()
-    return {"per_decision_us": round(per_decision_us, 1), "models": state.manager.current.versions(),
-            "vw_fast_path": bool(getattr(getattr(getattr(state.manager.current.bandit, "pmf_fn", None),
-                                                     "__self__", None), "fast", False)),
-            "top": rows[:top]}
+    bandit = state.manager.current.bandit
+    scorer = getattr(bandit, "scorer", None)
+    return {"per_decision_us": round(min(timings), 1), "cold_per_decision_us": round(cold_us, 1),
+            "request_in_process_us": _request_in_process(settings, serving),
+            "models": state.manager.current.versions(),
+            "vw_fast_path": bool(getattr(scorer, "fast", False)),
+            "vw_cached_example_assembly": bool(getattr(scorer, "split", False)),
+            "top": hot}
+
+
+def _request_in_process(settings, serving: ServingSettings, n: int = 2_000, concurrency: int = 8) -> float:
+    """CPU microseconds per ``POST /v1/decisions`` through the app's ASGI interface (no sockets,
+    no HTTP parsing: what the service itself spends, its log writer thread included)."""
+    import json
+
+    from src.serving.app import create_app
+
+    serving = serving.model_copy(update={"log_path": serving.log_path.with_name("profile_asgi.sqlite")})
+    app = create_app(settings, serving)
+    view_ids = pd.read_parquet(serving.resolved(settings).view_path, columns=["customer_id"])["customer_id"]
+    bodies = [json.dumps({"customer_id": c, "slot": "home_banner",
+                          "context": {"channel": "app", "device": "ios", "page": "home"}}).encode()
+              for c in view_ids.tolist()]
+
+    async def one(body: bytes) -> None:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        status = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/decisions", "raw_path": b"/v1/decisions", "root_path": "",
+                 "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+                 "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+        if status != [200]:
+            raise RuntimeError(f"in-process request answered {status}")
+
+    async def run() -> float:
+        async with app.router.lifespan_context(app):
+            async def rounds(k: int) -> None:
+                it = iter(range(k))
+
+                async def worker() -> None:
+                    for i in it:
+                        await one(bodies[i % len(bodies)])
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+            await rounds(len(bodies))  # warm
+            best = float("inf")
+            for _ in range(3):
+                c0 = time.process_time()
+                await rounds(n)
+                best = min(best, (time.process_time() - c0) / n * 1e6)
+            return round(best, 1)
+
+    return asyncio.run(run())
 
 
 def _mlflow_serve(settings, model_uri: str, rows: pd.DataFrame, concurrency: int, total: int,
@@ -146,9 +248,11 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
     view = pd.read_parquet(view_path)
     ids = view["customer_id"].tolist()
 
-    def decision(i: int) -> tuple[str, Any]:
-        return "/v1/decisions", {"customer_id": ids[i % len(ids)], "slot": "home_banner",
-                                 "context": {"channel": "app", "device": "ios", "page": "home"}}
+    bodies = [{"customer_id": c, "slot": "home_banner", "context": {"channel": "app", "device": "ios", "page": "home"}}
+              for c in ids]
+
+    def decision(i: int) -> tuple[str, Any]:  # the same body objects again: the client encodes each once
+        return "/v1/decisions", bodies[i % len(bodies)]
 
     out: dict[str, Any] = {"setup_s": round(setup_s, 1), "customers": customers, "candidates_per_request": 20,
                            "concurrency": concurrency, "models": versions, "cpu_count": os.cpu_count(),
@@ -159,13 +263,15 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
         log_file = work_dir / "serving" / f"server_{synchronous}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with ServerProcess(serving_env(settings, cfg)).start(log_file=log_file) as server:
+            pid = server.proc.pid
             _load(server.port, decision, concurrency, 500, 10)  # warm up (caches, page cache)
             key = f"service_sync_{synchronous.lower()}"
-            out[key] = _load(server.port, decision, concurrency, requests, duration_s)
-            out[key + "_c1"] = _load(server.port, decision, 1, requests // 3, duration_s / 2)
+            out[key] = _load(server.port, decision, concurrency, requests, duration_s, pid)
+            out[key + "_c1"] = _load(server.port, decision, 1, requests // 3, duration_s / 2, pid)
+            out[key + "_c16"] = _load(server.port, decision, 16, requests, duration_s, pid)
             if synchronous == "NORMAL":
                 out["healthz_ceiling"] = _load(server.port, lambda i: ("/healthz", None), concurrency,
-                                               requests, duration_s / 2)
+                                               requests, duration_s / 2, pid)
     if compare_mlflow:
         try:
             import mlflow

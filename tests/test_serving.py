@@ -129,6 +129,32 @@ def test_invalid_request_is_422_naming_the_field(no_models: TestClient, body: di
     assert any(field in err["loc"] for err in r.json()["detail"])
 
 
+def test_fast_path_answers_exactly_like_the_fastapi_route(bank: dict, tmp_path: Path):
+    """Valid decisions skip FastAPI's request machinery; the answer is the route's (same seed, same
+    requests: same choices), and whatever the fast path does not handle reaches the route."""
+    answers, fast = [], []
+    for use_fast in (True, False):
+        app = create_app(bank["settings"], _serving(bank, tmp_path / str(use_fast)), fast_path=use_fast)
+        with TestClient(app) as client:
+            out = []
+            for customer_id in [*bank["view"]["customer_id"].iloc[:15], "NEW-1"]:
+                d = _decide(client, customer_id, time="2026-02-05T10:00:00+09:00").json()
+                out.append({k: v for k, v in d.items() if k not in ("decision_id", "created_at")})
+            body = {"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}}
+            out.append([
+                client.post("/v1/decisions", content=b"{not json", headers={"Content-Type": "application/json"}).status_code,
+                client.post("/v1/decisions", content=b'{"customer_id": 3}',
+                            headers={"Content-Type": "application/json"}).json()["detail"][0]["loc"],
+                client.post("/v1/decisions", data=body).status_code,  # a form, not JSON
+                client.post("/v1/decisions", json=body, headers={"Content-Type": "text/plain"}).status_code,
+            ])
+            answers.append(out)
+            fast.append(app.fast_path.handled if app.fast_path else 0)
+    assert answers[0] == answers[1]
+    assert answers[0][-1][0] == 422 and answers[0][-1][1] == ["body", "customer_id"]
+    assert fast == [16, 0]
+
+
 def test_api_key_protects_v1(bank: dict, tmp_path: Path):
     app = create_app(bank["settings"], _serving(bank, tmp_path, api_key="s3cret"), model_source=None)
     with TestClient(app) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,11 +125,21 @@ def _record(i: int) -> DecisionRecord:
 
 
 def test_log_group_commits_and_idempotent_rewards(tmp_path: Path):
-    log = SqliteDecisionLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    gate = threading.Event()
+
+    def hold_first_commit(n: int, seconds: float) -> None:  # the writer is busy: the others queue up
+        if not gate.is_set():
+            gate.wait(10)
+
+    log = SqliteDecisionLog(tmp_path / "log.sqlite", synchronous="NORMAL", on_commit=hold_first_commit)
     try:
         threads = [threading.Thread(target=log.submit_blocking, args=("decision", _record(i))) for i in range(50)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 10
+        while log._queue.qsize() < 49 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
         for t in threads:
             t.join()
         outcomes = [log.submit_blocking("reward", RewardRecord("d3", "click", None, "t")) for _ in range(2)]
@@ -139,3 +150,80 @@ def test_log_group_commits_and_idempotent_rewards(tmp_path: Path):
         log.close()
     decisions, rewards = read_log(tmp_path / "log.sqlite")
     assert len(decisions) == 50 and len(rewards) == 1
+
+
+def test_contact_counts_match_a_recount_of_the_contacts():
+    """The incremental per-day counts equal counting the kept contacts from scratch."""
+    caps = ContactCaps(policy())
+    rng = random.Random(5)
+    kept: list[tuple[int, str, str]] = []
+    day = 100
+    for _ in range(600):
+        step = rng.random()
+        if step < 0.05:
+            day += 1
+        elif step < 0.12 and kept:
+            d, ch, o = kept[rng.randrange(len(kept))]
+            caps.release("c", ch, d, o)
+            kept.remove((d, ch, o))
+        else:
+            channel, offer = rng.choice(["app", "push"]), rng.choice("ABC")
+            got = caps.reserve_with("c", channel, day, ["A", "B", "C"], lambda u, b, o=offer: (o, o))
+            kept.append((day, channel, got))
+        channel = rng.choice(["app", "push"])
+        window = [c for c in kept if day - 7 < c[0] <= day]
+        usage = caps.usage("c", channel, day)
+        assert usage.week_total == len(window)
+        assert usage.channel_week == sum(c[1] == channel for c in window)
+        assert usage.channel_day == sum(c[1] == channel and c[0] == day for c in window)
+        for o in "ABC":
+            assert usage.offer_week.get(o, 0) == sum(c[2] == o for c in window)
+            assert usage.offer_day.get(o, 0) == sum(c[2] == o and c[0] == day for c in window)
+
+
+def _vw_scorer(spec_kw: dict):
+    from src.models.bandit import ContextualBandit
+    from src.models.bandit_features import default_feature_spec
+    from src.serving.models import VwScorer
+
+    base = default_feature_spec()
+    spec = type(base)(**{**base.__dict__, **spec_kw})
+    return VwScorer(ContextualBandit(spec=spec))
+
+
+def _cases(rng: random.Random, rules: tuple[str, ...]):
+    candidates = [{"offer_id": f"OF{i:02d}", "product": p, "slot": "home_banner", "creative": f"Get a {p} now"}
+                  for i, p in enumerate(["loan", "fx", "card", "fund"])]
+    cases = []
+    for k in range(40):
+        customer = {"gender": rng.choice(["F", "M", None]), "life_stage": rng.choice(["student", "family retiree"]),
+                    "age": rng.choice([23, 47.0, None]), "n_loan": rng.choice([0, 1, 3.5, None]),
+                    "pv_fx_7d": rng.choice([0, 2, None]), "propensity_loan": rng.random(),
+                    rules[0]: rng.choice([0, 1, 2.5, None])}
+        request = {"hour": rng.randrange(24), "weekday": rng.randrange(7), "channel": rng.choice(["app", "web"]),
+                   "exposures_7d": rng.choice([0, 1, 6]), "seen": rng.choice([{}, {"OF01": 2}, {"OF00": 1, "OF03": 4}])}
+        flags = rng.choice([(), ("mark_fx",), (rules[1],), tuple(sorted(rules))])
+        cases.append((customer, request, flags))
+    return cases, candidates
+
+
+def test_vw_examples_from_cached_pieces_equal_vw_example():
+    """The serving side assembles VW examples from per-customer and per-request pieces; with
+    propensity and rule features (the online flags override the view's rule columns) the text
+    is exactly ``vw_example``'s, and an assembly that is not switches itself off."""
+    from src.models.bandit_features import vw_example
+
+    rules = ("rule_fx_remit_large", "rule_loan_no_apply")
+    scorer = _vw_scorer({"propensity": ("propensity_loan",), "rules": rules})
+    cases, candidates = _cases(random.Random(1), rules)
+    for customer, request, flags in cases:
+        full = {**customer, **request, **dict.fromkeys(flags, 1)}
+        assert scorer.split_lines(customer, request, flags, candidates) == vw_example(full, candidates, scorer.spec)
+        part = scorer.customer_part(("k", id(customer)), lambda c=customer: c)
+        key = tuple(request[k] for k in ("hour", "weekday", "channel", "exposures_7d"))
+        assert scorer.shared_line(part, key, flags) == vw_example(full, candidates, scorer.spec)[0]
+    scorer.check_split(cases, candidates)
+    assert scorer.split
+    scorer._order = tuple(reversed(scorer._order))  # a feature module that orders namespaces otherwise
+    scorer.check_split(cases, candidates)
+    assert not scorer.split

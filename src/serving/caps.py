@@ -1,6 +1,8 @@
 """Contact-frequency caps, counted atomically in memory and rebuilt from the decision log.
 
-Per customer the service keeps the contacts of the last 7 local days: (day, channel, offer).
+Per customer the service keeps the contacts of the last 7 local days: (day, channel, offer), and
+their counts for the current day (rebuilt from the contacts when the day changes or a contact is
+released, incremented on a reservation), so reading them does not grow with the contacts.
 Checking the caps, choosing among the offers still allowed and reserving the contact happen
 under one lock, so two concurrent requests can never both take the last allowed contact. The
 reservation is released if the decision cannot be logged; after a restart the counts are
@@ -31,6 +33,42 @@ class Usage:
     week_total: int  # every channel: the bandit's ``exposures_7d``
 
 
+class _Counts:
+    """A customer's contacts counted as of one day (dicts are replaced, never changed in place:
+    a :class:`Usage` handed out keeps its values)."""
+
+    __slots__ = ("channel_day", "channel_week", "day", "offer_day", "offer_week", "total")
+
+    def __init__(self, contacts: list[tuple[int, str, str]], day: int) -> None:
+        self.day = day
+        self.channel_day: dict[str, int] = {}
+        self.channel_week: dict[str, int] = {}
+        self.offer_day: dict[str, int] = {}
+        self.offer_week: dict[str, int] = {}
+        self.total = 0
+        for d, channel, offer in contacts:
+            if d <= day:
+                self._add(d == day, channel, offer)
+
+    def _add(self, today: bool, channel: str, offer: str) -> None:
+        self.total += 1
+        self.channel_week[channel] = self.channel_week.get(channel, 0) + 1
+        self.offer_week[offer] = self.offer_week.get(offer, 0) + 1
+        if today:
+            self.channel_day[channel] = self.channel_day.get(channel, 0) + 1
+            self.offer_day[offer] = self.offer_day.get(offer, 0) + 1
+
+    def add(self, channel: str, offer: str) -> None:
+        """One more contact today."""
+        self.channel_day, self.channel_week = dict(self.channel_day), dict(self.channel_week)
+        self.offer_day, self.offer_week = dict(self.offer_day), dict(self.offer_week)
+        self._add(True, channel, offer)
+
+    def usage(self, channel: str) -> Usage:
+        return Usage(self.channel_day.get(channel, 0), self.channel_week.get(channel, 0), self.offer_day,
+                     self.offer_week, self.total)
+
+
 class ContactCaps:
     """Lock-protected contact counts of the last :data:`WEEK_DAYS` days per customer."""
 
@@ -38,6 +76,7 @@ class ContactCaps:
         self.policy = policy
         self._lock = threading.Lock()
         self._contacts: dict[str, list[tuple[int, str, str]]] = {}
+        self._counts: dict[str, _Counts] = {}
 
     def usage(self, customer_id: str, channel: str, day: int) -> Usage:
         """The counts as they stand (no reservation)."""
@@ -46,25 +85,15 @@ class ContactCaps:
 
     def _usage(self, customer_id: str, channel: str, day: int) -> Usage:
         contacts = self._contacts.get(customer_id)
-        cd = cw = total = 0
-        od: dict[str, int] = {}
-        ow: dict[str, int] = {}
-        if contacts:
+        if not contacts:
+            return Usage(0, 0, {}, {}, 0)
+        counts = self._counts.get(customer_id)
+        if counts is None or counts.day != day:
             first = day - WEEK_DAYS + 1
             if contacts[0][0] < first:
                 contacts[:] = [c for c in contacts if c[0] >= first]
-            for d, ch, offer in contacts:
-                if d > day:
-                    continue
-                total += 1
-                ow[offer] = ow.get(offer, 0) + 1
-                if d == day:
-                    od[offer] = od.get(offer, 0) + 1
-                if ch == channel:
-                    cw += 1
-                    if d == day:
-                        cd += 1
-        return Usage(cd, cw, od, ow, total)
+            counts = self._counts[customer_id] = _Counts(contacts, day)
+        return counts.usage(channel)
 
     def blocked(self, usage: Usage, channel: str, offer_ids: Sequence[str]) -> dict[str, str]:
         """offer id -> cap reason for the offers a contact now would exceed a cap on."""
@@ -91,6 +120,11 @@ class ContactCaps:
             offer, result = choose(usage, self.blocked(usage, channel, offer_ids))
             if offer is not None:
                 self._contacts.setdefault(customer_id, []).append((day, channel, offer))
+                counts = self._counts.get(customer_id)
+                if counts is not None and counts.day == day:
+                    counts.add(channel, offer)
+                else:
+                    self._counts.pop(customer_id, None)
             return result
 
     def release(self, customer_id: str, channel: str, day: int, offer_id: str) -> None:
@@ -99,12 +133,14 @@ class ContactCaps:
             contacts = self._contacts.get(customer_id)
             if contacts and (day, channel, offer_id) in contacts:
                 contacts.remove((day, channel, offer_id))
+                self._counts.pop(customer_id, None)
 
     def load(self, contacts: Iterable[tuple[str, str, str, int]], today: int) -> int:
         """Rebuild from logged decisions (customer, channel, offer, day); returns how many."""
         n = 0
         with self._lock:
             self._contacts.clear()
+            self._counts.clear()
             for customer_id, channel, offer_id, day in sorted(contacts, key=lambda c: c[3]):
                 if day > today - WEEK_DAYS:
                     self._contacts.setdefault(customer_id, []).append((day, channel, offer_id))
@@ -116,7 +152,10 @@ class ContactCaps:
         first = today - WEEK_DAYS + 1
         with self._lock:
             for customer_id in list(self._contacts):
-                kept = [c for c in self._contacts[customer_id] if c[0] >= first]
+                contacts = self._contacts[customer_id]
+                kept = [c for c in contacts if c[0] >= first]
+                if len(kept) != len(contacts):
+                    self._counts.pop(customer_id, None)
                 if kept:
                     self._contacts[customer_id] = kept
                 else:

@@ -25,7 +25,7 @@ from src.serving.config import Offer, PolicyConfig
 from src.serving.customers import CustomerStore, OnlineFlags
 from src.serving.eligibility import exclusions, needed_columns
 from src.serving.log import DecisionRecord
-from src.serving.models import ModelManager, ModelSet
+from src.serving.models import ModelManager, ModelSet, normalized_pmf
 from src.serving.schemas import DecisionRequest
 
 
@@ -40,6 +40,22 @@ class Choice:
     fallback_reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """What the view says about one customer for one channel and slot, under one model set:
+    computed on the customer's first request and reused (the view changes only with a new batch
+    run, which restarts the service; the online rule flags are kept apart, in ``OnlineFlags``).
+    Shared between decisions: never mutated."""
+
+    excluded: dict[str, str]
+    eligible: tuple[Offer, ...]
+    eligible_ids: tuple[str, ...]
+    candidates: tuple[dict[str, Any], ...]  # the bandit's candidate records of ``eligible``
+    scores: dict[str, float] | None  # propensity by product
+    offer_scores: dict[str, float | None]  # propensity by eligible offer
+
+
+AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; cleared when full
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -111,6 +127,12 @@ class DecisionEngine:
         self.eligibility_columns = needed_columns(policy)
         store.warm(self.eligibility_columns)
         self._columns_for: tuple[int, tuple[str, ...]] = (-1, ())
+        self._candidate = {(slot, o.offer_id): {"offer_id": o.offer_id, "product": o.product, "slot": slot,
+                                                "creative": o.creative}
+                           for slot, offers in self.by_slot.items() for o in offers}
+        self._audiences: dict[tuple[int | None, str, str], Audience] = {}
+        self._audience_models: ModelSet | None = None
+        self._versions: dict[str, str] = {}
 
     def new_id(self) -> str:
         """A random 128-bit decision id (``uuid4`` costs an ``os.urandom`` call per request)."""
@@ -132,6 +154,29 @@ class DecisionEngine:
             self._columns_for = (key, tuple(dict.fromkeys(self.eligibility_columns + extra)))
         return self._columns_for[1]
 
+    def audience(self, position: int | None, channel: str, slot: str, models: ModelSet) -> Audience:
+        """Eligibility and propensity scores of the customer at ``position`` (None: cold start)."""
+        if models is not self._audience_models:  # a model swap: scores changed
+            self._audiences = {}
+            self._versions = models.versions()
+            self._audience_models = models
+        key = (position, channel, slot)
+        found = self._audiences.get(key)
+        if found is not None:
+            return found
+        row = None if position is None else self.store.row(position, self.eligibility_columns)
+        offers = self.by_slot.get(slot, [])
+        excluded = exclusions(row, channel, offers, self.policy)
+        eligible = tuple(o for o in offers if o.offer_id not in excluded)
+        scores = models.propensity.for_position(position) if models.propensity else None
+        found = Audience(excluded, eligible, tuple(o.offer_id for o in eligible),
+                         tuple(self._candidate[(slot, o.offer_id)] for o in eligible), scores,
+                         {o.offer_id: (scores.get(o.product) if scores else None) for o in eligible})
+        if len(self._audiences) >= AUDIENCE_CACHE_MAX:
+            self._audiences.clear()
+        self._audiences[key] = found
+        return found
+
     def decide(self, request: DecisionRequest) -> DecisionRecord:
         """One decision, with its contact reserved; the caller logs it (or releases the contact)."""
         now = self.now()
@@ -141,23 +186,26 @@ class DecisionEngine:
         customer_id, channel, slot = request.customer_id, ctx.channel, request.slot
         models = self.models.current
         position = self.store.position(customer_id)
-        row = None if position is None else self.store.row(position, self._columns(models))
-        offers = self.by_slot.get(slot, [])
-        excluded = exclusions(row, channel, offers, self.policy)
-        eligible = [o for o in offers if o.offer_id not in excluded]
-        scores = models.propensity.for_position(position) if models.propensity else None
+        audience = self.audience(position, channel, slot, models)
+        excluded = audience.excluded
         flags = self.flags.active(customer_id, naive_ns(when)) if len(self.flags) else ()
 
         def choose(usage: Usage, blocked: dict[str, str]) -> tuple[str | None, Choice]:
+            nonlocal excluded
             if blocked:
-                excluded.update(blocked)
-            allowed = [o for o in eligible if o.offer_id not in blocked]
+                excluded = {**excluded, **blocked}
+                allowed = [o for o in audience.eligible if o.offer_id not in blocked]
+                candidates = [c for c in audience.candidates if c["offer_id"] not in blocked]
+                ids = tuple(o.offer_id for o in allowed)
+            else:
+                allowed, candidates, ids = audience.eligible, audience.candidates, audience.eligible_ids
             if not allowed:
                 return None, Choice(None, (), (), "none", None)
-            choice = self._choose(allowed, row, when, channel, slot, usage, scores, flags, models)
+            choice = self._choose(allowed, candidates, ids, position, when, channel, usage, audience.scores,
+                                  flags, models)
             return choice.offer_id, choice
 
-        choice = self.caps.reserve_with(customer_id, channel, day, [o.offer_id for o in eligible], choose)
+        choice = self.caps.reserve_with(customer_id, channel, day, audience.eligible_ids, choose)
         chosen = self.offers.get(choice.offer_id) if choice.offer_id else None
         return DecisionRecord(
             decision_id=self.new_id(), created_at=now.isoformat(timespec="microseconds"), day=day,
@@ -165,25 +213,41 @@ class DecisionEngine:
             request_time=when.isoformat(timespec="seconds"), offer_id=choice.offer_id,
             product=chosen.product if chosen else None,
             prob=choice.pmf[choice.candidates.index(choice.offer_id)] if chosen else None,
-            candidates=choice.candidates, pmf=choice.pmf,
-            scores={o.offer_id: (scores.get(o.product) if scores else None) for o in eligible},
-            excluded=excluded, policy=choice.policy, model_versions=models.versions(),
+            candidates=choice.candidates, pmf=choice.pmf, scores=audience.offer_scores,
+            excluded=excluded, policy=choice.policy, model_versions=self._versions,
             cold_start=position is None, fallback=choice.fallback_reason is not None,
             fallback_reason=choice.fallback_reason, view_as_of=self.store.as_of, flags=flags)
 
-    def _choose(self, allowed: list[Offer], row: Mapping[str, Any] | None, when: datetime, channel: str,
-                slot: str, usage: Usage, scores: Mapping[str, float] | None, flags: Sequence[str],
-                models: ModelSet) -> Choice:
+    def _customer_context(self, position: int | None, scores: Mapping[str, float] | None,
+                          models: ModelSet) -> dict[str, Any]:
+        """The customer's part of the bandit context: view row and propensity scores."""
+        ctx: dict[str, Any] = {} if position is None else self.store.row(position, self._columns(models))
+        if scores:
+            for product, p in scores.items():
+                ctx[f"propensity_{product}"] = p
+        return ctx
+
+    def _choose(self, allowed: Sequence[Offer], candidates: Sequence[Mapping[str, Any]], ids: tuple[str, ...],
+                position: int | None, when: datetime, channel: str, usage: Usage,
+                scores: Mapping[str, float] | None, flags: Sequence[str], models: ModelSet) -> Choice:
         reason = None
-        if models.bandit is not None:
+        bandit = models.bandit
+        if bandit is not None:
             try:
-                candidates = [{"offer_id": o.offer_id, "product": o.product, "slot": slot,
-                               "creative": o.creative} for o in allowed]
-                context = bandit_context(row, when, channel, usage, scores, flags)
-                pmf = models.bandit.pmf(context, candidates)
+                scorer = bandit.scorer
+                if scorer is not None and scorer.split and (not flags or scorer.flags_supported(flags)):
+                    key = (position, models.propensity.version if models.propensity else None)
+                    part = scorer.customer_part(key, lambda: self._customer_context(position, scores, models))
+                    lines = scorer.action_lines(candidates, usage.offer_week)
+                    lines.insert(0, scorer.shared_line(
+                        part, (when.hour, when.weekday(), channel, usage.week_total), flags))
+                    pmf = normalized_pmf(scorer.predict(lines), len(candidates))
+                else:
+                    row = None if position is None else self.store.row(position, self._columns(models))
+                    context = bandit_context(row, when, channel, usage, scores, flags)
+                    pmf = bandit.pmf(context, candidates)
                 i = draw(pmf, self.rng.random())
-                return Choice(allowed[i].offer_id, tuple(o.offer_id for o in allowed), tuple(pmf),
-                              "bandit", None)
+                return Choice(allowed[i].offer_id, ids, tuple(pmf), "bandit", None)
             except Exception:  # noqa: BLE001 - a failing model must not fail the request
                 reason = "bandit_error"
         marked = {f[len("mark_"):] for f in flags if f.startswith("mark_")}

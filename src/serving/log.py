@@ -6,6 +6,12 @@ owns the connection and commits whatever requests queued while the previous comm
 load one fsync covers hundreds of decisions, at low load a decision waits for its own commit
 only. Request handlers ``await`` a future the writer resolves.
 
+Cheap on the event loop's GIL: requests of one loop are handed to the writer as one batch (one
+queue put, and one ``call_soon_threadsafe`` back when it has committed, however many requests
+it held), and a batch of decisions goes in as one multi-row INSERT in autocommit mode (its own
+atomic, durable transaction), so the writer needs the GIL back only a few times per commit
+(every SQLite step releases it, and each time the writer waits for the event loop to let go).
+
 :class:`DecisionLog` is the interface; a PostgreSQL backend implements the same four methods
 (``append_decision``, ``append_reward``, ``recent_contacts``, ``close``) with the same meaning.
 """
@@ -13,7 +19,7 @@ only. Request handlers ``await`` a future the writer resolves.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import queue
 import sqlite3
 import threading
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import pandas as pd
+from pydantic_core import to_json
 
 RewardOutcome = Literal["stored", "duplicate", "unknown_decision"]
 
@@ -118,22 +125,36 @@ CREATE TABLE IF NOT EXISTS rewards (
 );
 """
 
-_INSERT_DECISION = f"INSERT INTO decisions VALUES ({', '.join(['?'] * 23)})"
+_DECISION_COLUMNS = 23
+_INSERT_DECISION = f"INSERT INTO decisions VALUES ({', '.join(['?'] * _DECISION_COLUMNS)})"
+ROWS_PER_STATEMENT = 512  # x 23 parameters: well under SQLite's 32,766
+
+
+@functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
+def _insert_decisions(n: int) -> str:
+    """``INSERT INTO decisions VALUES (...), (...)`` for ``n`` rows (one statement, one step)."""
+    row = f"({', '.join(['?'] * _DECISION_COLUMNS)})"
+    return "INSERT INTO decisions VALUES " + ", ".join([row] * n)
+
+
+def _json(value: Any) -> str:
+    return to_json(value).decode()
 
 
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
     return (r.decision_id, r.created_at, r.day, r.customer_id, r.slot, r.channel, r.device, r.page,
             r.request_time, r.offer_id, r.product, r.prob, ",".join(r.candidates),
-            json.dumps([round(p, 6) for p in r.pmf]), json.dumps(r.scores), json.dumps(r.excluded),
-            r.policy, json.dumps(r.model_versions), int(r.cold_start), int(r.fallback),
-            r.fallback_reason, r.view_as_of, json.dumps(list(r.flags)))
+            _json([round(p, 6) for p in r.pmf]), _json(r.scores), _json(r.excluded),
+            r.policy, _json(r.model_versions), int(r.cold_start), int(r.fallback),
+            r.fallback_reason, r.view_as_of, _json(list(r.flags)))
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in WAL mode with the schema in place (autocommit; transactions explicit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
+                          cached_statements=ROWS_PER_STATEMENT + 16)  # every batch size's INSERT
     con.execute("PRAGMA journal_mode=WAL")
     con.execute(f"PRAGMA synchronous={synchronous}")
     con.executescript(SCHEMA)
@@ -148,6 +169,14 @@ class _Job:
 
 
 @dataclass
+class _Batch:
+    """Writes of one event loop handed over together; ``done(results, error)`` is called once."""
+
+    jobs: list[tuple[str, Any]]
+    done: Callable[[list[Any] | None, BaseException | None], None]
+
+
+@dataclass
 class CommitStats:
     """Group-commit counters (the service exports them as metrics)."""
 
@@ -156,6 +185,55 @@ class CommitStats:
     failures: int = 0
     last_batch: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+
+
+class _LoopBatcher:
+    """The requests of one event loop waiting for the writer: at most one batch in flight; what
+    arrives meanwhile goes with the next commit (group commit without a wake-up per request)."""
+
+    def __init__(self, log: SqliteDecisionLog, loop: asyncio.AbstractEventLoop) -> None:
+        self.log = log
+        self.loop = loop
+        self.pending: list[tuple[str, Any, asyncio.Future[Any]]] = []
+        self.busy = False
+        self.scheduled = False
+
+    def add(self, kind: str, record: Any) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        self.pending.append((kind, record, future))
+        if not self.busy and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._send)  # requests of this loop iteration join the batch
+        return future
+
+    def _send(self) -> None:
+        self.scheduled = False
+        if self.busy or not self.pending:
+            return
+        batch = self.pending[:self.log._max_batch]
+        del self.pending[:len(batch)]
+        futures = [f for _, _, f in batch]
+        if self.log._closed:
+            self._resolve(futures, None, RuntimeError("the decision log is closed"))
+            return
+        self.busy = True
+        loop = self.loop
+
+        def done(results: list[Any] | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(self._resolve, futures, results, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        self.log._queue.put(_Batch([(k, r) for k, r, _ in batch], done))
+
+    def _resolve(self, futures: list[asyncio.Future[Any]], results: list[Any] | None,
+                 error: BaseException | None) -> None:
+        self.busy = False
+        for i, future in enumerate(futures):
+            _resolve(future, None if results is None else results[i], error)
+        if self.pending:
+            self._send()
 
 
 class SqliteDecisionLog:
@@ -167,7 +245,8 @@ class SqliteDecisionLog:
         self._con = connect(self.path, synchronous)
         self._max_batch = max_batch
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Batch | None] = queue.SimpleQueue()
+        self._batchers: dict[asyncio.AbstractEventLoop, _LoopBatcher] = {}
         self.stats = CommitStats()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
@@ -184,13 +263,12 @@ class SqliteDecisionLog:
         if self._closed:
             raise RuntimeError("the decision log is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_resolve, future, result, error)
-
-        self._queue.put(_Job(kind, record, done))
-        return await future
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            for old in [lp for lp in self._batchers if lp.is_closed()]:
+                del self._batchers[old]
+            batcher = self._batchers[loop] = _LoopBatcher(self, loop)
+        return await batcher.add(kind, record)
 
     def submit_blocking(self, kind: str, record: Any) -> Any:
         """The same write from a thread without an event loop (tools, tests)."""
@@ -227,12 +305,13 @@ class SqliteDecisionLog:
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            item = self._queue.get()
+            if item is None:
                 return
-            batch = [job]
+            items = [item]
+            n = _size(item)
             stop = False
-            while len(batch) < self._max_batch:
+            while n < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -240,40 +319,65 @@ class SqliteDecisionLog:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
-            self._commit(batch)
+                items.append(nxt)
+                n += _size(nxt)
+            self._commit(items)
             if stop:
                 return
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, items: list[_Job | _Batch]) -> None:
         started = time.perf_counter()
+        jobs = [j for item in items for j in _jobs(item)]
         results: list[Any] = []
         con = self._con
+        in_transaction = False
         try:
-            con.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                if job.kind == "decision":
-                    con.execute(_INSERT_DECISION, _decision_row(job.record))
-                    results.append(None)
-                else:
-                    results.append(self._reward(con, job.record))
-            con.execute("COMMIT")
+            if len(jobs) <= ROWS_PER_STATEMENT and all(kind == "decision" for kind, _ in jobs):
+                # one INSERT in autocommit mode is its own atomic, durable transaction: one SQLite
+                # step (one GIL release) instead of BEGIN, INSERT, COMMIT
+                self._insert(con, [_decision_row(record) for _, record in jobs])
+                results = [None] * len(jobs)
+            else:
+                con.execute("BEGIN IMMEDIATE")
+                in_transaction = True
+                rows: list[tuple[Any, ...]] = []
+                for kind, record in jobs:
+                    if kind == "decision":
+                        rows.append(_decision_row(record))
+                        results.append(None)
+                    else:
+                        self._insert(con, rows)  # a reward may refer to a decision of this batch
+                        results.append(self._reward(con, record))
+                self._insert(con, rows)
+                con.execute("COMMIT")
         except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
-            try:
-                con.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            if in_transaction:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             self.stats.failures += 1
-            for job in batch:
-                job.done(None, error)
+            for item in items:
+                _notify(item, None, error)
             return
         self.stats.commits += 1
-        self.stats.writes += len(batch)
-        self.stats.last_batch = len(batch)
+        self.stats.writes += len(jobs)
+        self.stats.last_batch = len(jobs)
         if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - started)
-        for job, result in zip(batch, results, strict=True):
-            job.done(result, None)
+            self._on_commit(len(jobs), time.perf_counter() - started)
+        i = 0
+        for item in items:
+            n = _size(item)
+            _notify(item, results[i:i + n], None)
+            i += n
+
+    @staticmethod
+    def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (and empty the list), :data:`ROWS_PER_STATEMENT` per statement."""
+        for i in range(0, len(rows), ROWS_PER_STATEMENT):
+            chunk = rows[i:i + ROWS_PER_STATEMENT]
+            con.execute(_insert_decisions(len(chunk)), [v for row in chunk for v in row])
+        rows.clear()
 
     @staticmethod
     def _reward(con: sqlite3.Connection, r: RewardRecord) -> RewardOutcome:
@@ -282,6 +386,21 @@ class SqliteDecisionLog:
         cur = con.execute("INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?)",
                           (r.decision_id, r.kind, r.value_krw, r.received_at))
         return "stored" if cur.rowcount == 1 else "duplicate"
+
+
+def _size(item: _Job | _Batch) -> int:
+    return len(item.jobs) if isinstance(item, _Batch) else 1
+
+
+def _jobs(item: _Job | _Batch) -> list[tuple[str, Any]]:
+    return item.jobs if isinstance(item, _Batch) else [(item.kind, item.record)]
+
+
+def _notify(item: _Job | _Batch, results: list[Any] | None, error: BaseException | None) -> None:
+    if isinstance(item, _Batch):
+        item.done(results, error)
+    else:
+        item.done(None if results is None else results[0], error)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

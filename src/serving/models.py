@@ -115,61 +115,182 @@ def score_view(model: Any, store: CustomerStore, version: str, chunk: int = 50_0
     return PropensityScores(version, tuple(str(c) for c in scores.columns), matrix, prior)
 
 
+def normalized_pmf(values: Sequence[float], n: int) -> list[float]:
+    """Probabilities over ``n`` candidates renormalized to sum to one; raises if not usable."""
+    p = [float(v) for v in values]
+    total = sum(p)
+    if len(p) != n or not math.isfinite(total) or total <= 0 or min(p) < 0:
+        raise ValueError(f"bandit returned an unusable PMF {p!r}")
+    return [v / total for v in p]
+
+
 @dataclass(frozen=True)
 class BanditModel:
-    """The champion bandit: ``pmf(context, candidates)`` over the candidates it is given."""
+    """The champion bandit: ``pmf(context, candidates)`` over the candidates it is given.
+
+    ``scorer``: the VW fast path (:class:`VwScorer`) when the pyfunc wraps a VW bandit; the
+    engine then hands it cached text pieces instead of a context (same examples, same PMF)."""
 
     version: str
     pmf_fn: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], Sequence[float]]
     context_columns: tuple[str, ...]
     propensity_features: tuple[str, ...] = ()
     check: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], None] | None = None
+    scorer: VwScorer | None = None
 
     def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
         """Probabilities over the candidates, renormalized to sum to one; raises if not usable."""
-        p = [float(v) for v in self.pmf_fn(context, candidates)]
-        total = sum(p)
-        if len(p) != len(candidates) or not math.isfinite(total) or total <= 0 or min(p) < 0:
-            raise ValueError(f"bandit returned an unusable PMF {p!r}")
-        return [v / total for v in p]
+        return normalized_pmf(self.pmf_fn(context, candidates), len(candidates))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerPart:
+    """A customer's namespaces of the shared line (name -> text) and the view's values of the
+    rule columns (what online flags override)."""
+
+    segments: dict[str, str]
+    rules: dict[str, Any]
+
+
+_PROBE_CANDIDATE = {"offer_id": "probe"}
+_MISSING: Any = object()
+_REQUEST_KEYS = ("hour", "weekday", "channel", "exposures_7d")
+_CACHE_MAX = 100_000  # entries per cache; cleared when full (bounded memory, no LRU bookkeeping)
 
 
 class VwScorer:
     """PMFs from a :class:`~src.models.bandit.ContextualBandit` without its per-call overhead.
 
-    Same examples as ``bandit_features.vw_example`` (the shared line is built by the same
-    function; an offer's action line depends only on the offer unless the customer has seen it,
-    so it is built once), handed to VW as one text through the binding's parse/predict calls.
-    ``fast`` is switched off at load if it does not reproduce ``bandit.pmf`` exactly.
+    The examples are exactly ``bandit_features.vw_example``'s (its public function builds every
+    piece; nothing here formats a feature), assembled from cached pieces:
+
+    * the shared line's namespaces split by what they depend on: the customer's (``|user``,
+      ``|propensity``, ``|rules`` from the view) are built once per customer and model version;
+      the request's (``|time``: hour band, weekday, channel, exposures) once per distinct value;
+      rule flags set online by ``/v1/events`` rebuild ``|rules`` for that request only;
+    * an offer's action line depends only on the offer and how often the customer has seen it.
+
+    The text goes to VW through the binding's parse/predict calls. Both shortcuts are checked at
+    load against ``vw_example`` and ``bandit.pmf`` (:meth:`check`, :meth:`check_split`) and
+    switched off (``fast`` / ``split`` False) if they do not reproduce them exactly.
     """
 
     def __init__(self, bandit: Any) -> None:
+        from src.models import bandit_features
+
         self.bandit = bandit
         self.spec = bandit.spec
-        self._action_lines: dict[tuple[Any, ...], str] = {}
         self.fast = True
+        self.split = True
+        self._order = tuple(getattr(bandit_features, "SHARED_NAMESPACES", ("user", "time", "propensity", "rules")))
+        self._rule_columns = frozenset(self.spec.rules)
+        self._customer_columns = frozenset(self.spec.context_columns) - self._rule_columns
+        self._customer: dict[Any, CustomerPart] = {}
+        self._request: dict[tuple[Any, ...], Any] = {}
+        self._action_lines: dict[tuple[Any, ...], str] = {}
+        self._blocks: dict[int, tuple[tuple[Mapping[str, Any], ...], list[str], dict[Any, int]]] = {}
 
-    def lines(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[str]:
-        from src.models.bandit_features import _action_line, _shared_line
+    # -- pieces, each built by vw_example ----------------------------------------------------------
+    def _example(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+        from src.models.bandit_features import vw_example
 
-        if not candidates:
-            raise ValueError("a decision needs at least one candidate offer")
-        seen = context.get("seen") or {}
-        out = [_shared_line(context, self.spec)]
-        cache = self._action_lines
-        for c in candidates:
-            n_seen = seen.get(str(c["offer_id"]), 0)
-            key = (c["offer_id"], c.get("product"), c.get("slot"), c.get("creative"), n_seen)
-            line = cache.get(key)
-            if line is None:
-                if len(cache) > 100_000:  # offers x fatigue counts: bounded, but be safe
-                    cache.clear()
-                line = cache[key] = _action_line(c, {str(c["offer_id"]): n_seen} if n_seen else {})
-            out.append(line)
+        return vw_example(context, candidates, self.spec)
+
+    @staticmethod
+    def _segments(line: str) -> dict[str, str]:
+        """namespace -> its text (``"user a=1 b"``) of a shared line (``|`` cannot occur in a
+        value: ``vw_example`` escapes it)."""
+        return {seg.split(" ", 1)[0]: seg for seg in line.split(" |")[1:]}
+
+    def customer_part(self, key: Any, context_fn: Callable[[], Mapping[str, Any]]) -> CustomerPart:
+        """The customer's shared namespaces; ``key`` must change whenever ``context_fn()`` can
+        (the engine uses the view position and the propensity version)."""
+        part = self._customer.get(key)
+        if part is None:
+            part = self._customer_part(context_fn())
+            if len(self._customer) >= _CACHE_MAX:
+                self._customer.clear()
+            self._customer[key] = part
+        return part
+
+    def _customer_part(self, context: Mapping[str, Any]) -> CustomerPart:
+        segments = self._segments(self._example(context, [_PROBE_CANDIDATE])[0])
+        segments.pop("time", None)
+        return CustomerPart(segments, {c: context.get(c) for c in self._rule_columns})
+
+    def _time(self, request: tuple[Any, ...]) -> str | None:
+        seg = self._request.get(request, _MISSING)
+        if seg is _MISSING:
+            line = self._example(dict(zip(_REQUEST_KEYS, request, strict=True)), [_PROBE_CANDIDATE])[0]
+            seg = self._segments(line).get("time")
+            if len(self._request) >= _CACHE_MAX:
+                self._request.clear()
+            self._request[request] = seg
+        return seg
+
+    def flags_supported(self, flags: Sequence[str]) -> bool:
+        """False if an online flag shadows a customer feature other than a rule column (the
+        split would then be wrong: the caller takes the generic path)."""
+        return not any(f in self._customer_columns for f in flags)
+
+    def shared_line(self, part: CustomerPart, request: tuple[Any, ...], flags: Sequence[str]) -> str:
+        """The shared line of (customer part, (hour, weekday, channel, exposures_7d), flags)."""
+        segs = dict(part.segments)
+        segs["time"] = self._time(request)
+        on = [f for f in flags if f in self._rule_columns]
+        if on:
+            ctx = {**part.rules, **dict.fromkeys(on, 1)}
+            segs["rules"] = self._segments(self._example(ctx, [_PROBE_CANDIDATE])[0]).get("rules")
+        out = ["shared"]
+        for ns in self._order:
+            seg = segs.pop(ns, None)
+            if seg is not None:
+                out.append(seg)
+        out.extend(s for s in segs.values() if s is not None)  # namespaces this code does not know
+        return " |".join(out)
+
+    def _action_line(self, candidate: Mapping[str, Any], n_seen: int) -> str:
+        key = (candidate["offer_id"], candidate.get("product"), candidate.get("slot"), candidate.get("creative"),
+               n_seen)
+        line = self._action_lines.get(key)
+        if line is None:
+            if len(self._action_lines) >= _CACHE_MAX:
+                self._action_lines.clear()
+            seen = {str(candidate["offer_id"]): n_seen} if n_seen else {}
+            line = self._action_lines[key] = self._example({"seen": seen}, [candidate])[1]
+        return line
+
+    def action_lines(self, candidates: Sequence[Mapping[str, Any]], seen: Mapping[str, int]) -> list[str]:
+        """One line per candidate. A tuple of candidates (the engine's per-customer one, never
+        mutated) keeps its unseen lines; only the offers the customer has seen are looked up."""
+        if not isinstance(candidates, tuple):
+            return [self._action_line(c, seen.get(c["offer_id"], 0) if seen else 0) for c in candidates]
+        block = self._blocks.get(id(candidates))
+        if block is None or block[0] is not candidates:
+            if len(self._blocks) >= _CACHE_MAX:
+                self._blocks.clear()
+            block = self._blocks[id(candidates)] = (  # holds the tuple: its id is not reused meanwhile
+                candidates, [self._action_line(c, 0) for c in candidates],
+                {c["offer_id"]: i for i, c in enumerate(candidates)})
+        out = list(block[1])
+        if seen:
+            index = block[2]
+            for offer_id, n_seen in seen.items():
+                i = index.get(offer_id)
+                if i is not None and n_seen:
+                    out[i] = self._action_line(candidates[i], n_seen)
         return out
 
-    def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
-        lines = self.lines(context, candidates)
+    # -- scoring -----------------------------------------------------------------------------------
+    def lines(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The example of a full context (no customer cache): shared line, then action lines."""
+        if not candidates:
+            raise ValueError("a decision needs at least one candidate offer")
+        shared = self._example(context, [_PROBE_CANDIDATE])[0]
+        return [shared, *self.action_lines(candidates, context.get("seen") or {})]
+
+    def predict(self, lines: list[str]) -> list[float]:
+        """VW's scores for one example given as lines (shared first)."""
         vw = self.bandit.vw
         if not self.fast:
             return [float(p) for p in vw.predict(lines)]
@@ -182,6 +303,10 @@ class VwScorer:
         finally:
             pylibvw.vw._finish_example_multi_ex(vw, examples)
 
+    def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+        return self.predict(self.lines(context, candidates))
+
+    # -- load-time checks ------------------------------------------------------------------------
     def check(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> None:
         """Keep the fast path only if it gives the bandit's own PMF on this request."""
         reference = [float(p) for p in self.bandit.pmf(context, candidates)]
@@ -194,6 +319,29 @@ class VwScorer:
             self.fast = False
         if not self.fast:
             log.warning("VW fast path disabled: it does not reproduce bandit.pmf")
+
+    def split_lines(self, customer: Mapping[str, Any], request: Mapping[str, Any], flags: Sequence[str],
+                    candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The example assembled from pieces, with no cache (what :meth:`check_split` compares)."""
+        part = self._customer_part(customer)
+        key = tuple(request.get(k) for k in _REQUEST_KEYS)
+        return [self.shared_line(part, key, flags),
+                *self.action_lines(candidates, request.get("seen") or {})]
+
+    def check_split(self, cases: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], Sequence[str]]],
+                    candidates: Sequence[Mapping[str, Any]]) -> None:
+        """Keep the cached assembly only if it gives ``vw_example``'s text on every case:
+        (customer context, request context with ``seen``, online flags)."""
+        try:
+            for customer, request, flags in cases:
+                full = {**customer, **request, **dict.fromkeys(flags, 1)}
+                if self.split_lines(customer, request, flags, candidates) != self._example(full, candidates):
+                    self.split = False
+                    break
+        except Exception:  # noqa: BLE001 - feature code changed shape: use the full example
+            self.split = False
+        if not self.split:
+            log.warning("VW cached example assembly disabled: it does not reproduce vw_example")
 
 
 def bandit_from_pyfunc(model: Any, version: str) -> BanditModel:
@@ -209,7 +357,7 @@ def bandit_from_pyfunc(model: Any, version: str) -> BanditModel:
         scorer = VwScorer(bandit)
         spec = bandit.spec
         return BanditModel(version, scorer.pmf, tuple(spec.context_columns), tuple(spec.propensity),
-                           check=scorer.check)
+                           check=scorer.check, scorer=scorer)
 
     def via_predict(context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
         row = {k: v for k, v in context.items() if k != "seen"}

@@ -36,7 +36,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     # The log writer thread hands the GIL back and forth with the event loop on every commit;
     # at the default 5 ms switch interval each handoff can stall a commit by up to 5 ms.
     sys.setswitchinterval(switch_interval_s)
-    app = create_app(settings, serving)
+    app = create_app(settings, serving, tune_gc=True)
     # no access log: it would write client addresses, and ids belong in the decision log only
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                 timeout_graceful_shutdown=10)
