@@ -61,6 +61,7 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
         bandit.choose(ctx, all_offers, rng)
         latency[i] = (time.perf_counter_ns() - t0) / 1_000
     return {
+        "vw_args": config.vw_args(spec),
         "examples": len(log),
         "train_examples_per_s": round(len(log) / end_to_end),
         "train_vw_only_examples_per_s": round(len(log) / vw_seconds),

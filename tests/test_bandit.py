@@ -11,7 +11,9 @@ from src.models.bandit_features import (
     CustomerViews,
     FatigueTracker,
     FeatureSpec,
+    ResponseHistory,
     cost_of,
+    request_context,
     vw_example,
 )
 
@@ -42,6 +44,32 @@ def test_vw_example_without_label_and_optional_inputs():
     lines = vw_example({"channel": "web"}, CANDIDATES[:1], SPEC)
     assert lines == ["shared |user pv_loan_7d_null n_card_null days_to_card_payment_null |time channel=web",
                      "|offer offer=OF01 product=loan slot=home_banner |creative jeonse loan rate cut p"]
+
+
+def test_vw_example_with_response_history_fixed_text():
+    ctx = {"channel": "app", "responses": {"loan": (3, 1), "card": (2, 0), "fx": (1, 1)}}
+    lines = vw_example(ctx, CANDIDATES[:1], FeatureSpec(categorical=(), age_column=None))
+    assert lines[0] == ("shared |user  |time channel=app |history card_ignored:1.099 fx_clicked:1 "
+                        "loan_clicked:1 loan_ignored:1.099 any_clicked:2 any_ignored:1.609")
+    assert "ho" in FeatureSpec().interactions  # history is crossed with the offer
+
+
+def test_response_history_counts_and_copies():
+    h = ResponseHistory()
+    h.record("C1", "loan", True)
+    h.record("C1", "loan", False)
+    copy = h.copy()
+    h.record("C1", "fx", False)
+    assert h.get("C1") == {"loan": (2, 1), "fx": (1, 0)} and copy.get("C1") == {"loan": (2, 1)}
+    assert h.get("C2") == {}
+    ctx = request_context({}, pd.Timestamp("2026-01-05 20:00"), "web", responses=h.get("C1"))
+    assert ctx["responses"] == {"loan": (2, 1), "fx": (1, 0)}
+    exposures = pd.DataFrame({"ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"]),
+                              "customer_id": ["C1", "C1", "C2"], "offer_id": ["OF01", "OF07", "OF01"],
+                              "click": [True, False, True]})
+    offers = pd.DataFrame(CANDIDATES)
+    assert ResponseHistory.from_exposures(exposures, offers).get("C1") == {"loan": (2, 1)}
+    assert ResponseHistory.from_exposures(exposures, offers, before="2026-01-02").get("C1") == {"loan": (1, 1)}
 
 
 def test_vw_syntax_characters_are_sanitized():

@@ -13,8 +13,9 @@ from src.settings import Settings
 
 
 def test_demo_builds_the_view_and_says_where(tmp_path: Path):
-    result = CliRunner().invoke(
-        app, ["demo", "--customers", "150", "--days", "10", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(  # its own registry: the demo registers the first versions
+        app, ["demo", "--customers", "150", "--days", "10", "--data-dir", str(tmp_path)],
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert result.exit_code == 0, result.output
     view_path = tmp_path / "features" / "customer_view_2026-01-11.parquet"

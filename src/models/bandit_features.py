@@ -10,9 +10,11 @@ shared (the request)                       action (one line per candidate offer)
              exposures in the last 7 days    ``|fatigue``  times this offer was shown to the
   ``|propensity`` scores per product (opt.)                customer in the last 7 days
   ``|rules`` detection-rule flags (opt.)
+  ``|history`` the customer's own responses to
+             past offers, per product (opt.)
 
-Interactions ``uo to po ro``: every shared namespace crossed with the offer namespace, which is
-what lets one linear model rank offers differently per customer.
+Interactions ``uo to po ro ho``: every shared namespace crossed with the offer namespace, which
+is what lets one linear model rank offers differently per customer.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SHARED_NAMESPACES = ("user", "time", "propensity", "rules")
+SHARED_NAMESPACES = ("user", "time", "propensity", "rules", "history")
 ACTION_NAMESPACES = ("offer", "creative", "fatigue")
-DEFAULT_INTERACTIONS: tuple[str, ...] = ("uo", "to", "po", "ro")
+DEFAULT_INTERACTIONS: tuple[str, ...] = ("uo", "to", "po", "ro", "ho")
 FATIGUE_WINDOW_DAYS = 7  # same window as the simulator's fatigue: [day - 7, ts)
 
 _UNSAFE = re.compile(r"[\s|:]+")
@@ -144,7 +146,33 @@ def _shared_line(context: Mapping[str, Any], spec: FeatureSpec) -> str:
         flags.append(_token(col) if value is True or float(value) == 1.0 else f"{_token(col)}:{_num(float(value))}")
     if flags:
         parts.append("|rules " + " ".join(flags))
+    responses = context.get("responses")
+    if responses:
+        parts.append("|history " + _history_features(responses))
     return " ".join(parts)
+
+
+def _history_features(responses: Mapping[str, tuple[int, int]]) -> str:
+    """The customer's past offers per product: clicks, and shown-but-not-clicked as ``log1p``.
+
+    A click on a product's offer is the most direct evidence the bank has of the latent
+    ``affinity x need`` that drives the next click; ``any_*`` sums over products (affinity).
+    Sorted by product, so the text is deterministic.
+    """
+    out = []
+    shown_all = clicked_all = 0
+    for product in sorted(responses):
+        shown, clicked = responses[product]
+        shown_all, clicked_all = shown_all + shown, clicked_all + clicked
+        if clicked:
+            out.append(f"{_token(product)}_clicked:{int(clicked)}")
+        if shown > clicked:
+            out.append(f"{_token(product)}_ignored:{_num(math.log1p(shown - clicked))}")
+    if clicked_all:
+        out.append(f"any_clicked:{int(clicked_all)}")
+    if shown_all > clicked_all:
+        out.append(f"any_ignored:{_num(math.log1p(shown_all - clicked_all))}")
+    return " ".join(out)
 
 
 def _action_line(candidate: Mapping[str, Any], seen: Mapping[str, int]) -> str:
@@ -172,7 +200,8 @@ def vw_example(
     """One multi-line ``cb_explore_adf`` example: a shared line, then one line per candidate.
 
     ``context``: customer-view columns named in ``spec`` plus ``hour``, ``weekday``, ``channel``,
-    ``exposures_7d`` and ``seen`` (offer_id -> exposures of that offer in the last 7 days).
+    ``exposures_7d``, ``seen`` (offer_id -> exposures of that offer in the last 7 days) and,
+    optionally, ``responses`` (product -> (offers shown, clicked) over the customer's history).
     ``candidates``: mappings with ``offer_id`` and optionally ``product``, ``slot``, ``creative``.
     ``label``: (index of the chosen candidate, reward, probability it was chosen with); the
     reward becomes VW's cost through :func:`cost_of`.
@@ -280,13 +309,55 @@ class FatigueTracker:
         self._history[str(customer_id)].append((pd.Timestamp(ts), str(offer_id)))
 
 
+class ResponseHistory:
+    """Offers shown and clicked per customer and product, from the bank's own decision log.
+
+    Unlike the fatigue window this never forgets: a customer's clicks are the bank's running
+    estimate of their affinity for offers and their need for each product (both latent).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, dict[str, list[int]]] = defaultdict(dict)
+
+    def get(self, customer_id: str) -> dict[str, tuple[int, int]]:
+        """product -> (shown, clicked) so far (empty for a customer never shown an offer)."""
+        return {p: (c[0], c[1]) for p, c in self._counts.get(str(customer_id), {}).items()}
+
+    def record(self, customer_id: str, product: str, clicked: bool) -> None:
+        counts = self._counts[str(customer_id)].setdefault(str(product), [0, 0])
+        counts[0] += 1
+        counts[1] += int(bool(clicked))
+
+    def copy(self) -> ResponseHistory:
+        out = ResponseHistory()
+        out._counts = defaultdict(dict, {k: {p: list(c) for p, c in v.items()} for k, v in self._counts.items()})
+        return out
+
+    @classmethod
+    def from_exposures(cls, exposures: pd.DataFrame, offers: pd.DataFrame,
+                       before: pd.Timestamp | None = None) -> ResponseHistory:
+        """The history of the logged exposures (strictly before ``before`` if given)."""
+        out = cls()
+        if before is not None:
+            exposures = exposures[exposures["ts"] < pd.Timestamp(before)]
+        product = exposures["offer_id"].map(offers.set_index("offer_id")["product"])
+        grouped = pd.DataFrame({"c": exposures["customer_id"].astype(str), "p": product.astype(str),
+                                "k": exposures["click"].astype(int)}).groupby(["c", "p"])["k"].agg(["size", "sum"])
+        for (customer, prod), row in grouped.iterrows():
+            out._counts[customer][prod] = [int(row["size"]), int(row["sum"])]
+        return out
+
+
 def request_context(view_row: Mapping[str, Any], ts: pd.Timestamp, channel: str,
-                    fatigue: tuple[int, dict[str, int]] = (0, {}), extra: Mapping[str, Any] | None = None
-                    ) -> dict[str, Any]:
-    """A request's full context: the view row, time of day, weekday, channel, recent exposures."""
+                    fatigue: tuple[int, dict[str, int]] = (0, {}), extra: Mapping[str, Any] | None = None,
+                    responses: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """A request's full context: the view row, time of day, weekday, channel, recent exposures
+    and (optionally) the customer's past responses to offers per product."""
     ts = pd.Timestamp(ts)
     ctx = dict(view_row)
     ctx.update(hour=ts.hour, weekday=ts.weekday(), channel=channel, exposures_7d=fatigue[0], seen=fatigue[1])
+    if responses:
+        ctx["responses"] = dict(responses)
     if extra:
         ctx.update(extra)
     return ctx

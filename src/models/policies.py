@@ -29,6 +29,7 @@ from src.models.bandit_features import (
     CustomerViews,
     FatigueTracker,
     FeatureSpec,
+    ResponseHistory,
     build_views,
     candidate_index,
     default_feature_spec,
@@ -85,6 +86,45 @@ class OraclePolicy:
 
 
 @dataclass
+class TrueNeedGreedyPolicy:
+    """Diagnostic, reads the truth: the offer of the product the customer needs most today.
+
+    Knows the latent need (which no bank does) but ignores creative quality, life-stage fit and
+    affinity: how far knowing the need alone goes.
+    """
+
+    oracle: Any
+    name: str = "greedy_true_need"
+
+    def choose(self, request, context, candidates) -> tuple[int, float]:
+        from src.data.schemas import PRODUCTS
+
+        cust = self.oracle.customer_idx([request.customer_id])[0]
+        need = np.asarray(self.oracle.needs[(request.ts - self.oracle.start).days, cust], dtype=float)
+        return int(np.argmax([need[PRODUCTS.index(str(c["product"]))] for c in candidates])), 1.0
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+
+def true_need_context(oracle: Any) -> Callable[[str, pd.Timestamp], dict[str, float]]:
+    """Diagnostic, reads the truth: ``true_need_<product>`` = offer affinity x need, the exact term
+    of the click logit that no observable feature carries. A bandit given it shows how far
+    better features could take it (a ceiling for the features, not for a deployable bandit)."""
+    from src.data.schemas import PRODUCTS
+
+    affinity = oracle.traits.set_index(oracle.customer_index)["offer_affinity"].to_dict()
+
+    def extra(customer_id: str, ts: pd.Timestamp) -> dict[str, float]:
+        cust = oracle.customer_idx([customer_id])[0]
+        day = int((pd.Timestamp(ts) - oracle.start).days)
+        needs = np.asarray(oracle.needs[day, cust], dtype=float)
+        return {f"true_need_{p}": round(affinity[str(customer_id)] * needs[j], 3) for j, p in enumerate(PRODUCTS)}
+
+    return extra
+
+
+@dataclass
 class ABTestThenFixPolicy:
     """The seed practice: equal split per slot until ``test_end``, a test, then the winner for all."""
 
@@ -127,12 +167,14 @@ class BanditPolicy:
     seed: int = 0
     learn_online: bool = True
     name: str = "bandit"
+    last_pmf: np.ndarray | None = None  # of the latest choice: the simulation values its greedy arm
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
     def choose(self, request, context, candidates) -> tuple[int, float]:
         d = self.bandit.choose(context, candidates, self.rng)
+        self.last_pmf = d.pmf
         return d.index, d.prob
 
     def update(self, request, context, candidates, chosen, prob, reward) -> None:
@@ -141,39 +183,57 @@ class BanditPolicy:
 
 
 def simulate_policy(env, policy: Policy, views: CustomerViews, offers: pd.DataFrame, config: BanditConfig,
-                    progress: bool = False) -> pd.DataFrame:
+                    progress: bool = False, history: ResponseHistory | None = None,
+                    extra: Callable[[str, pd.Timestamp], Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Run ``policy`` over the environment's request stream; one row per decision.
 
     Columns: request_id, ts, day, slot, offer_id, prob, click, convert, value, reward (realized,
     under ``config.reward``), expected (the choice's expected reward), best (the oracle's),
     regret, and the choice's expected click / convert / value for the secondary metrics.
+    ``history``: the customer's responses to offers so far (the bank's log before the run; it
+    is copied, then grows with this policy's own decisions); ``extra(customer_id, ts)`` adds
+    context (diagnostics).
     """
     from tqdm.auto import tqdm
 
     metric = config.reward
     scale = config.value_scale if metric == "value" else 1.0
     by_slot = slot_candidates(offers)
+    product = offers.set_index("offer_id")["product"].astype(str).to_dict()
     tracker = FatigueTracker()
+    history = history.copy() if history is not None else None
     rows = []
     for request in tqdm(env.requests(), desc=policy.name, disable=not progress, mininterval=2):
         candidates = by_slot[request.slot]
         context = request_context(views.lookup(request.customer_id, request.ts), request.ts, request.channel,
-                                  tracker.counts(request.customer_id, request.ts))
+                                  tracker.counts(request.customer_id, request.ts),
+                                  extra(request.customer_id, request.ts) if extra else None,
+                                  responses=history.get(request.customer_id) if history is not None else None)
         chosen, prob = policy.choose(request, context, candidates)
         offer_id = str(candidates[chosen]["offer_id"])
-        _, best = env.best_offer(request, metric=metric)
+        ids, values = env.expected_all(request, metric)
+        position = {str(o): i for i, o in enumerate(ids)}
+        best = float(values.max())
         expected = env.expected_reward(request, offer_id)
         outcome = env.step(request, offer_id, prob)
         tracker.record(request.customer_id, request.ts, offer_id)
+        if history is not None:
+            history.record(request.customer_id, product[offer_id], outcome.click)
         reward = config.reward_of(outcome.click, outcome.convert, outcome.value)
         policy.update(request, context, candidates, chosen, prob, reward)
-        exp = getattr(expected, metric) / scale
+        exp = float(values[position[offer_id]]) / scale
+        pmf = getattr(policy, "last_pmf", None)
+        if pmf is not None:  # what the policy would earn without exploring, and in expectation
+            greedy = float(values[position[str(candidates[int(np.argmax(pmf))]["offer_id"])]]) / scale
+            on_policy = float(sum(pm * values[position[str(c["offer_id"])]] for pm, c in zip(pmf, candidates))) / scale
+        else:
+            greedy = on_policy = exp
         rows.append({"request_id": request.request_id, "ts": request.ts, "slot": request.slot,
                      "customer_id": request.customer_id, "channel": request.channel, "offer_id": offer_id,
                      "prob": prob, "click": outcome.click, "convert": outcome.convert, "value": outcome.value,
                      "reward": reward, "expected": exp, "best": best / scale, "regret": best / scale - exp,
                      "expected_click": expected.click, "expected_convert": expected.convert,
-                     "expected_value": expected.value})
+                     "expected_value": expected.value, "expected_greedy": greedy, "expected_policy": on_policy})
     frame = pd.DataFrame(rows)
     if len(frame):
         frame["day"] = (frame["ts"].dt.normalize() - frame["ts"].dt.normalize().min()).dt.days
@@ -203,7 +263,15 @@ class ComparisonConfig(BaseModel):
     seed: int = 0
     bandit: BanditConfig = BanditConfig()
     offline_passes: int = Field(1, ge=0)
+    history: bool = Field(False, description="Give the bandit the customer's past responses to offers "
+                          "(``|history``); no measurable gain on notebook 20's run, and serving lacks it.")
     policies: tuple[str, ...] = ("random", "ab_then_fix", "bandit", "oracle")
+
+
+DIAGNOSTIC_POLICIES = ("bandit_frozen", "bandit_true_need", "greedy_true_need")
+"""Extra policies for ``ComparisonConfig.policies``: the offline bandit without online learning
+(the learning curve), a bandit also given the true affinity x need (a ceiling for features) and
+a greedy policy on the true need. The last two read the simulator's truth."""
 
 
 @dataclass
@@ -236,6 +304,27 @@ def summarize(steps: pd.DataFrame, baseline: str = "ab_then_fix", ceiling: str =
     return out
 
 
+def gap_report(steps: pd.DataFrame, ceiling: str = "oracle") -> dict[str, pd.DataFrame]:
+    """Where each policy's gap to the oracle goes, as % of the oracle's expected reward.
+
+    ``overall``: as run, without exploration (``greedy_pct``: each step's greedy choice) and the
+    exploration cost between them; ``by_slot`` and ``by_week`` (the learning curve) as run.
+    """
+    oracle = steps[steps["policy"] == ceiling]
+    g = steps.groupby("policy", sort=False)
+    total = oracle["expected"].sum()
+    overall = pd.DataFrame({"pct_of_oracle": 100 * g["expected"].sum() / total,
+                            "greedy_pct": 100 * g["expected_greedy"].sum() / total})
+    overall["exploration_cost_pts"] = overall["greedy_pct"] - overall["pct_of_oracle"]
+    week = steps["day"] // 7
+    by_slot = 100 * steps.groupby(["slot", "policy"], sort=False)["expected"].sum().unstack().div(
+        oracle.groupby("slot")["expected"].sum(), axis=0)
+    by_week = 100 * steps.groupby([week, "policy"], sort=False)["expected"].sum().unstack().div(
+        oracle.groupby(oracle["day"] // 7)["expected"].sum(), axis=0)
+    by_week.index.name = "week"
+    return {"overall": overall, "by_slot": by_slot, "by_week": by_week}
+
+
 def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | None = None,
                    spec: FeatureSpec | None = None, progress: bool = False) -> ComparisonResult:
     """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions."""
@@ -258,14 +347,30 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
         return BankEnvironment(oracle, seed=config.seed, days=sim_days, start_day=config.train_days,
                                requests_per_customer_day=config.requests_per_customer_day)
 
-    bandit = offline = None
-    log = pd.DataFrame()
-    if "bandit" in config.policies:
-        exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
-        log = logged_decisions(exposures, views, offers, config.bandit, end=run_start)
+    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    history = ResponseHistory.from_exposures(exposures, offers, before=run_start) if config.history else None
+
+    def trained(spec: FeatureSpec, extra=None) -> tuple[ContextualBandit, pd.DataFrame]:
+        log = logged_decisions(exposures, views, offers, config.bandit, end=run_start, extra=extra,
+                               responses=config.history)
         bandit = ContextualBandit(config.bandit, spec)
         train_offline(bandit, log, offers, passes=config.offline_passes, progress=progress)
+        return bandit, log
+
+    bandit = offline = None
+    log = pd.DataFrame()
+    if {"bandit", "bandit_frozen"} & set(config.policies):
+        bandit, log = trained(spec)
         offline = bandit.copy()
+    truth_extra = true_need_context(oracle) if "bandit_true_need" in config.policies else None
+
+    def true_need_bandit(e) -> Policy:
+        from dataclasses import replace
+
+        from src.data.schemas import PRODUCTS
+
+        truth_spec = replace(spec, propensity=spec.propensity + tuple(f"true_need_{p}" for p in PRODUCTS))
+        return BanditPolicy(trained(truth_spec, truth_extra)[0], seed=config.seed, name="bandit_true_need")
 
     makers: dict[str, Callable[[Any], Policy]] = {
         "random": lambda e: UniformPolicy(seed=config.seed),
@@ -273,6 +378,10 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
                                                      alpha=config.alpha, seed=config.seed),
         "bandit": lambda e: BanditPolicy(bandit, seed=config.seed),
         "oracle": lambda e: OraclePolicy(e, metric=config.bandit.reward),
+        "bandit_frozen": lambda e: BanditPolicy(offline.copy(), seed=config.seed, learn_online=False,
+                                                name="bandit_frozen"),
+        "bandit_true_need": true_need_bandit,
+        "greedy_true_need": lambda e: TrueNeedGreedyPolicy(oracle),
     }
     frames, ab = [], pd.DataFrame()
     for name in config.policies:
@@ -280,22 +389,45 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
             raise ValueError(f"unknown policy {name!r}; choose from {sorted(makers)}")
         e = env()
         policy = makers[name](e)
-        frames.append(simulate_policy(e, policy, views, offers, config.bandit, progress=progress))
+        frames.append(simulate_policy(e, policy, views, offers, config.bandit, progress=progress, history=history,
+                                      extra=truth_extra if name == "bandit_true_need" else None))
         if isinstance(policy, ABTestThenFixPolicy):
             ab = ab_test.summarize(policy.results)
     steps = pd.concat(frames, ignore_index=True)
     return ComparisonResult(steps, summarize(steps), ab, bandit, offline, log, views, config)
 
 
+def _bandit_view(log: pd.DataFrame, history: bool) -> pd.DataFrame:
+    """The log as the bandit sees it: the reward model uses the customer's past responses, a
+    bandit trained without ``|history`` must not be handed them."""
+    if history:
+        return log
+    return log.assign(context=[{k: v for k, v in c.items() if k != "responses"} for c in log["context"]])
+
+
+def reward_model(log: pd.DataFrame, offers: pd.DataFrame, candidates: list[list[str]], seed: int = 0) -> np.ndarray:
+    """The direct method's cross-fitted q(x, a) on a logged-decision frame (:func:`logged_decisions`):
+    context, the offer, its recent exposures and the customer's evidence about its product."""
+    from src.models import ope
+
+    contexts = log["context"].tolist()
+    product = offers.set_index("offer_id")["product"].astype(str).to_dict()
+    return ope.fit_reward_model(ope.context_frame(contexts), candidates, log["action"].to_numpy(int),
+                                log["reward"].to_numpy(float), seen=[c.get("seen", {}) for c in contexts],
+                                seed=seed, offer_features=ope.product_features(contexts, product),
+                                segment=[c.get("life_stage") for c in contexts])
+
+
 def ope_check(raw_dir: Path, truth_dir: Path, bandit: ContextualBandit, views: CustomerViews,
               start: pd.Timestamp, end: pd.Timestamp | None = None,
               extra_policies: Mapping[str, Sequence[str]] | None = None, n_bootstrap: int = 0,
-              seed: int = 0) -> pd.DataFrame:
+              seed: int = 0, history: bool = False) -> pd.DataFrame:
     """Off-policy estimates vs the true value, on the logged exposures in [start, end).
 
     Policies: the (frozen) bandit, uniform, and any ``constant`` policies given as preferred
     offer ids (e.g. the A/B winners). The truth is the oracle's expected reward of each
-    candidate at each logged decision, weighted by the policy's probabilities.
+    candidate at each logged decision, weighted by the policy's probabilities. ``history``: the
+    bandit was trained with the customer's past responses (``|history``).
     """
     from src.data.synthetic import Oracle
     from src.models import ope
@@ -303,14 +435,14 @@ def ope_check(raw_dir: Path, truth_dir: Path, bandit: ContextualBandit, views: C
     oracle = Oracle(truth_dir, raw_dir)
     offers = oracle.offers
     exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
-    log = logged_decisions(exposures, views, offers, bandit.config, start=start, end=end)
+    log = logged_decisions(exposures, views, offers, bandit.config, start=start, end=end, responses=True)
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
     action, prob, reward = log["action"].to_numpy(int), log["prob"].to_numpy(float), log["reward"].to_numpy(float)
-    q = ope.fit_reward_model(ope.context_frame(log["context"].tolist()), candidates, action, reward,
-                             seen=[c.get("seen", {}) for c in log["context"]], seed=seed)
+    q = reward_model(log, offers, candidates, seed=seed)
     truth = ope.oracle_rewards(oracle, log, candidates, bandit.config.reward, bandit.config.value_scale)
-    targets = {"bandit": policy_probs(bandit, log, offers), "uniform": ope.uniform_policy(log, candidates)}
+    targets = {"bandit": policy_probs(bandit, _bandit_view(log, history), offers),
+               "uniform": ope.uniform_policy(log, candidates)}
     for name, preferred in (extra_policies or {}).items():
         targets[name] = ope.constant_policy(preferred)(log, candidates)
     frames = []
@@ -353,7 +485,7 @@ def plot_daily(steps: pd.DataFrame):
 
 
 def held_out_scorer(raw_dir: Path, views: CustomerViews, config: BanditConfig, start: pd.Timestamp,
-                    end: pd.Timestamp | None = None, seed: int = 0) -> Callable[[Any], float]:
+                    end: pd.Timestamp | None = None, seed: int = 0, history: bool = False) -> Callable[[Any], float]:
     """DR value of a bandit (object or MLflow model URI) on the logged decisions in [start, end).
 
     The log and the cross-fitted reward model are built once, so a challenger and the current
@@ -363,19 +495,18 @@ def held_out_scorer(raw_dir: Path, views: CustomerViews, config: BanditConfig, s
 
     offers = pd.read_parquet(Path(raw_dir) / "offers.parquet")
     exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
-    log = logged_decisions(exposures, views, offers, config, start=start, end=end)
+    log = logged_decisions(exposures, views, offers, config, start=start, end=end, responses=True)
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
     action, prob, reward = log["action"].to_numpy(int), log["prob"].to_numpy(float), log["reward"].to_numpy(float)
-    q = ope.fit_reward_model(ope.context_frame(log["context"].tolist()), candidates, action, reward,
-                             seen=[c.get("seen", {}) for c in log["context"]], seed=seed)
+    q = reward_model(log, offers, candidates, seed=seed)
 
     def score(model: Any) -> float:
         if isinstance(model, str):
             import mlflow.pyfunc
 
             model = mlflow.pyfunc.load_model(model).unwrap_python_model().bandit
-        target = policy_probs(model, log, offers)
+        target = policy_probs(model, _bandit_view(log, history), offers)
         table = ope.estimate(action, prob, reward, target, q).set_index("estimator")
         return float(table.loc["dr", "value"])
 

@@ -72,10 +72,14 @@ class BankEnvironment:
         self._activity = traits["digital_affinity"].to_numpy(float)
         self._app_share = traits["app_share"].to_numpy(float)
         self._pending: dict[int, tuple[int, int, bool, float, float]] = {}
-        self._history: dict[int, list[tuple[int, int]]] = defaultdict(list)  # customer -> (second, offer)
+        self._history: dict[int, list[tuple[int, int]]] = defaultdict(list)  # customer -> (second, offer), in time order
         self.steps: list[dict] = []
         self._offer_number = {str(o): i for i, o in enumerate(oracle.offer_table.offer_id)}
         self._slot_offer_numbers = {slot: oracle._slot_offers(slot) for slot in SLOTS}
+        # request_id -> (offer numbers of its slot, P(click), P(convert | click)): computed once
+        # per request and reused by best_offer / expected_reward / step (fatigue cannot change
+        # before the request is answered, since requests are answered in time order).
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _day_requests(self, day: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(day,)))
@@ -114,9 +118,12 @@ class BankEnvironment:
 
     def _fatigue(self, cust: int, second: int, offer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         window_start = (second // DAY_SEC - self.oracle.fatigue_window_days) * DAY_SEC
-        recent = [(s, o) for s, o in self._history[cust] if window_start <= s < second]
+        history = self._history[cust]
+        while history and history[0][0] < window_start:  # requests come in time order: drop the old
+            history.pop(0)
+        recent = [o for s, o in history if s < second]
         n_all = np.full(len(offer), len(recent))
-        n_same = np.array([sum(1 for _, o in recent if o == k) for k in offer])
+        n_same = np.array([recent.count(int(k)) for k in offer])
         return n_all, n_same
 
     def _probs(self, request: DecisionRequest, offer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,10 +132,26 @@ class BankEnvironment:
         k = len(offer)
         return self.oracle._probs(np.full(k, cust), offer, np.full(k, second), np.full(k, is_app), n_all, n_same)
 
-    def _expected(self, request: DecisionRequest, offer: np.ndarray) -> dict[str, np.ndarray]:
-        p_click, p_convert = self._probs(request, offer)
+    def _slot_probs(self, request: DecisionRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every offer of the request's slot with its probabilities, computed once per request."""
+        cached = self._cache.get(request.request_id)
+        if cached is None:
+            if request.request_id not in self._pending:
+                raise KeyError(f"request {request.request_id} is unknown or already answered")
+            offer = self._slot_offer_numbers[request.slot]
+            cached = self._cache[request.request_id] = (offer, *self._probs(request, offer))
+        return cached
+
+    def _expected_of(self, offer: np.ndarray, p_click: np.ndarray, p_convert: np.ndarray) -> dict[str, np.ndarray]:
         table = self.oracle.offer_table
         return {m: _metric(m, p_click, p_convert, table.value_krw[offer], table.cost_krw[offer]) for m in METRICS}
+
+    def _expected(self, request: DecisionRequest, offer: np.ndarray) -> dict[str, np.ndarray]:
+        slot_offer, p_click, p_convert = self._slot_probs(request)
+        pos = np.searchsorted(slot_offer, offer)
+        if (pos >= len(slot_offer)).any() or (slot_offer[pos.clip(max=len(slot_offer) - 1)] != offer).any():
+            raise ValueError(f"offer(s) outside slot {request.slot}")
+        return self._expected_of(offer, p_click[pos], p_convert[pos])
 
     def _offer(self, offer_id: str) -> int:
         if offer_id not in self._offer_number:
@@ -144,6 +167,16 @@ class BankEnvironment:
         """Expected outcome of choosing ``offer_id`` now (for regret)."""
         values = self._expected(request, np.array([self._offer(offer_id)]))
         return ExpectedReward(**{m: float(v[0]) for m, v in values.items()})
+
+    def expected_all(self, request: DecisionRequest, metric: str = "click") -> tuple[np.ndarray, np.ndarray]:
+        """(offer ids of the request's slot in catalog order, their expected ``metric``): one array
+        call, no DataFrame — what a simulation loop needs per request."""
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+        offer, p_click, p_convert = self._slot_probs(request)
+        table = self.oracle.offer_table
+        values = _metric(metric, p_click, p_convert, table.value_krw[offer], table.cost_krw[offer])
+        return table.offer_id[offer], values
 
     def best_offer(self, request: DecisionRequest, offer_ids=None, metric: str = "value") -> tuple[str, float]:
         """The oracle's choice for this request and its expected reward."""
@@ -164,7 +197,10 @@ class BankEnvironment:
             raise ValueError(f"offer {offer_id} does not belong to slot {request.slot}")
         if not 0 < prob <= 1:
             raise ValueError("prob must be in (0, 1]")
-        p_click, p_convert = self._probs(request, offer)
+        slot_offer, p_all, p_conv_all = self._slot_probs(request)
+        pos = int(np.searchsorted(slot_offer, offer[0]))
+        p_click, p_convert = p_all[pos:pos + 1], p_conv_all[pos:pos + 1]
+        self._cache.pop(request.request_id, None)
         cust, second, _, u_click, u_convert = self._pending.pop(request.request_id)
         click = bool(u_click < p_click[0])
         convert = click and bool(u_convert < p_convert[0])
