@@ -1,13 +1,21 @@
-"""Propensity models on a simulated bank: training time for all products, AUC gap to the oracle.
+"""Propensity and CVR models on a simulated bank: training time, AUC gaps to the oracle and to the
+Bayes-at-as_of ceiling, and the CVR model against the oracle's true conversion probabilities.
 
-The gap (oracle AUC - model AUC on the test date) is split into an *irreducible* part, oracle -
-need_frozen (the true need the day before as_of, frozen over the 30-day window: what moves
-inside the window and the offers shown in it are invisible on as_of), and a *learnable* part,
-need_frozen - model. need_frozen ignores scheduled pushes a model can see in the holdings (a
-savings maturity next week), so the learnable part can be negative. The logistic baseline is
-reported next to it. MLflow is off here: the figures, not the registry, are the result.
+The bank. A 90-day bank leaves room for one training as_of after the embargo (and that date has
+only a month of history, while the test date has two: the 90-day features mean different things
+on both sides). So the benchmark simulates the same bank (customers, seed) over ``MODEL_DAYS``
+days once and caches it next to the 90-day one: three training dates, every as_of with the full
+90-day look-back. The simulator's parameters are untouched — only the period is longer.
 
-Run alone: ``python -m benchmarks.bench_models benchmarks/.data/20000x90``.
+The references on the test date (``evaluate``): ``oracle`` (true window probability),
+``oracle_organic`` (without the offers shown in the window), ``bayes_as_of`` (Monte Carlo over
+the simulator's dynamics from the full true state the day before as_of: the ceiling of any model
+scoring on as_of), ``need_frozen`` and ``static_only``. gap_to_oracle = gap_to_ceiling +
+drift_gap + offers_gap. ``auc_view_v1`` retrains on the 154 view columns the view had before
+issue 4's additions (no long reads, no per-product signups, no derived rates) on the same rows:
+the before/after of the feature work in one run. MLflow is off: the figures are the result.
+
+Run alone: ``python -m benchmarks.bench_models benchmarks/.data/100000x90``.
 """
 
 from __future__ import annotations
@@ -18,47 +26,151 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from src.data.schemas import PRODUCTS
 
+MODEL_DAYS = 180
+CEILING_PATHS = 32
+CVR_WEEKS = 4
 
-def run(raw_dir: Path, truth_dir: Path, embargo: bool = True) -> dict[str, Any]:
-    """Feature table, training (all products) and the gap table; figures as plain numbers."""
+
+def long_bank(raw_dir: Path, days: int = MODEL_DAYS) -> tuple[Path, dict[str, Any]]:
+    """The ``days``-long twin of the bank under ``raw_dir`` (same customers and seed), simulated
+    once and cached beside it; returns its data dir and what it cost."""
+    from src.data.synthetic import SimConfig, simulate
+
+    meta = json.loads((raw_dir.parent / "truth" / "meta.json").read_text())
+    config = SimConfig(**{**meta["config"], "days": max(days, int(meta["days"]))})
+    if config.days == int(meta["days"]):
+        return raw_dir.parent, {"days": config.days, "customers": config.customers, "simulated_s": None}
+    out = raw_dir.parent.parent / f"{config.customers}x{config.days}"
+    info: dict[str, Any] = {"days": config.days, "customers": config.customers, "dir": str(out)}
+    if (out / "truth" / "meta.json").exists():
+        info["simulated_s"] = None  # cached from an earlier run
+        return out, info
+    started = time.perf_counter()
+    rows = simulate(config, out / "raw", out / "truth", progress=True)
+    info["simulated_s"] = round(time.perf_counter() - started, 1)
+    info["events"] = rows["clickstream"] + rows["transactions"]
+    return out, info
+
+
+def _auc_table(gaps, cols: list[str]) -> dict[str, dict[str, float]]:
+    return gaps[[c for c in cols if c in gaps]].round(4).to_dict(orient="index")
+
+
+def _view_v1_auc(table, plan, config) -> dict[str, float]:
+    """Held-out AUC of the same learner on the pre-issue-4 feature set (same rows)."""
+    from sklearn.metrics import roc_auc_score
+
+    from src.features.feature_table import label_column, model_matrix, view_feature_columns
+    from src.models.propensity import fit_product, split_rows
+
+    cols = [c for c in view_feature_columns() if not c.startswith(("long_views_", "signups_"))]
+    parts = split_rows(table, plan, config.val_customer_share)
+    X = {k: model_matrix(v, cols, derived=False) for k, v in parts.items()}
+    out = {}
+    for p in PRODUCTS:
+        y = {k: v[label_column(p)].to_numpy(int) for k, v in parts.items()}
+        m = fit_product(p, X["train"], y["train"], X["val"], y["val"], config)
+        out[p] = round(float(roc_auc_score(y["test"], m.predict(X["test"]))), 4)
+    return out
+
+
+def run_cvr(settings, weeks: int = CVR_WEEKS) -> dict[str, Any]:
+    """CVR per offer on the last ``weeks`` weekly snapshots vs the oracle, and how well the
+    segment x offer ROAS ranking matches the oracle's."""
+    from src.models.train import run_cvr_training
+
+    started = time.perf_counter()
+    run = run_cvr_training(settings, track=False, progress=True, max_weeks=weeks)
+    total = time.perf_counter() - started
+    m, po = run.metrics, run.per_offer.astype(float)
+    return {
+        "weeks": run.weeks,
+        "seconds": round(total, 1),
+        "timings": {k: round(v, 1) for k, v in run.timings.items()},
+        "best_iteration": run.model.best_iteration,
+        "test_exposures": int(m.loc["model", "n"]),
+        "auc": {s: round(float(m.loc[s, "auc"]), 4) for s in ("model", "oracle", "offer_rate_in_sample") if s in m.index},
+        "log_loss": {s: round(float(m.loc[s, "log_loss"]), 5) for s in ("model", "oracle") if s in m.index},
+        "ece": {s: round(float(m.loc[s, "ece"]), 5) for s in ("model", "oracle") if s in m.index},
+        "per_offer": {
+            "mean_abs_error_model_vs_oracle": round(float((po["model_mean"] - po["oracle_mean"]).abs().mean()), 5),
+            "mean_oracle_rate": round(float(po["oracle_mean"].mean()), 5),
+            "corr_model_oracle_mean": round(float(np.corrcoef(po["model_mean"], po["oracle_mean"])[0, 1]), 4),
+            "median_auc_model": round(float(po["model_auc"].median()), 4),
+            "median_auc_oracle": round(float(po["oracle_auc"].median()), 4),
+        },
+        "segment_ranking": {k: round(v, 4) for k, v in run.ranking.items()},
+    }
+
+
+def run(raw_dir: Path, truth_dir: Path, embargo: bool = True, days: int = MODEL_DAYS,
+        ceiling_paths: int = CEILING_PATHS, cvr: bool = True) -> dict[str, Any]:
+    """Feature table, training (all products), references, gaps, the v1 ablation and CVR."""
     from src.features.feature_table import build_feature_table
+    from src.models.propensity import PropensityConfig
     from src.models.train import plan_for, run_propensity_training
     from src.settings import Settings
 
     raw_dir, truth_dir = Path(raw_dir), Path(truth_dir)
     if truth_dir != raw_dir.parent / "truth":
         raise ValueError("expects <data>/raw and <data>/truth side by side")
-    settings = Settings(data_dir=raw_dir.parent)
-    plan = plan_for(raw_dir, None, embargo=embargo)
+    data_dir, bank = long_bank(raw_dir, days)
+    settings = Settings(data_dir=data_dir)
+    plan = plan_for(settings.raw_dir, None, embargo=embargo)
     started = time.perf_counter()
-    table = build_feature_table(raw_dir, plan.dates, plan.window_days, PRODUCTS, progress=True)
+    table = build_feature_table(settings.raw_dir, plan.dates, plan.window_days, PRODUCTS, progress=True)
     feature_s = time.perf_counter() - started
-    result = run_propensity_training(settings, products=PRODUCTS, table=table, plan=plan, track=False,
-                                     register=False, progress=True)
+    config = PropensityConfig()
+    result = run_propensity_training(settings, products=PRODUCTS, config=config, table=table, plan=plan,
+                                     track=False, register=False, progress=True, ceiling_paths=ceiling_paths)
     gaps = result.gaps.reindex(list(PRODUCTS))
-    return {
+    started = time.perf_counter()
+    v1 = _view_v1_auc(table, plan, config)
+    v1_s = time.perf_counter() - started
+    gap_cols = [c for c in ("gap_to_oracle", "gap_to_ceiling", "drift_gap", "offers_gap", "learnable_gap",
+                            "irreducible_gap") if c in gaps]
+    out: dict[str, Any] = {
+        "bank": bank,
         "customers_rows_per_date": int(len(table) / len(plan.dates)),
         "plan": plan.as_dict(),
         "embargo": embargo,
+        "n_features": {"raw": len(result.model.raw_columns), "matrix": len(result.model.matrix_columns)},
         "feature_table_s": round(feature_s, 1),
         "train_all_products_s": round(result.timings["train_s"], 1),
+        "train_rows": int(table["as_of"].isin(plan.train).sum()),
+        "ceiling_s": round(result.timings.get("ceiling_s", float("nan")), 1),
         "best_iterations": {p: m.best_iteration for p, m in result.model.products.items()},
-        "auc": gaps[["model", "logreg", "oracle", "need_frozen"]].round(4).to_dict(orient="index"),
-        "gap_to_oracle_auc": gaps["gap_to_oracle"].round(4).to_dict(),
-        "learnable_gap_auc": gaps["learnable_gap"].round(4).to_dict(),
-        "irreducible_gap_auc": gaps["irreducible_gap"].round(4).to_dict(),
+        "auc": _auc_table(gaps, ["model", "logreg", "oracle", "oracle_organic", "bayes_as_of", "need_frozen",
+                                 "static_only"]),
+        "auc_view_v1": v1,
+        "auc_gain_over_view_v1": {p: round(float(gaps.loc[p, "model"] - v1[p]), 4) for p in PRODUCTS},
+        "view_v1_train_s": round(v1_s, 1),
+        **{f"{c}_auc": gaps[c].round(4).to_dict() for c in gap_cols},
         "max_gap_to_oracle_auc": round(float(gaps["gap_to_oracle"].max()), 4),
         "products_under_0_02": int((gaps["gap_to_oracle"] < 0.02).sum()),
         "ece": result.metrics["ece"].unstack("scorer")[["model", "lgbm_raw", "logreg", "oracle"]]
         .reindex(list(PRODUCTS)).round(4).to_dict(orient="index"),
     }
+    if "gap_to_ceiling" in gaps:
+        out["max_gap_to_ceiling_auc"] = round(float(gaps["gap_to_ceiling"].max()), 4)
+        out["products_gap_to_oracle_unreachable"] = [
+            p for p in PRODUCTS if gaps.loc[p, "oracle"] - gaps.loc[p, "bayes_as_of"] >= 0.02]
+    if cvr:
+        out["cvr"] = run_cvr(settings)
+    return out
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", type=Path, help="directory with raw/ and truth/")
     parser.add_argument("--no-embargo", dest="embargo", action="store_false", help="show the leak")
+    parser.add_argument("--days", type=int, default=MODEL_DAYS, help="simulate the bank this long (cached)")
+    parser.add_argument("--ceiling-paths", type=int, default=CEILING_PATHS)
+    parser.add_argument("--no-cvr", dest="cvr", action="store_false")
     args = parser.parse_args()
-    print(json.dumps(run(args.data / "raw", args.data / "truth", args.embargo), indent=2))
+    print(json.dumps(run(args.data / "raw", args.data / "truth", args.embargo, args.days, args.ceiling_paths,
+                         args.cvr), indent=2, default=str))

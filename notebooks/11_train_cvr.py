@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -52,6 +54,12 @@ print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 display(run.metrics.round(4))
 
 # %% [markdown]
+# Per offer: observed rate, the model's and the oracle's mean probability and AUC.
+
+# %%
+display(run.per_offer.astype(float).round(4))
+
+# %% [markdown]
 # ## Segments ranked by ROAS (best offer per segment × product)
 
 # %%
@@ -63,6 +71,7 @@ run.figures["segment_roas"]
 # %%
 if "segment_conversions_vs_oracle" in run.figures:
     display(run.figures["segment_conversions_vs_oracle"])
+    print("ranking vs oracle:", {k: round(v, 3) for k, v in run.ranking.items()})
 
 # %%
 print("MLflow run:", run.run_id)

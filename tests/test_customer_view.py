@@ -252,6 +252,37 @@ def test_transactions_by_code(view: pd.DataFrame) -> None:
     assert view.loc["D", "txn_transfer_cnt_90d"] == 0
 
 
+def test_long_reads_and_signups_by_product(tmp_path: Path) -> None:
+    """A view of >= LONG_READ_SECONDS on a product page is a long read of that product (a
+    stitched anonymous one too); a PRODUCT_SIGNUP counts for its own product only."""
+    tables = tiny_bank()
+    more_clicks = [
+        click(50, "2026-03-09 11:00", 9, "dA", "A", page="loan_main", dwell=float(cv.LONG_READ_SECONDS)),
+        click(51, "2026-03-09 11:05", 9, "dA", "A", page="loan_limit_result", dwell=cv.LONG_READ_SECONDS - 0.1),
+        click(52, "2026-02-20 10:00", 10, "dA", page="fund_detail", dwell=400.0),  # anonymous, dA is A's
+        click(53, "2026-03-09 11:06", 9, "dA", "A", page="home", dwell=500.0),  # not a product page
+        click(54, "2026-03-09 11:07", 9, "dA", "A", page="fund_detail", action="click", dwell=500.0),
+    ]
+    signup = lambda eid, when, product: {**txn(eid, when, "A", "PRODUCT_SIGNUP", 1.0), "product": product}
+    more_txns = [signup(200, "2026-03-08 09:00", "fund"), signup(201, "2026-01-20 09:00", "fund"),
+                 signup(202, "2026-02-25 09:00", "card"), signup(203, "2026-03-10 00:00", "loan")]  # at T
+    tables["clickstream"] = pd.concat([tables["clickstream"], frame("clickstream", more_clicks)], ignore_index=True)
+    tables["transactions"] = pd.concat([tables["transactions"], frame("transactions", more_txns)], ignore_index=True)
+    raw = write_bank(tables, tmp_path)
+    view = cv.build_customer_view(raw, T).set_index("customer_id")
+    a = view.loc["A"]
+    windows = lambda stem: tuple(int(a[f"{stem}_{w}d"]) for w in cv.WINDOWS)
+    assert windows("long_views_loan") == (1, 1, 1)
+    assert windows("long_views_fund") == (0, 1, 1)
+    assert windows("signups_fund") == (1, 1, 2)
+    assert windows("signups_card") == (0, 1, 1)
+    assert windows("signups_loan") == (0, 0, 0)
+    assert a["txn_product_signup_cnt_90d"] == 3
+    assert view.filter(like="long_views_").drop(index="A").to_numpy().sum() == 0
+    pd.testing.assert_frame_equal(view.reset_index(), build_customer_view_pandas(load_tables(raw), T),
+                                  check_exact=False, rtol=1e-9)
+
+
 def test_view_as_of_t_ignores_everything_at_or_after_t(bank: Path, tmp_path: Path) -> None:
     base, later = tiny_bank(), future_rows()
     grown = {name: pd.concat([df, later[name]], ignore_index=True) for name, df in base.items()}
@@ -333,7 +364,7 @@ def random_bank(seed: int, n_customers: int = 30, days: int = 120) -> dict[str, 
                 "cookie_id": f"k{s_device[s]}" if s_web[s] else None, "customer_id": cid,
                 "session_id": s, "page": pick(schemas.PAGES, 1)[0],
                 "action": "login" if k == login_at else pick(["view", "view", "click"], 1)[0],
-                "dwell_seconds": float(rng.integers(0, 60)), "referrer": "direct",
+                "dwell_seconds": float(rng.integers(0, 300)), "referrer": "direct",  # some long reads
             })
             event_id += 1
     clicks = pd.DataFrame(rows)
@@ -346,6 +377,8 @@ def random_bank(seed: int, n_customers: int = 30, days: int = 120) -> dict[str, 
         "currency": np.where(rng.random(nt) < 0.8, "KRW", pick(schemas.CURRENCIES, nt)),
         "product": None, "session_id": pd.array([None] * nt, dtype="Int64"),
     })
+    signup = transactions["code"] == "PRODUCT_SIGNUP"
+    transactions["product"] = np.where(signup, pick(schemas.PRODUCTS, nt), None)
     tables = {"customers": customers, "holdings": holdings, "clickstream": clicks,
               "transactions": transactions}
     return {name: frame(name, df.to_dict("records")) for name, df in tables.items()}
@@ -362,6 +395,8 @@ def test_duckdb_and_pandas_views_agree_on_a_random_bank(seed: int, tmp_path: Pat
     pandas_view = build_customer_view_pandas(load_tables(raw), as_of)
     assert len(sql_view) > 10 and sql_view["sessions_90d"].sum() > 0
     assert sql_view["txn_fx_remit_amt_krw_90d"].sum() > 0
+    assert sql_view.filter(like="long_views_").to_numpy().sum() > 0
+    assert sql_view.filter(like="signups_").to_numpy().sum() > 0
     pd.testing.assert_frame_equal(sql_view, pandas_view, check_exact=False, rtol=1e-9)
 
 

@@ -102,3 +102,51 @@ def test_no_leakage_events_after_as_of_change_labels_not_features(small_bank: Se
     row = after.loc[after["customer_id"] == cust, labels].iloc[0]
     assert row.all(), "the added signups must show up as labels"
     assert not before.loc[before["customer_id"] == cust, labels].iloc[0].all()
+
+
+def test_derived_rates_come_from_the_raw_columns_and_need_nothing_else():
+    rows = pd.DataFrame({"pv_loan_30d": [4, 0, 3], "logins_30d": [2, 0, 0], "page_views_30d": [8, 0, 3],
+                         "long_views_loan_30d": [1, 0, 3]})
+    X = model_matrix(rows, list(rows.columns))
+    np.testing.assert_allclose(X["pv_rate_loan_30d"], [2.0, 0.0, 3.0])  # no login: per one login
+    np.testing.assert_allclose(X["pv_share_loan_30d"], [0.5, 0.0, 1.0])
+    np.testing.assert_allclose(X["long_share_loan_30d"], [0.25, 0.0, 1.0])
+    assert not any(c.startswith(("pv_rate_fx", "pv_rate_loan_7d")) for c in X.columns)  # inputs absent
+    plain = model_matrix(rows, list(rows.columns), derived=False)
+    assert list(plain.columns) == list(rows.columns)
+
+
+def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: Path):
+    """The detection plug-in adds rule_* columns; a rule firing only after as_of changes none."""
+    from src.features.feature_table import detection_rule_features
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_bank.raw_dir, raw)
+    start, end = data_period(raw)
+    as_of = (start + (end - start) / 2).normalize()
+    extra = detection_rule_features()
+    before = build_feature_table(raw, [as_of], window_days=14, extra=extra)
+    rule_cols = [c for c in before.columns if c.startswith("rule_")]
+    assert rule_cols and any(c.endswith("__count_30d") for c in rule_cols)
+    counts = [c for c in rule_cols if "__count_" in c or "__flag_" in c]
+    assert before[counts].notna().all().all()  # every customer gets a count (0 if it never fired)
+    assert before[[c for c in rule_cols if c.endswith("__count_30d")]].to_numpy().sum() > 0
+
+    # a large FX remittance right after the remit page, both after as_of: fx_remit_large fires then
+    cust = before["customer_id"].iloc[0]
+    clicks = pd.read_parquet(raw / "clickstream.parquet")
+    mine = clicks.loc[clicks["customer_id"].notna()].head(1).copy()
+    mine[["customer_id", "page", "action", "ts"]] = [cust, "fx_remit_input", "view", as_of + pd.Timedelta(hours=1)]
+    mine["event_id"] = clicks["event_id"].max() + 10
+    mine["session_id"] = clicks["session_id"].max() + 1
+    pd.concat([clicks, mine], ignore_index=True).to_parquet(raw / "clickstream.parquet")
+    txn = pd.read_parquet(raw / "transactions.parquet")
+    big = txn.head(1).copy()
+    big[["customer_id", "code", "amount", "currency", "ts"]] = [cust, "FX_REMIT", 5e7, "KRW",
+                                                                as_of + pd.Timedelta(hours=1, minutes=5)]
+    big["event_id"] = clicks["event_id"].max() + 11
+    pd.concat([txn, big], ignore_index=True).to_parquet(raw / "transactions.parquet")
+    after = build_feature_table(raw, [as_of], window_days=14, extra=extra)
+    pd.testing.assert_frame_equal(before[["customer_id", *rule_cols]], after[["customer_id", *rule_cols]])
+    later = build_feature_table(raw, [as_of + pd.Timedelta(days=1)], window_days=7, extra=extra)
+    assert later.set_index("customer_id").loc[cust, "rule_fx_remit_large__count_7d"] >= 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from src.data.schemas import HOLDING_TYPES, KRW_REFERENCE_RATES, TXN_CODES
+from src.data.schemas import HOLDING_TYPES, KRW_REFERENCE_RATES, PRODUCTS, TXN_CODES
 from src.features.identity import connect_raw, register_stages
 
 WINDOWS: tuple[int, ...] = (7, 30, 90)
@@ -34,9 +34,12 @@ PAGE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 __all__ = [
-    "KRW_REFERENCE_RATES", "PAGE_GROUPS", "VIEW_STAGES", "WINDOWS", "build_customer_view",
+    "KRW_REFERENCE_RATES", "LONG_READ_SECONDS", "PAGE_GROUPS", "VIEW_STAGES", "WINDOWS", "build_customer_view",
     "coerce_view", "data_dictionary", "write_customer_view",
 ]  # KRW_REFERENCE_RATES (schemas.py) is what sql/fx_rates.sql spells out; a test checks
+
+LONG_READ_SECONDS = 180
+"""Dwell (s) from which a page view counts as a long read (``long_views_*``; session_keys.sql)."""
 
 VIEW_STAGES: tuple[str, ...] = (
     "session_keys", "identity_map", "session_map", "fx_rates", "customer_view",
@@ -106,6 +109,14 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
         )
     windowed("n_currencies", "int64", "distinct transaction currencies")
     d["days_since_last_txn"] = ("Int64", "days from the last transaction's date to T's date")
+    # Per-product need signals (appended, so earlier columns keep their positions): a long read
+    # (>= LONG_READ_SECONDS on a product page) and a past signup of the product are the two
+    # behaviours whose rate rises most steeply with the latent need (measured in issue 4).
+    for product in PRODUCTS:
+        windowed(f"long_views_{product}", "int64",
+                 f"views of {product}* pages with dwell >= {LONG_READ_SECONDS} s, {scope}")
+    for product in PRODUCTS:
+        windowed(f"signups_{product}", "int64", f"PRODUCT_SIGNUP transactions for {product}")
     return d
 
 

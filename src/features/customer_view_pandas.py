@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.schemas import HOLDING_TYPES, TXN_CODES
+from src.data.schemas import HOLDING_TYPES, PRODUCTS, TXN_CODES
 from src.features.customer_view import (
     KRW_REFERENCE_RATES,
+    LONG_READ_SECONDS,
     PAGE_GROUPS,
     WINDOWS,
     coerce_view,
@@ -210,6 +211,10 @@ def _activity_features(clicks: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFram
             views.groupby(["customer_id", "page_group"]).size().unstack()
             .reindex(columns=list(PAGE_GROUPS)).rename(columns=lambda g, w=w: f"pv_{g}_{w}d"),
         ]
+        long_reads = views[views["dwell_seconds"] >= LONG_READ_SECONDS]
+        for product in PRODUCTS:
+            parts.append(long_reads[long_reads["page"].str.startswith(product)].groupby("customer_id").size()
+                         .rename(f"long_views_{product}_{w}d"))
     out = pd.concat(parts, axis=1)
     for w in WINDOWS:
         out[f"app_share_{w}d"] = out[f"app_sessions_{w}d"].fillna(0) / out[f"sessions_{w}d"]
@@ -230,6 +235,8 @@ def _transaction_features(transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd
             by_code["amount_krw"].sum().unstack().reindex(columns=codes)
             .rename(columns=lambda c, w=w: f"txn_{c.lower()}_amt_krw_{w}d"),
             win.groupby("customer_id")["currency"].nunique().rename(f"n_currencies_{w}d"),
+            win[win["code"] == "PRODUCT_SIGNUP"].groupby(["customer_id", "product"]).size().unstack()
+            .reindex(columns=list(PRODUCTS)).rename(columns=lambda p, w=w: f"signups_{p}_{w}d"),
         ]
     return pd.concat(parts, axis=1)
 

@@ -190,9 +190,37 @@ def view_feature_columns() -> list[str]:
     return [c for c in data_dictionary() if c not in NOT_FEATURES]
 
 
-def model_matrix(rows: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+RATE_WINDOWS: tuple[int, ...] = (7, 30, 90)
+
+
+def derived_features(X: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per-product rates a tree cannot form from counts by itself, from view columns present.
+
+    Why: how often a customer browses a product scales with the need *and* with how often they
+    log in at all (digital affinity, a nuisance here); the share of a product's page views that
+    are long reads does not depend on activity. ``pv_rate_<p>_<w>d`` = product page views per
+    login, ``long_share_<p>_<w>d`` = long reads per product page view, ``pv_share_<p>_<w>d`` =
+    the product's share of all page views. Missing inputs (an old view): nothing derived.
+    """
+    out: dict[str, pd.Series] = {}
+    for p in PRODUCTS:
+        for w in RATE_WINDOWS:
+            pv, logins, views = f"pv_{p}_{w}d", f"logins_{w}d", f"page_views_{w}d"
+            long_reads = f"long_views_{p}_{w}d"
+            if pv in X and logins in X:
+                out[f"pv_rate_{p}_{w}d"] = X[pv] / X[logins].clip(lower=1)
+            if pv in X and views in X:
+                out[f"pv_share_{p}_{w}d"] = X[pv] / X[views].clip(lower=1)
+            if long_reads in X and pv in X:
+                out[f"long_share_{p}_{w}d"] = X[long_reads] / X[pv].clip(lower=1)
+    return out
+
+
+def model_matrix(rows: pd.DataFrame, columns: Sequence[str], derived: bool = True) -> pd.DataFrame:
     """Raw feature rows -> all-float matrix: one-hot categoricals (closed vocabularies, so the
-    same columns at training and serving time), bools as 0/1, nullable ints with NaN."""
+    same columns at training and serving time), bools as 0/1, nullable ints with NaN, then
+    (``derived``) the per-product rates of :func:`derived_features` — computed here, from the
+    raw columns, so serving needs nothing but the view."""
     out = {}
     for c in columns:
         s = rows[c]
@@ -203,4 +231,9 @@ def model_matrix(rows: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             out[c] = s.astype("float64")
         else:
             out[c] = pd.to_numeric(s, errors="coerce").astype("float64")
-    return pd.DataFrame(out, index=rows.index)
+    X = pd.DataFrame(out, index=rows.index)
+    if derived:
+        more = derived_features(X)
+        if more:
+            X = pd.concat([X, pd.DataFrame(more, index=rows.index)], axis=1)
+    return X

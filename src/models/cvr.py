@@ -161,3 +161,41 @@ def oracle_conversion_matrix(truth_dir: Path | str, raw_dir: Path | str, custome
         out[o] = oracle.expected(customer_ids.to_numpy(), o, at, "app", metric="convert",
                                  history=ExposureHistory.empty())
     return pd.DataFrame(out, index=customer_ids.index)
+
+
+def per_offer_table(test: pd.DataFrame, model_p: np.ndarray, oracle_p: np.ndarray | None = None) -> pd.DataFrame:
+    """Per offer on test exposures: observed conversion rate, the model's and the oracle's mean
+    probability and AUC — whether the CVR is right offer by offer, not only on average."""
+    from sklearn.metrics import roc_auc_score
+
+    frame = pd.DataFrame({"offer_id": test["offer_id"].to_numpy(), "y": test["convert"].to_numpy(int),
+                          "model": np.asarray(model_p, float)})
+    if oracle_p is not None:
+        frame["oracle"] = np.asarray(oracle_p, float)
+    auc = lambda g, c: roc_auc_score(g["y"], g[c]) if 0 < g["y"].sum() < len(g) else np.nan
+    rows = {}
+    for offer, g in frame.groupby("offer_id"):
+        row = {"n": len(g), "conversions": int(g["y"].sum()), "observed_rate": g["y"].mean(),
+               "model_mean": g["model"].mean(), "model_auc": auc(g, "model")}
+        if oracle_p is not None:
+            row.update(oracle_mean=g["oracle"].mean(), oracle_auc=auc(g, "oracle"))
+        rows[offer] = row
+    return pd.DataFrame(rows).T.rename_axis("offer_id")
+
+
+def ranking_quality(report: pd.DataFrame, top: int = 10) -> dict[str, float]:
+    """How well the model's segment x offer ROAS ranking matches the oracle's (report rows with
+    ``oracle_roas``): Spearman correlation, overlap of the top ``top`` cells, and the oracle ROAS
+    of the model's top cells over the oracle's own top cells (1 = nothing lost)."""
+    from scipy.stats import spearmanr
+
+    r = report.dropna(subset=["roas", "oracle_roas"])
+    model_top = r.nlargest(top, "roas")
+    oracle_top = r.nlargest(top, "oracle_roas")
+    overlap = len(set(zip(model_top["segment"], model_top["offer_id"]))
+                  & set(zip(oracle_top["segment"], oracle_top["offer_id"])))
+    return {"spearman_roas": float(spearmanr(r["roas"], r["oracle_roas"]).statistic),
+            f"top{top}_overlap": overlap / top,
+            f"top{top}_oracle_roas_captured": float(model_top["oracle_roas"].mean() / oracle_top["oracle_roas"].mean()),
+            "conversions_ratio_model_to_oracle": float(r["expected_conversions"].sum() / r["oracle_conversions"].sum()),
+            "cells": float(len(r))}

@@ -29,6 +29,7 @@ from src.features.feature_table import (
     view_feature_columns,
 )
 from src.models.evaluate import (
+    ceiling_scores,
     gap_summary,
     metrics_table,
     oracle_scores,
@@ -110,11 +111,12 @@ def run_propensity_training(settings: Settings, as_of: date | datetime | str | N
                             window_days: int = 30, embargo: bool = True, extra: ExtraFeatures | None = None,
                             track: bool = True, register: bool = True, out_dir: Path | None = None,
                             table: pd.DataFrame | None = None, plan: AsOfPlan | None = None,
-                            progress: bool = True) -> PropensityRun:
+                            progress: bool = True, ceiling_paths: int = 0) -> PropensityRun:
     """Train, evaluate against the oracle (if the bank has a truth dir), track and register.
 
     ``table``/``plan`` skip the feature build (benchmarks reuse one table). ``out_dir`` gets
-    the plots and metrics as files as well.
+    the plots and metrics as files as well. ``ceiling_paths`` > 0 adds the Bayes-at-as_of
+    ceiling (``evaluate.ceiling_scores``, Monte Carlo with that many paths; minutes at 100k).
     """
     config = config or PropensityConfig()
     products = list(products)
@@ -135,6 +137,11 @@ def run_propensity_training(settings: Settings, as_of: date | datetime | str | N
     reference = None
     if (settings.truth_dir / "meta.json").exists():
         reference = oracle_scores(settings.truth_dir, settings.raw_dir, test, products, plan.window_days)
+        if ceiling_paths:
+            t0 = time.perf_counter()
+            reference.update(ceiling_scores(settings.truth_dir, settings.raw_dir, test, products,
+                                            plan.window_days, n_paths=ceiling_paths))
+            timings["ceiling_s"] = time.perf_counter() - t0
     scores = score_table(model, test, products, reference)
     metrics = metrics_table(test, scores, products)
     gaps = gap_summary(metrics)
@@ -225,13 +232,18 @@ class CvrRun:
     figures: dict
     timings: dict[str, float]
     run_id: str | None = None
+    per_offer: pd.DataFrame | None = None
+    ranking: dict[str, float] = field(default_factory=dict)
 
 
 def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = None, step_days: int = 7,
                      min_history_days: int = 7, track: bool = True, out_dir: Path | None = None,
-                     progress: bool = True) -> CvrRun:
+                     progress: bool = True, max_weeks: int | None = None) -> CvrRun:
     """Weekly snapshots up to ``as_of``: exposures of the last week test, the week before
-    validate, earlier weeks train; then the segment report on the last snapshot."""
+    validate, earlier weeks train; then the segment report on the last snapshot.
+
+    ``max_weeks`` keeps only the latest snapshots (one customer view each: on a 100k bank a
+    view is the cost, so the benchmark trains on the last few weeks)."""
     from src.features.customer_view import build_customer_view
     from src.models import cvr
 
@@ -239,6 +251,8 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())
     snaps = cvr.weekly_snapshots(start + pd.Timedelta(days=min_history_days), end - pd.Timedelta(days=1), step_days)
+    if max_weeks:
+        snaps = snaps[-max_weeks:]
     if len(snaps) < 3:
         raise ValueError(f"need 3 weekly snapshots before {end:%Y-%m-%d}, have {len(snaps)}")
     timings: dict[str, float] = {}
@@ -254,6 +268,7 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
     has_truth = (settings.truth_dir / "meta.json").exists()
     oracle_p = cvr.oracle_convert(settings.truth_dir, settings.raw_dir, rows.loc[test]) if has_truth else None
     metrics = cvr.evaluate_cvr(model, rows.loc[test], oracle_p)
+    per_offer = cvr.per_offer_table(rows.loc[test], model.predict(rows.loc[test]), oracle_p)
     view = build_customer_view(settings.raw_dir, snaps[-1])
     view = view.loc[~view["is_closed"]].reset_index(drop=True)
     oracle_matrix = (cvr.oracle_conversion_matrix(settings.truth_dir, settings.raw_dir, view["customer_id"],
@@ -266,7 +281,8 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
     figures = {"segment_roas": _plot_roas(summary)}
     if oracle_matrix is not None:
         figures["segment_conversions_vs_oracle"] = _plot_vs_oracle(report)
-    run = CvrRun(model, metrics, report, summary, weeks, figures, timings)
+    ranking = cvr.ranking_quality(report) if oracle_matrix is not None else {}
+    run = CvrRun(model, metrics, report, summary, weeks, figures, timings, per_offer=per_offer, ranking=ranking)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         metrics.to_csv(Path(out_dir) / "cvr_metrics.csv")

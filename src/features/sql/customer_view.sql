@@ -12,7 +12,7 @@
 -- Performance: events are never stitched one by one. session_keys already holds per-session
 -- counts split by window (window_days = 7 | 30 | 90, the smallest window an event falls in, so
 -- "in the last N days" is window_days <= N); they are attributed through session_map and
--- summed. Transactions are first reduced to (customer, code, currency, window) cells, then
+-- summed. Transactions are first reduced to (customer, code, currency, product, window) cells, then
 -- pivoted. Only conditional SUM/COUNT/MIN/MAX, so the text transpiles to Spark as is.
 WITH view_customers AS (
     SELECT *
@@ -97,7 +97,13 @@ stitched_sessions AS (
         k.pv_signup,
         k.pv_pension,
         k.pv_error,
-        k.logins
+        k.logins,
+        k.lv_loan,
+        k.lv_savings,
+        k.lv_fund,
+        k.lv_card,
+        k.lv_fx,
+        k.lv_pension
     FROM session_keys AS k
     JOIN session_map AS s ON k.session_id = s.session_id
     WHERE COALESCE(k.customer_id, s.customer_id) IS NOT NULL
@@ -118,7 +124,13 @@ customer_windows AS (
         SUM(pv_signup) AS pv_signup,
         SUM(pv_pension) AS pv_pension,
         SUM(pv_error) AS pv_error,
-        SUM(logins) AS logins
+        SUM(logins) AS logins,
+        SUM(lv_loan) AS lv_loan,
+        SUM(lv_savings) AS lv_savings,
+        SUM(lv_fund) AS lv_fund,
+        SUM(lv_card) AS lv_card,
+        SUM(lv_fx) AS lv_fx,
+        SUM(lv_pension) AS lv_pension
     FROM stitched_sessions
     GROUP BY customer_id, window_days
 ),
@@ -186,17 +198,36 @@ activity AS (
         SUM(CASE WHEN w.window_days <= 90 THEN w.pv_pension END) AS pv_pension_90d,
         SUM(CASE WHEN w.window_days <= 90 THEN w.pv_error END) AS pv_error_90d,
         SUM(CASE WHEN w.window_days <= 90 THEN w.logins END) AS logins_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_loan END) AS long_views_loan_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_loan END) AS long_views_loan_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_loan END) AS long_views_loan_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_savings END) AS long_views_savings_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_savings END) AS long_views_savings_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_savings END) AS long_views_savings_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_fund END) AS long_views_fund_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_fund END) AS long_views_fund_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_fund END) AS long_views_fund_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_card END) AS long_views_card_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_card END) AS long_views_card_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_card END) AS long_views_card_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_fx END) AS long_views_fx_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_fx END) AS long_views_fx_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_fx END) AS long_views_fx_90d,
+        SUM(CASE WHEN w.window_days <= 7 THEN w.lv_pension END) AS long_views_pension_7d,
+        SUM(CASE WHEN w.window_days <= 30 THEN w.lv_pension END) AS long_views_pension_30d,
+        SUM(CASE WHEN w.window_days <= 90 THEN w.lv_pension END) AS long_views_pension_90d,
         MAX(w.last_ts) AS last_session_ts
     FROM customer_windows AS w
     LEFT JOIN session_counts AS n ON w.customer_id = n.customer_id
     GROUP BY w.customer_id
 ),
 txn_cells AS (
-    -- transactions before $as_of reduced to (customer, code, currency, window) cells
+    -- transactions before $as_of reduced to (customer, code, currency, product, window) cells
     SELECT
         t.customer_id,
         t.code,
         t.currency,
+        t.product,
         CASE
             WHEN t.ts >= $as_of - INTERVAL 7 DAY THEN 7
             WHEN t.ts >= $as_of - INTERVAL 30 DAY THEN 30
@@ -212,6 +243,7 @@ txn_cells AS (
         t.customer_id,
         t.code,
         t.currency,
+        t.product,
         CASE
             WHEN t.ts >= $as_of - INTERVAL 7 DAY THEN 7
             WHEN t.ts >= $as_of - INTERVAL 30 DAY THEN 30
@@ -302,6 +334,24 @@ txn_features AS (
         SUM(CASE WHEN window_days <= 90 AND code = 'FUND_BUY' THEN n END) AS txn_fund_buy_cnt_90d,
         SUM(CASE WHEN window_days <= 90 AND code = 'FUND_BUY' THEN amount_krw END) AS txn_fund_buy_amt_krw_90d,
         COUNT(DISTINCT CASE WHEN window_days <= 90 THEN currency END) AS n_currencies_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'loan' THEN n END) AS signups_loan_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'loan' THEN n END) AS signups_loan_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'loan' THEN n END) AS signups_loan_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'savings' THEN n END) AS signups_savings_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'savings' THEN n END) AS signups_savings_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'savings' THEN n END) AS signups_savings_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'fund' THEN n END) AS signups_fund_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'fund' THEN n END) AS signups_fund_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'fund' THEN n END) AS signups_fund_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'card' THEN n END) AS signups_card_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'card' THEN n END) AS signups_card_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'card' THEN n END) AS signups_card_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'fx' THEN n END) AS signups_fx_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'fx' THEN n END) AS signups_fx_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'fx' THEN n END) AS signups_fx_90d,
+        SUM(CASE WHEN window_days <= 7 AND code = 'PRODUCT_SIGNUP' AND product = 'pension' THEN n END) AS signups_pension_7d,
+        SUM(CASE WHEN window_days <= 30 AND code = 'PRODUCT_SIGNUP' AND product = 'pension' THEN n END) AS signups_pension_30d,
+        SUM(CASE WHEN window_days <= 90 AND code = 'PRODUCT_SIGNUP' AND product = 'pension' THEN n END) AS signups_pension_90d,
         MAX(last_ts) AS last_txn_ts
     FROM txn_cells
     GROUP BY customer_id
@@ -460,7 +510,43 @@ SELECT
     CAST(COALESCE(x.n_currencies_7d, 0) AS BIGINT) AS n_currencies_7d,
     CAST(COALESCE(x.n_currencies_30d, 0) AS BIGINT) AS n_currencies_30d,
     CAST(COALESCE(x.n_currencies_90d, 0) AS BIGINT) AS n_currencies_90d,
-    CAST(DATE_DIFF('day', CAST(x.last_txn_ts AS DATE), CAST($as_of AS DATE)) AS BIGINT) AS days_since_last_txn
+    CAST(DATE_DIFF('day', CAST(x.last_txn_ts AS DATE), CAST($as_of AS DATE)) AS BIGINT) AS days_since_last_txn,
+    CAST(COALESCE(a.long_views_loan_7d, 0) AS BIGINT) AS long_views_loan_7d,
+    CAST(COALESCE(a.long_views_loan_30d, 0) AS BIGINT) AS long_views_loan_30d,
+    CAST(COALESCE(a.long_views_loan_90d, 0) AS BIGINT) AS long_views_loan_90d,
+    CAST(COALESCE(a.long_views_savings_7d, 0) AS BIGINT) AS long_views_savings_7d,
+    CAST(COALESCE(a.long_views_savings_30d, 0) AS BIGINT) AS long_views_savings_30d,
+    CAST(COALESCE(a.long_views_savings_90d, 0) AS BIGINT) AS long_views_savings_90d,
+    CAST(COALESCE(a.long_views_fund_7d, 0) AS BIGINT) AS long_views_fund_7d,
+    CAST(COALESCE(a.long_views_fund_30d, 0) AS BIGINT) AS long_views_fund_30d,
+    CAST(COALESCE(a.long_views_fund_90d, 0) AS BIGINT) AS long_views_fund_90d,
+    CAST(COALESCE(a.long_views_card_7d, 0) AS BIGINT) AS long_views_card_7d,
+    CAST(COALESCE(a.long_views_card_30d, 0) AS BIGINT) AS long_views_card_30d,
+    CAST(COALESCE(a.long_views_card_90d, 0) AS BIGINT) AS long_views_card_90d,
+    CAST(COALESCE(a.long_views_fx_7d, 0) AS BIGINT) AS long_views_fx_7d,
+    CAST(COALESCE(a.long_views_fx_30d, 0) AS BIGINT) AS long_views_fx_30d,
+    CAST(COALESCE(a.long_views_fx_90d, 0) AS BIGINT) AS long_views_fx_90d,
+    CAST(COALESCE(a.long_views_pension_7d, 0) AS BIGINT) AS long_views_pension_7d,
+    CAST(COALESCE(a.long_views_pension_30d, 0) AS BIGINT) AS long_views_pension_30d,
+    CAST(COALESCE(a.long_views_pension_90d, 0) AS BIGINT) AS long_views_pension_90d,
+    CAST(COALESCE(x.signups_loan_7d, 0) AS BIGINT) AS signups_loan_7d,
+    CAST(COALESCE(x.signups_loan_30d, 0) AS BIGINT) AS signups_loan_30d,
+    CAST(COALESCE(x.signups_loan_90d, 0) AS BIGINT) AS signups_loan_90d,
+    CAST(COALESCE(x.signups_savings_7d, 0) AS BIGINT) AS signups_savings_7d,
+    CAST(COALESCE(x.signups_savings_30d, 0) AS BIGINT) AS signups_savings_30d,
+    CAST(COALESCE(x.signups_savings_90d, 0) AS BIGINT) AS signups_savings_90d,
+    CAST(COALESCE(x.signups_fund_7d, 0) AS BIGINT) AS signups_fund_7d,
+    CAST(COALESCE(x.signups_fund_30d, 0) AS BIGINT) AS signups_fund_30d,
+    CAST(COALESCE(x.signups_fund_90d, 0) AS BIGINT) AS signups_fund_90d,
+    CAST(COALESCE(x.signups_card_7d, 0) AS BIGINT) AS signups_card_7d,
+    CAST(COALESCE(x.signups_card_30d, 0) AS BIGINT) AS signups_card_30d,
+    CAST(COALESCE(x.signups_card_90d, 0) AS BIGINT) AS signups_card_90d,
+    CAST(COALESCE(x.signups_fx_7d, 0) AS BIGINT) AS signups_fx_7d,
+    CAST(COALESCE(x.signups_fx_30d, 0) AS BIGINT) AS signups_fx_30d,
+    CAST(COALESCE(x.signups_fx_90d, 0) AS BIGINT) AS signups_fx_90d,
+    CAST(COALESCE(x.signups_pension_7d, 0) AS BIGINT) AS signups_pension_7d,
+    CAST(COALESCE(x.signups_pension_30d, 0) AS BIGINT) AS signups_pension_30d,
+    CAST(COALESCE(x.signups_pension_90d, 0) AS BIGINT) AS signups_pension_90d
 FROM view_customers AS c
 LEFT JOIN holding_features AS h ON c.customer_id = h.customer_id
 LEFT JOIN activity AS a ON c.customer_id = a.customer_id

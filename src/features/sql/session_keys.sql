@@ -17,6 +17,8 @@
 --   app_events, page_views, dwell_seconds, logins, pv_<group>  additive counts over the events
 --                    (pv_<group>: page views on the page group, see PAGE_GROUPS). COUNT, not
 --                    SUM(CASE ... 1 ELSE 0): BIGINT instead of DuckDB's 128-bit SUM result.
+--   lv_<product>     long reads: views of the product's pages with dwell_seconds >= 180 (the
+--                    share of long reads on a product's detail pages rises with the need for it)
 SELECT
     session_id,
     device_id,
@@ -40,7 +42,13 @@ SELECT
     COUNT(CASE WHEN action = 'view' AND page LIKE 'card%' THEN 1 END) AS pv_card,
     COUNT(CASE WHEN action = 'view' AND page LIKE 'signup%' THEN 1 END) AS pv_signup,
     COUNT(CASE WHEN action = 'view' AND page LIKE 'pension%' THEN 1 END) AS pv_pension,
-    COUNT(CASE WHEN action = 'view' AND page = 'error' THEN 1 END) AS pv_error
+    COUNT(CASE WHEN action = 'view' AND page = 'error' THEN 1 END) AS pv_error,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'loan%' THEN 1 END) AS lv_loan,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'savings%' THEN 1 END) AS lv_savings,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'fund%' THEN 1 END) AS lv_fund,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'card%' THEN 1 END) AS lv_card,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'fx%' THEN 1 END) AS lv_fx,
+    COUNT(CASE WHEN action = 'view' AND dwell_seconds >= 180 AND page LIKE 'pension%' THEN 1 END) AS lv_pension
 FROM clickstream
 WHERE ts < $as_of
 GROUP BY
