@@ -272,6 +272,12 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
             if synchronous == "NORMAL":
                 out["healthz_ceiling"] = _load(server.port, lambda i: ("/healthz", None), concurrency,
                                                requests, duration_s / 2, pid)
+    # what answering decisions in front of FastAPI's routing buys: the same server, route only
+    cfg = serving.model_copy(update={"fast_path": False, "log_path": work_dir / "serving" / "decisions_route.sqlite"})
+    with ServerProcess(serving_env(settings, cfg)).start(log_file=work_dir / "serving" / "server_route.log") as server:
+        _load(server.port, decision, concurrency, 500, 10)
+        out["service_sync_full_fastapi_route_only"] = _load(server.port, decision, concurrency, requests,
+                                                            duration_s, server.proc.pid)
     if compare_mlflow:
         try:
             import mlflow

@@ -192,11 +192,12 @@ class MetricsMiddleware:
 
 def create_app(settings: Settings | None = None, serving: ServingSettings | None = None, *,
                model_source: ModelSource | None = _DEFAULT_SOURCE,
-               clock: Callable[[], datetime] | None = None, fast_path: bool = True,
+               clock: Callable[[], datetime] | None = None, fast_path: bool | None = None,
                tune_gc: bool = False) -> FastAPI:
     """The service. ``model_source``: default the MLflow registry of ``settings``; None: no models
     (fallback order only); a fake in tests. ``clock``: aware "now" (tests of day boundaries).
-    ``fast_path``: answer valid decision requests with :class:`DecisionFastPath`.
+    ``fast_path``: answer valid decision requests with :class:`DecisionFastPath` (default: the
+    ``fast_path`` setting).
     ``tune_gc`` (the server process, not tests): once loaded, move everything into the garbage
     collector's permanent generation (``gc.freeze``) and collect the young generation less often,
     so no request pays for a full collection over the view's millions of objects."""
@@ -225,7 +226,8 @@ def create_app(settings: Settings | None = None, serving: ServingSettings | None
 
     app = OfferSlotApp(title="nextoffer offer slot", version="1",
                        description="Next best offer decisions, rewards and behaviour events.", lifespan=lifespan)
-    if fast_path:
+    use_fast_path = serving.fast_path if fast_path is None else fast_path
+    if use_fast_path:
         app.fast_path = DecisionFastPath(serving, metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(_v1_router(serving))

@@ -43,6 +43,9 @@ class ServingSettings(BaseSettings):
     commit_max_batch: int = Field(512, ge=1, description="Most log writes in one group commit.")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL: a decision survives power loss once answered; NORMAL: process crash only.")
+    fast_path: bool = Field(
+        True, description="Answer valid decision requests before FastAPI's routing (same handler and "
+        "validation); off: every request goes through the FastAPI route.")
     timezone: str = Field("Asia/Seoul", description="Days of the contact caps are local days here.")
     seed: int | None = Field(None, description="Seeds the exploration draws (tests); default: OS entropy.")
 
