@@ -3,11 +3,14 @@
 Training throughput is measured end to end (format the text example + ``learn``) and for VW
 alone (pre-formatted examples), so the cost of our Python formatting is visible next to VW's.
 Latency is one decision: format the request's example with 20 candidate offers, predict the
-PMF, sample — what the offer slot pays per request.
+PMF, sample — what the offer slot pays per request. Its baseline in the same run is the
+logged pyfunc's path (``predict_frame`` on a one-row DataFrame, as ``mlflow models serve`` would
+call it per request) on the same contexts.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions
+from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions, predict_frame
 from src.models.bandit_features import (
     build_views,
     default_feature_spec,
@@ -60,6 +63,14 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
         t0 = time.perf_counter_ns()
         bandit.choose(ctx, all_offers, rng)
         latency[i] = (time.perf_counter_ns() - t0) / 1_000
+    candidate_ids = ",".join(offers["offer_id"].astype(str))
+    frames = [pd.DataFrame([{**ctx, "seen": json.dumps(ctx.get("seen", {})), "candidates": candidate_ids}])
+              for ctx in contexts.head(min(1_000, len(contexts)))]
+    pyfunc_latency = np.empty(len(frames))
+    for i, frame in enumerate(frames):
+        t0 = time.perf_counter_ns()
+        predict_frame(bandit, offers, frame)
+        pyfunc_latency[i] = (time.perf_counter_ns() - t0) / 1_000
     return {
         "vw_args": config.vw_args(spec),
         "examples": len(log),
@@ -69,4 +80,9 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
         "decisions": len(latency),
         "decision_us_median": round(float(np.median(latency)), 1),
         "decision_us_p99": round(float(np.percentile(latency, 99)), 1),
+        "pyfunc_decisions": len(pyfunc_latency),
+        "pyfunc_decision_us_median": round(float(np.median(pyfunc_latency)), 1),
+        "pyfunc_decision_us_p99": round(float(np.percentile(pyfunc_latency, 99)), 1),
+        "speedup_median_vs_pyfunc": round(float(np.median(pyfunc_latency) / np.median(latency)), 2),
+        "vw_share_of_training": round(end_to_end and vw_seconds / end_to_end, 3),
     }

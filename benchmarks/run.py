@@ -12,12 +12,26 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from src.settings import Settings
+
+
+def python_speed_probe(iterations: int = 5_000_000) -> float:
+    """Seconds for a plain Python loop, best of three: the same VM has run 2.3x slower on one
+    day than another, so every result carries this yardstick of the machine it ran on."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best, 3)
 
 
 def machine_info() -> dict[str, Any]:
@@ -41,6 +55,8 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python_loop_5m_s": python_speed_probe(),
     }
 
 
@@ -144,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         ("bandit", bench_bandit),
         ("serving", bench_serving),
     ]
-    if not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
+    needs_bank = any(wanted(name) for name, _ in steps if name not in ("simulator", "serving"))
+    if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
         raise SystemExit(f"no simulated data under {raw_dir}: run the simulator benchmark first")
     for name, step in steps:
         if wanted(name):

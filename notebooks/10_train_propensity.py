@@ -38,6 +38,7 @@ embargo = True  # every training label window closes before the test date (False
 learning_rate = 0.05
 num_leaves = 15
 min_child_samples = 100
+calibration = "sigmoid"  # Platt; "isotonic" needs 200+ validation positives (see PropensityConfig)
 register = True  # register the model and run the champion/challenger comparison
 with_rule_features = False  # add the detection rules' features (slower: detection per date)
 ceiling_paths = 0  # > 0: Monte Carlo paths for the bayes_as_of ceiling (minutes on a large bank)
@@ -62,7 +63,8 @@ if with_rule_features:
     from src.features.feature_table import detection_rule_features
 
     extra = detection_rule_features()
-config = PropensityConfig(learning_rate=learning_rate, num_leaves=num_leaves, min_child_samples=min_child_samples)
+config = PropensityConfig(learning_rate=learning_rate, num_leaves=num_leaves, min_child_samples=min_child_samples,
+                          calibration=calibration)
 run = run_propensity_training(settings, as_of or None, chosen, config, window_days=window_days, embargo=embargo,
                               extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None,
                               ceiling_paths=ceiling_paths)

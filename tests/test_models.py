@@ -41,16 +41,20 @@ def test_metrics_tell_calibrated_from_miscalibrated():
     assert np.isnan(one_class["auc"]) and one_class["brier"] == pytest.approx(0.01)
 
 
-def test_boosting_learns_an_interaction_and_calibration_holds():
+@pytest.mark.parametrize(("asked", "min_positives", "used"), [
+    ("sigmoid", 100, "sigmoid"), ("isotonic", 100, "isotonic"), ("isotonic", 10**6, "sigmoid"),
+])
+def test_boosting_learns_an_interaction_and_calibration_holds(asked, min_positives, used):
     X, y, p = _synthetic(12_000, 1)
     m = fit_product("toy", X[:8000], y[:8000], X[8000:10000], y[8000:10000],
-                    PropensityConfig(n_estimators=300, min_child_samples=50, isotonic_min_positives=100))
+                    PropensityConfig(n_estimators=300, min_child_samples=50, calibration=asked,
+                                     isotonic_min_positives=min_positives))
     Xt, yt = X[10000:], y[10000:]
     model, base, oracle = (binary_metrics(yt, f) for f in (m.predict(Xt), m.predict_baseline(Xt), p[10000:]))
-    assert m.best_iteration < 300 and m.calibration == "isotonic"
+    assert m.best_iteration < 300 and m.calibration == used  # isotonic only with enough positives
     assert model["auc"] > base["auc"] + 0.02  # the interaction b*c is beyond the linear baseline
     assert oracle["auc"] - model["auc"] < 0.03
-    assert model["ece"] < 0.04  # isotonic fitted on 2,000 validation rows
+    assert model["ece"] < 0.04  # calibrated on 2,000 validation rows
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Propensity per product: P(signs up for the product within the window | features as of T).
 
 One LightGBM classifier per product (scikit-learn API), early-stopped on the validation dates
-and calibrated on them (isotonic when there are enough positives, else Platt), next to a
+and calibrated on them (Platt by default; isotonic on request, given enough positives), next to a
 logistic-regression baseline trained on the same rows. :class:`PropensityModel` bundles the
 products behind one ``predict_proba(raw rows) -> frame with a column per product``: that is
 what is logged to MLflow (``src.models.tracking``) and what serving calls.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -40,7 +41,11 @@ class PropensityConfig(BaseModel):
     colsample_bytree: float = 0.5
     reg_lambda: float = 5.0
     early_stopping_rounds: int = 50
-    isotonic_min_positives: int = 200
+    # Platt, not isotonic: on the 100k x 180 bank (500-1,550 validation positives per product)
+    # isotonic raised the test log loss on all 6 products and doubled the calibration error on 4,
+    # while Platt kept the booster's log loss (within 0.0003) and beat isotonic's error on all 6.
+    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    isotonic_min_positives: int = 200  # fewer validation positives: Platt even when isotonic is asked for
     val_customer_share: float = 0.2  # validation customers never train (see split_rows)
     logreg_c: float = 0.1
     seed: int = 7
@@ -140,7 +145,8 @@ def fit_product(product: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val:
     best = int(booster.best_iteration_ or config.n_estimators) if has_val else config.n_estimators
     calibrated, method = None, "none"
     if has_val:
-        method = "isotonic" if y_val.sum() >= config.isotonic_min_positives else "sigmoid"
+        method = "isotonic" if config.calibration == "isotonic" and y_val.sum() >= config.isotonic_min_positives \
+            else "sigmoid"
         calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=method).fit(X_val, y_val)
         raw, cal = booster.predict_proba(X_val)[:, 1], calibrated.predict_proba(X_val)[:, 1]
         if np.corrcoef(raw, cal)[0, 1] < 0:  # Platt on a handful of positives can flip the ranking
