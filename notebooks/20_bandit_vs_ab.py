@@ -182,13 +182,14 @@ plt.show()
 
 # %%
 if register:
-    from src.models.bandit import log_bandit, register_bandit
+    from src.models.bandit import log_bandit, pyfunc_input_example, register_bandit
     from src.models.policies import held_out_scorer
 
     score = held_out_scorer(settings.raw_dir, result.views, config.bandit, start, history=config.history)
     candidate = score(result.bandit)
-    uri = log_bandit(result.bandit, pd.read_parquet(settings.raw_dir / "offers.parquet"),
-                     metrics={"ope_dr_value": candidate}, tracking_uri=settings.tracking_uri,
-                     artifact_location=str(settings.artifact_root))
+    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    uri = log_bandit(result.bandit, offers, metrics={"ope_dr_value": candidate}, tracking_uri=settings.tracking_uri,
+                     artifact_location=str(settings.artifact_root),
+                     input_example=pyfunc_input_example(result.offline_log, offers))
     print(register_bandit(uri, "nextoffer-bandit", candidate, score_champion=score,
                           tracking_uri=settings.tracking_uri))

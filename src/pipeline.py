@@ -138,6 +138,7 @@ def run_bandit_training(settings: Settings, held_out_share: float = 0.3,
         ContextualBandit,
         log_bandit,
         logged_decisions,
+        pyfunc_input_example,
         register_bandit,
         train_offline,
     )
@@ -166,7 +167,8 @@ def run_bandit_training(settings: Settings, held_out_share: float = 0.3,
     uri = log_bandit(bandit, offers, run_name=f"bandit-{split:%Y-%m-%d}",
                      metrics={"ope_dr_value": value, "logged_policy_value": logged_value,
                               "train_decisions": float(len(log))},
-                     tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_root.as_uri())
+                     tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_root.as_uri(),
+                     input_example=pyfunc_input_example(log, offers))
     promotion = register_bandit(uri, "nextoffer-bandit", value, score_champion=score,
                                 tracking_uri=settings.tracking_uri)
     return BanditTrainingResult(len(log), len(held_out), value, logged_value, promotion)

@@ -155,6 +155,31 @@ def test_fatigue_tracker_window_is_strictly_before():
     assert t.counts("C1", pd.Timestamp("2026-01-12 09:00")) == (2, {"A": 1, "B": 1})
 
 
+def test_pyfunc_is_logged_with_a_signature_and_an_input_example(tmp_path):
+    import mlflow
+
+    from src.models.bandit import log_bandit, pyfunc_input_example
+
+    offers = pd.DataFrame(CANDIDATES)
+    spec = FeatureSpec(categorical=("life_stage",), numeric=("pv_loan_30d",), age_column=None)
+    bandit = ContextualBandit(BanditConfig(epsilon=0.2), spec)
+    log = pd.DataFrame({"slot": ["home_banner"] * 2, "context": [
+        {"life_stage": "student", "pv_loan_30d": None, "hour": 9, "seen": {"OF01": 2}},
+        {"life_stage": "family", "pv_loan_30d": None, "hour": 21, "seen": {}}]})
+    example = pyfunc_input_example(log, offers)
+    assert example["candidates"].tolist() == ["OF01,OF07"] * 2
+    assert example["pv_loan_30d"].dtype == float and example["hour"].dtype == float  # may be missing in a request
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model_uri = log_bandit(bandit, offers, tracking_uri=uri, artifact_location=str(tmp_path / "art"),
+                           input_example=example)
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info(model_uri)
+    assert {"life_stage", "pv_loan_30d", "seen", "candidates", "decision_id"} <= set(info.signature.inputs.input_names())
+    assert {"offer_id", "prob", "pmf"} == set(info.signature.outputs.input_names())
+    out = mlflow.pyfunc.load_model(model_uri).predict(example)
+    pd.testing.assert_frame_equal(out, predict_frame(bandit, offers, example))
+
+
 def test_pyfunc_round_trip(tmp_path):
     import mlflow
 

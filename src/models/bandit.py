@@ -267,11 +267,38 @@ def predict_frame(bandit: ContextualBandit, offers: pd.DataFrame, rows: pd.DataF
     return pd.DataFrame(out)
 
 
+def pyfunc_input_example(log: pd.DataFrame, offers: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """The first ``n`` logged decisions as the pyfunc's input rows: the context's scalar fields,
+    ``seen`` as JSON, the slot's ``candidates`` and a ``decision_id`` (so the draw is fixed).
+    Logged with the model as its input example, and its signature is inferred from them."""
+    by_slot = slot_candidates(offers)
+    rows = []
+    for i, r in enumerate(log.head(n).itertuples(index=False)):
+        context = {k: v for k, v in r.context.items() if not isinstance(v, Mapping)}
+        rows.append({**context, "seen": json.dumps(dict(r.context.get("seen", {}))),
+                     "candidates": ",".join(str(o["offer_id"]) for o in by_slot[r.slot]),
+                     "decision_id": f"example-{i}"})
+    frame = pd.DataFrame(rows)
+    # numbers as float: any of them may be missing in a request, and an int column in the
+    # signature would then fail MLflow's schema check; a column of nulls only is numeric too
+    numeric = [c for c in frame.columns if frame[c].isna().all() or
+               (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))]
+    return frame.astype({c: float for c in numeric})
+
+
 def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str = "bandit",
                metrics: Mapping[str, float] | None = None, tracking_uri: str | None = None,
-               artifact_location: str | None = None, experiment: str = "bandit") -> str:
-    """Log the bandit as an MLflow pyfunc run; returns the logged model's URI (``models:/m-<id>``)."""
+               artifact_location: str | None = None, experiment: str = "bandit",
+               input_example: pd.DataFrame | None = None) -> str:
+    """Log the bandit as an MLflow pyfunc run; returns the logged model's URI (``models:/m-<id>``).
+
+    ``input_example`` (see :func:`pyfunc_input_example`): logged with the model, and the model's
+    signature is inferred from it and the bandit's answer to it.
+    """
+    import importlib.metadata as md
+
     import mlflow
+    from mlflow.models import infer_signature
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -290,9 +317,14 @@ def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str 
                            "n_learned": bandit.n_learned, "vw_args": bandit.config.vw_args(bandit.spec)})
         if metrics:
             mlflow.log_metrics(dict(metrics))
+        signature = None
+        if input_example is not None:
+            signature = infer_signature(input_example, predict_frame(bandit, offers, input_example))
         info = mlflow.pyfunc.log_model(
             name="bandit", python_model=_pyfunc_class()(),
             artifacts={"model": str(model), "meta": str(meta), "offers": str(offer_file)},
+            signature=signature, input_example=input_example,
+            pip_requirements=[f"{p}=={md.version(p)}" for p in ("mlflow", "vowpalwabbit", "pandas", "numpy")],
         )
         return info.model_uri  # models:/m-<id>: MLflow 3 logs models apart from run artifacts
 
