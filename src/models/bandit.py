@@ -295,10 +295,10 @@ def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str 
     ``input_example`` (see :func:`pyfunc_input_example`): logged with the model, and the model's
     signature is inferred from it and the bandit's answer to it.
     """
-    import importlib.metadata as md
-
     import mlflow
     from mlflow.models import infer_signature
+
+    from src.models.tracking import pinned_requirements
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -324,7 +324,7 @@ def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str 
             name="bandit", python_model=_pyfunc_class()(),
             artifacts={"model": str(model), "meta": str(meta), "offers": str(offer_file)},
             signature=signature, input_example=input_example,
-            pip_requirements=[f"{p}=={md.version(p)}" for p in ("mlflow", "vowpalwabbit", "pandas", "numpy")],
+            pip_requirements=pinned_requirements("vowpalwabbit"),
         )
         return info.model_uri  # models:/m-<id>: MLflow 3 logs models apart from run artifacts
 

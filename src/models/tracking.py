@@ -95,11 +95,16 @@ def log_pyfunc(model: Any, example_rows: pd.DataFrame, raw_columns: list[str], n
     return info.model_uri
 
 
-def _requirements() -> list[str]:
-    """Pinned versions of what unpickling the model needs (the project itself must be importable)."""
+def pinned_requirements(*packages: str) -> list[str]:
+    """``package==installed version`` for each: what a logged pyfunc needs to load (the project
+    itself must be importable too)."""
     import importlib.metadata as md
 
-    return [f"{p}=={md.version(p)}" for p in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    return [f"{p}=={md.version(p)}" for p in ("mlflow", "pandas", "numpy", "cloudpickle", *packages)]
+
+
+def _requirements() -> list[str]:
+    return pinned_requirements("lightgbm", "scikit-learn")
 
 
 def log_figures(figures: dict[str, Any], artifact_dir: str = "plots", local_dir: Path | None = None) -> None:
