@@ -46,6 +46,45 @@ def test_dr_with_exact_model_beats_ips_variance():
     assert (t["boot_low"] <= t["value"]).all() and (t["value"] <= t["boot_high"]).all()
 
 
+def _clustered_log(customers: int, per_customer: int, rng: np.random.Generator):
+    """Every customer has a hidden taste for action 0 shared by all their decisions."""
+    groups = np.repeat(np.arange(customers), per_customer)
+    taste = rng.uniform(0.0, 0.8, customers)[groups]
+    a = rng.integers(0, 2, len(groups))
+    r = (rng.random(len(groups)) < np.where(a == 0, taste, 0.1)).astype(float)
+    return groups, a, np.full(len(a), 0.5), r
+
+
+def test_customer_clustered_intervals_keep_their_coverage():
+    rng = np.random.default_rng(3)
+    target = np.tile([1.0, 0.0], (4000, 1))  # always action 0: true value = mean taste = 0.4
+    covered = {"iid": 0, "customer": 0}
+    reps = 150
+    for _ in range(reps):
+        groups, a, p, r = _clustered_log(100, 40, rng)
+        for name, g in (("iid", None), ("customer", groups)):
+            row = ope.estimate(a, p, r, target, groups=g).set_index("estimator").loc["ips"]
+            covered[name] += int(row["ci_low"] <= 0.4 <= row["ci_high"])
+    assert covered["iid"] / reps < 0.8, covered  # independent-decision intervals are too narrow
+    assert covered["customer"] / reps >= 0.88, covered
+
+
+def test_singleton_groups_give_the_iid_interval_and_the_bootstrap_resamples_customers():
+    rng = np.random.default_rng(4)
+    x, a, p, r, truth = _synthetic_log(3000, rng)
+    pi = np.tile([0.25, 0.25, 0.25, 0.25], (len(x), 1))
+    iid = ope.estimate(a, p, r, pi, truth)
+    single = ope.estimate(a, p, r, pi, truth, groups=[f"C{i}" for i in range(len(x))])
+    pd.testing.assert_frame_equal(iid, single)
+    groups = np.repeat(np.arange(300), 10)
+    boot = ope.estimate(a, p, r, pi, truth, groups=groups, n_bootstrap=40).set_index("estimator")
+    assert (boot["boot_low"] <= boot["value"]).all() and (boot["value"] <= boot["boot_high"]).all()
+    with pytest.raises(ValueError, match="one entry per decision"):
+        ope.estimate(a, p, r, pi, groups=groups[:10])
+    with pytest.raises(ValueError, match="empty value at row 2"):
+        ope.estimate(a[:3], p[:3], r[:3], pi[:3], groups=["C1", "C2", None])
+
+
 def test_estimate_input_checks():
     with pytest.raises(ValueError, match="probabilities"):
         ope.estimate(np.array([0]), np.array([0.0]), np.array([1.0]), np.ones((1, 1)))

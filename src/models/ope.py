@@ -52,15 +52,29 @@ def _point(name: str, t: dict[str, np.ndarray], reward: np.ndarray) -> float:
     return float(t[name].mean())
 
 
+def _standard_error(influence: np.ndarray, groups: np.ndarray | None) -> float:
+    """Standard error of the mean of ``influence``; with ``groups`` (the customer of each
+    decision) cluster-robust: one customer's decisions share their hidden need, so treating them
+    as independent makes the interval too narrow. Equals the i.i.d. formula for singleton groups."""
+    n = len(influence)
+    if groups is None:
+        return float(influence.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    sums = np.bincount(groups, weights=influence - influence.mean())
+    g = len(sums)
+    return float(np.sqrt(g / (g - 1) * (sums ** 2).sum()) / n) if g > 1 else float("nan")
+
+
 def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: np.ndarray,
              q: np.ndarray | None = None, alpha: float = 0.05, n_bootstrap: int = 0,
-             seed: int = 0) -> pd.DataFrame:
+             seed: int = 0, groups: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
     """IPS, SNIPS (and DM, DR with a reward model ``q``) with (1 - alpha) confidence intervals.
 
     ``action``: index of the logged choice in its row's candidates; ``prob``: the logging
     policy's probability of it; ``target``: (n, K) target-policy probabilities; ``q``: (n, K)
-    predicted rewards. Returns one row per estimator: value, se, ci_low, ci_high (normal) and,
-    with ``n_bootstrap``, boot_low / boot_high (percentile).
+    predicted rewards; ``groups``: who each decision was for (customer id), so the intervals
+    and the bootstrap treat a customer's decisions as one correlated cluster. Returns one row
+    per estimator: value, se, ci_low, ci_high (normal) and, with ``n_bootstrap``, boot_low /
+    boot_high (percentile).
     """
     action = np.asarray(action, dtype=int)
     prob = np.asarray(prob, dtype=float)
@@ -75,6 +89,13 @@ def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: n
         raise ValueError("logged probabilities must be in (0, 1]")
     if (action < 0).any() or (action >= target.shape[1]).any():
         raise ValueError("an action index falls outside its candidate set")
+    codes = None
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError("groups must have one entry per decision")
+        codes = pd.factorize(pd.Series(groups, dtype=object))[0]
+        if (codes < 0).any():
+            raise ValueError(f"groups has an empty value at row {int(np.flatnonzero(codes < 0)[0])}")
     t = _terms(action, prob, reward, target, q)
     z = stats.norm.isf(alpha / 2)
     names = [e for e in ESTIMATORS if e in ("ips", "snips") or q is not None]
@@ -85,15 +106,22 @@ def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: n
             influence = t["weights"] * (reward - value) / t["weights"].mean()
         else:
             influence = t[name]
-        se = float(influence.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        se = _standard_error(influence, codes)
         rows.append({"estimator": name, "value": value, "se": se, "ci_low": value - z * se,
                      "ci_high": value + z * se, "n": n, "mean_weight": float(t["weights"].mean())})
     frame = pd.DataFrame(rows)
     if n_bootstrap:
         rng = np.random.default_rng(seed)
         boots = {name: np.empty(n_bootstrap) for name in names}
+        members = None
+        if codes is not None:  # resample whole customers
+            order = np.argsort(codes, kind="stable")
+            members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
         for b in range(n_bootstrap):
-            idx = rng.integers(0, n, n)
+            if members is None:
+                idx = rng.integers(0, n, n)
+            else:
+                idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
             tb = {k: v[idx] for k, v in t.items()}
             for name in names:
                 boots[name][b] = _point(name, tb, reward[idx])
@@ -356,6 +384,8 @@ def evaluate_log(log: pd.DataFrame, policies: Mapping[str, str | PolicyFn], *, r
     """Every estimator for every policy on one log (a validated frame, see :func:`read_log`)."""
     candidates = log_candidates(log)
     action = np.array([c.index(a) for a, c in zip(log["action"], candidates)])
+    # intervals per customer when the log says who each decision was for
+    groups = log["customer_id"].astype(str).to_numpy() if "customer_id" in log.columns else None
     prob, reward = log["prob"].to_numpy(float), log["reward"].to_numpy(float)
     q = None
     if reward_model:
@@ -364,7 +394,8 @@ def evaluate_log(log: pd.DataFrame, policies: Mapping[str, str | PolicyFn], *, r
     frames = []
     for name, spec in policies.items():
         target = parse_policy(spec)(log, candidates)
-        frame = estimate(action, prob, reward, target, q, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed)
+        frame = estimate(action, prob, reward, target, q, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed,
+                         groups=groups)
         frame.insert(0, "policy", name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -447,7 +447,8 @@ def ope_check(raw_dir: Path, truth_dir: Path, bandit: ContextualBandit, views: C
         targets[name] = ope.constant_policy(preferred)(log, candidates)
     frames = []
     for name, target in targets.items():
-        frame = ope.estimate(action, prob, reward, target, q, n_bootstrap=n_bootstrap, seed=seed)
+        frame = ope.estimate(action, prob, reward, target, q, n_bootstrap=n_bootstrap, seed=seed,
+                             groups=log["customer_id"].to_numpy())
         frame.insert(0, "policy", name)
         frame["true_value"] = ope.true_value(target, truth)
         frame["rel_error_pct"] = 100 * (frame["value"] / frame["true_value"] - 1)
