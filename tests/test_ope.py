@@ -111,6 +111,21 @@ def test_evaluate_policy_file(tmp_path, suffix):
     assert abs(dr["value"] - truth_uniform) < 4 * dr["se"]
 
 
+def test_a_log_with_customer_ids_gets_customer_clustered_intervals(tmp_path):
+    log = _log_frame(np.random.default_rng(5), 3000)
+    path = tmp_path / "log.parquet"
+    log.to_parquet(path)
+    iid = ope.evaluate_policy_file(path, "uniform", reward_model=False).set_index("estimator")
+    log.assign(customer_id=[f"C{i % 100}" for i in range(len(log))]).to_parquet(path)
+    clustered = ope.evaluate_policy_file(path, "uniform", reward_model=False).set_index("estimator")
+    pd.testing.assert_series_equal(iid["value"], clustered["value"])
+    groups = np.array([f"C{i % 100}" for i in range(len(log))])
+    x = log["action"].str[1:].astype(int).to_numpy()
+    direct = ope.estimate(x, log["prob"], log["reward"], np.full((len(log), 4), 0.25), groups=groups)
+    assert clustered.loc["ips", "se"] == pytest.approx(direct.set_index("estimator").loc["ips", "se"])
+    assert clustered.loc["ips", "se"] != pytest.approx(iid.loc["ips", "se"])
+
+
 def test_candidates_from_slot_when_no_candidate_column(tmp_path):
     log = _log_frame(np.random.default_rng(3), 500).drop(columns="candidates")
     log["slot"] = "home_banner"
@@ -122,6 +137,7 @@ def test_candidates_from_slot_when_no_candidate_column(tmp_path):
     (lambda d: d.assign(prob=1.5), "'prob' must be in"),
     (lambda d: d.assign(reward="x"), "'reward' has non-numeric"),
     (lambda d: d.assign(candidates="O9"), "not among its candidates"),
+    (lambda d: d.assign(customer_id=["C1"] * 7 + [None] * 43), "'customer_id' has empty values in 43 row.*row 7"),
 ])
 def test_bad_logs_name_the_field(tmp_path, change, message):
     path = tmp_path / "log.csv"

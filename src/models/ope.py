@@ -360,6 +360,12 @@ def read_log(path: Path | str) -> pd.DataFrame:
     if log["action"].isna().any():
         raise ValueError(f"{path.name}: column 'action' has empty values")
     log["action"] = log["action"].astype(str)
+    if "customer_id" in log.columns:  # optional; when given, every decision's customer clusters the intervals
+        bad = log["customer_id"].isna()
+        if bad.any():
+            raise ValueError(f"{path.name}: column 'customer_id' has empty values in {int(bad.sum())} row(s), "
+                             f"first at row {int(np.flatnonzero(bad)[0])}")
+        log["customer_id"] = log["customer_id"].astype(str)
     return log
 
 
@@ -384,8 +390,7 @@ def evaluate_log(log: pd.DataFrame, policies: Mapping[str, str | PolicyFn], *, r
     """Every estimator for every policy on one log (a validated frame, see :func:`read_log`)."""
     candidates = log_candidates(log)
     action = np.array([c.index(a) for a, c in zip(log["action"], candidates)])
-    # intervals per customer when the log says who each decision was for
-    groups = log["customer_id"].astype(str).to_numpy() if "customer_id" in log.columns else None
+    groups = log["customer_id"].to_numpy() if "customer_id" in log.columns else None  # intervals per customer
     prob, reward = log["prob"].to_numpy(float), log["reward"].to_numpy(float)
     q = None
     if reward_model:
