@@ -27,8 +27,14 @@ from src.models.bandit_features import (
 )
 
 
-def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: int = 5_000,
-        log_days: int = 14, seed: int = 0) -> dict[str, Any]:
+def run(
+    raw_dir: Path,
+    truth_dir: Path,
+    max_examples: int = 50_000,
+    decisions: int = 5_000,
+    log_days: int = 14,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train on up to ``max_examples`` logged decisions; time ``decisions`` choices over 20 offers."""
     raw_dir = Path(raw_dir)
     spec = default_feature_spec()
@@ -38,7 +44,9 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
     start = exposures["ts"].min().normalize()
     end = start + pd.Timedelta(days=log_days)
     views = build_views(raw_dir, [start, start + pd.Timedelta(days=7)], spec)
-    log = logged_decisions(exposures[exposures["ts"] < end], views, offers, config).head(max_examples)
+    log = logged_decisions(exposures[exposures["ts"] < end], views, offers, config).head(
+        max_examples
+    )
     by_slot = slot_candidates(offers)
 
     bandit = ContextualBandit(config, spec)
@@ -47,8 +55,12 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
         bandit.learn(r.context, by_slot[r.slot], int(r.action), float(r.prob), float(r.reward))
     end_to_end = time.perf_counter() - t0
 
-    texts = [vw_example(r.context, by_slot[r.slot], spec, label=(int(r.action), float(r.reward), float(r.prob)))
-             for r in log.itertuples(index=False)]
+    texts = [
+        vw_example(
+            r.context, by_slot[r.slot], spec, label=(int(r.action), float(r.reward), float(r.prob))
+        )
+        for r in log.itertuples(index=False)
+    ]
     vw_only = ContextualBandit(config, spec)
     t0 = time.perf_counter()
     for lines in texts:
@@ -57,15 +69,21 @@ def run(raw_dir: Path, truth_dir: Path, max_examples: int = 50_000, decisions: i
 
     all_offers = offers.to_dict("records")  # the whole catalog: 20 candidate offers
     rng = np.random.default_rng(seed)
-    contexts = log["context"].sample(min(decisions, len(log)), replace=len(log) < decisions, random_state=seed)
+    contexts = log["context"].sample(
+        min(decisions, len(log)), replace=len(log) < decisions, random_state=seed
+    )
     latency = np.empty(len(contexts))
     for i, ctx in enumerate(contexts):
         t0 = time.perf_counter_ns()
         bandit.choose(ctx, all_offers, rng)
         latency[i] = (time.perf_counter_ns() - t0) / 1_000
     candidate_ids = ",".join(offers["offer_id"].astype(str))
-    frames = [pd.DataFrame([{**ctx, "seen": json.dumps(ctx.get("seen", {})), "candidates": candidate_ids}])
-              for ctx in contexts.head(min(1_000, len(contexts)))]
+    frames = [
+        pd.DataFrame(
+            [{**ctx, "seen": json.dumps(ctx.get("seen", {})), "candidates": candidate_ids}]
+        )
+        for ctx in contexts.head(min(1_000, len(contexts)))
+    ]
     pyfunc_latency = np.empty(len(frames))
     for i, frame in enumerate(frames):
         t0 = time.perf_counter_ns()

@@ -76,8 +76,15 @@ def _duckdb_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) ->
     threads = duckdb.sql("SELECT current_setting('threads')").fetchall()[0][0]
     if out:
         view.to_pickle(out)
-    queue.put({"seconds": seconds, "rows": len(view), "columns": int(view.shape[1]),
-               "peak_rss_bytes": _peak_rss_bytes(), "threads": int(threads)})
+    queue.put(
+        {
+            "seconds": seconds,
+            "rows": len(view),
+            "columns": int(view.shape[1]),
+            "peak_rss_bytes": _peak_rss_bytes(),
+            "threads": int(threads),
+        }
+    )
 
 
 def _pandas_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) -> None:
@@ -92,8 +99,15 @@ def _pandas_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) ->
     compute_s = time.perf_counter() - start
     if out:
         view.to_pickle(out)
-    queue.put({"load_s": load_s, "compute_s": compute_s, "rows": len(view),
-               "peak_rss_after_load_bytes": rss_after_load, "peak_rss_bytes": _peak_rss_bytes()})
+    queue.put(
+        {
+            "load_s": load_s,
+            "compute_s": compute_s,
+            "rows": len(view),
+            "peak_rss_after_load_bytes": rss_after_load,
+            "peak_rss_bytes": _peak_rss_bytes(),
+        }
+    )
 
 
 def _in_child(target, *args) -> dict[str, Any]:
@@ -145,15 +159,15 @@ def subsample_bank(raw_dir: Path, out_dir: Path, n_customers: int) -> dict[str, 
         )
     con.execute(f"""
         CREATE TEMP TABLE identifiers AS
-        SELECT DISTINCT device_id AS identifier FROM read_parquet({src['clickstream']})
+        SELECT DISTINCT device_id AS identifier FROM read_parquet({src["clickstream"]})
         WHERE customer_id IN (SELECT customer_id FROM sample)
         UNION
-        SELECT DISTINCT cookie_id FROM read_parquet({src['clickstream']})
+        SELECT DISTINCT cookie_id FROM read_parquet({src["clickstream"]})
         WHERE customer_id IN (SELECT customer_id FROM sample) AND cookie_id IS NOT NULL
     """)
     con.execute(f"""
         CREATE TEMP TABLE kept_sessions AS
-        SELECT DISTINCT session_id FROM read_parquet({src['clickstream']})
+        SELECT DISTINCT session_id FROM read_parquet({src["clickstream"]})
         WHERE customer_id IN (SELECT customer_id FROM sample)
            OR device_id IN (SELECT identifier FROM identifiers)
            OR cookie_id IN (SELECT identifier FROM identifiers)
@@ -186,8 +200,10 @@ def run(
     as_of = str(pd.Timestamp(as_of))
     full_rows = _input_rows(raw_dir)
 
-    full = min((_in_child(_duckdb_child, str(raw_dir), as_of, None) for _ in range(repeats)),
-               key=lambda r: r["seconds"])
+    full = min(
+        (_in_child(_duckdb_child, str(raw_dir), as_of, None) for _ in range(repeats)),
+        key=lambda r: r["seconds"],
+    )
 
     work = Path(tempfile.mkdtemp(prefix=f".subsample_{subsample_customers}_", dir=raw_dir.parent))
     try:
@@ -196,10 +212,14 @@ def run(
         sub_rows = subsample_bank(raw_dir, sub_dir, subsample_customers)
         subsample_s = time.perf_counter() - start
         duck_out, pandas_out = str(work / "duckdb.pkl"), str(work / "pandas.pkl")
-        duck = min((_in_child(_duckdb_child, str(sub_dir), as_of, duck_out)
-                    for _ in range(repeats)), key=lambda r: r["seconds"])
-        pand = min((_in_child(_pandas_child, str(sub_dir), as_of, pandas_out)
-                    for _ in range(repeats)), key=lambda r: r["load_s"] + r["compute_s"])
+        duck = min(
+            (_in_child(_duckdb_child, str(sub_dir), as_of, duck_out) for _ in range(repeats)),
+            key=lambda r: r["seconds"],
+        )
+        pand = min(
+            (_in_child(_pandas_child, str(sub_dir), as_of, pandas_out) for _ in range(repeats)),
+            key=lambda r: r["load_s"] + r["compute_s"],
+        )
         sql_view, pandas_view = pd.read_pickle(duck_out), pd.read_pickle(pandas_out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,17 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from src.features.detection import OnlineDetector, detect, load_rules
 from src.features.detection.events import detection_keys, events_from_frame
@@ -62,26 +57,42 @@ def _subsample(events: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
     return events[events["customer_id"].isin(pick)]
 
 
-def run(events: pd.DataFrame, rules: list[CompiledRule] | None = None,
-        baseline_events: int = 100_000, check_parity: bool = True,
-        state_every: int = 100_000, seed: int = 0) -> dict[str, Any]:
+def run(
+    events: pd.DataFrame,
+    rules: list[CompiledRule] | None = None,
+    baseline_events: int = 100_000,
+    check_parity: bool = True,
+    state_every: int = 100_000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Benchmark all ``rules`` (default: shipped) on ``events``; returns a flat report dict."""
     rules = rules or load_rules()
     n = len(events)
-    rep: dict[str, Any] = {"events": n, "customers": int(events["customer_id"].nunique()),
-                           "rules": [r.name for r in rules]}
+    rep: dict[str, Any] = {
+        "events": n,
+        "customers": int(events["customer_id"].nunique()),
+        "rules": [r.name for r in rules],
+    }
     # Batch, vectorized.
     batch, wall, cpu = _timed(lambda: detect(events, rules))
-    rep.update(batch_wall_s=wall, batch_cpu_s=cpu, batch_events_per_s=n / wall,
-               batch_events_per_cpu_s=n / cpu, detections=len(batch),
-               detections_by_rule=batch.groupby("rule").size().to_dict())
+    rep.update(
+        batch_wall_s=wall,
+        batch_cpu_s=cpu,
+        batch_events_per_s=n / wall,
+        batch_events_per_cpu_s=n / cpu,
+        detections=len(batch),
+        detections_by_rule=batch.groupby("rule").size().to_dict(),
+    )
     rep["rss_after_batch_mb"] = _rss_mb()
     # Baseline: per-customer Python loop on a subsample, extrapolated.
     sub = _subsample(events, baseline_events, seed)
     ref, wall, cpu = _timed(lambda: reference_detect(sub, rules))
-    rep.update(baseline_sample_events=len(sub), baseline_wall_s=wall,
-               baseline_events_per_s_extrapolated=len(sub) / wall,
-               baseline_events_per_cpu_s_extrapolated=len(sub) / cpu)
+    rep.update(
+        baseline_sample_events=len(sub),
+        baseline_wall_s=wall,
+        baseline_events_per_s_extrapolated=len(sub) / wall,
+        baseline_events_per_cpu_s_extrapolated=len(sub) / cpu,
+    )
     sub_batch = detect(sub, rules)
     rep["baseline_agrees_with_batch_on_sample"] = detection_keys(ref) == detection_keys(sub_batch)
     # Online: one event at a time, streamed from the frame (not materialised).
@@ -108,22 +119,29 @@ def run(events: pd.DataFrame, rules: list[CompiledRule] | None = None,
     peak_state = max(peak_state, det.state_size())
     proc_wall, proc_cpu = max(wall - conv_wall, 1e-9), max(cpu - conv_cpu, 1e-9)
     rep.update(
-        online_conversion_cpu_s=conv_cpu, online_total_cpu_s=cpu,
-        online_events_per_s=n / proc_wall, online_events_per_cpu_s=n / proc_cpu,
+        online_conversion_cpu_s=conv_cpu,
+        online_total_cpu_s=cpu,
+        online_events_per_s=n / proc_wall,
+        online_events_per_cpu_s=n / proc_cpu,
         online_events_per_cpu_s_incl_conversion=n / cpu,
-        online_peak_state_entries=peak_state, online_final_state=det.state_stats(),
-        online_rss_growth_mb=_rss_mb() - rss0, peak_rss_mb=_rss_mb(),
+        online_peak_state_entries=peak_state,
+        online_final_state=det.state_stats(),
+        online_rss_growth_mb=_rss_mb() - rss0,
+        peak_rss_mb=_rss_mb(),
         online_detections=n_online,
     )
     if check_parity:
         keys = detection_keys(batch)
         h_batch = sum(hash(k) for k in keys) & _MASK
-        rep["online_agrees_with_batch"] = n_online == len(keys) == len(batch) and \
-            h_online == h_batch
-    rep["baseline_speedup_batch"] = rep["batch_events_per_cpu_s"] / rep[
-        "baseline_events_per_cpu_s_extrapolated"]
-    rep["baseline_speedup_online"] = rep["online_events_per_cpu_s"] / rep[
-        "baseline_events_per_cpu_s_extrapolated"]
+        rep["online_agrees_with_batch"] = (
+            n_online == len(keys) == len(batch) and h_online == h_batch
+        )
+    rep["baseline_speedup_batch"] = (
+        rep["batch_events_per_cpu_s"] / rep["baseline_events_per_cpu_s_extrapolated"]
+    )
+    rep["baseline_speedup_online"] = (
+        rep["online_events_per_cpu_s"] / rep["baseline_events_per_cpu_s_extrapolated"]
+    )
     return rep
 
 
@@ -135,7 +153,9 @@ def main() -> None:
     ap.add_argument("--parquet", type=Path, default=None, help="a StitchedEvents parquet file")
     ap.add_argument("--baseline-events", type=int, default=100_000)
     ap.add_argument("--no-parity", action="store_true", help="skip the batch/online comparison")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/detection.json")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results/detection.json"
+    )
     args = ap.parse_args()
     if args.parquet:
         events = pd.read_parquet(args.parquet)

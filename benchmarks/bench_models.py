@@ -43,7 +43,11 @@ def long_bank(raw_dir: Path, days: int = MODEL_DAYS) -> tuple[Path, dict[str, An
     meta = json.loads((raw_dir.parent / "truth" / "meta.json").read_text())
     config = SimConfig(**{**meta["config"], "days": max(days, int(meta["days"]))})
     if config.days == int(meta["days"]):
-        return raw_dir.parent, {"days": config.days, "customers": config.customers, "simulated_s": None}
+        return raw_dir.parent, {
+            "days": config.days,
+            "customers": config.customers,
+            "simulated_s": None,
+        }
     out = raw_dir.parent.parent / f"{config.customers}x{config.days}"
     info: dict[str, Any] = {"days": config.days, "customers": config.customers, "dir": str(out)}
     if (out / "truth" / "meta.json").exists():
@@ -93,13 +97,23 @@ def run_cvr(settings, weeks: int = CVR_WEEKS) -> dict[str, Any]:
         "timings": {k: round(v, 1) for k, v in run.timings.items()},
         "best_iteration": run.model.best_iteration,
         "test_exposures": int(m.loc["model", "n"]),
-        "auc": {s: round(float(m.loc[s, "auc"]), 4) for s in ("model", "oracle", "offer_rate_in_sample") if s in m.index},
-        "log_loss": {s: round(float(m.loc[s, "log_loss"]), 5) for s in ("model", "oracle") if s in m.index},
+        "auc": {
+            s: round(float(m.loc[s, "auc"]), 4)
+            for s in ("model", "oracle", "offer_rate_in_sample")
+            if s in m.index
+        },
+        "log_loss": {
+            s: round(float(m.loc[s, "log_loss"]), 5) for s in ("model", "oracle") if s in m.index
+        },
         "ece": {s: round(float(m.loc[s, "ece"]), 5) for s in ("model", "oracle") if s in m.index},
         "per_offer": {
-            "mean_abs_error_model_vs_oracle": round(float((po["model_mean"] - po["oracle_mean"]).abs().mean()), 5),
+            "mean_abs_error_model_vs_oracle": round(
+                float((po["model_mean"] - po["oracle_mean"]).abs().mean()), 5
+            ),
             "mean_oracle_rate": round(float(po["oracle_mean"].mean()), 5),
-            "corr_model_oracle_mean": round(float(np.corrcoef(po["model_mean"], po["oracle_mean"])[0, 1]), 4),
+            "corr_model_oracle_mean": round(
+                float(np.corrcoef(po["model_mean"], po["oracle_mean"])[0, 1]), 4
+            ),
             "median_auc_model": round(float(po["model_auc"].median()), 4),
             "median_auc_oracle": round(float(po["oracle_auc"].median()), 4),
         },
@@ -107,8 +121,14 @@ def run_cvr(settings, weeks: int = CVR_WEEKS) -> dict[str, Any]:
     }
 
 
-def run(raw_dir: Path, truth_dir: Path, embargo: bool = True, days: int = MODEL_DAYS,
-        ceiling_paths: int = CEILING_PATHS, cvr: bool = True) -> dict[str, Any]:
+def run(
+    raw_dir: Path,
+    truth_dir: Path,
+    embargo: bool = True,
+    days: int = MODEL_DAYS,
+    ceiling_paths: int = CEILING_PATHS,
+    cvr: bool = True,
+) -> dict[str, Any]:
     """Feature table, training (all products), references, gaps, the v1 ablation and CVR."""
     from src.features.feature_table import build_feature_table
     from src.models.propensity import PropensityConfig
@@ -122,43 +142,83 @@ def run(raw_dir: Path, truth_dir: Path, embargo: bool = True, days: int = MODEL_
     settings = Settings(data_dir=data_dir)
     plan = plan_for(settings.raw_dir, None, embargo=embargo)
     started = time.perf_counter()
-    table = build_feature_table(settings.raw_dir, plan.dates, plan.window_days, PRODUCTS, progress=True)
+    table = build_feature_table(
+        settings.raw_dir, plan.dates, plan.window_days, PRODUCTS, progress=True
+    )
     feature_s = time.perf_counter() - started
     config = PropensityConfig()
-    result = run_propensity_training(settings, products=PRODUCTS, config=config, table=table, plan=plan,
-                                     track=False, register=False, progress=True, ceiling_paths=ceiling_paths)
+    result = run_propensity_training(
+        settings,
+        products=PRODUCTS,
+        config=config,
+        table=table,
+        plan=plan,
+        track=False,
+        register=False,
+        progress=True,
+        ceiling_paths=ceiling_paths,
+    )
     gaps = result.gaps.reindex(list(PRODUCTS))
     started = time.perf_counter()
     v1 = _view_v1_auc(table, plan, config)
     v1_s = time.perf_counter() - started
-    gap_cols = [c for c in ("gap_to_oracle", "gap_to_ceiling", "drift_gap", "offers_gap", "learnable_gap",
-                            "irreducible_gap") if c in gaps]
+    gap_cols = [
+        c
+        for c in (
+            "gap_to_oracle",
+            "gap_to_ceiling",
+            "drift_gap",
+            "offers_gap",
+            "learnable_gap",
+            "irreducible_gap",
+        )
+        if c in gaps
+    ]
     out: dict[str, Any] = {
         "bank": bank,
         "customers_rows_per_date": int(len(table) / len(plan.dates)),
         "plan": plan.as_dict(),
         "embargo": embargo,
-        "n_features": {"raw": len(result.model.raw_columns), "matrix": len(result.model.matrix_columns)},
+        "n_features": {
+            "raw": len(result.model.raw_columns),
+            "matrix": len(result.model.matrix_columns),
+        },
         "feature_table_s": round(feature_s, 1),
         "train_all_products_s": round(result.timings["train_s"], 1),
         "train_rows": int(table["as_of"].isin(plan.train).sum()),
         "ceiling_s": round(result.timings.get("ceiling_s", float("nan")), 1),
         "best_iterations": {p: m.best_iteration for p, m in result.model.products.items()},
-        "auc": _auc_table(gaps, ["model", "logreg", "oracle", "oracle_organic", "bayes_as_of", "need_frozen",
-                                 "static_only"]),
+        "auc": _auc_table(
+            gaps,
+            [
+                "model",
+                "logreg",
+                "oracle",
+                "oracle_organic",
+                "bayes_as_of",
+                "need_frozen",
+                "static_only",
+            ],
+        ),
         "auc_view_v1": v1,
-        "auc_gain_over_view_v1": {p: round(float(gaps.loc[p, "model"] - v1[p]), 4) for p in PRODUCTS},
+        "auc_gain_over_view_v1": {
+            p: round(float(gaps.loc[p, "model"] - v1[p]), 4) for p in PRODUCTS
+        },
         "view_v1_train_s": round(v1_s, 1),
         **{f"{c}_auc": gaps[c].round(4).to_dict() for c in gap_cols},
         "max_gap_to_oracle_auc": round(float(gaps["gap_to_oracle"].max()), 4),
         "products_under_0_02": int((gaps["gap_to_oracle"] < 0.02).sum()),
-        "ece": result.metrics["ece"].unstack("scorer")[["model", "lgbm_raw", "logreg", "oracle"]]
-        .reindex(list(PRODUCTS)).round(4).to_dict(orient="index"),
+        "ece": result.metrics["ece"]
+        .unstack("scorer")[["model", "lgbm_raw", "logreg", "oracle"]]
+        .reindex(list(PRODUCTS))
+        .round(4)
+        .to_dict(orient="index"),
     }
     if "gap_to_ceiling" in gaps:
         out["max_gap_to_ceiling_auc"] = round(float(gaps["gap_to_ceiling"].max()), 4)
         out["products_gap_to_oracle_unreachable"] = [
-            p for p in PRODUCTS if gaps.loc[p, "oracle"] - gaps.loc[p, "bayes_as_of"] >= 0.02]
+            p for p in PRODUCTS if gaps.loc[p, "oracle"] - gaps.loc[p, "bayes_as_of"] >= 0.02
+        ]
     if cvr:
         out["cvr"] = run_cvr(settings)
     return out
@@ -168,9 +228,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", type=Path, help="directory with raw/ and truth/")
     parser.add_argument("--no-embargo", dest="embargo", action="store_false", help="show the leak")
-    parser.add_argument("--days", type=int, default=MODEL_DAYS, help="simulate the bank this long (cached)")
+    parser.add_argument(
+        "--days", type=int, default=MODEL_DAYS, help="simulate the bank this long (cached)"
+    )
     parser.add_argument("--ceiling-paths", type=int, default=CEILING_PATHS)
     parser.add_argument("--no-cvr", dest="cvr", action="store_false")
     args = parser.parse_args()
-    print(json.dumps(run(args.data / "raw", args.data / "truth", args.embargo, args.days, args.ceiling_paths,
-                         args.cvr), indent=2, default=str))
+    print(
+        json.dumps(
+            run(
+                args.data / "raw",
+                args.data / "truth",
+                args.embargo,
+                args.days,
+                args.ceiling_paths,
+                args.cvr,
+            ),
+            indent=2,
+            default=str,
+        )
+    )

@@ -48,11 +48,24 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def _load(port: int, make_request, concurrency: int, total: int, duration_s: float,
-          server_pid: int | None = None) -> dict[str, float]:
+def _load(
+    port: int,
+    make_request,
+    concurrency: int,
+    total: int,
+    duration_s: float,
+    server_pid: int | None = None,
+) -> dict[str, float]:
     before = _cpu_s(server_pid) if server_pid else 0.0
-    result = load("127.0.0.1", port, make_request, concurrency=concurrency, total=total,
-                  duration_s=duration_s, warmup=min(200, total // 10))
+    result = load(
+        "127.0.0.1",
+        port,
+        make_request,
+        concurrency=concurrency,
+        total=total,
+        duration_s=duration_s,
+        warmup=min(200, total // 10),
+    )
     out = result.summary()
     if server_pid and result.completed:
         out["server_cpu_us_per_request"] = (_cpu_s(server_pid) - before) / result.completed * 1e6
@@ -77,14 +90,29 @@ def _top(prof: cProfile.Profile, n: int, top: int) -> list[dict[str, Any]]:
     total = stats.total_tt
     rows = []
     for (file, line, func), (_, ncalls, tottime, cumtime, _) in sorted(
-            stats.stats.items(), key=lambda kv: -kv[1][3])[:top * 4]:
-        if "serving" in file or "bandit" in file or "pylibvw" in func or "json" in func or "validate" in func:
-            rows.append({"function": f"{Path(file).name}:{line}({func})", "calls_per_decision": round(ncalls / n, 3),
-                         "cumulative_share": round(cumtime / total, 3), "own_share": round(tottime / total, 3)})
+        stats.stats.items(), key=lambda kv: -kv[1][3]
+    )[: top * 4]:
+        if (
+            "serving" in file
+            or "bandit" in file
+            or "pylibvw" in func
+            or "json" in func
+            or "validate" in func
+        ):
+            rows.append(
+                {
+                    "function": f"{Path(file).name}:{line}({func})",
+                    "calls_per_decision": round(ncalls / n, 3),
+                    "cumulative_share": round(cumtime / total, 3),
+                    "own_share": round(tottime / total, 3),
+                }
+            )
     return rows[:top]
 
 
-def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, top: int = 20) -> dict[str, Any]:
+def profile_decision_path(
+    settings, serving: ServingSettings, n: int = 2_000, top: int = 20
+) -> dict[str, Any]:
     """Per-decision cost in process and the functions it is spent in (cProfile, cumulative).
 
     ``per_decision_us``: engine + response body + log row, every customer seen before (the
@@ -99,13 +127,24 @@ def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, to
     from src.serving.schemas import DecisionRequest
 
     serving = serving.model_copy(update={"log_path": serving.log_path.with_name("profile.sqlite")})
-    state = build_state(settings, serving.resolved(settings), service_metrics(),
-                        MlflowModelSource(settings.tracking_uri))
+    state = build_state(
+        settings,
+        serving.resolved(settings),
+        service_metrics(),
+        MlflowModelSource(settings.tracking_uri),
+    )
     state.manager.refresh()
     ids = list(state.store.index)
-    requests = [DecisionRequest.model_validate({"customer_id": ids[i % len(ids)], "slot": "home_banner",
-                                                "context": {"channel": "app", "device": "ios", "page": "home"}})
-                for i in range(n)]
+    requests = [
+        DecisionRequest.model_validate(
+            {
+                "customer_id": ids[i % len(ids)],
+                "slot": "home_banner",
+                "context": {"channel": "app", "device": "ios", "page": "home"},
+            }
+        )
+        for i in range(n)
+    ]
 
     def work(batch=requests) -> None:
         for r in batch:
@@ -128,7 +167,7 @@ def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, to
         scorer = getattr(state.manager.current.bandit, "scorer", None)
         if scorer is not None:
             scorer._customer.clear()
-        batch = requests[:min(n, len(ids))]
+        batch = requests[: min(n, len(ids))]
         t0 = time.perf_counter()
         work(batch)
         return (time.perf_counter() - t0) / len(batch) * 1e6
@@ -137,27 +176,43 @@ def profile_decision_path(settings, serving: ServingSettings, n: int = 2_000, to
     state.log.close()
     bandit = state.manager.current.bandit
     scorer = getattr(bandit, "scorer", None)
-    return {"per_decision_us": round(min(timings), 1), "cold_per_decision_us": round(cold_us, 1),
-            "request_in_process_us": _request_in_process(settings, serving),
-            "models": state.manager.current.versions(),
-            "vw_fast_path": bool(getattr(scorer, "fast", False)),
-            "vw_cached_example_assembly": bool(getattr(scorer, "split", False)),
-            "top": hot}
+    return {
+        "per_decision_us": round(min(timings), 1),
+        "cold_per_decision_us": round(cold_us, 1),
+        "request_in_process_us": _request_in_process(settings, serving),
+        "models": state.manager.current.versions(),
+        "vw_fast_path": bool(getattr(scorer, "fast", False)),
+        "vw_cached_example_assembly": bool(getattr(scorer, "split", False)),
+        "top": hot,
+    }
 
 
-def _request_in_process(settings, serving: ServingSettings, n: int = 2_000, concurrency: int = 8) -> float:
+def _request_in_process(
+    settings, serving: ServingSettings, n: int = 2_000, concurrency: int = 8
+) -> float:
     """CPU microseconds per ``POST /v1/decisions`` through the app's ASGI interface (no sockets,
     no HTTP parsing: what the service itself spends, its log writer thread included)."""
     import json
 
     from src.serving.app import create_app
 
-    serving = serving.model_copy(update={"log_path": serving.log_path.with_name("profile_asgi.sqlite")})
+    serving = serving.model_copy(
+        update={"log_path": serving.log_path.with_name("profile_asgi.sqlite")}
+    )
     app = create_app(settings, serving)
-    view_ids = pd.read_parquet(serving.resolved(settings).view_path, columns=["customer_id"])["customer_id"]
-    bodies = [json.dumps({"customer_id": c, "slot": "home_banner",
-                          "context": {"channel": "app", "device": "ios", "page": "home"}}).encode()
-              for c in view_ids.tolist()]
+    view_ids = pd.read_parquet(serving.resolved(settings).view_path, columns=["customer_id"])[
+        "customer_id"
+    ]
+    bodies = [
+        json.dumps(
+            {
+                "customer_id": c,
+                "slot": "home_banner",
+                "context": {"channel": "app", "device": "ios", "page": "home"},
+            }
+        ).encode()
+        for c in view_ids.tolist()
+    ]
 
     async def one(body: bytes) -> None:
         async def receive() -> dict:
@@ -169,17 +224,31 @@ def _request_in_process(settings, serving: ServingSettings, n: int = 2_000, conc
             if message["type"] == "http.response.start":
                 status.append(message["status"])
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/decisions", "raw_path": b"/v1/decisions", "root_path": "",
-                 "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-                 "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
-                             (b"content-length", str(len(body)).encode())]}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/decisions",
+            "raw_path": b"/v1/decisions",
+            "root_path": "",
+            "query_string": b"",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "headers": [
+                (b"host", b"bench"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
         await app(scope, receive, send)
         if status != [200]:
             raise RuntimeError(f"in-process request answered {status}")
 
     async def run() -> float:
         async with app.router.lifespan_context(app):
+
             async def rounds(k: int) -> None:
                 it = iter(range(k))
 
@@ -200,23 +269,49 @@ def _request_in_process(settings, serving: ServingSettings, n: int = 2_000, conc
     return asyncio.run(run())
 
 
-def _mlflow_serve(settings, model_uri: str, rows: pd.DataFrame, concurrency: int, total: int,
-                  duration_s: float) -> dict[str, Any]:
+def _mlflow_serve(
+    settings, model_uri: str, rows: pd.DataFrame, concurrency: int, total: int, duration_s: float
+) -> dict[str, Any]:
     """Load ``mlflow models serve`` of ``model_uri`` with one row per request."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri,  # its uvicorn is the venv's
-           "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(mlflow_bin), "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,  # its uvicorn is the venv's
+        "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        str(mlflow_bin),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     log_file = Path(settings.resolve(settings.data_dir)) / "mlflow_serve.log"
     with open(log_file, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=settings.root)
     try:
         _wait(f"http://127.0.0.1:{port}/ping", 180, proc)
         records = rows.to_dict("split")
-        bodies = [{"dataframe_split": {"columns": records["columns"], "data": [d]}} for d in records["data"]]
-        result = _load(port, lambda i: ("/invocations", bodies[i % len(bodies)]), concurrency, total, duration_s)
+        bodies = [
+            {"dataframe_split": {"columns": records["columns"], "data": [d]}}
+            for d in records["data"]
+        ]
+        result = _load(
+            port,
+            lambda i: ("/invocations", bodies[i % len(bodies)]),
+            concurrency,
+            total,
+            duration_s,
+        )
         return {"command": " ".join(cmd[1:]), **result}
     finally:
         proc.terminate()
@@ -226,9 +321,17 @@ def _mlflow_serve(settings, model_uri: str, rows: pd.DataFrame, concurrency: int
             proc.kill()
 
 
-def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, concurrency: int = 8,
-        requests: int = 6_000, duration_s: float = 30.0, compare_mlflow: bool = True,
-        keep: bool = False) -> dict[str, Any]:
+def run(
+    work_dir: Path,
+    customers: int = 1_000,
+    days: int = 14,
+    seed: int = 3,
+    concurrency: int = 8,
+    requests: int = 6_000,
+    duration_s: float = 30.0,
+    compare_mlflow: bool = True,
+    keep: bool = False,
+) -> dict[str, Any]:
     """Build a small bank with champion models under ``work_dir``, then measure."""
     from src.models.tracking import serving_frame
     from src.serving.fixtures import PROPENSITY_NAME, register_models, tiny_bank
@@ -242,24 +345,46 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
     versions = register_models(settings, view_path)
     offers = pd.read_parquet(settings.raw_dir / "offers.parquet").assign(slot="home_banner")
     policy_path = work_dir / "bench_policy.json"
-    policy_path.write_text(policy_from_offers(offers, channel_cap=Cap(), offer_cap=Cap()).model_dump_json(indent=1))
+    policy_path.write_text(
+        policy_from_offers(offers, channel_cap=Cap(), offer_cap=Cap()).model_dump_json(indent=1)
+    )
     setup_s = time.perf_counter() - t0
-    serving = ServingSettings(log_path=work_dir / "serving" / "decisions.sqlite", policy_path=policy_path)
+    serving = ServingSettings(
+        log_path=work_dir / "serving" / "decisions.sqlite", policy_path=policy_path
+    )
     view = pd.read_parquet(view_path)
     ids = view["customer_id"].tolist()
 
-    bodies = [{"customer_id": c, "slot": "home_banner", "context": {"channel": "app", "device": "ios", "page": "home"}}
-              for c in ids]
+    bodies = [
+        {
+            "customer_id": c,
+            "slot": "home_banner",
+            "context": {"channel": "app", "device": "ios", "page": "home"},
+        }
+        for c in ids
+    ]
 
-    def decision(i: int) -> tuple[str, Any]:  # the same body objects again: the client encodes each once
+    def decision(
+        i: int,
+    ) -> tuple[str, Any]:  # the same body objects again: the client encodes each once
         return "/v1/decisions", bodies[i % len(bodies)]
 
-    out: dict[str, Any] = {"setup_s": round(setup_s, 1), "customers": customers, "candidates_per_request": 20,
-                           "concurrency": concurrency, "models": versions, "cpu_count": os.cpu_count(),
-                           "load_average_1m": round(os.getloadavg()[0], 2)}
+    out: dict[str, Any] = {
+        "setup_s": round(setup_s, 1),
+        "customers": customers,
+        "candidates_per_request": 20,
+        "concurrency": concurrency,
+        "models": versions,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     for synchronous in ("FULL", "NORMAL"):
-        cfg = serving.model_copy(update={"sqlite_synchronous": synchronous,
-                                         "log_path": work_dir / "serving" / f"decisions_{synchronous}.sqlite"})
+        cfg = serving.model_copy(
+            update={
+                "sqlite_synchronous": synchronous,
+                "log_path": work_dir / "serving" / f"decisions_{synchronous}.sqlite",
+            }
+        )
         log_file = work_dir / "serving" / f"server_{synchronous}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with ServerProcess(serving_env(settings, cfg)).start(log_file=log_file) as server:
@@ -270,14 +395,25 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
             out[key + "_c1"] = _load(server.port, decision, 1, requests // 3, duration_s / 2, pid)
             out[key + "_c16"] = _load(server.port, decision, 16, requests, duration_s, pid)
             if synchronous == "NORMAL":
-                out["healthz_ceiling"] = _load(server.port, lambda i: ("/healthz", None), concurrency,
-                                               requests, duration_s / 2, pid)
+                out["healthz_ceiling"] = _load(
+                    server.port,
+                    lambda i: ("/healthz", None),
+                    concurrency,
+                    requests,
+                    duration_s / 2,
+                    pid,
+                )
     # what answering decisions in front of FastAPI's routing buys: the same server, route only
-    cfg = serving.model_copy(update={"fast_path": False, "log_path": work_dir / "serving" / "decisions_route.sqlite"})
-    with ServerProcess(serving_env(settings, cfg)).start(log_file=work_dir / "serving" / "server_route.log") as server:
+    cfg = serving.model_copy(
+        update={"fast_path": False, "log_path": work_dir / "serving" / "decisions_route.sqlite"}
+    )
+    with ServerProcess(serving_env(settings, cfg)).start(
+        log_file=work_dir / "serving" / "server_route.log"
+    ) as server:
         _load(server.port, decision, concurrency, 500, 10)
-        out["service_sync_full_fastapi_route_only"] = _load(server.port, decision, concurrency, requests,
-                                                            duration_s, server.proc.pid)
+        out["service_sync_full_fastapi_route_only"] = _load(
+            server.port, decision, concurrency, requests, duration_s, server.proc.pid
+        )
     if compare_mlflow:
         try:
             import mlflow
@@ -287,11 +423,13 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
             columns = mlflow.models.get_model_info(uri).signature.inputs.input_names()
             frame = serving_frame(view.head(500), columns)
             frame = frame.astype(object).where(frame.notna(), None)
-            ref = _mlflow_serve(settings, uri, frame,
-                                concurrency, requests, duration_s)
+            ref = _mlflow_serve(settings, uri, frame, concurrency, requests, duration_s)
             out["mlflow_models_serve"] = ref
-            out["ratio_rps_service_vs_mlflow"] = round(
-                out["service_sync_full"]["requests_per_s"] / ref["requests_per_s"], 2) if ref["requests_per_s"] else None
+            out["ratio_rps_service_vs_mlflow"] = (
+                round(out["service_sync_full"]["requests_per_s"] / ref["requests_per_s"], 2)
+                if ref["requests_per_s"]
+                else None
+            )
         except Exception as error:  # noqa: BLE001 - report why the reference could not run
             out["mlflow_models_serve"] = {"error": f"{type(error).__name__}: {error}"}
     out["decision_path_profile"] = profile_decision_path(settings, serving)
@@ -303,4 +441,8 @@ def run(work_dir: Path, customers: int = 1_000, days: int = 14, seed: int = 3, c
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/bench_serving")), indent=2))
+    print(
+        json.dumps(
+            run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/bench_serving")), indent=2
+        )
+    )

@@ -9,7 +9,9 @@ from typing import Any
 from src.data.synthetic import SimConfig, simulate
 
 
-def run(customers: int, days: int, out_dir: Path, seed: int = 7, progress: bool = True) -> dict[str, Any]:
+def run(
+    customers: int, days: int, out_dir: Path, seed: int = 7, progress: bool = True
+) -> dict[str, Any]:
     """Simulate into ``out_dir/raw`` and ``out_dir/truth``; report events, seconds, events/s."""
     out_dir = Path(out_dir)
     config = SimConfig(customers=customers, days=days, seed=seed)

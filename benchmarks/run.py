@@ -86,7 +86,8 @@ def simulated_events(raw_dir: Path, at_least: int):
     )
     cutoff = con.execute(
         "SELECT customer_id FROM (SELECT customer_id, sum(n) OVER (ORDER BY customer_id) AS running "
-        "FROM per_customer) WHERE running >= ? ORDER BY customer_id LIMIT 1", [at_least]
+        "FROM per_customer) WHERE running >= ? ORDER BY customer_id LIMIT 1",
+        [at_least],
     ).fetchall()
     where = f"WHERE customer_id <= '{cutoff[0][0]}'" if cutoff else "WHERE customer_id IS NOT NULL"
     events = con.sql(f"SELECT * FROM stitched_events {where}").df()
@@ -101,11 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument(
-        "--detection-events", type=int, default=10_000_000,
+        "--detection-events",
+        type=int,
+        default=10_000_000,
         help="detection runs on the stitched events of the first customers up to this many",
     )
     parser.add_argument(
-        "--bank-marketing", type=Path, default=None,
+        "--bank-marketing",
+        type=Path,
+        default=None,
         help="UCI Bank Marketing CSV (default: ../shared/data/bank-marketing/bank-additional-full.csv)",
     )
     parser.add_argument(
@@ -160,17 +165,35 @@ def main(argv: list[str] | None = None) -> None:
         """Real campaign outcomes: the propensity pipeline's held-out AUC (paper's best ~0.80)."""
         from src.models.bank_marketing import evaluate_bank_marketing
 
-        path = args.bank_marketing or settings.root.parent / "shared" / "data" / "bank-marketing" / "bank-additional-full.csv"
+        path = (
+            args.bank_marketing
+            or settings.root.parent
+            / "shared"
+            / "data"
+            / "bank-marketing"
+            / "bank-additional-full.csv"
+        )
         if not path.exists():
             return {"skipped": f"no file at {path}"}
         started = time.perf_counter()
         out = evaluate_bank_marketing(path)
-        auc = lambda frame: {k: round(float(v), 4) for k, v in frame["auc"].items()}
-        return {"file": path.name, "seconds": round(time.perf_counter() - started, 1),
-                "cv5_auc": auc(out["cv_mean"]), "time_split_auc": auc(out["time"]),
-                "time_split_auc_by_features": {f"{f}/{s}": round(float(v), 4)
-                                               for (f, s), v in out["time_by_features"]["auc"].items()},
-                "time_split_positive_rate": {k: round(float(v), 4) for k, v in out["time_rates"]["positive_rate"].items()}}
+
+        def auc(frame):
+            return {k: round(float(v), 4) for k, v in frame["auc"].items()}
+
+        return {
+            "file": path.name,
+            "seconds": round(time.perf_counter() - started, 1),
+            "cv5_auc": auc(out["cv_mean"]),
+            "time_split_auc": auc(out["time"]),
+            "time_split_auc_by_features": {
+                f"{f}/{s}": round(float(v), 4)
+                for (f, s), v in out["time_by_features"]["auc"].items()
+            },
+            "time_split_positive_rate": {
+                k: round(float(v), 4) for k, v in out["time_rates"]["positive_rate"].items()
+            },
+        }
 
     steps = [
         ("simulator", bench_simulator),
@@ -181,7 +204,11 @@ def main(argv: list[str] | None = None) -> None:
         ("serving", bench_serving),
         ("uci_bank_marketing", bench_uci_bank_marketing),
     ]
-    needs_bank = any(wanted(name) for name, _ in steps if name not in ("simulator", "serving", "uci_bank_marketing"))
+    needs_bank = any(
+        wanted(name)
+        for name, _ in steps
+        if name not in ("simulator", "serving", "uci_bank_marketing")
+    )
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
         raise SystemExit(f"no simulated data under {raw_dir}: run the simulator benchmark first")
     for name, step in steps:

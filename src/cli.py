@@ -58,8 +58,11 @@ def validate(
     data_dir: DataDirOpt = None,
     quarantine: Annotated[
         bool,
-        typer.Option("--quarantine", help="Write rejected rows with reasons to data/rejects/ "
-                     "and accept the rest, instead of failing on the first bad table."),
+        typer.Option(
+            "--quarantine",
+            help="Write rejected rows with reasons to data/rejects/ "
+            "and accept the rest, instead of failing on the first bad table.",
+        ),
     ] = False,
 ) -> None:
     """Validate the raw tables against the data contract; bad input names table, column, rows."""
@@ -87,8 +90,11 @@ def _format_validation(report: dict[str, dict[str, int]]) -> str:
 def build_view(
     as_of: Annotated[
         datetime | None,
-        typer.Option("--as-of", help="View as of this date: only events strictly before it. "
-                     "Default: the day after the last simulated day."),
+        typer.Option(
+            "--as-of",
+            help="View as of this date: only events strictly before it. "
+            "Default: the day after the last simulated day.",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -105,8 +111,11 @@ def build_view(
 def detect(
     as_of: Annotated[
         datetime | None,
-        typer.Option("--as-of", help="Evaluate events strictly before this time "
-                     "(default: the day after the last simulated day)."),
+        typer.Option(
+            "--as-of",
+            help="Evaluate events strictly before this time "
+            "(default: the day after the last simulated day).",
+        ),
     ] = None,
     rules: Annotated[
         Path | None, typer.Option("--rules", help="A rule file or directory of YAML rules.")
@@ -129,8 +138,13 @@ def detect(
 
 @app.command()
 def retrain(
-    as_of: Annotated[datetime, typer.Option("--as-of", help="Train with data strictly before this "
-                                            "date (the day the scheduler runs).")],
+    as_of: Annotated[
+        datetime,
+        typer.Option(
+            "--as-of",
+            help="Train with data strictly before this date (the day the scheduler runs).",
+        ),
+    ],
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retrain with papermill: the propensity and CVR notebooks, executed copies under reports/."""
@@ -149,29 +163,42 @@ def retrain(
 
 @app.command("train-bandit")
 def train_bandit(
-    held_out_share: Annotated[float, typer.Option(help="Share of the logged days held out to "
-                                                  "score the bandit (doubly robust).")] = 0.3,
+    held_out_share: Annotated[
+        float,
+        typer.Option(help="Share of the logged days held out to score the bandit (doubly robust)."),
+    ] = 0.3,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the content bandit from the logged exposures; register it, promote only if better."""
     from src.pipeline import run_bandit_training
 
     result = run_bandit_training(_settings(data_dir=data_dir), held_out_share=held_out_share)
-    typer.echo(f"trained on {result.train_decisions:,} logged decisions; held out "
-               f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
-               f"bandit (DR) {result.held_out_dr_value:.4f}")
+    typer.echo(
+        f"trained on {result.train_decisions:,} logged decisions; held out "
+        f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
+        f"bandit (DR) {result.held_out_dr_value:.4f}"
+    )
     outcome = "champion" if result.promotion.promoted else "challenger"
-    typer.echo(f"{result.promotion.name} v{result.promotion.version} -> {outcome}: {result.promotion.reason}")
+    typer.echo(
+        f"{result.promotion.name} v{result.promotion.version} -> {outcome}: {result.promotion.reason}"
+    )
 
 
 @app.command("evaluate-policy")
 def evaluate_policy(
-    log: Annotated[Path, typer.Argument(help="Decision log (Parquet or CSV): action, prob, "
-                                        "reward and candidates (comma-separated) or slot.")],
+    log: Annotated[
+        Path,
+        typer.Argument(
+            help="Decision log (Parquet or CSV): action, prob, "
+            "reward and candidates (comma-separated) or slot."
+        ),
+    ],
     policy: Annotated[
         list[str],
-        typer.Option("--policy", help="uniform | constant:OF07,OF14 | model:<mlflow uri>; "
-                     "repeat to compare several."),
+        typer.Option(
+            "--policy",
+            help="uniform | constant:OF07,OF14 | model:<mlflow uri>; repeat to compare several.",
+        ),
     ] = ["uniform"],  # noqa: B006 - typer needs a literal default
     alpha: Annotated[float, typer.Option(help="1 - confidence level of the intervals.")] = 0.05,
 ) -> None:
@@ -200,8 +227,9 @@ def serve(
 @app.command("export-log")
 def export_log(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the Parquet files.")],
-    reward: Annotated[str, typer.Option(help="click | conversion: the reward column for "
-                                        "off-policy evaluation.")] = "click",
+    reward: Annotated[
+        str, typer.Option(help="click | conversion: the reward column for off-policy evaluation.")
+    ] = "click",
 ) -> None:
     """Decisions and rewards from the serving log to Parquet, for retraining and evaluate-policy."""
     from src.serving.service import export_log as export

@@ -76,8 +76,10 @@ def run_detection(
     customers = con.sql("SELECT customer_id, life_stage FROM customers").df()
     detections = detect(events, rules, until=as_of)
     funnels = pd.concat(
-        [funnel_report(events, rule, customers=customers, until=as_of).assign(rule=rule.name)
-         for rule in rules],
+        [
+            funnel_report(events, rule, customers=customers, until=as_of).assign(rule=rule.name)
+            for rule in rules
+        ],
         ignore_index=True,
     )
     features = rule_features(detections, as_of, customers, rules=rules, wide=True)
@@ -102,12 +104,16 @@ def run_training(settings: Settings, echo: Callable[[str], None] = print) -> Non
     result = run_propensity_training(settings, progress=False)
     gaps = result.gaps
     for product, row in gaps.iterrows():
-        echo(f"      {product:<8} AUC {row['model']:.3f}  oracle {row['oracle']:.3f}  "
-             f"logreg {row['logreg']:.3f}")
+        echo(
+            f"      {product:<8} AUC {row['model']:.3f}  oracle {row['oracle']:.3f}  "
+            f"logreg {row['logreg']:.3f}"
+        )
     if result.promotion is not None:
         outcome = "champion" if result.promotion.promoted else "challenger"
-        echo(f"      registered {result.promotion.name} v{result.promotion.version} as "
-             f"{outcome}: {result.promotion.reason}")
+        echo(
+            f"      registered {result.promotion.name} v{result.promotion.version} as "
+            f"{outcome}: {result.promotion.reason}"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,9 @@ class BanditTrainingResult:
     promotion: Any
 
 
-def run_bandit_training(settings: Settings, held_out_share: float = 0.3,
-                        echo: Callable[[str], None] = print) -> BanditTrainingResult:
+def run_bandit_training(
+    settings: Settings, held_out_share: float = 0.3, echo: Callable[[str], None] = print
+) -> BanditTrainingResult:
     """Train the content bandit off-policy from the bank's logged exposures, score it, register it.
 
     The log's earlier days train the VW bandit (each decision with the probability the bank's
@@ -164,13 +171,22 @@ def run_bandit_training(settings: Settings, held_out_share: float = 0.3,
     held_out = logged_decisions(exposures, views, offers, config, start=split)
     logged_value = float(held_out["reward"].mean()) if len(held_out) else float("nan")
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    uri = log_bandit(bandit, offers, run_name=f"bandit-{split:%Y-%m-%d}",
-                     metrics={"ope_dr_value": value, "logged_policy_value": logged_value,
-                              "train_decisions": float(len(log))},
-                     tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_root.as_uri(),
-                     input_example=pyfunc_input_example(log, offers))
-    promotion = register_bandit(uri, "nextoffer-bandit", value, score_champion=score,
-                                tracking_uri=settings.tracking_uri)
+    uri = log_bandit(
+        bandit,
+        offers,
+        run_name=f"bandit-{split:%Y-%m-%d}",
+        metrics={
+            "ope_dr_value": value,
+            "logged_policy_value": logged_value,
+            "train_decisions": float(len(log)),
+        },
+        tracking_uri=settings.tracking_uri,
+        artifact_location=settings.artifact_root.as_uri(),
+        input_example=pyfunc_input_example(log, offers),
+    )
+    promotion = register_bandit(
+        uri, "nextoffer-bandit", value, score_champion=score, tracking_uri=settings.tracking_uri
+    )
     return BanditTrainingResult(len(log), len(held_out), value, logged_value, promotion)
 
 
@@ -182,16 +198,20 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     from src.features.feature_table import TooShortForTimeSplit
 
     started = time.perf_counter()
-    echo(f"1/7 simulating {settings.customers:,} customers x {settings.days} days "
-         f"(seed {settings.seed}) ...")
+    echo(
+        f"1/7 simulating {settings.customers:,} customers x {settings.days} days "
+        f"(seed {settings.seed}) ..."
+    )
     counts = run_simulation(settings)
     for table, rows in counts.items():
         echo(f"      {table:<14} {rows:>10,} rows")
 
     echo("2/7 validating raw tables against the data contract ...")
     report = validate_raw(settings.raw_dir)
-    echo(f"      {sum(report['accepted'].values()):,} rows accepted, "
-         f"{sum(report['rejected'].values()):,} rejected")
+    echo(
+        f"      {sum(report['accepted'].values()):,} rows accepted, "
+        f"{sum(report['rejected'].values()):,} rejected"
+    )
 
     as_of = default_as_of(settings)
     echo(f"3/7 stitching identities and building the customer view as of {as_of:%Y-%m-%d} ...")
@@ -199,8 +219,10 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     view = pd.read_parquet(paths["customer_view"])
     identity = pd.read_parquet(paths["identity_map"])
     echo(f"      customer view: {len(view):,} customers x {view.shape[1]} columns")
-    echo(f"      identity map: {len(identity):,} devices/cookies, "
-         f"{int(identity['is_shared'].sum()):,} shared (not merged)")
+    echo(
+        f"      identity map: {len(identity):,} devices/cookies, "
+        f"{int(identity['is_shared'].sum()):,} shared (not merged)"
+    )
 
     echo("4/7 detecting behaviour with the rules in src/features/rules ...")
     paths.update(
@@ -219,11 +241,15 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     echo("6/7 training the content bandit (VW) from the logged offer exposures ...")
     bandit = run_bandit_training(settings, echo=echo)
     outcome = "champion" if bandit.promotion.promoted else "challenger"
-    echo(f"      {bandit.train_decisions:,} logged decisions learned; held out "
-         f"{bandit.held_out_decisions:,}: click rate {bandit.logged_policy_value:.4f} logged vs "
-         f"{bandit.held_out_dr_value:.4f} bandit (doubly robust estimate)")
-    echo(f"      registered {bandit.promotion.name} v{bandit.promotion.version} as {outcome}: "
-         f"{bandit.promotion.reason}")
+    echo(
+        f"      {bandit.train_decisions:,} logged decisions learned; held out "
+        f"{bandit.held_out_decisions:,}: click rate {bandit.logged_policy_value:.4f} logged vs "
+        f"{bandit.held_out_dr_value:.4f} bandit (doubly robust estimate)"
+    )
+    echo(
+        f"      registered {bandit.promotion.name} v{bandit.promotion.version} as {outcome}: "
+        f"{bandit.promotion.reason}"
+    )
 
     from src.serving.service import run_demo as serve_a_few_decisions
 
@@ -235,6 +261,8 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     for name, path in paths.items():
         echo(f"  {name:<16} {path}")
     echo(f"  MLflow           {settings.tracking_uri}  (mlflow ui --backend-store-uri ...)")
-    echo("  notebooks        make lab  ->  notebooks/01_customer_view.ipynb, "
-         "02_detection_and_journeys.ipynb")
+    echo(
+        "  notebooks        make lab  ->  notebooks/01_customer_view.ipynb, "
+        "02_detection_and_journeys.ipynb"
+    )
     return paths

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from src.data.catalog import Catalog
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,9 +64,19 @@ class Settings(BaseSettings):
         return self.resolve(self.mlruns_dir) / "artifacts"
 
     @property
+    def catalog(self) -> Catalog:
+        """The named tables under the data directory; every reader goes through it."""
+        return Catalog(self.resolve(self.data_dir))
+
+    @property
     def raw_dir(self) -> Path:
-        """Observable raw tables, as a bank would hand them over."""
-        return self.resolve(self.data_dir) / "raw"
+        """Observable raw tables, as a bank would hand them over (read only by validation)."""
+        return self.catalog.raw_dir
+
+    @property
+    def validated_dir(self) -> Path:
+        """Accepted rows of the contract's tables: what everything downstream reads."""
+        return self.catalog.validated_dir
 
     @property
     def truth_dir(self) -> Path:
@@ -74,9 +86,9 @@ class Settings(BaseSettings):
     @property
     def features_dir(self) -> Path:
         """Derived tables: identity map, customer views, feature tables."""
-        return self.resolve(self.data_dir) / "features"
+        return self.catalog.features_dir
 
     @property
     def rejects_dir(self) -> Path:
         """Rows refused by validation in quarantine mode, with the reason."""
-        return self.resolve(self.data_dir) / "rejects"
+        return self.catalog.rejects_dir

@@ -11,12 +11,19 @@ from src.models import ab_test
 
 
 def _counts(rates, n, rng):
-    return pd.DataFrame({"arm": [f"A{i}" for i in range(len(rates))], "n": n,
-                         "successes": [rng.binomial(n, r) for r in rates]})
+    return pd.DataFrame(
+        {
+            "arm": [f"A{i}" for i in range(len(rates))],
+            "n": n,
+            "successes": [rng.binomial(n, r) for r in rates],
+        }
+    )
 
 
 def test_clear_winner_is_significant():
-    result = ab_test.decide(pd.DataFrame({"arm": ["a", "b", "c"], "n": [5000] * 3, "successes": [250, 250, 400]}))
+    result = ab_test.decide(
+        pd.DataFrame({"arm": ["a", "b", "c"], "n": [5000] * 3, "successes": [250, 250, 400]})
+    )
     assert result.winner == "c" and result.significant and result.p_value < 1e-6
     assert "wins" in result.decision
 
@@ -49,7 +56,9 @@ def test_sample_size_and_mde_agree():
     n = ab_test.required_sample_size(0.05, 0.01, comparisons=6)
     mde = ab_test.minimum_detectable_effect(0.055, n, comparisons=6)
     assert mde == pytest.approx(0.01, rel=0.05)
-    assert ab_test.required_sample_size(0.05, 0.01, comparisons=6) > ab_test.required_sample_size(0.05, 0.01)
+    assert ab_test.required_sample_size(0.05, 0.01, comparisons=6) > ab_test.required_sample_size(
+        0.05, 0.01
+    )
 
 
 def test_bad_counts_are_refused():

@@ -12,8 +12,15 @@ from src.models.policies import ComparisonConfig, gap_report, ope_check, run_com
 
 @pytest.fixture(scope="module")
 def comparison(small_bank):
-    config = ComparisonConfig(train_days=14, sim_days=6, ab_test_days=3, seed=3, history=True,
-                              requests_per_customer_day=1.0, bandit=BanditConfig(epsilon=0.1))
+    config = ComparisonConfig(
+        train_days=14,
+        sim_days=6,
+        ab_test_days=3,
+        seed=3,
+        history=True,
+        requests_per_customer_day=1.0,
+        bandit=BanditConfig(epsilon=0.1),
+    )
     return run_comparison(small_bank.raw_dir, small_bank.truth_dir, config)
 
 
@@ -59,15 +66,20 @@ def test_fatigue_in_the_log_matches_a_brute_force_count(small_bank, comparison):
     exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet")
     log = comparison.offline_log.sample(30, random_state=0)
     for r in log.itertuples():
-        mine = exposures[(exposures.customer_id == r.customer_id) & (exposures.ts < r.ts)
-                         & (exposures.ts >= r.ts.normalize() - pd.Timedelta(days=7))]
+        mine = exposures[
+            (exposures.customer_id == r.customer_id)
+            & (exposures.ts < r.ts)
+            & (exposures.ts >= r.ts.normalize() - pd.Timedelta(days=7))
+        ]
         assert r.context["exposures_7d"] == len(mine)
         assert r.context["seen"] == mine["offer_id"].value_counts().to_dict()
 
 
 def test_response_history_in_the_log_is_point_in_time(small_bank, comparison):
     exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet")
-    product = pd.read_parquet(small_bank.raw_dir / "offers.parquet").set_index("offer_id")["product"]
+    product = pd.read_parquet(small_bank.raw_dir / "offers.parquet").set_index("offer_id")[
+        "product"
+    ]
     exposures["product"] = exposures["offer_id"].map(product)
     log = comparison.offline_log.sample(30, random_state=1)
     for r in log.itertuples():
@@ -85,10 +97,12 @@ def test_environment_reuses_one_computation_per_request(small_bank):
         ids, values = env.expected_all(request, "click")
         best_id, best = env.best_offer(request, metric="click")
         assert best == values.max() and best_id == ids[values.argmax()]
-        for offer_id, v in zip(ids, values):
+        for offer_id, v in zip(ids, values, strict=False):
             assert env.expected_reward(request, str(offer_id)).click == pytest.approx(v)
         # the cache is what a fresh computation (fatigue from the steps so far) gives
-        np.testing.assert_allclose(values, env._probs(request, env._slot_offer_numbers[request.slot])[0])
+        np.testing.assert_allclose(
+            values, env._probs(request, env._slot_offer_numbers[request.slot])[0]
+        )
         env.step(request, str(ids[i % 2]), 0.5)
         with pytest.raises(KeyError):
             env.expected_all(request, "click")
@@ -105,9 +119,16 @@ def test_gap_report_splits_exploration_slots_and_weeks(comparison):
 
 def test_off_policy_estimates_bracket_the_truth(small_bank, comparison):
     start = pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
-    table = ope_check(small_bank.raw_dir, small_bank.truth_dir, comparison.offline_bandit, comparison.views,
-                      start, start + pd.Timedelta(days=10), extra_policies={"ab": comparison.ab["winner"].tolist()},
-                      history=True)
+    table = ope_check(
+        small_bank.raw_dir,
+        small_bank.truth_dir,
+        comparison.offline_bandit,
+        comparison.views,
+        start,
+        start + pd.Timedelta(days=10),
+        extra_policies={"ab": comparison.ab["winner"].tolist()},
+        history=True,
+    )
     assert set(table["policy"]) == {"bandit", "uniform", "ab"}
     for row in table.query("estimator in ['ips', 'dr']").itertuples():
         assert abs(row.value - row.true_value) < 4 * row.se, row

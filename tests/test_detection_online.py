@@ -36,30 +36,56 @@ def test_state_is_bounded_and_expires_on_a_long_stream() -> None:
 
 def test_tick_fires_timeouts_strictly_after_deadline() -> None:
     det = OnlineDetector([RULES["signup_abandoned"]])
-    assert det.process({"event_id": 1, "ts": T0, "customer_id": "C1", "source": "click",
-                        "page": "signup_step1", "action": "view", "session_id": 1}) == []
+    assert (
+        det.process(
+            {
+                "event_id": 1,
+                "ts": T0,
+                "customer_id": "C1",
+                "source": "click",
+                "page": "signup_step1",
+                "action": "view",
+                "session_id": 1,
+            }
+        )
+        == []
+    )
     assert det.tick(T0 + pd.Timedelta(minutes=20)) == []
     assert det.state_stats()["candidates"] == 1
     fired = det.tick(T0 + pd.Timedelta(minutes=20, seconds=1))
     assert [(d.rule, d.kind, d.fired_at, d.event_ids) for d in fired] == [
-        ("signup_abandoned", "timeout", (T0 + pd.Timedelta(minutes=20)).value, (1, None))]
+        ("signup_abandoned", "timeout", (T0 + pd.Timedelta(minutes=20)).value, (1, None))
+    ]
     assert fired[0].action["type"] == "show_survey"
     assert det.tick(T0 + pd.Timedelta(hours=1)) == []
 
 
 def test_other_customers_events_move_the_clock() -> None:
     det = OnlineDetector([RULES["signup_abandoned"]])
-    evs = list(events_from_frame(make_events([
-        dict(t=0, page="signup_step1"), dict(t=1201, page="home", customer_id=None)])))
+    evs = list(
+        events_from_frame(
+            make_events(
+                [dict(t=0, page="signup_step1"), dict(t=1201, page="home", customer_id=None)]
+            )
+        )
+    )
     assert det.process(evs[0]) == []
     assert len(det.process(evs[1])) == 1  # an anonymous click, 20 min 1 s later
 
 
 def test_late_events_are_counted_and_ignored() -> None:
     det = OnlineDetector([RULES["fx_remit_large"]])
-    evs = list(events_from_frame(make_events([
-        dict(t=0, page="fx_remit_input"), dict(t=100, page="home"),
-        dict(t=50, code="FX_REMIT", amount=2e7)])))
+    evs = list(
+        events_from_frame(
+            make_events(
+                [
+                    dict(t=0, page="fx_remit_input"),
+                    dict(t=100, page="home"),
+                    dict(t=50, code="FX_REMIT", amount=2e7),
+                ]
+            )
+        )
+    )
     evs = [evs[0], evs[2], evs[1]]  # the remittance at t=50 arrives after the click at t=100
     for e in evs:
         assert det.process(e) == []
@@ -67,10 +93,10 @@ def test_late_events_are_counted_and_ignored() -> None:
 
 
 def test_dict_and_event_inputs_agree() -> None:
-    df = make_events([dict(t=0, page="fx_remit_input"),
-                      dict(t=60, code="FX_REMIT", amount=2e7, currency="KRW")])
+    df = make_events(
+        [dict(t=0, page="fx_remit_input"), dict(t=60, code="FX_REMIT", amount=2e7, currency="KRW")]
+    )
     a = OnlineDetector([RULES["fx_remit_large"]]).process_many(events_from_frame(df))
-    b = OnlineDetector([RULES["fx_remit_large"]]).process_many(
-        df.to_dict("records"))
+    b = OnlineDetector([RULES["fx_remit_large"]]).process_many(df.to_dict("records"))
     assert [d.key() for d in a] == [d.key() for d in b] and len(a) == 1
     assert as_event(df.to_dict("records")[1]).amount == 2e7

@@ -62,8 +62,15 @@ TEST_RULES = """
 """
 
 RULES = load_rules() + [parse_rule(r, "<test>") for r in yaml.safe_load(TEST_RULES)]
-PAGES = ["home", "fx_remit_input", "signup_step1", "signup_done", "events", "fund_detail",
-         "loan_apply_step2"]
+PAGES = [
+    "home",
+    "fx_remit_input",
+    "signup_step1",
+    "signup_done",
+    "events",
+    "fund_detail",
+    "loan_apply_step2",
+]
 CODES = ["FX_REMIT", "TRANSFER", "LOAN_LIMIT_INQUIRY", "LOAN_APPLICATION"]
 
 
@@ -76,22 +83,38 @@ def streams(draw: Any) -> tuple[pd.DataFrame, Any]:
         cust = draw(st.sampled_from(["C1", "C1", "C2", "C3", None]))
         t = draw(st.integers(0, 120)) * 30  # one hour on a 30 s grid: many ties
         if draw(st.booleans()):
-            rows.append(dict(
-                t=t, event_id=eids[i], customer_id=cust, page=draw(st.sampled_from(PAGES)),
-                action=draw(st.sampled_from(["view", "error", "error", "click"])),
-                dwell_seconds=float(draw(st.sampled_from([5, 100, 180, 400]))),
-                referrer=draw(st.sampled_from(["push", "direct", "sms"])),
-                session_id=draw(st.integers(1, 3)),
-            ))
+            rows.append(
+                dict(
+                    t=t,
+                    event_id=eids[i],
+                    customer_id=cust,
+                    page=draw(st.sampled_from(PAGES)),
+                    action=draw(st.sampled_from(["view", "error", "error", "click"])),
+                    dwell_seconds=float(draw(st.sampled_from([5, 100, 180, 400]))),
+                    referrer=draw(st.sampled_from(["push", "direct", "sms"])),
+                    session_id=draw(st.integers(1, 3)),
+                )
+            )
         else:
-            rows.append(dict(
-                t=t, event_id=eids[i], customer_id=cust if cust else "C1", source="txn",
-                code=draw(st.sampled_from(CODES)),
-                amount=float(draw(st.sampled_from([0, 5000, 500000, 600000, 1e7, 2e7]))),
-                currency=draw(st.sampled_from(["KRW", "KRW", "USD"])),
-            ))
-    until = draw(st.one_of(st.none(), st.integers(0, 130).map(
-        lambda m: pd.Timestamp("2026-01-01") + pd.Timedelta(seconds=m * 30))))
+            rows.append(
+                dict(
+                    t=t,
+                    event_id=eids[i],
+                    customer_id=cust if cust else "C1",
+                    source="txn",
+                    code=draw(st.sampled_from(CODES)),
+                    amount=float(draw(st.sampled_from([0, 5000, 500000, 600000, 1e7, 2e7]))),
+                    currency=draw(st.sampled_from(["KRW", "KRW", "USD"])),
+                )
+            )
+    until = draw(
+        st.one_of(
+            st.none(),
+            st.integers(0, 130).map(
+                lambda m: pd.Timestamp("2026-01-01") + pd.Timedelta(seconds=m * 30)
+            ),
+        )
+    )
     return make_events(rows), until
 
 
@@ -111,8 +134,11 @@ def test_random_streams_exercise_every_rule() -> None:
 
     events = synthetic_events(15_000, customers=20, seed=3, days=10)
     res = evaluate_all(events, RULES)
-    assert detection_keys(res["batch"]) == detection_keys(res["online"]) == detection_keys(
-        res["reference"])
+    assert (
+        detection_keys(res["batch"])
+        == detection_keys(res["online"])
+        == detection_keys(res["reference"])
+    )
     fired = set(res["batch"]["rule"])
     missing = {r.name for r in RULES} - fired
     assert not missing, missing

@@ -10,8 +10,12 @@ from src.features.detection import RuleError, load_rules
 from src.features.detection.rules import NS, parse_duration
 
 SHIPPED = {
-    "fx_remit_large", "loan_inquiry_no_application", "signup_abandoned", "product_page_dwell",
-    "campaign_target_not_reached", "repeated_errors",
+    "fx_remit_large",
+    "loan_inquiry_no_application",
+    "signup_abandoned",
+    "product_page_dwell",
+    "campaign_target_not_reached",
+    "repeated_errors",
 }
 
 VALID = """
@@ -46,8 +50,10 @@ def test_shipped_rules_load() -> None:
     assert rules["campaign_target_not_reached"].steps[0].session_start is True
 
 
-@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("7d", 604800), ("180s", 180),
-                                          ("1.5h", 5400), (90, 90), ("2 weeks", 1209600)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30m", 1800), ("7d", 604800), ("180s", 180), ("1.5h", 5400), (90, 90), ("2 weeks", 1209600)],
+)
 def test_parse_duration(text: object, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
@@ -60,8 +66,12 @@ def test_parse_duration_rejects(bad: object) -> None:
 
 def test_valid_file_and_list_file(tmp_path: Path) -> None:
     assert [r.name for r in load_rules(_write(tmp_path, VALID))] == ["r1"]
-    two = "- " + VALID.strip().replace("\n", "\n  ") + "\n- " + \
-        VALID.strip().replace("r1", "r2").replace("\n", "\n  ")
+    two = (
+        "- "
+        + VALID.strip().replace("\n", "\n  ")
+        + "\n- "
+        + VALID.strip().replace("r1", "r2").replace("\n", "\n  ")
+    )
     assert [r.name for r in load_rules(_write(tmp_path, two, "two.yaml"))] == ["r1", "r2"]
 
 
@@ -70,45 +80,72 @@ INVALID = [
     (("page: home", "page: hom"), ["step 1 (a)", "where.page", "unknown page 'hom'"]),
     (("code: TRANSFER", "code: TRANSFERX"), ["step 2 (b)", "unknown code 'TRANSFERX'"]),
     (("source: txn", "source: atm"), ["step 2 (b)", "source", "'click' or 'txn'"]),
-    (("where: {code: TRANSFER}", "where: {page: home}"),
-     ["step 2 (b)", "field 'page' does not exist on txn events"]),
+    (
+        ("where: {code: TRANSFER}", "where: {page: home}"),
+        ["step 2 (b)", "field 'page' does not exist on txn events"],
+    ),
     (("where: {code: TRANSFER}", "where: {amount: {gte: big}}"), ["step 2 (b)", "amount"]),
-    (("where: {code: TRANSFER}", "where: {code: {gte: 5}}"),
-     ["step 2 (b)", "gte/lte do not apply"]),
+    (
+        ("where: {code: TRANSFER}", "where: {code: {gte: 5}}"),
+        ["step 2 (b)", "gte/lte do not apply"],
+    ),
     (("where: {code: TRANSFER}", "where: {code: {like: TR}}"), ["step 2 (b)", "like"]),
     (("where: {code: TRANSFER}", "where: {}"), ["step 2 (b)", "step has no condition"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    absent: true"),
-     ["step 2 (b)", "absent step needs 'within'"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    within: 5 parsecs"),
-     ["step 2 (b)", "within", "not a duration"]),
-    (("where: {page: home}", "where: {page: home}\n    absent: true\n    within: 1m"),
-     ["step 1 (a)", "first step cannot be absent"]),
-    (("where: {page: home}", "where: {page: home}\n    within: 1m"),
-     ["step 1 (a)", "first step cannot have 'within'"]),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    absent: true"),
+        ["step 2 (b)", "absent step needs 'within'"],
+    ),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    within: 5 parsecs"),
+        ["step 2 (b)", "within", "not a duration"],
+    ),
+    (
+        ("where: {page: home}", "where: {page: home}\n    absent: true\n    within: 1m"),
+        ["step 1 (a)", "first step cannot be absent"],
+    ),
+    (
+        ("where: {page: home}", "where: {page: home}\n    within: 1m"),
+        ["step 1 (a)", "first step cannot have 'within'"],
+    ),
     (("within: 1h\n", ""), ["step 2 (b)", "no time bound"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    count: {n: 1, within: 1m}"),
-     ["step 2 (b)", "count.n", "greater than or equal to 2"]),
-    (("where: {code: TRANSFER}",
-      "where: {code: TRANSFER}\n    count: {n: 3, within: 1m, same: page}"),
-     ["step 2 (b)", "count.same", "'page' does not exist on txn"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    dwell_gte: 3m"),
-     ["step 2 (b)", "dwell_gte"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER, session_start: true}"),
-     ["step 2 (b)", "session_start"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    colour: red"),
-     ["step 2 (b)", "colour", "Extra inputs"]),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    count: {n: 1, within: 1m}"),
+        ["step 2 (b)", "count.n", "greater than or equal to 2"],
+    ),
+    (
+        (
+            "where: {code: TRANSFER}",
+            "where: {code: TRANSFER}\n    count: {n: 3, within: 1m, same: page}",
+        ),
+        ["step 2 (b)", "count.same", "'page' does not exist on txn"],
+    ),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    dwell_gte: 3m"),
+        ["step 2 (b)", "dwell_gte"],
+    ),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER, session_start: true}"),
+        ["step 2 (b)", "session_start"],
+    ),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    colour: red"),
+        ["step 2 (b)", "colour", "Extra inputs"],
+    ),
     (("action: {type: flag}", "action: {type: launch_rocket}"), ["rule: action.type"]),
     (("action: {type: flag}\n", ""), ["rule: action", "Field required"]),
     (("name: r1", "name: R 1"), ["rule 'R 1'", "name"]),
     (("within: 1h", "within: 1m\nsteps_extra: 1"), ["steps_extra", "Extra inputs"]),
-    (("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    absent: true\n    within: 2h"),
-     ["rule 'r1': rule", "can never fire"]),
+    (
+        ("where: {code: TRANSFER}", "where: {code: TRANSFER}\n    absent: true\n    within: 2h"),
+        ["rule 'r1': rule", "can never fire"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("change,fragments", INVALID)
-def test_invalid_rule_messages(tmp_path: Path, change: tuple[str, str],
-                               fragments: list[str]) -> None:
+def test_invalid_rule_messages(
+    tmp_path: Path, change: tuple[str, str], fragments: list[str]
+) -> None:
     old, new = change
     assert old in VALID
     path = _write(tmp_path, VALID.replace(old, new, 1), "bad_rule.yaml")

@@ -25,7 +25,9 @@ def test_plan_puts_validation_and_test_after_training():
     plan = plan_as_of_dates("2026-01-01", "2026-04-01", window_days=30)
     assert max(plan.train) < min(plan.val) < min(plan.test)
     assert plan.test[-1] + pd.Timedelta(days=plan.window_days) <= pd.Timestamp("2026-04-01")
-    embargoed = plan_as_of_dates("2026-01-01", "2026-04-01", window_days=30, min_history_days=7, embargo=True)
+    embargoed = plan_as_of_dates(
+        "2026-01-01", "2026-04-01", window_days=30, min_history_days=7, embargo=True
+    )
     for d in embargoed.train + embargoed.val:  # every training label is known on the test date
         assert d + pd.Timedelta(days=30) <= embargoed.test[0]
 
@@ -60,13 +62,17 @@ def test_labels_are_signups_in_the_window(table: pd.DataFrame, small_bank: Setti
 
 def test_features_are_model_ready(table: pd.DataFrame):
     cols = feature_columns(table)
-    assert not any(c.startswith("label_") or c in ("customer_id", "as_of", "is_closed") for c in cols)
+    assert not any(
+        c.startswith("label_") or c in ("customer_id", "as_of", "is_closed") for c in cols
+    )
     X = model_matrix(table, cols)
     assert X.dtypes.eq("float64").all()
     assert {"life_stage=student", "gender=F"} <= set(X.columns)
 
 
-def test_no_leakage_events_after_as_of_change_labels_not_features(small_bank: Settings, tmp_path: Path):
+def test_no_leakage_events_after_as_of_change_labels_not_features(
+    small_bank: Settings, tmp_path: Path
+):
     """Add a burst of events after as_of — signups, page views, transactions for one customer:
     every feature of every row stays the same, the labels change."""
     raw = tmp_path / "raw"
@@ -78,14 +84,20 @@ def test_no_leakage_events_after_as_of_change_labels_not_features(small_bank: Se
     cust = before["customer_id"].iloc[0]
 
     txn = pd.read_parquet(raw / "transactions.parquet")
-    future = pd.DataFrame({
-        "event_id": txn["event_id"].max() + 1 + np.arange(len(PRODUCTS) + 3),
-        "ts": [as_of + pd.Timedelta(hours=1 + i) for i in range(len(PRODUCTS) + 3)],
-        "customer_id": cust,
-        "code": ["PRODUCT_SIGNUP"] * len(PRODUCTS) + ["FX_REMIT", "TRANSFER", "LOAN_LIMIT_INQUIRY"],
-        "channel": "app", "amount": 1e6, "currency": "KRW",
-        "product": list(PRODUCTS) + [None, None, "loan"], "session_id": pd.NA,
-    }).astype(txn.dtypes.to_dict())
+    future = pd.DataFrame(
+        {
+            "event_id": txn["event_id"].max() + 1 + np.arange(len(PRODUCTS) + 3),
+            "ts": [as_of + pd.Timedelta(hours=1 + i) for i in range(len(PRODUCTS) + 3)],
+            "customer_id": cust,
+            "code": ["PRODUCT_SIGNUP"] * len(PRODUCTS)
+            + ["FX_REMIT", "TRANSFER", "LOAN_LIMIT_INQUIRY"],
+            "channel": "app",
+            "amount": 1e6,
+            "currency": "KRW",
+            "product": list(PRODUCTS) + [None, None, "loan"],
+            "session_id": pd.NA,
+        }
+    ).astype(txn.dtypes.to_dict())
     pd.concat([txn, future], ignore_index=True).to_parquet(raw / "transactions.parquet")
     clicks = pd.read_parquet(raw / "clickstream.parquet")
     mine = clicks.loc[clicks["customer_id"] == cust].head(20).copy()
@@ -105,13 +117,21 @@ def test_no_leakage_events_after_as_of_change_labels_not_features(small_bank: Se
 
 
 def test_derived_rates_come_from_the_raw_columns_and_need_nothing_else():
-    rows = pd.DataFrame({"pv_loan_30d": [4, 0, 3], "logins_30d": [2, 0, 0], "page_views_30d": [8, 0, 3],
-                         "long_views_loan_30d": [1, 0, 3]})
+    rows = pd.DataFrame(
+        {
+            "pv_loan_30d": [4, 0, 3],
+            "logins_30d": [2, 0, 0],
+            "page_views_30d": [8, 0, 3],
+            "long_views_loan_30d": [1, 0, 3],
+        }
+    )
     X = model_matrix(rows, list(rows.columns))
     np.testing.assert_allclose(X["pv_rate_loan_30d"], [2.0, 0.0, 3.0])  # no login: per one login
     np.testing.assert_allclose(X["pv_share_loan_30d"], [0.5, 0.0, 1.0])
     np.testing.assert_allclose(X["long_share_loan_30d"], [0.25, 0.0, 1.0])
-    assert not any(c.startswith(("pv_rate_fx", "pv_rate_loan_7d")) for c in X.columns)  # inputs absent
+    assert not any(
+        c.startswith(("pv_rate_fx", "pv_rate_loan_7d")) for c in X.columns
+    )  # inputs absent
     plain = model_matrix(rows, list(rows.columns), derived=False)
     assert list(plain.columns) == list(rows.columns)
 
@@ -136,17 +156,29 @@ def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: 
     cust = before["customer_id"].iloc[0]
     clicks = pd.read_parquet(raw / "clickstream.parquet")
     mine = clicks.loc[clicks["customer_id"].notna()].head(1).copy()
-    mine[["customer_id", "page", "action", "ts"]] = [cust, "fx_remit_input", "view", as_of + pd.Timedelta(hours=1)]
+    mine[["customer_id", "page", "action", "ts"]] = [
+        cust,
+        "fx_remit_input",
+        "view",
+        as_of + pd.Timedelta(hours=1),
+    ]
     mine["event_id"] = clicks["event_id"].max() + 10
     mine["session_id"] = clicks["session_id"].max() + 1
     pd.concat([clicks, mine], ignore_index=True).to_parquet(raw / "clickstream.parquet")
     txn = pd.read_parquet(raw / "transactions.parquet")
     big = txn.head(1).copy()
-    big[["customer_id", "code", "amount", "currency", "ts"]] = [cust, "FX_REMIT", 5e7, "KRW",
-                                                                as_of + pd.Timedelta(hours=1, minutes=5)]
+    big[["customer_id", "code", "amount", "currency", "ts"]] = [
+        cust,
+        "FX_REMIT",
+        5e7,
+        "KRW",
+        as_of + pd.Timedelta(hours=1, minutes=5),
+    ]
     big["event_id"] = clicks["event_id"].max() + 11
     pd.concat([txn, big], ignore_index=True).to_parquet(raw / "transactions.parquet")
     after = build_feature_table(raw, [as_of], window_days=14, extra=extra)
-    pd.testing.assert_frame_equal(before[["customer_id", *rule_cols]], after[["customer_id", *rule_cols]])
+    pd.testing.assert_frame_equal(
+        before[["customer_id", *rule_cols]], after[["customer_id", *rule_cols]]
+    )
     later = build_feature_table(raw, [as_of + pd.Timedelta(days=1)], window_days=7, extra=extra)
     assert later.set_index("customer_id").loc[cust, "rule_fx_remit_large__count_7d"] >= 1

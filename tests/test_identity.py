@@ -12,37 +12,83 @@ from src.features import identity
 from src.features.customer_view_pandas import identity_map_pandas, session_map_pandas
 
 CLICK_COLUMNS = [
-    "event_id", "ts", "channel", "device_id", "cookie_id", "customer_id", "session_id",
-    "page", "action", "dwell_seconds", "referrer",
+    "event_id",
+    "ts",
+    "channel",
+    "device_id",
+    "cookie_id",
+    "customer_id",
+    "session_id",
+    "page",
+    "action",
+    "dwell_seconds",
+    "referrer",
 ]
 TXN_COLUMNS = [
-    "event_id", "ts", "customer_id", "code", "channel", "amount", "currency", "product",
+    "event_id",
+    "ts",
+    "customer_id",
+    "code",
+    "channel",
+    "amount",
+    "currency",
+    "product",
     "session_id",
 ]
 T = pd.Timestamp("2026-03-10")
 
 
-def click(event_id, ts, session_id, device, customer=None, cookie=None, page="home",
-          action="view", channel=None):
+def click(
+    event_id,
+    ts,
+    session_id,
+    device,
+    customer=None,
+    cookie=None,
+    page="home",
+    action="view",
+    channel=None,
+):
     """One clickstream row; web when it has a cookie, app otherwise."""
     return {
-        "event_id": event_id, "ts": pd.Timestamp(ts),
-        "channel": channel or ("web" if cookie else "app"), "device_id": device,
-        "cookie_id": cookie, "customer_id": customer, "session_id": session_id, "page": page,
-        "action": action, "dwell_seconds": 1.0, "referrer": "direct",
+        "event_id": event_id,
+        "ts": pd.Timestamp(ts),
+        "channel": channel or ("web" if cookie else "app"),
+        "device_id": device,
+        "cookie_id": cookie,
+        "customer_id": customer,
+        "session_id": session_id,
+        "page": page,
+        "action": action,
+        "dwell_seconds": 1.0,
+        "referrer": "direct",
     }
 
 
 def write_raw(tmp: Path, clicks: list[dict], txns: list[dict] | None = None) -> Path:
     """Tiny raw dir: clickstream and transactions Parquet with the schemas.py dtypes."""
     c = pd.DataFrame(clicks, columns=CLICK_COLUMNS).astype(
-        {"event_id": "int64", "session_id": "int64", "dwell_seconds": "float64",
-         "cookie_id": "str", "customer_id": "str", "ts": "datetime64[us]"}
+        {
+            "event_id": "int64",
+            "session_id": "int64",
+            "dwell_seconds": "float64",
+            "cookie_id": "str",
+            "customer_id": "str",
+            "ts": "datetime64[us]",
+        }
     )
     t = pd.DataFrame(txns or [], columns=TXN_COLUMNS).astype(
-        {"event_id": "int64", "session_id": "Int64", "amount": "float64", "customer_id": "str",
-         "code": "str", "channel": "str", "currency": "str", "product": "str",
-         "ts": "datetime64[us]"}
+        {
+            "event_id": "int64",
+            "session_id": "Int64",
+            "amount": "float64",
+            "customer_id": "str",
+            "code": "str",
+            "channel": "str",
+            "currency": "str",
+            "product": "str",
+            "ts": "datetime64[us]",
+        }
     )
     c.to_parquet(tmp / "clickstream.parquet", index=False)
     t.to_parquet(tmp / "transactions.parquet", index=False)
@@ -76,11 +122,28 @@ CLICKS = [
     click(15, "2026-03-07 08:00", 11, "dG", cookie="cA", channel="web"),
 ]
 TXNS = [
-    {"event_id": 100, "ts": pd.Timestamp("2026-03-01 10:05"), "customer_id": "A",
-     "code": "TRANSFER", "channel": "app", "amount": 5000.0, "currency": "KRW", "product": None,
-     "session_id": 1},
-    {"event_id": 101, "ts": T, "customer_id": "A", "code": "DEPOSIT", "channel": "atm",
-     "amount": 1.0, "currency": "KRW", "product": None, "session_id": None},
+    {
+        "event_id": 100,
+        "ts": pd.Timestamp("2026-03-01 10:05"),
+        "customer_id": "A",
+        "code": "TRANSFER",
+        "channel": "app",
+        "amount": 5000.0,
+        "currency": "KRW",
+        "product": None,
+        "session_id": 1,
+    },
+    {
+        "event_id": 101,
+        "ts": T,
+        "customer_id": "A",
+        "code": "DEPOSIT",
+        "channel": "atm",
+        "amount": 1.0,
+        "currency": "KRW",
+        "product": None,
+        "session_id": None,
+    },
 ]
 
 

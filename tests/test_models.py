@@ -41,16 +41,33 @@ def test_metrics_tell_calibrated_from_miscalibrated():
     assert np.isnan(one_class["auc"]) and one_class["brier"] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize(("asked", "min_positives", "used"), [
-    ("sigmoid", 100, "sigmoid"), ("isotonic", 100, "isotonic"), ("isotonic", 10**6, "sigmoid"),
-])
+@pytest.mark.parametrize(
+    ("asked", "min_positives", "used"),
+    [
+        ("sigmoid", 100, "sigmoid"),
+        ("isotonic", 100, "isotonic"),
+        ("isotonic", 10**6, "sigmoid"),
+    ],
+)
 def test_boosting_learns_an_interaction_and_calibration_holds(asked, min_positives, used):
     X, y, p = _synthetic(12_000, 1)
-    m = fit_product("toy", X[:8000], y[:8000], X[8000:10000], y[8000:10000],
-                    PropensityConfig(n_estimators=300, min_child_samples=50, calibration=asked,
-                                     isotonic_min_positives=min_positives))
+    m = fit_product(
+        "toy",
+        X[:8000],
+        y[:8000],
+        X[8000:10000],
+        y[8000:10000],
+        PropensityConfig(
+            n_estimators=300,
+            min_child_samples=50,
+            calibration=asked,
+            isotonic_min_positives=min_positives,
+        ),
+    )
     Xt, yt = X[10000:], y[10000:]
-    model, base, oracle = (binary_metrics(yt, f) for f in (m.predict(Xt), m.predict_baseline(Xt), p[10000:]))
+    model, base, oracle = (
+        binary_metrics(yt, f) for f in (m.predict(Xt), m.predict_baseline(Xt), p[10000:])
+    )
     assert m.best_iteration < 300 and m.calibration == used  # isotonic only with enough positives
     assert model["auc"] > base["auc"] + 0.02  # the interaction b*c is beyond the linear baseline
     assert oracle["auc"] - model["auc"] < 0.03
@@ -62,8 +79,9 @@ def trained(small_bank: Settings):
     start, end = data_period(small_bank.raw_dir)
     plan = plan_as_of_dates(start, end)
     table = build_feature_table(small_bank.raw_dir, plan.dates, plan.window_days)
-    model = train_propensity(table, plan, ["savings", "card"], PropensityConfig(n_estimators=50),
-                             view_feature_columns())
+    model = train_propensity(
+        table, plan, ["savings", "card"], PropensityConfig(n_estimators=50), view_feature_columns()
+    )
     return table, plan, model
 
 
@@ -102,25 +120,52 @@ def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
     from src.models.retrain import RetrainError, retrain
 
     (tmp_path / "notebooks").mkdir()
-    ok = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("data_dir = ''\nas_of = ''\nrun_info_path = ''\nout_dir = ''",
-                                  metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import json, pathlib\npathlib.Path(run_info_path).write_text(json.dumps({'run_id': None, 'as_of': as_of}))"),
-    ])
-    bad = nbformat.v4.new_notebook(cells=[ok.cells[0], nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
+    ok = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "data_dir = ''\nas_of = ''\nrun_info_path = ''\nout_dir = ''",
+                metadata={"tags": ["parameters"]},
+            ),
+            nbformat.v4.new_code_cell(
+                "import json, pathlib\npathlib.Path(run_info_path).write_text(json.dumps({'run_id': None, 'as_of': as_of}))"
+            ),
+        ]
+    )
+    bad = nbformat.v4.new_notebook(
+        cells=[ok.cells[0], nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    )
     for nb in (ok, bad):
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(ok, tmp_path / "notebooks" / "good.ipynb")
     nbformat.write(bad, tmp_path / "notebooks" / "bad.ipynb")
     settings = small_bank.model_copy(update={"root": tmp_path})
 
-    result = retrain(settings, "2026-02-01", notebooks=["good"], out_dir=tmp_path / "reports", log_to_mlflow=False)
+    result = retrain(
+        settings,
+        "2026-02-01",
+        notebooks=["good"],
+        out_dir=tmp_path / "reports",
+        log_to_mlflow=False,
+    )
     assert (tmp_path / "reports" / "2026-02-01" / "good.ipynb").exists()
-    assert json.loads((tmp_path / "reports" / "2026-02-01" / "good.run.json").read_text())["as_of"] == "2026-02-01"
+    assert (
+        json.loads((tmp_path / "reports" / "2026-02-01" / "good.run.json").read_text())["as_of"]
+        == "2026-02-01"
+    )
     assert result.steps[0].name == "good"
     with pytest.raises(RetrainError, match="'bad'") as err:
-        retrain(settings, "2026-02-01", notebooks=["good", "bad"], out_dir=tmp_path / "reports", log_to_mlflow=False)
+        retrain(
+            settings,
+            "2026-02-01",
+            notebooks=["good", "bad"],
+            out_dir=tmp_path / "reports",
+            log_to_mlflow=False,
+        )
     assert err.value.step == "bad" and err.value.notebook.exists()
 
 
@@ -130,8 +175,12 @@ def test_bank_marketing_pipeline_on_a_subsample():
 
     df = load_bank_marketing(BANK_MARKETING).head(200)
     assert "duration" not in bank_matrix(df).columns
-    out = evaluate_bank_marketing(BANK_MARKETING, n_folds=3, sample=6000,
-                                  config=PropensityConfig(n_estimators=200, min_child_samples=50))
+    out = evaluate_bank_marketing(
+        BANK_MARKETING,
+        n_folds=3,
+        sample=6000,
+        config=PropensityConfig(n_estimators=200, min_child_samples=50),
+    )
     assert len(out["cv"]) == 6
     assert out["cv_mean"].loc["model", "auc"] > 0.7  # real signal without the leaking duration
     assert set(out["time"].index) == {"model", "logreg"}
@@ -160,8 +209,12 @@ def test_truth_state_rebuilds_the_stored_needs_and_the_ceiling_is_unbiased(small
     ceiling = bayes_as_of(state, day, window, n_paths=16)
     assert ceiling.shape == (len(state["customer_id"]), len(PRODUCTS))
     as_of = oracle.start + pd.Timedelta(days=day)
-    realized = np.column_stack([oracle.true_signup_prob(state["customer_id"], p, as_of, window, include_offers=False)
-                                for p in PRODUCTS])
+    realized = np.column_stack(
+        [
+            oracle.true_signup_prob(state["customer_id"], p, as_of, window, include_offers=False)
+            for p in PRODUCTS
+        ]
+    )
     # 400 customers: the realized paths are one draw, so per product only roughly (on the 100k
     # bank the means agree to 4 digits); pooled over products more tightly
     np.testing.assert_allclose(ceiling.mean(axis=0), realized.mean(axis=0), rtol=0.2)
@@ -172,11 +225,19 @@ def test_truth_state_rebuilds_the_stored_needs_and_the_ceiling_is_unbiased(small
 def test_gap_summary_splits_the_gap_to_the_oracle_exactly():
     from src.models.evaluate import gap_summary
 
-    auc = {"model": 0.70, "logreg": 0.69, "oracle": 0.80, "oracle_organic": 0.79, "bayes_as_of": 0.77,
-           "need_frozen": 0.76}
+    auc = {
+        "model": 0.70,
+        "logreg": 0.69,
+        "oracle": 0.80,
+        "oracle_organic": 0.79,
+        "bayes_as_of": 0.77,
+        "need_frozen": 0.76,
+    }
     metrics = pd.DataFrame({"auc": auc}).rename_axis("scorer")
     metrics = pd.concat({"loan": metrics}, names=["product"])
     g = gap_summary(metrics).loc["loan"]
     assert g["gap_to_ceiling"] == pytest.approx(0.07) and g["drift_gap"] == pytest.approx(0.02)
     assert g["offers_gap"] == pytest.approx(0.01)
-    assert g["gap_to_oracle"] == pytest.approx(g["gap_to_ceiling"] + g["drift_gap"] + g["offers_gap"])
+    assert g["gap_to_oracle"] == pytest.approx(
+        g["gap_to_ceiling"] + g["drift_gap"] + g["offers_gap"]
+    )

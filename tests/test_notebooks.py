@@ -56,10 +56,16 @@ def test_runs_under_papermill(script: Path, small_bank: Settings, tmp_path: Path
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
 def test_papermill_sees_every_parameter(script: Path):
     """A parameter papermill cannot parse is silently not overridable (e.g. a ';' in a comment)."""
-    cell = next(c for c in jupytext.read(script).cells
-                if "parameters" in c.get("metadata", {}).get("tags", []))
-    assigned = [line.split("=")[0].strip() for line in cell.source.splitlines()
-                if "=" in line and not line.lstrip().startswith("#")]
+    cell = next(
+        c
+        for c in jupytext.read(script).cells
+        if "parameters" in c.get("metadata", {}).get("tags", [])
+    )
+    assigned = [
+        line.split("=")[0].strip()
+        for line in cell.source.splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    ]
     seen = papermill.inspect_notebook(str(script.with_suffix(".ipynb")))
     assert "data_dir" in seen
     assert sorted(assigned) == sorted(seen)

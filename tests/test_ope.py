@@ -94,8 +94,15 @@ def test_estimate_input_checks():
 
 def _log_frame(rng, n=3000) -> pd.DataFrame:
     x, a, p, r, _ = _synthetic_log(n, rng)
-    return pd.DataFrame({"segment": np.where(x == 1, "young", "old"), "action": [f"O{i}" for i in a],
-                         "prob": p, "reward": r, "candidates": "O0,O1,O2,O3"})
+    return pd.DataFrame(
+        {
+            "segment": np.where(x == 1, "young", "old"),
+            "action": [f"O{i}" for i in a],
+            "prob": p,
+            "reward": r,
+            "candidates": "O0,O1,O2,O3",
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -121,8 +128,12 @@ def test_a_log_with_customer_ids_gets_customer_clustered_intervals(tmp_path):
     pd.testing.assert_series_equal(iid["value"], clustered["value"])
     groups = np.array([f"C{i % 100}" for i in range(len(log))])
     x = log["action"].str[1:].astype(int).to_numpy()
-    direct = ope.estimate(x, log["prob"], log["reward"], np.full((len(log), 4), 0.25), groups=groups)
-    assert clustered.loc["ips", "se"] == pytest.approx(direct.set_index("estimator").loc["ips", "se"])
+    direct = ope.estimate(
+        x, log["prob"], log["reward"], np.full((len(log), 4), 0.25), groups=groups
+    )
+    assert clustered.loc["ips", "se"] == pytest.approx(
+        direct.set_index("estimator").loc["ips", "se"]
+    )
     assert clustered.loc["ips", "se"] != pytest.approx(iid.loc["ips", "se"])
 
 
@@ -132,13 +143,19 @@ def test_candidates_from_slot_when_no_candidate_column(tmp_path):
     assert ope.log_candidates(log)[0] == ["O0", "O1", "O2", "O3"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.drop(columns="prob"), "missing column.*prob"),
-    (lambda d: d.assign(prob=1.5), "'prob' must be in"),
-    (lambda d: d.assign(reward="x"), "'reward' has non-numeric"),
-    (lambda d: d.assign(candidates="O9"), "not among its candidates"),
-    (lambda d: d.assign(customer_id=["C1"] * 7 + [None] * 43), "'customer_id' has empty values in 43 row.*row 7"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.drop(columns="prob"), "missing column.*prob"),
+        (lambda d: d.assign(prob=1.5), "'prob' must be in"),
+        (lambda d: d.assign(reward="x"), "'reward' has non-numeric"),
+        (lambda d: d.assign(candidates="O9"), "not among its candidates"),
+        (
+            lambda d: d.assign(customer_id=["C1"] * 7 + [None] * 43),
+            "'customer_id' has empty values in 43 row.*row 7",
+        ),
+    ],
+)
 def test_bad_logs_name_the_field(tmp_path, change, message):
     path = tmp_path / "log.csv"
     change(_log_frame(np.random.default_rng(4), 50)).to_csv(path, index=False)
@@ -163,17 +180,27 @@ def test_direct_method_with_aligned_offer_features_values_a_selective_policy():
     offers = [f"OF{i}" for i in range(len(products))]
     need = rng.beta(0.7, 3.0, (n, len(products)))
     quality = rng.normal(0, 0.3, len(products))
-    contexts = [{f"pv_{p}_7d": float(np.round(10 * need[i, j])) for j, p in enumerate(products)}
-                | {"life_stage": ["student", "family"][i % 2]} for i in range(n)]
+    contexts = [
+        {f"pv_{p}_7d": float(np.round(10 * need[i, j])) for j, p in enumerate(products)}
+        | {"life_stage": ["student", "family"][i % 2]}
+        for i in range(n)
+    ]
     observed = np.array([[c[f"pv_{p}_7d"] for p in products] for c in contexts])
-    truth = 1 / (1 + np.exp(-(-3.0 + quality + 0.3 * observed)))  # a function of what the model sees
+    truth = 1 / (
+        1 + np.exp(-(-3.0 + quality + 0.3 * observed))
+    )  # a function of what the model sees
     logging = np.full(len(products), 1 / len(products))
     action = rng.integers(0, len(products), n)
     reward = (rng.random(n) < truth[np.arange(n), action]).astype(float)
     candidates = [offers] * n
     target = np.eye(len(products))[truth.argmax(axis=1)]
-    q = ope.fit_reward_model(ope.context_frame(contexts), candidates, action, reward,
-                             offer_features=ope.product_features(contexts, dict(zip(offers, products))))
+    q = ope.fit_reward_model(
+        ope.context_frame(contexts),
+        candidates,
+        action,
+        reward,
+        offer_features=ope.product_features(contexts, dict(zip(offers, products, strict=False))),
+    )
     table = ope.estimate(action, logging[action], reward, target, q).set_index("estimator")
     value = ope.true_value(target, truth)
     assert abs(table.loc["dm", "value"] / value - 1) < 0.05, table

@@ -14,7 +14,8 @@ from src.settings import Settings
 
 def test_demo_builds_the_view_and_says_where(tmp_path: Path):
     result = CliRunner().invoke(  # its own registry: the demo registers the first versions
-        app, ["demo", "--customers", "150", "--days", "10", "--data-dir", str(tmp_path)],
+        app,
+        ["demo", "--customers", "150", "--days", "10", "--data-dir", str(tmp_path)],
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert result.exit_code == 0, result.output
@@ -84,9 +85,11 @@ def test_detect_writes_detections_and_rejects_bad_rules(small_bank: Settings, tm
     assert features["customer_id"].is_unique
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: broken\nwithin: 10m\naction: {type: flag}\nsteps:\n"
-                   "  - name: s1\n    source: click\n"
-                   "    where: {page: no_such_page}\n")
+    bad.write_text(
+        "name: broken\nwithin: 10m\naction: {type: flag}\nsteps:\n"
+        "  - name: s1\n    source: click\n"
+        "    where: {page: no_such_page}\n"
+    )
     refused = CliRunner().invoke(app, ["detect", "--rules", str(bad), "--data-dir", str(tmp_path)])
     assert refused.exit_code == 1
     assert "bad.yaml" in refused.output and "no_such_page" in refused.output

@@ -31,21 +31,38 @@ def bank(small_bank: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict
     from src.serving.fixtures import register_models
 
     work = tmp_path_factory.mktemp("serving")
-    view_path = write_customer_view(small_bank.raw_dir, work / "features", default_as_of(small_bank))
-    settings = small_bank.model_copy(update={"mlruns_dir": work / "mlruns",
-                                             "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}"})
+    view_path = write_customer_view(
+        small_bank.raw_dir, work / "features", default_as_of(small_bank)
+    )
+    settings = small_bank.model_copy(
+        update={
+            "mlruns_dir": work / "mlruns",
+            "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        }
+    )
     versions = register_models(settings, view_path)
-    return {"settings": settings, "view_path": view_path, "view": pd.read_parquet(view_path),
-            "versions": versions, "work": work}
+    return {
+        "settings": settings,
+        "view_path": view_path,
+        "view": pd.read_parquet(view_path),
+        "versions": versions,
+        "work": work,
+    }
 
 
 def _serving(bank: dict, tmp_path: Path, **kw) -> ServingSettings:
-    return ServingSettings(view_path=bank["view_path"], log_path=tmp_path / "log.sqlite", seed=1, **kw)
+    return ServingSettings(
+        view_path=bank["view_path"], log_path=tmp_path / "log.sqlite", seed=1, **kw
+    )
 
 
-def _decide(client: TestClient, customer_id: str, channel: str = "app", slot: str = "home_banner", **kw):
-    return client.post("/v1/decisions", json={"customer_id": customer_id, "slot": slot,
-                                              "context": {"channel": channel, **kw}})
+def _decide(
+    client: TestClient, customer_id: str, channel: str = "app", slot: str = "home_banner", **kw
+):
+    return client.post(
+        "/v1/decisions",
+        json={"customer_id": customer_id, "slot": slot, "context": {"channel": channel, **kw}},
+    )
 
 
 @pytest.fixture()
@@ -78,9 +95,13 @@ def test_decision_with_champion_models(with_models: TestClient, bank: dict):
         assert all(0 <= o["score"] <= 1 for o in d["ranked"])
         for e in d["excluded"]:  # a product held is a product the view counts as open
             if e["reason"] == "product_held":
-                product = next(o.product for o in policy_from_offers(
-                    pd.read_parquet(bank["settings"].raw_dir / "offers.parquet")).offers
-                    if o.offer_id == e["offer_id"])
+                product = next(
+                    o.product
+                    for o in policy_from_offers(
+                        pd.read_parquet(bank["settings"].raw_dir / "offers.parquet")
+                    ).offers
+                    if o.offer_id == e["offer_id"]
+                )
                 assert view.loc[customer_id, f"n_{product}"] > 0
 
 
@@ -88,9 +109,13 @@ def test_closed_accident_and_consent_exclude_everything(no_models: TestClient, b
     view = bank["view"]
     cases = {
         "closed_account": view.loc[view["is_closed"], "customer_id"],
-        "accident_report": view.loc[view["is_accident_reported"] & ~view["is_closed"], "customer_id"],
-        "no_consent_push": view.loc[~view["consent_push"] & ~view["is_closed"]
-                                    & ~view["is_accident_reported"], "customer_id"],
+        "accident_report": view.loc[
+            view["is_accident_reported"] & ~view["is_closed"], "customer_id"
+        ],
+        "no_consent_push": view.loc[
+            ~view["consent_push"] & ~view["is_closed"] & ~view["is_accident_reported"],
+            "customer_id",
+        ],
     }
     for reason, ids in cases.items():
         assert len(ids), f"the small bank has no {reason} customer"
@@ -103,26 +128,48 @@ def test_cold_start_is_flagged(with_models: TestClient):
     d = _decide(with_models, "NEW-CUSTOMER-1").json()
     assert d["cold_start"] and d["offer"] is not None and d["policy"] == "bandit"
     pushed = _decide(with_models, "NEW-CUSTOMER-1", channel="push").json()
-    assert pushed["offer"] is None and {e["reason"] for e in pushed["excluded"]} == {"no_consent_on_record"}
+    assert pushed["offer"] is None and {e["reason"] for e in pushed["excluded"]} == {
+        "no_consent_on_record"
+    }
 
 
 def test_rewards_are_idempotent_and_unknown_decisions_404(no_models: TestClient, bank: dict):
     d = _decide(no_models, bank["view"]["customer_id"].iloc[3]).json()
     first = no_models.post("/v1/rewards", json={"decision_id": d["decision_id"], "kind": "click"})
     again = no_models.post("/v1/rewards", json={"decision_id": d["decision_id"], "kind": "click"})
-    conv = no_models.post("/v1/rewards", json={"decision_id": d["decision_id"], "kind": "conversion",
-                                               "value_krw": 50000})
-    assert first.json()["stored"] is True and again.json()["stored"] is False and conv.json()["stored"]
-    assert no_models.post("/v1/rewards", json={"decision_id": "nope", "kind": "click"}).status_code == 404
+    conv = no_models.post(
+        "/v1/rewards",
+        json={"decision_id": d["decision_id"], "kind": "conversion", "value_krw": 50000},
+    )
+    assert (
+        first.json()["stored"] is True and again.json()["stored"] is False and conv.json()["stored"]
+    )
+    assert (
+        no_models.post("/v1/rewards", json={"decision_id": "nope", "kind": "click"}).status_code
+        == 404
+    )
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"slot": "home_banner", "context": {"channel": "app"}}, "customer_id"),
-    ({"customer_id": "C1", "slot": "sidebar", "context": {"channel": "app"}}, "slot"),
-    ({"customer_id": "C1", "slot": "home_banner", "context": {"channel": "fax"}}, "channel"),
-    ({"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app", "time": "yesterday"}}, "time"),
-    ({"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}, "extra": 1}, "extra"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"slot": "home_banner", "context": {"channel": "app"}}, "customer_id"),
+        ({"customer_id": "C1", "slot": "sidebar", "context": {"channel": "app"}}, "slot"),
+        ({"customer_id": "C1", "slot": "home_banner", "context": {"channel": "fax"}}, "channel"),
+        (
+            {
+                "customer_id": "C1",
+                "slot": "home_banner",
+                "context": {"channel": "app", "time": "yesterday"},
+            },
+            "time",
+        ),
+        (
+            {"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}, "extra": 1},
+            "extra",
+        ),
+    ],
+)
 def test_invalid_request_is_422_naming_the_field(no_models: TestClient, body: dict, field: str):
     r = no_models.post("/v1/decisions", json=body)
     assert r.status_code == 422
@@ -134,20 +181,33 @@ def test_fast_path_answers_exactly_like_the_fastapi_route(bank: dict, tmp_path: 
     requests: same choices), and whatever the fast path does not handle reaches the route."""
     answers, fast = [], []
     for use_fast in (True, False):
-        app = create_app(bank["settings"], _serving(bank, tmp_path / str(use_fast)), fast_path=use_fast)
+        app = create_app(
+            bank["settings"], _serving(bank, tmp_path / str(use_fast)), fast_path=use_fast
+        )
         with TestClient(app) as client:
             out = []
             for customer_id in [*bank["view"]["customer_id"].iloc[:15], "NEW-1"]:
                 d = _decide(client, customer_id, time="2026-02-05T10:00:00+09:00").json()
                 out.append({k: v for k, v in d.items() if k not in ("decision_id", "created_at")})
             body = {"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}}
-            out.append([
-                client.post("/v1/decisions", content=b"{not json", headers={"Content-Type": "application/json"}).status_code,
-                client.post("/v1/decisions", content=b'{"customer_id": 3}',
-                            headers={"Content-Type": "application/json"}).json()["detail"][0]["loc"],
-                client.post("/v1/decisions", data=body).status_code,  # a form, not JSON
-                client.post("/v1/decisions", json=body, headers={"Content-Type": "text/plain"}).status_code,
-            ])
+            out.append(
+                [
+                    client.post(
+                        "/v1/decisions",
+                        content=b"{not json",
+                        headers={"Content-Type": "application/json"},
+                    ).status_code,
+                    client.post(
+                        "/v1/decisions",
+                        content=b'{"customer_id": 3}',
+                        headers={"Content-Type": "application/json"},
+                    ).json()["detail"][0]["loc"],
+                    client.post("/v1/decisions", data=body).status_code,  # a form, not JSON
+                    client.post(
+                        "/v1/decisions", json=body, headers={"Content-Type": "text/plain"}
+                    ).status_code,
+                ]
+            )
             answers.append(out)
             fast.append(app.fast_path.handled if app.fast_path else 0)
     assert answers[0] == answers[1]
@@ -156,12 +216,20 @@ def test_fast_path_answers_exactly_like_the_fastapi_route(bank: dict, tmp_path: 
 
 
 def test_api_key_protects_v1(bank: dict, tmp_path: Path):
-    app = create_app(bank["settings"], _serving(bank, tmp_path, api_key="s3cret"), model_source=None)
+    app = create_app(
+        bank["settings"], _serving(bank, tmp_path, api_key="s3cret"), model_source=None
+    )
     with TestClient(app) as client:
         body = {"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}}
         assert client.post("/v1/decisions", json=body).status_code == 401
-        assert client.post("/v1/decisions", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.post("/v1/decisions", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert (
+            client.post("/v1/decisions", json=body, headers={"X-API-Key": "wrong"}).status_code
+            == 401
+        )
+        assert (
+            client.post("/v1/decisions", json=body, headers={"X-API-Key": "s3cret"}).status_code
+            == 200
+        )
         assert client.get("/healthz").status_code == 200
 
 
@@ -176,21 +244,55 @@ def test_metrics_count_requests_decisions_and_fallbacks(no_models: TestClient, b
 
 def test_event_marks_an_offer_and_the_fallback_ranks_it_first(bank: dict, tmp_path: Path):
     view = bank["view"]
-    customer_id = view.loc[~view["is_closed"] & ~view["is_accident_reported"], "customer_id"].iloc[0]
-    app = create_app(bank["settings"], _serving(bank, tmp_path, bandit_model=None,
-                                                propensity_model=None), model_source=None)
+    customer_id = view.loc[~view["is_closed"] & ~view["is_accident_reported"], "customer_id"].iloc[
+        0
+    ]
+    app = create_app(
+        bank["settings"],
+        _serving(bank, tmp_path, bandit_model=None, propensity_model=None),
+        model_source=None,
+    )
     with TestClient(app) as client:
         base = {"customer_id": customer_id, "channel": "app"}
-        r1 = client.post("/v1/events", json={**base, "event_id": 1, "ts": "2026-02-05T10:00:00",
-                                             "source": "click", "page": "fx_remit_input", "action": "view"})
-        r2 = client.post("/v1/events", json={**base, "event_id": 2, "ts": "2026-02-05T10:03:00", "source": "txn",
-                                             "code": "FX_REMIT", "amount": 9000, "currency": "USD"})
+        r1 = client.post(
+            "/v1/events",
+            json={
+                **base,
+                "event_id": 1,
+                "ts": "2026-02-05T10:00:00",
+                "source": "click",
+                "page": "fx_remit_input",
+                "action": "view",
+            },
+        )
+        r2 = client.post(
+            "/v1/events",
+            json={
+                **base,
+                "event_id": 2,
+                "ts": "2026-02-05T10:03:00",
+                "source": "txn",
+                "code": "FX_REMIT",
+                "amount": 9000,
+                "currency": "USD",
+            },
+        )
         assert r1.json()["actions"] == []
         actions = r2.json()["actions"]
         assert [(a["rule"], a["action"]) for a in actions] == [
-            ("fx_remit_large", {"type": "mark_offer", "product": "fx"})]
-        late = client.post("/v1/events", json={**base, "event_id": 3, "ts": "2026-02-05T09:00:00",
-                                               "source": "click", "page": "home", "action": "view"})
+            ("fx_remit_large", {"type": "mark_offer", "product": "fx"})
+        ]
+        late = client.post(
+            "/v1/events",
+            json={
+                **base,
+                "event_id": 3,
+                "ts": "2026-02-05T09:00:00",
+                "source": "click",
+                "page": "home",
+                "action": "view",
+            },
+        )
         assert late.json()["late"] is True
         d = _decide(client, customer_id, time="2026-02-05T10:10:00").json()
         fx = [o["offer_id"] for o in d["ranked"] if o["product"] == "fx"]
@@ -216,10 +318,16 @@ def test_fallback_registry_down_at_start(bank: dict, tmp_path: Path, monkeypatch
     app = create_app(bank["settings"], _serving(bank, tmp_path), model_source=down)
     with TestClient(app) as client:
         ready = client.get("/readyz").json()["detail"]
-        assert ready["model_versions"] == {} and set(ready["model_errors"]) == {"propensity", "bandit"}
+        assert ready["model_versions"] == {} and set(ready["model_errors"]) == {
+            "propensity",
+            "bandit",
+        }
         d = _decide(client, bank["view"]["customer_id"].iloc[1]).json()
         assert d["policy"] == "default_order" and d["fallback_reason"] == "no_model"
-        assert 'nextoffer_model_refresh_total{event="failed",model="bandit"}' in client.get("/metrics").text
+        assert (
+            'nextoffer_model_refresh_total{event="failed",model="bandit"}'
+            in client.get("/metrics").text
+        )
 
 
 class FlakySource:
@@ -239,7 +347,9 @@ class FlakySource:
         return self.inner.load(name, version)
 
 
-def test_registry_down_later_keeps_the_last_good_models_and_alias_change_swaps(bank: dict, tmp_path: Path):
+def test_registry_down_later_keeps_the_last_good_models_and_alias_change_swaps(
+    bank: dict, tmp_path: Path
+):
     from src.serving.fixtures import PROPENSITY_NAME, ViewLogistic, log_propensity, register
 
     settings = bank["settings"]
@@ -273,8 +383,12 @@ def test_fallback_when_the_bandit_raises(with_models: TestClient, bank: dict):
 
     manager.current = replace(manager.current, bandit=BanditModel("1", broken, ()))
     d = _decide(with_models, bank["view"]["customer_id"].iloc[4]).json()
-    assert d["policy"] == "propensity_greedy" and d["fallback_reason"] == "bandit_error" and d["offer"]
-    assert 'nextoffer_fallbacks_total{reason="bandit_error"} 1.0' in with_models.get("/metrics").text
+    assert (
+        d["policy"] == "propensity_greedy" and d["fallback_reason"] == "bandit_error" and d["offer"]
+    )
+    assert (
+        'nextoffer_fallbacks_total{reason="bandit_error"} 1.0' in with_models.get("/metrics").text
+    )
 
 
 def test_a_propensity_model_with_bad_output_is_not_swapped_in(bank: dict, tmp_path: Path):
@@ -291,11 +405,15 @@ def test_a_propensity_model_with_bad_output_is_not_swapped_in(bank: dict, tmp_pa
         def load(self, name, version):
             return Garbage()
 
-    app = create_app(bank["settings"], _serving(bank, tmp_path, bandit_model=None), model_source=Source())
+    app = create_app(
+        bank["settings"], _serving(bank, tmp_path, bandit_model=None), model_source=Source()
+    )
     with TestClient(app) as client:
         assert client.app.state.service.manager.current.propensity is None
         assert "propensity" in client.get("/readyz").json()["detail"]["model_errors"]
-        assert _decide(client, bank["view"]["customer_id"].iloc[0]).json()["policy"] == "default_order"
+        assert (
+            _decide(client, bank["view"]["customer_id"].iloc[0]).json()["policy"] == "default_order"
+        )
 
 
 def test_unloggable_decision_shows_nothing_and_frees_the_contact(no_models: TestClient, bank: dict):
@@ -366,7 +484,9 @@ def test_openapi_contract_with_schemathesis(bank: dict, tmp_path: Path):
 def _check_operation(op, failures: list[tuple]) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(case=op.as_strategy())
     def check(case) -> None:
         response = case.call()

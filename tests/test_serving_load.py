@@ -32,17 +32,33 @@ def setup(small_bank: Settings, tmp_path_factory: pytest.TempPathFactory) -> dic
     from src.pipeline import default_as_of
 
     work = tmp_path_factory.mktemp("serving_load")
-    view_path = write_customer_view(small_bank.raw_dir, work / "features", default_as_of(small_bank))
+    view_path = write_customer_view(
+        small_bank.raw_dir, work / "features", default_as_of(small_bank)
+    )
     view = pd.read_parquet(view_path)
     offers = pd.read_parquet(small_bank.raw_dir / "offers.parquet")
-    policy = policy_from_offers(offers, channel_cap=CHANNEL_CAP, offer_cap=OFFER_CAP, fallback_epsilon=0.3)
+    policy = policy_from_offers(
+        offers, channel_cap=CHANNEL_CAP, offer_cap=OFFER_CAP, fallback_epsilon=0.3
+    )
     policy_path = work / "policy.json"
     policy_path.write_text(policy.model_dump_json())
-    ok = view.loc[~view["is_closed"] & ~view["is_accident_reported"] & view["consent_push"], "customer_id"]
-    serving = ServingSettings(view_path=view_path, policy_path=policy_path, log_path=work / "log.sqlite",
-                              propensity_model=None, bandit_model=None, seed=5)
-    return {"env": serving_env(small_bank, serving), "log": work / "log.sqlite", "work": work,
-            "customers": ok.head(100).tolist()}
+    ok = view.loc[
+        ~view["is_closed"] & ~view["is_accident_reported"] & view["consent_push"], "customer_id"
+    ]
+    serving = ServingSettings(
+        view_path=view_path,
+        policy_path=policy_path,
+        log_path=work / "log.sqlite",
+        propensity_model=None,
+        bandit_model=None,
+        seed=5,
+    )
+    return {
+        "env": serving_env(small_bank, serving),
+        "log": work / "log.sqlite",
+        "work": work,
+        "customers": ok.head(100).tolist(),
+    }
 
 
 class Acks:
@@ -55,8 +71,12 @@ class Acks:
 
     def request(self, customers: list[str]):
         def make(i: int):
-            return "/v1/decisions", {"customer_id": customers[i % len(customers)], "slot": "home_banner",
-                                     "context": {"channel": "app" if i % 3 else "push"}}
+            return "/v1/decisions", {
+                "customer_id": customers[i % len(customers)],
+                "slot": "home_banner",
+                "context": {"channel": "app" if i % 3 else "push"},
+            }
+
         return make
 
     def on_response(self, i, path, body, status, data):
@@ -67,8 +87,11 @@ class Acks:
             self.all_decisions.add(payload["decision_id"])
             if payload["offer"] is None:
                 return None
-            self.decisions[payload["decision_id"]] = (payload["customer_id"], payload["channel"],
-                                                      payload["offer"]["offer_id"])
+            self.decisions[payload["decision_id"]] = (
+                payload["customer_id"],
+                payload["channel"],
+                payload["offer"]["offer_id"],
+            )
             kind = "click" if len(self.decisions) % 2 else "conversion"
             return "/v1/rewards", {"decision_id": payload["decision_id"], "kind": kind}
         self.rewards.add((payload["decision_id"], payload["kind"]))
@@ -79,7 +102,8 @@ def _logged(path: Path) -> tuple[pd.DataFrame, set[tuple[str, str]]]:
     con = sqlite3.connect(path)
     try:
         decisions = pd.read_sql_query(
-            "SELECT decision_id, customer_id, channel, offer_id, day FROM decisions", con)
+            "SELECT decision_id, customer_id, channel, offer_id, day FROM decisions", con
+        )
         rewards = set(con.execute("SELECT decision_id, kind FROM rewards").fetchall())
     finally:
         con.close()
@@ -89,7 +113,9 @@ def _logged(path: Path) -> tuple[pd.DataFrame, set[tuple[str, str]]]:
 def _assert_caps(decisions: pd.DataFrame) -> None:
     decisions = decisions.loc[decisions["offer_id"].notna()]
     per_channel_day = decisions.groupby(["customer_id", "channel", "day"]).size()
-    per_channel = decisions.groupby(["customer_id", "channel"]).size()  # one test run spans < a week
+    per_channel = decisions.groupby(
+        ["customer_id", "channel"]
+    ).size()  # one test run spans < a week
     per_offer_day = decisions.groupby(["customer_id", "offer_id", "day"]).size()
     per_offer = decisions.groupby(["customer_id", "offer_id"]).size()
     assert per_channel_day.max() <= CHANNEL_CAP.per_day
@@ -105,8 +131,17 @@ def test_kill_9_mid_load_loses_nothing_acknowledged_and_never_exceeds_a_cap(setu
     try:
         killer = threading.Timer(2.5, server.kill)  # SIGKILL while requests are in flight
         killer.start()
-        result = asyncio.run(run_load("127.0.0.1", server.port, acks.request(customers), concurrency=8,
-                                      total=20_000, duration_s=10, on_response=acks.on_response))
+        result = asyncio.run(
+            run_load(
+                "127.0.0.1",
+                server.port,
+                acks.request(customers),
+                concurrency=8,
+                total=20_000,
+                duration_s=10,
+                on_response=acks.on_response,
+            )
+        )
         killer.join()
     finally:
         server.kill()
@@ -122,17 +157,30 @@ def test_kill_9_mid_load_loses_nothing_acknowledged_and_never_exceeds_a_cap(setu
     # caps saturated for these customers: the log shows they were binding, not trivially met
     shown = decisions.loc[decisions["offer_id"].notna()]
     assert shown.groupby(["customer_id", "channel", "day"]).size().max() == CHANNEL_CAP.per_day
-    print(f"acknowledged before the kill: {len(acks.all_decisions)} decisions "
-          f"({len(acks.decisions)} with an offer), {len(acks.rewards)} rewards; "
-          f"logged: {len(decisions)} decisions; {result.connection_errors} connections cut")
+    print(
+        f"acknowledged before the kill: {len(acks.all_decisions)} decisions "
+        f"({len(acks.decisions)} with an offer), {len(acks.rewards)} rewards; "
+        f"logged: {len(decisions)} decisions; {result.connection_errors} connections cut"
+    )
 
     # restart on the same log: counts come back from it, so more load cannot push past a cap
     before = len(decisions)
     with ServerProcess(setup["env"]).start(log_file=setup["work"] / "server2.log") as again:
         more = Acks()
-        asyncio.run(run_load("127.0.0.1", again.port, more.request(customers), concurrency=4,
-                             total=300, duration_s=10, on_response=more.on_response))
-        ready = json.loads(__import__("urllib.request").request.urlopen(again.url + "/readyz").read())
+        asyncio.run(
+            run_load(
+                "127.0.0.1",
+                again.port,
+                more.request(customers),
+                concurrency=4,
+                total=300,
+                duration_s=10,
+                on_response=more.on_response,
+            )
+        )
+        ready = json.loads(
+            __import__("urllib.request").request.urlopen(again.url + "/readyz").read()
+        )
         assert ready["status"] == "ready"
     decisions, rewards = _logged(setup["log"])
     assert acks.all_decisions | more.all_decisions <= set(decisions["decision_id"])

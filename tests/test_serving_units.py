@@ -17,12 +17,27 @@ from src.serving.engine import draw, epsilon_greedy
 from src.serving.log import DecisionRecord, RewardRecord, SqliteDecisionLog, read_log
 
 OFFERS = (
-    Offer(offer_id="A", slots=("home_banner",), product="loan", target={"age": {"gte": 19, "lt": 70}}),
+    Offer(
+        offer_id="A", slots=("home_banner",), product="loan", target={"age": {"gte": 19, "lt": 70}}
+    ),
     Offer(offer_id="B", slots=("home_banner",), product="fx"),
-    Offer(offer_id="C", slots=("home_banner",), product="card", target={"life_stage": {"in": ["family"]}}),
+    Offer(
+        offer_id="C",
+        slots=("home_banner",),
+        product="card",
+        target={"life_stage": {"in": ["family"]}},
+    ),
 )
-ROW = {"is_closed": False, "is_accident_reported": False, "consent_push": True, "consent_sms": False,
-       "n_loan": 0, "n_card": 1, "age": 30, "life_stage": "student"}
+ROW = {
+    "is_closed": False,
+    "is_accident_reported": False,
+    "consent_push": True,
+    "consent_sms": False,
+    "n_loan": 0,
+    "n_card": 1,
+    "age": 30,
+    "life_stage": "student",
+}
 
 
 def policy(**kw) -> PolicyConfig:
@@ -47,17 +62,24 @@ def test_offer_blocks_held_product_and_targeting():
     assert offer_block({**ROW, "age": None}, OFFERS[0], p) == "target_unknown:age"
     assert offer_block(ROW, OFFERS[2], p) == "product_held"
     assert exclusions({**ROW, "n_card": 0}, "app", OFFERS, p) == {"C": "target:life_stage"}
-    assert exclusions(None, "app", OFFERS, p) == {"A": "target_unknown:age", "C": "target_unknown:life_stage"}
+    assert exclusions(None, "app", OFFERS, p) == {
+        "A": "target_unknown:age",
+        "C": "target_unknown:life_stage",
+    }
 
 
 def test_policy_file_errors_name_the_file_and_field(tmp_path: Path):
     good = tmp_path / "p.yaml"
-    good.write_text("offers:\n  - {offer_id: A, slot: home_banner, product: loan}\n"
-                    "channel_cap: {per_day: 2}\ndefault_order: [A]\n")
+    good.write_text(
+        "offers:\n  - {offer_id: A, slot: home_banner, product: loan}\n"
+        "channel_cap: {per_day: 2}\ndefault_order: [A]\n"
+    )
     loaded = load_policy(good)
     assert loaded.offers[0].slots == ("home_banner",) and loaded.channel_cap.per_day == 2
     bad = tmp_path / "bad.yaml"
-    bad.write_text("offers:\n  - {offer_id: A, slot: home_banner, product: loan, target: {age: {about: 3}}}\n")
+    bad.write_text(
+        "offers:\n  - {offer_id: A, slot: home_banner, product: loan, target: {age: {about: 3}}}\n"
+    )
     with pytest.raises(ValueError, match=r"(?s)bad\.yaml.*about"):
         load_policy(bad)
     with pytest.raises(ValueError, match="unknown offer"):
@@ -117,23 +139,48 @@ def test_epsilon_greedy_draws_match_their_probabilities():
 
 def _record(i: int) -> DecisionRecord:
     return DecisionRecord(
-        decision_id=f"d{i}", created_at="2026-02-01T10:00:00", day=1, customer_id="c", slot="home_banner",
-        channel="app", device=None, page=None, request_time=None, offer_id="A", product="loan", prob=0.5,
-        candidates=("A", "B"), pmf=(0.5, 0.5), scores={"A": 0.1, "B": None}, excluded={"C": "product_held"},
-        policy="default_order", model_versions={}, cold_start=False, fallback=True, fallback_reason="no_model",
-        view_as_of="2026-02-01")
+        decision_id=f"d{i}",
+        created_at="2026-02-01T10:00:00",
+        day=1,
+        customer_id="c",
+        slot="home_banner",
+        channel="app",
+        device=None,
+        page=None,
+        request_time=None,
+        offer_id="A",
+        product="loan",
+        prob=0.5,
+        candidates=("A", "B"),
+        pmf=(0.5, 0.5),
+        scores={"A": 0.1, "B": None},
+        excluded={"C": "product_held"},
+        policy="default_order",
+        model_versions={},
+        cold_start=False,
+        fallback=True,
+        fallback_reason="no_model",
+        view_as_of="2026-02-01",
+    )
 
 
 def test_log_group_commits_and_idempotent_rewards(tmp_path: Path):
     gate = threading.Event()
 
-    def hold_first_commit(n: int, seconds: float) -> None:  # the writer is busy: the others queue up
+    def hold_first_commit(
+        n: int, seconds: float
+    ) -> None:  # the writer is busy: the others queue up
         if not gate.is_set():
             gate.wait(10)
 
-    log = SqliteDecisionLog(tmp_path / "log.sqlite", synchronous="NORMAL", on_commit=hold_first_commit)
+    log = SqliteDecisionLog(
+        tmp_path / "log.sqlite", synchronous="NORMAL", on_commit=hold_first_commit
+    )
     try:
-        threads = [threading.Thread(target=log.submit_blocking, args=("decision", _record(i))) for i in range(50)]
+        threads = [
+            threading.Thread(target=log.submit_blocking, args=("decision", _record(i)))
+            for i in range(50)
+        ]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
@@ -142,9 +189,14 @@ def test_log_group_commits_and_idempotent_rewards(tmp_path: Path):
         gate.set()
         for t in threads:
             t.join()
-        outcomes = [log.submit_blocking("reward", RewardRecord("d3", "click", None, "t")) for _ in range(2)]
+        outcomes = [
+            log.submit_blocking("reward", RewardRecord("d3", "click", None, "t")) for _ in range(2)
+        ]
         assert outcomes == ["stored", "duplicate"]
-        assert log.submit_blocking("reward", RewardRecord("zz", "click", None, "t")) == "unknown_decision"
+        assert (
+            log.submit_blocking("reward", RewardRecord("zz", "click", None, "t"))
+            == "unknown_decision"
+        )
         assert log.stats.commits < log.stats.writes  # several writes shared a commit
     finally:
         log.close()
@@ -168,7 +220,9 @@ def test_contact_counts_match_a_recount_of_the_contacts():
             kept.remove((d, ch, o))
         else:
             channel, offer = rng.choice(["app", "push"]), rng.choice("ABC")
-            got = caps.reserve_with("c", channel, day, ["A", "B", "C"], lambda u, b, o=offer: (o, o))
+            got = caps.reserve_with(
+                "c", channel, day, ["A", "B", "C"], lambda u, b, o=offer: (o, o)
+            )
             kept.append((day, channel, got))
         channel = rng.choice(["app", "push"])
         window = [c for c in kept if day - 7 < c[0] <= day]
@@ -192,16 +246,33 @@ def _vw_scorer(spec_kw: dict):
 
 
 def _cases(rng: random.Random, rules: tuple[str, ...]):
-    candidates = [{"offer_id": f"OF{i:02d}", "product": p, "slot": "home_banner", "creative": f"Get a {p} now"}
-                  for i, p in enumerate(["loan", "fx", "card", "fund"])]
+    candidates = [
+        {
+            "offer_id": f"OF{i:02d}",
+            "product": p,
+            "slot": "home_banner",
+            "creative": f"Get a {p} now",
+        }
+        for i, p in enumerate(["loan", "fx", "card", "fund"])
+    ]
     cases = []
-    for k in range(40):
-        customer = {"gender": rng.choice(["F", "M", None]), "life_stage": rng.choice(["student", "family retiree"]),
-                    "age": rng.choice([23, 47.0, None]), "n_loan": rng.choice([0, 1, 3.5, None]),
-                    "pv_fx_7d": rng.choice([0, 2, None]), "propensity_loan": rng.random(),
-                    rules[0]: rng.choice([0, 1, 2.5, None])}
-        request = {"hour": rng.randrange(24), "weekday": rng.randrange(7), "channel": rng.choice(["app", "web"]),
-                   "exposures_7d": rng.choice([0, 1, 6]), "seen": rng.choice([{}, {"OF01": 2}, {"OF00": 1, "OF03": 4}])}
+    for _k in range(40):
+        customer = {
+            "gender": rng.choice(["F", "M", None]),
+            "life_stage": rng.choice(["student", "family retiree"]),
+            "age": rng.choice([23, 47.0, None]),
+            "n_loan": rng.choice([0, 1, 3.5, None]),
+            "pv_fx_7d": rng.choice([0, 2, None]),
+            "propensity_loan": rng.random(),
+            rules[0]: rng.choice([0, 1, 2.5, None]),
+        }
+        request = {
+            "hour": rng.randrange(24),
+            "weekday": rng.randrange(7),
+            "channel": rng.choice(["app", "web"]),
+            "exposures_7d": rng.choice([0, 1, 6]),
+            "seen": rng.choice([{}, {"OF01": 2}, {"OF00": 1, "OF03": 4}]),
+        }
         flags = rng.choice([(), ("mark_fx",), (rules[1],), tuple(sorted(rules))])
         cases.append((customer, request, flags))
     return cases, candidates
@@ -218,12 +289,16 @@ def test_vw_examples_from_cached_pieces_equal_vw_example():
     cases, candidates = _cases(random.Random(1), rules)
     for customer, request, flags in cases:
         full = {**customer, **request, **dict.fromkeys(flags, 1)}
-        assert scorer.split_lines(customer, request, flags, candidates) == vw_example(full, candidates, scorer.spec)
+        assert scorer.split_lines(customer, request, flags, candidates) == vw_example(
+            full, candidates, scorer.spec
+        )
         part = scorer.customer_part(("k", id(customer)), lambda c=customer: c)
         key = tuple(request[k] for k in ("hour", "weekday", "channel", "exposures_7d"))
         assert scorer.shared_line(part, key, flags) == vw_example(full, candidates, scorer.spec)[0]
     scorer.check_split(cases, candidates)
     assert scorer.split
-    scorer._order = tuple(reversed(scorer._order))  # a feature module that orders namespaces otherwise
+    scorer._order = tuple(
+        reversed(scorer._order)
+    )  # a feature module that orders namespaces otherwise
     scorer.check_split(cases, candidates)
     assert not scorer.split

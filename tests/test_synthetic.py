@@ -53,7 +53,9 @@ def test_volumes_are_in_the_designed_range(tables):
     fx = tables["transactions"].query("code == 'FX_REMIT'")
     assert set(fx["currency"]) <= {"USD", "JPY", "EUR", "CNY", "VND"}
     krw = fx["amount"] * fx["currency"].map(KRW_REFERENCE_RATES)
-    assert 5e5 < krw.median() < 5e6  # stored in the remittance currency, KRW-equivalent median ~1.5M
+    assert (
+        5e5 < krw.median() < 5e6
+    )  # stored in the remittance currency, KRW-equivalent median ~1.5M
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -66,9 +68,16 @@ def test_same_config_gives_identical_bytes(tmp_path):
         simulate(small, tmp_path / run / "raw", tmp_path / run / "truth", progress=False)
     assert _digest(tmp_path / "a" / "raw") == _digest(tmp_path / "b" / "raw")
     assert _digest(tmp_path / "a" / "truth") == _digest(tmp_path / "b" / "truth")
-    simulate(small.model_copy(update={"seed": 10}), tmp_path / "c" / "raw", tmp_path / "c" / "truth",
-             progress=False)
-    assert _digest(tmp_path / "a" / "raw")["clickstream.parquet"] != _digest(tmp_path / "c" / "raw")["clickstream.parquet"]
+    simulate(
+        small.model_copy(update={"seed": 10}),
+        tmp_path / "c" / "raw",
+        tmp_path / "c" / "truth",
+        progress=False,
+    )
+    assert (
+        _digest(tmp_path / "a" / "raw")["clickstream.parquet"]
+        != _digest(tmp_path / "c" / "raw")["clickstream.parquet"]
+    )
 
 
 def test_event_ids_unique_across_clicks_and_transactions(tables):
@@ -101,11 +110,16 @@ def test_shared_devices_serve_two_customers_told_apart_only_by_login(tables):
 def test_session_transactions_fall_inside_a_session_of_that_customer(tables):
     clicks = tables["clickstream"]
     end = clicks["ts"] + pd.to_timedelta(clicks["dwell_seconds"], unit="s")
-    sessions = clicks.assign(end=end).groupby("session_id").agg(
-        start=("ts", "min"), end=("end", "max"), customer_id=("customer_id", "first"))
+    sessions = (
+        clicks.assign(end=end)
+        .groupby("session_id")
+        .agg(start=("ts", "min"), end=("end", "max"), customer_id=("customer_id", "first"))
+    )
     txns = tables["transactions"].dropna(subset=["session_id"])
     assert len(txns) > 0
-    joined = txns.join(sessions.rename(columns={"customer_id": "customer_id_session"}), on="session_id")
+    joined = txns.join(
+        sessions.rename(columns={"customer_id": "customer_id_session"}), on="session_id"
+    )
     assert joined["start"].notna().all()
     assert (joined["customer_id"] == joined["customer_id_session"]).all()
     assert ((joined["ts"] >= joined["start"]) & (joined["ts"] <= joined["end"])).all()
@@ -132,7 +146,9 @@ def test_signups_agree_with_the_oracle(tables, oracle):
     aucs = []
     for product in PRODUCTS:
         p = oracle.true_signup_prob(customers, product, start, window_days=CONFIG.days)
-        y = customers.map(lambda c, product=product: observed.get((c, product), False)).to_numpy(bool)
+        y = customers.map(lambda c, product=product: observed.get((c, product), False)).to_numpy(
+            bool
+        )
         expected += p.sum()
         variance += (p * (1 - p)).sum()
         hits += y.sum()
@@ -149,8 +165,9 @@ def test_oracle_reproduces_logged_probabilities(tables, bank, oracle):
     exposures = tables["exposures"]
     exposure_truth = pd.read_parquet(truth / "exposure_truth.parquet")
     assert (exposures["decision_id"].to_numpy() == exposure_truth["decision_id"].to_numpy()).all()
-    p_click = oracle.true_click_prob(exposures["customer_id"], exposures["offer_id"], exposures["ts"],
-                                     exposures["channel"])
+    p_click = oracle.true_click_prob(
+        exposures["customer_id"], exposures["offer_id"], exposures["ts"], exposures["channel"]
+    )
     np.testing.assert_allclose(p_click, exposure_truth["p_click"], rtol=1e-6)
     assert exposure_truth["n_recent_all"].max() > 0  # fatigue is in play
     # Logged clicks follow the true probabilities.
@@ -158,7 +175,7 @@ def test_oracle_reproduces_logged_probabilities(tables, bank, oracle):
     assert abs(z) < 4
     offers = tables["offers"]
     assert (exposures.groupby("slot")["logged_prob"].nunique() > 1).all()
-    for slot, group in offers.groupby("slot"):
+    for _slot, group in offers.groupby("slot"):
         probs = exposures.drop_duplicates("offer_id").query("slot == @slot")["logged_prob"]
         assert probs.sum() <= 1.0 + 1e-9
         assert len(group) >= 6
@@ -219,11 +236,19 @@ def test_environment_rejects_bad_steps(oracle):
 
 def test_needs_stay_out_of_the_raw_tables(tables, bank):
     _, truth, _ = bank
-    hidden = ("need", "quality", "affinity", "p_click", "p_convert", "signup_prob", "preferred_hour")
+    hidden = (
+        "need",
+        "quality",
+        "affinity",
+        "p_click",
+        "p_convert",
+        "signup_prob",
+        "preferred_hour",
+    )
     for name, frame in tables.items():
         for column in frame.columns:
             assert not any(word in column for word in hidden), (name, column)
     needs = np.load(truth / "needs.npy")
     assert needs.shape == (CONFIG.days, CONFIG.customers, len(PRODUCTS))
-    assert 0 <= needs.min() and needs.max() <= 1
+    assert needs.min() >= 0 and needs.max() <= 1
     assert np.abs(np.diff(needs, axis=0)).mean() > 0  # needs drift day by day

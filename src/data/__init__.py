@@ -1,50 +1,22 @@
-"""Raw data: the contract (``schemas``) and the only way in (``loaders``).
+"""Raw data: the contract (``schemas``), the catalog of named tables (``catalog``) and the only
+way in (``loaders``).
 
-Kept light on purpose: the simulator (``src.data.synthetic``) is not imported here.
+Kept light on purpose: importing ``src.data`` (and so ``src.data.catalog`` from the settings)
+loads neither pandas nor the simulator (``src.data.synthetic``); the names below are resolved on
+first use.
 """
 
-from src.data.loaders import (
-    FAILURE_COLUMNS,
-    REFERENCES,
-    LoadResult,
-    RawDataError,
-    ReferenceProblem,
-    check_references,
-    find_table_file,
-    format_failures,
-    load_raw,
-    load_table,
-    load_table_result,
-    read_table_file,
-    validate_frame,
-    validate_raw,
-    write_table,
-)
-from src.data.schemas import (
-    TABLES,
-    Clickstream,
-    Customers,
-    Exposures,
-    Holdings,
-    Offers,
-    StitchedEvents,
-    Transactions,
-)
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import Any
+
+_LOADERS = (
     "FAILURE_COLUMNS",
     "REFERENCES",
-    "TABLES",
-    "Clickstream",
-    "Customers",
-    "Exposures",
-    "Holdings",
     "LoadResult",
-    "Offers",
     "RawDataError",
     "ReferenceProblem",
-    "StitchedEvents",
-    "Transactions",
     "check_references",
     "find_table_file",
     "format_failures",
@@ -55,4 +27,26 @@ __all__ = [
     "validate_frame",
     "validate_raw",
     "write_table",
-]
+)
+_SCHEMAS = (
+    "TABLES",
+    "Clickstream",
+    "Customers",
+    "Exposures",
+    "Holdings",
+    "Offers",
+    "StitchedEvents",
+    "Transactions",
+)
+
+__all__ = [*_LOADERS, *_SCHEMAS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOADERS:
+        return getattr(importlib.import_module("src.data.loaders"), name)
+    if name in _SCHEMAS:
+        return getattr(importlib.import_module("src.data.schemas"), name)
+    if name in ("loaders", "schemas", "catalog"):
+        return importlib.import_module(f"src.data.{name}")
+    raise AttributeError(f"module 'src.data' has no attribute {name!r}")

@@ -17,18 +17,41 @@ PRODUCTS: tuple[str, ...] = ("loan", "savings", "fund", "card", "fx", "pension")
 LIFE_STAGES: tuple[str, ...] = ("student", "first_job", "family", "mid_career", "retiree")
 INCOME_BANDS: tuple[str, ...] = ("low", "lower_mid", "mid", "upper_mid", "high")
 REGIONS: tuple[str, ...] = (
-    "seoul", "gyeonggi", "incheon", "busan", "daegu", "gwangju", "daejeon", "other",
+    "seoul",
+    "gyeonggi",
+    "incheon",
+    "busan",
+    "daegu",
+    "gwangju",
+    "daejeon",
+    "other",
 )
 HOLDING_TYPES: tuple[str, ...] = (
-    "account", "card", "loan", "savings", "fund", "auto_transfer", "pension",
+    "account",
+    "card",
+    "loan",
+    "savings",
+    "fund",
+    "auto_transfer",
+    "pension",
 )
 CLICK_CHANNELS: tuple[str, ...] = ("web", "app")
 CLICK_ACTIONS: tuple[str, ...] = ("view", "click", "submit", "login", "logout", "error")
 REFERRERS: tuple[str, ...] = ("direct", "push", "sms", "search", "banner", "messenger", "email")
 TXN_CODES: tuple[str, ...] = (
-    "TRANSFER", "CARD_PAYMENT", "FX_REMIT", "LOAN_LIMIT_INQUIRY", "LOAN_APPLICATION",
-    "PRODUCT_SIGNUP", "DEPOSIT", "WITHDRAWAL", "BALANCE_INQUIRY", "MATURITY_PAYOUT",
-    "AUTO_TRANSFER", "LOAN_INTEREST", "FUND_BUY",
+    "TRANSFER",
+    "CARD_PAYMENT",
+    "FX_REMIT",
+    "LOAN_LIMIT_INQUIRY",
+    "LOAN_APPLICATION",
+    "PRODUCT_SIGNUP",
+    "DEPOSIT",
+    "WITHDRAWAL",
+    "BALANCE_INQUIRY",
+    "MATURITY_PAYOUT",
+    "AUTO_TRANSFER",
+    "LOAN_INTEREST",
+    "FUND_BUY",
 )
 TXN_CHANNELS: tuple[str, ...] = ("app", "web", "branch", "atm", "auto")
 CURRENCIES: tuple[str, ...] = ("KRW", "USD", "JPY", "EUR", "CNY", "VND")
@@ -36,22 +59,49 @@ CURRENCIES: tuple[str, ...] = ("KRW", "USD", "JPY", "EUR", "CNY", "VND")
 # Raw amounts stay in the transaction's own currency; features and rules that need KRW
 # ("a remittance of at least 10M KRW") convert with these. Approximate constants, not market data.
 KRW_REFERENCE_RATES: dict[str, float] = {
-    "KRW": 1.0, "USD": 1400.0, "JPY": 9.5, "EUR": 1500.0, "CNY": 195.0, "VND": 0.055,
+    "KRW": 1.0,
+    "USD": 1400.0,
+    "JPY": 9.5,
+    "EUR": 1500.0,
+    "CNY": 195.0,
+    "VND": 0.055,
 }
 SLOTS: tuple[str, ...] = ("home_banner", "account_message", "events_for_me")
 CONTACT_CHANNELS: tuple[str, ...] = ("push", "sms", "messenger", "email")
 
 # Pages of the web/app site. Flows in the simulator and rules in detection use these names.
 PAGES: tuple[str, ...] = (
-    "home", "login", "account_summary", "transfer_input", "transfer_done",
-    "card_statement", "card_benefits",
-    "loan_main", "loan_limit_inquiry", "loan_limit_result",
-    "loan_apply_step1", "loan_apply_step2", "loan_apply_step3", "loan_apply_done",
-    "fx_main", "fx_rates", "fx_remit_input", "fx_remit_done",
-    "fund_list", "fund_detail", "fund_buy_done",
-    "savings_list", "savings_detail",
-    "signup_step1", "signup_step2", "signup_step3", "signup_done",
-    "pension_main", "events", "support", "error",
+    "home",
+    "login",
+    "account_summary",
+    "transfer_input",
+    "transfer_done",
+    "card_statement",
+    "card_benefits",
+    "loan_main",
+    "loan_limit_inquiry",
+    "loan_limit_result",
+    "loan_apply_step1",
+    "loan_apply_step2",
+    "loan_apply_step3",
+    "loan_apply_done",
+    "fx_main",
+    "fx_rates",
+    "fx_remit_input",
+    "fx_remit_done",
+    "fund_list",
+    "fund_detail",
+    "fund_buy_done",
+    "savings_list",
+    "savings_detail",
+    "signup_step1",
+    "signup_step2",
+    "signup_step3",
+    "signup_done",
+    "pension_main",
+    "events",
+    "support",
+    "error",
 )
 
 

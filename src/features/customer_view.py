@@ -34,15 +34,26 @@ PAGE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 __all__ = [
-    "KRW_REFERENCE_RATES", "LONG_READ_SECONDS", "PAGE_GROUPS", "VIEW_STAGES", "WINDOWS", "build_customer_view",
-    "coerce_view", "data_dictionary", "write_customer_view",
+    "KRW_REFERENCE_RATES",
+    "LONG_READ_SECONDS",
+    "PAGE_GROUPS",
+    "VIEW_STAGES",
+    "WINDOWS",
+    "build_customer_view",
+    "coerce_view",
+    "data_dictionary",
+    "write_customer_view",
 ]  # KRW_REFERENCE_RATES (schemas.py) is what sql/fx_rates.sql spells out; a test checks
 
 LONG_READ_SECONDS = 180
 """Dwell (s) from which a page view counts as a long read (``long_views_*``; session_keys.sql)."""
 
 VIEW_STAGES: tuple[str, ...] = (
-    "session_keys", "identity_map", "session_map", "fx_rates", "customer_view",
+    "session_keys",
+    "identity_map",
+    "session_map",
+    "fx_rates",
+    "customer_view",
 )
 """SQL stages the view needs, in dependency order (each registered as a view of that name).
 No ``stitched_clicks``: the view sums ``session_keys``' per-session counts through
@@ -104,7 +115,8 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     for code in TXN_CODES:
         windowed(f"txn_{code.lower()}_cnt", "int64", f"{code} transactions")
         windowed(
-            f"txn_{code.lower()}_amt_krw", "float64",
+            f"txn_{code.lower()}_amt_krw",
+            "float64",
             f"{code} amount in KRW (foreign currency at KRW_REFERENCE_RATES)",
         )
     windowed("n_currencies", "int64", "distinct transaction currencies")
@@ -113,8 +125,11 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     # (>= LONG_READ_SECONDS on a product page) and a past signup of the product are the two
     # behaviours whose rate rises most steeply with the latent need (measured in issue 4).
     for product in PRODUCTS:
-        windowed(f"long_views_{product}", "int64",
-                 f"views of {product}* pages with dwell >= {LONG_READ_SECONDS} s, {scope}")
+        windowed(
+            f"long_views_{product}",
+            "int64",
+            f"views of {product}* pages with dwell >= {LONG_READ_SECONDS} s, {scope}",
+        )
     for product in PRODUCTS:
         windowed(f"signups_{product}", "int64", f"PRODUCT_SIGNUP transactions for {product}")
     return d

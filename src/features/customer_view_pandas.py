@@ -26,7 +26,9 @@ from src.features.customer_view import (
 from src.features.identity import RAW_TABLES
 
 
-def load_tables(raw_dir: Path | str, tables: tuple[str, ...] = RAW_TABLES) -> dict[str, pd.DataFrame]:
+def load_tables(
+    raw_dir: Path | str, tables: tuple[str, ...] = RAW_TABLES
+) -> dict[str, pd.DataFrame]:
     """Read ``<raw_dir>/<table>.parquet`` for every table the view needs."""
     return {t: pd.read_parquet(Path(raw_dir) / f"{t}.parquet") for t in tables}
 
@@ -60,8 +62,16 @@ def identity_map_pandas(
     out["is_shared"] = out["n_customers"] > 1
     out["customer_id"] = out["some_customer"].where(~out["is_shared"])
     return out[
-        ["identifier_type", "identifier", "customer_id", "n_customers", "n_logins",
-         "first_login_ts", "last_login_ts", "is_shared"]
+        [
+            "identifier_type",
+            "identifier",
+            "customer_id",
+            "n_customers",
+            "n_logins",
+            "first_login_ts",
+            "last_login_ts",
+            "is_shared",
+        ]
     ]
 
 
@@ -95,7 +105,8 @@ def session_map_pandas(
 
     inferred = (s["n_login_customers"] == 0) & ~s["any_shared"] & (s["n_candidates"] == 1)
     s["customer_id"] = np.where(
-        s["n_login_customers"] == 1, s["login_customer_id"],
+        s["n_login_customers"] == 1,
+        s["login_customer_id"],
         np.where(inferred, s["candidate_customer_id"], None),
     )
     s["customer_id"] = s["customer_id"].astype("str").where(s["customer_id"].notna())
@@ -160,7 +171,10 @@ def _holding_features(holdings: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
     by_type = open_.groupby(["customer_id", "holding_type"])
     counts = by_type.size().unstack().reindex(columns=list(HOLDING_TYPES)).add_prefix("n_")
     balances = (
-        by_type["balance"].sum().unstack().reindex(columns=list(HOLDING_TYPES))
+        by_type["balance"]
+        .sum()
+        .unstack()
+        .reindex(columns=list(HOLDING_TYPES))
         .add_prefix("balance_")
     )
 
@@ -170,19 +184,28 @@ def _holding_features(holdings: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
     open_["days_to_auto_transfer_end"] = (
         open_["auto_transfer_end_date"].dt.normalize() - as_of_date
     ).dt.days
-    future = lambda col: open_[col].where(open_[col] >= 0)
-    dues = pd.DataFrame({
-        "customer_id": open_["customer_id"],
-        "days_to_card_payment": open_["days_to_card_payment"].where(open_["holding_type"] == "card"),
-        "days_to_savings_maturity": future("days_to_savings_maturity").where(
-            open_["holding_type"] == "savings"
-        ),
-        "days_to_loan_interest": open_["days_to_loan_interest"].where(open_["holding_type"] == "loan"),
-        "days_to_auto_transfer_end": future("days_to_auto_transfer_end").where(
-            open_["holding_type"] == "auto_transfer"
-        ),
-        "fund_return_pct_avg": open_["fund_return_pct"].where(open_["holding_type"] == "fund"),
-    })
+
+    def future(col):
+        return open_[col].where(open_[col] >= 0)
+
+    dues = pd.DataFrame(
+        {
+            "customer_id": open_["customer_id"],
+            "days_to_card_payment": open_["days_to_card_payment"].where(
+                open_["holding_type"] == "card"
+            ),
+            "days_to_savings_maturity": future("days_to_savings_maturity").where(
+                open_["holding_type"] == "savings"
+            ),
+            "days_to_loan_interest": open_["days_to_loan_interest"].where(
+                open_["holding_type"] == "loan"
+            ),
+            "days_to_auto_transfer_end": future("days_to_auto_transfer_end").where(
+                open_["holding_type"] == "auto_transfer"
+            ),
+            "fund_return_pct_avg": open_["fund_return_pct"].where(open_["holding_type"] == "fund"),
+        }
+    )
     dues = dues.groupby("customer_id").agg(
         days_to_card_payment=("days_to_card_payment", "min"),
         days_to_savings_maturity=("days_to_savings_maturity", "min"),
@@ -203,18 +226,27 @@ def _activity_features(clicks: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFram
         by_customer = win.groupby("customer_id")
         parts += [
             by_customer["session_id"].nunique().rename(f"sessions_{w}d"),
-            win[win["channel"] == "app"].groupby("customer_id")["session_id"].nunique()
+            win[win["channel"] == "app"]
+            .groupby("customer_id")["session_id"]
+            .nunique()
             .rename(f"app_sessions_{w}d"),
             views.groupby("customer_id").size().rename(f"page_views_{w}d"),
             by_customer["dwell_seconds"].sum().rename(f"dwell_seconds_{w}d"),
             win[win["action"] == "login"].groupby("customer_id").size().rename(f"logins_{w}d"),
-            views.groupby(["customer_id", "page_group"]).size().unstack()
-            .reindex(columns=list(PAGE_GROUPS)).rename(columns=lambda g, w=w: f"pv_{g}_{w}d"),
+            views.groupby(["customer_id", "page_group"])
+            .size()
+            .unstack()
+            .reindex(columns=list(PAGE_GROUPS))
+            .rename(columns=lambda g, w=w: f"pv_{g}_{w}d"),
         ]
         long_reads = views[views["dwell_seconds"] >= LONG_READ_SECONDS]
         for product in PRODUCTS:
-            parts.append(long_reads[long_reads["page"].str.startswith(product)].groupby("customer_id").size()
-                         .rename(f"long_views_{product}_{w}d"))
+            parts.append(
+                long_reads[long_reads["page"].str.startswith(product)]
+                .groupby("customer_id")
+                .size()
+                .rename(f"long_views_{product}_{w}d")
+            )
     out = pd.concat(parts, axis=1)
     for w in WINDOWS:
         out[f"app_share_{w}d"] = out[f"app_sessions_{w}d"].fillna(0) / out[f"sessions_{w}d"]
@@ -230,13 +262,22 @@ def _transaction_features(transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd
         by_code = win.groupby(["customer_id", "code"])
         codes = list(TXN_CODES)
         parts += [
-            by_code.size().unstack().reindex(columns=codes)
+            by_code.size()
+            .unstack()
+            .reindex(columns=codes)
             .rename(columns=lambda c, w=w: f"txn_{c.lower()}_cnt_{w}d"),
-            by_code["amount_krw"].sum().unstack().reindex(columns=codes)
+            by_code["amount_krw"]
+            .sum()
+            .unstack()
+            .reindex(columns=codes)
             .rename(columns=lambda c, w=w: f"txn_{c.lower()}_amt_krw_{w}d"),
             win.groupby("customer_id")["currency"].nunique().rename(f"n_currencies_{w}d"),
-            win[win["code"] == "PRODUCT_SIGNUP"].groupby(["customer_id", "product"]).size().unstack()
-            .reindex(columns=list(PRODUCTS)).rename(columns=lambda p, w=w: f"signups_{p}_{w}d"),
+            win[win["code"] == "PRODUCT_SIGNUP"]
+            .groupby(["customer_id", "product"])
+            .size()
+            .unstack()
+            .reindex(columns=list(PRODUCTS))
+            .rename(columns=lambda p, w=w: f"signups_{p}_{w}d"),
         ]
     return pd.concat(parts, axis=1)
 
@@ -250,21 +291,23 @@ def build_customer_view_pandas(
     customers = tables["customers"]
     customers = customers[customers["joined_at"] < as_of]
 
-    view = pd.DataFrame({
-        "customer_id": customers["customer_id"],
-        "age": as_of.year - customers["birth_year"],
-        "gender": customers["gender"],
-        "life_stage": customers["life_stage"],
-        "income_band": customers["income_band"],
-        "region": customers["region"],
-        "tenure_days": (as_of_date - customers["joined_at"].dt.normalize()).dt.days,
-        "consent_push": customers["consent_push"],
-        "consent_sms": customers["consent_sms"],
-        "consent_messenger": customers["consent_messenger"],
-        "consent_email": customers["consent_email"],
-        "is_accident_reported": customers["accident_reported_at"] < as_of,
-        "is_closed": customers["closed_at"] < as_of,
-    })
+    view = pd.DataFrame(
+        {
+            "customer_id": customers["customer_id"],
+            "age": as_of.year - customers["birth_year"],
+            "gender": customers["gender"],
+            "life_stage": customers["life_stage"],
+            "income_band": customers["income_band"],
+            "region": customers["region"],
+            "tenure_days": (as_of_date - customers["joined_at"].dt.normalize()).dt.days,
+            "consent_push": customers["consent_push"],
+            "consent_sms": customers["consent_sms"],
+            "consent_messenger": customers["consent_messenger"],
+            "consent_email": customers["consent_email"],
+            "is_accident_reported": customers["accident_reported_at"] < as_of,
+            "is_closed": customers["closed_at"] < as_of,
+        }
+    )
     clicks = stitch_clicks_pandas(tables["clickstream"], as_of)
     for features in (
         _holding_features(tables["holdings"], as_of),
@@ -276,7 +319,8 @@ def build_customer_view_pandas(
     view["days_since_last_session"] = (as_of_date - view["last_session_ts"].dt.normalize()).dt.days
     view["days_since_last_txn"] = (as_of_date - view["last_txn_ts"].dt.normalize()).dt.days
     zero_filled = [
-        c for c, (dtype, _) in data_dictionary().items()
+        c
+        for c, (dtype, _) in data_dictionary().items()
         if dtype in ("int64", "float64")
         and not c.startswith(("app_share", "fund_return", "age", "tenure"))
     ]

@@ -34,11 +34,13 @@ ExtraFeatures = Callable[[Path, pd.Timestamp, pd.Series], pd.DataFrame]
 
 KEYS: tuple[str, ...] = ("customer_id", "as_of")
 CATEGORICAL: dict[str, tuple[str, ...]] = {
-    "gender": ("F", "M"), "life_stage": LIFE_STAGES, "income_band": INCOME_BANDS, "region": REGIONS,
+    "gender": ("F", "M"),
+    "life_stage": LIFE_STAGES,
+    "income_band": INCOME_BANDS,
+    "region": REGIONS,
 }
 """Categorical view columns and their closed vocabularies (one-hot in the model matrix)."""
 NOT_FEATURES: tuple[str, ...] = ("customer_id", "is_closed")
-
 
 
 class TooShortForTimeSplit(ValueError):
@@ -70,9 +72,16 @@ class AsOfPlan:
 
     def as_dict(self) -> dict[str, object]:
         """Plain strings, for MLflow params and JSON."""
-        fmt = lambda ds: [f"{d:%Y-%m-%d}" for d in ds]
-        return {"train": fmt(self.train), "val": fmt(self.val), "test": fmt(self.test),
-                "window_days": self.window_days}
+
+        def fmt(ds):
+            return [f"{d:%Y-%m-%d}" for d in ds]
+
+        return {
+            "train": fmt(self.train),
+            "val": fmt(self.val),
+            "test": fmt(self.test),
+            "window_days": self.window_days,
+        }
 
 
 def data_period(raw_dir: Path | str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -87,9 +96,16 @@ def data_period(raw_dir: Path | str) -> tuple[pd.Timestamp, pd.Timestamp]:
     return pd.Timestamp(lo).normalize(), pd.Timestamp(hi).normalize()
 
 
-def plan_as_of_dates(start: DateLike, end: DateLike, window_days: int = 30, n_train: int = 3,
-                     step_days: int = 7, min_history_days: int = 28, embargo: bool = True,
-                     shrink_window: bool = True) -> AsOfPlan:
+def plan_as_of_dates(
+    start: DateLike,
+    end: DateLike,
+    window_days: int = 30,
+    n_train: int = 3,
+    step_days: int = 7,
+    min_history_days: int = 28,
+    embargo: bool = True,
+    shrink_window: bool = True,
+) -> AsOfPlan:
     """A time split over the period [start, end).
 
     test = the last date whose label window fits (end - window); val = test - window with
@@ -110,20 +126,31 @@ def plan_as_of_dates(start: DateLike, end: DateLike, window_days: int = 30, n_tr
             return AsOfPlan(tuple(train), (val,), (test,), w)
         if not shrink_window:
             break
-    raise TooShortForTimeSplit(f"period {start:%Y-%m-%d}..{end:%Y-%m-%d} too short for a time split "
-                     f"(window {window_days}d, step {step_days}d, history {min_history_days}d)")
+    raise TooShortForTimeSplit(
+        f"period {start:%Y-%m-%d}..{end:%Y-%m-%d} too short for a time split "
+        f"(window {window_days}d, step {step_days}d, history {min_history_days}d)"
+    )
 
 
-def signup_labels(raw_dir: Path | str, as_of: DateLike, window_days: int,
-                  customer_ids: Iterable[str], products: Sequence[str] = PRODUCTS) -> pd.DataFrame:
+def signup_labels(
+    raw_dir: Path | str,
+    as_of: DateLike,
+    window_days: int,
+    customer_ids: Iterable[str],
+    products: Sequence[str] = PRODUCTS,
+) -> pd.DataFrame:
     """``label_<product>`` per customer: a PRODUCT_SIGNUP of it in [as_of, as_of + window)."""
     as_of = pd.Timestamp(as_of)
     txn = pd.read_parquet(
-        Path(raw_dir) / "transactions.parquet", columns=["ts", "customer_id", "code", "product"],
-        filters=[("code", "==", "PRODUCT_SIGNUP"), ("ts", ">=", as_of),
-                 ("ts", "<", as_of + pd.Timedelta(days=window_days))],
+        Path(raw_dir) / "transactions.parquet",
+        columns=["ts", "customer_id", "code", "product"],
+        filters=[
+            ("code", "==", "PRODUCT_SIGNUP"),
+            ("ts", ">=", as_of),
+            ("ts", "<", as_of + pd.Timedelta(days=window_days)),
+        ],
     )
-    hit = set(zip(txn["customer_id"].astype(str), txn["product"].astype(str)))
+    hit = set(zip(txn["customer_id"].astype(str), txn["product"].astype(str), strict=False))
     ids = pd.Index(pd.Series(list(customer_ids), dtype="str"), name="customer_id")
     out = pd.DataFrame(index=ids)
     for p in products:
@@ -153,9 +180,15 @@ def detection_rule_features(rules_path: Path | str | None = None) -> ExtraFeatur
     return extra
 
 
-def build_feature_table(raw_dir: Path | str, as_of_dates: Iterable[DateLike], window_days: int = 30,
-                        products: Sequence[str] = PRODUCTS, extra: ExtraFeatures | None = None,
-                        drop_closed: bool = True, progress: bool = False) -> pd.DataFrame:
+def build_feature_table(
+    raw_dir: Path | str,
+    as_of_dates: Iterable[DateLike],
+    window_days: int = 30,
+    products: Sequence[str] = PRODUCTS,
+    extra: ExtraFeatures | None = None,
+    drop_closed: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Rows (customer, as_of) for every date: customer view + extras + ``label_<product>``.
 
     Customers closed before ``as_of`` are dropped (they are never offered anything).
@@ -181,8 +214,11 @@ def build_feature_table(raw_dir: Path | str, as_of_dates: Iterable[DateLike], wi
 
 def feature_columns(table: pd.DataFrame) -> list[str]:
     """Raw feature columns a model takes: everything but keys, labels and exclusion flags."""
-    return [c for c in table.columns
-            if c not in KEYS and c not in NOT_FEATURES and not c.startswith("label_")]
+    return [
+        c
+        for c in table.columns
+        if c not in KEYS and c not in NOT_FEATURES and not c.startswith("label_")
+    ]
 
 
 def view_feature_columns() -> list[str]:
@@ -227,7 +263,11 @@ def model_matrix(rows: pd.DataFrame, columns: Sequence[str], derived: bool = Tru
         if c in CATEGORICAL:
             for v in CATEGORICAL[c]:
                 out[f"{c}={v}"] = (s.astype("string") == v).fillna(False).astype("float64")
-        elif pd.api.types.is_bool_dtype(s) or s.dtype == object and s.dropna().isin([True, False]).all():
+        elif (
+            pd.api.types.is_bool_dtype(s)
+            or s.dtype == object
+            and s.dropna().isin([True, False]).all()
+        ):
             out[c] = s.astype("float64")
         else:
             out[c] = pd.to_numeric(s, errors="coerce").astype("float64")

@@ -17,6 +17,7 @@ as of T never learns from a login at or after T. ``as_of=None`` means all histor
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import date, datetime
 from importlib import resources
@@ -32,7 +33,12 @@ IDENTITY_TABLES: tuple[str, ...] = ("clickstream", "transactions")
 """Raw tables stitching reads."""
 
 IDENTITY_STAGES: tuple[str, ...] = (
-    "session_keys", "identity_map", "session_map", "stitched_clicks", "fx_rates", "stitched_events",
+    "session_keys",
+    "identity_map",
+    "session_map",
+    "stitched_clicks",
+    "fx_rates",
+    "stitched_events",
 )
 """SQL files (and the view each defines), in dependency order."""
 
@@ -97,10 +103,9 @@ def connect_raw(
     """Register ``<raw_dir>/<table>.parquet`` as temp views named after the tables."""
     if con is None:
         con = duckdb.connect()
-        try:  # library code: no terminal progress output
+        # library code: no terminal progress output (inside Jupyter without ipywidgets it's off)
+        with contextlib.suppress(duckdb.InvalidInputException):
             con.execute("SET enable_progress_bar = false")
-        except duckdb.InvalidInputException:  # inside Jupyter without ipywidgets: it's off anyway
-            pass
     raw_dir = Path(raw_dir)
     for table in tables:
         path = raw_dir / f"{table}.parquet"

@@ -37,7 +37,10 @@ def to_spark_sql(sql: str, as_of: datetime | date | str | None = None) -> str:
                 f"not portable to Spark: functions {unknown}, joins {duckdb_joins}"
             )
     statements = sqlglot.transpile(
-        sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE,
+        sql,
+        read="duckdb",
+        write="spark",
+        unsupported_level=sqlglot.ErrorLevel.RAISE,
         pretty=True,
     )
     if len(statements) != 1:

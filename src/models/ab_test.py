@@ -62,8 +62,9 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def minimum_detectable_effect(p_base: float, n_per_arm: float, alpha: float = 0.05, power: float = 0.8,
-                              comparisons: int = 1) -> float:
+def minimum_detectable_effect(
+    p_base: float, n_per_arm: float, alpha: float = 0.05, power: float = 0.8, comparisons: int = 1
+) -> float:
     """Smallest absolute lift over ``p_base`` the test can detect (one-sided, Bonferroni-level alpha)."""
     if n_per_arm <= 0:
         return float("inf")
@@ -71,16 +72,21 @@ def minimum_detectable_effect(p_base: float, n_per_arm: float, alpha: float = 0.
     return float(z * np.sqrt(2 * p_base * (1 - p_base) / n_per_arm))
 
 
-def required_sample_size(p_base: float, lift: float, alpha: float = 0.05, power: float = 0.8,
-                         comparisons: int = 1) -> int:
+def required_sample_size(
+    p_base: float, lift: float, alpha: float = 0.05, power: float = 0.8, comparisons: int = 1
+) -> int:
     """Exposures per arm to detect an absolute ``lift`` over ``p_base`` (normal approximation)."""
     z = stats.norm.isf(alpha / max(comparisons, 1)) + stats.norm.isf(1 - power)
     p_bar = p_base + lift / 2
     return int(np.ceil(2 * p_bar * (1 - p_bar) * (z / lift) ** 2))
 
 
-def decide(counts: pd.DataFrame, alpha: float = 0.05, control: str | None = None,
-           on_inconclusive: Literal["best_observed", "control"] = "best_observed") -> ABResult:
+def decide(
+    counts: pd.DataFrame,
+    alpha: float = 0.05,
+    control: str | None = None,
+    on_inconclusive: Literal["best_observed", "control"] = "best_observed",
+) -> ABResult:
     """Decide a slot's A/B test from per-arm ``arm``, ``n`` (exposures), ``successes`` (clicks)."""
     missing = {"arm", "n", "successes"} - set(counts.columns)
     if missing:
@@ -92,7 +98,9 @@ def decide(counts: pd.DataFrame, alpha: float = 0.05, control: str | None = None
     if len(arms) == 1:
         only = arms["arm"][0]
         arms["rate"] = arms["successes"] / arms["n"].clip(lower=1)
-        return ABResult(only, False, 1.0, 1.0, f"single arm {only}: nothing to test", arms, float("inf"))
+        return ABResult(
+            only, False, 1.0, 1.0, f"single arm {only}: nothing to test", arms, float("inf")
+        )
     arms["rate"] = arms["successes"] / arms["n"].clip(lower=1)
     table = np.stack([arms["successes"], arms["n"] - arms["successes"]], axis=1)
     if table.sum(axis=0).min() == 0 or (arms["n"] == 0).any():
@@ -101,8 +109,14 @@ def decide(counts: pd.DataFrame, alpha: float = 0.05, control: str | None = None
         omnibus_p = float(stats.chi2_contingency(table, correction=False)[1])
     best = int(arms["rate"].idxmax())
     others = [i for i in range(len(arms)) if i != best]
-    raw = np.array([two_proportion_z(arms["successes"][best], arms["n"][best],
-                                     arms["successes"][i], arms["n"][i]) for i in others])
+    raw = np.array(
+        [
+            two_proportion_z(
+                arms["successes"][best], arms["n"][best], arms["successes"][i], arms["n"][i]
+            )
+            for i in others
+        ]
+    )
     adjusted = holm(raw)
     arms["p_vs_best"] = np.nan
     arms["p_adjusted"] = np.nan
@@ -111,22 +125,38 @@ def decide(counts: pd.DataFrame, alpha: float = 0.05, control: str | None = None
     p_value = float(adjusted.max()) if omnibus_p < alpha else 1.0
     significant = omnibus_p < alpha and p_value < alpha
     best_arm = str(arms["arm"][best])
-    mde = minimum_detectable_effect(float(arms["rate"].mean()), float(arms["n"].mean()), alpha,
-                                    comparisons=len(others))
+    mde = minimum_detectable_effect(
+        float(arms["rate"].mean()), float(arms["n"].mean()), alpha, comparisons=len(others)
+    )
     if significant:
         winner = best_arm
-        decision = f"{winner} wins (rate {arms['rate'][best]:.4f}; max Holm-adjusted p {p_value:.3g})"
+        decision = (
+            f"{winner} wins (rate {arms['rate'][best]:.4f}; max Holm-adjusted p {p_value:.3g})"
+        )
     else:
         fallback = control if (on_inconclusive == "control" and control is not None) else best_arm
         winner = str(fallback)
-        decision = (f"inconclusive (omnibus p {omnibus_p:.3g}, max adjusted p {p_value:.3g}; "
-                    f"detectable lift at this n ~{mde:.4f}); fixing {winner}")
+        decision = (
+            f"inconclusive (omnibus p {omnibus_p:.3g}, max adjusted p {p_value:.3g}; "
+            f"detectable lift at this n ~{mde:.4f}); fixing {winner}"
+        )
     return ABResult(winner, significant, p_value, omnibus_p, decision, arms, mde)
 
 
 def summarize(results: dict[str, ABResult]) -> pd.DataFrame:
     """One row per slot: winner, significant, p-value, omnibus p, exposures, MDE, decision."""
-    return pd.DataFrame([{
-        "slot": slot, "winner": r.winner, "significant": r.significant, "p_value": r.p_value,
-        "omnibus_p": r.omnibus_p, "exposures": int(r.arms["n"].sum()), "mde": r.mde, "decision": r.decision,
-    } for slot, r in results.items()])
+    return pd.DataFrame(
+        [
+            {
+                "slot": slot,
+                "winner": r.winner,
+                "significant": r.significant,
+                "p_value": r.p_value,
+                "omnibus_p": r.omnibus_p,
+                "exposures": int(r.arms["n"].sum()),
+                "mde": r.mde,
+                "decision": r.decision,
+            }
+            for slot, r in results.items()
+        ]
+    )

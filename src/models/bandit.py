@@ -53,8 +53,12 @@ class BanditConfig(BaseModel):
     epsilon: float = Field(0.05, ge=0, le=1)
     softmax_lambda: float = Field(10.0, gt=0)
     gamma_scale: float = Field(400.0, gt=0, description="SquareCB: larger = greedier.")
-    learning_rate: float = Field(2.0, gt=0, description="Measured on notebook 20's run: 0.1 -> 68 %, "
-                                 "0.5 -> 73 %, 2 -> 74 % of the oracle (larger steps track drifting needs).")
+    learning_rate: float = Field(
+        2.0,
+        gt=0,
+        description="Measured on notebook 20's run: 0.1 -> 68 %, "
+        "0.5 -> 73 %, 2 -> 74 % of the oracle (larger steps track drifting needs).",
+    )
     bits: int = Field(20, ge=12, le=28)
     cb_type: Literal["mtr", "dr", "ips"] = "mtr"
     reward: RewardMetric = "click"
@@ -68,8 +72,10 @@ class BanditConfig(BaseModel):
             "squarecb": f"--squarecb --gamma_scale {self.gamma_scale}",
         }[self.exploration]
         interactions = " ".join(f"-q {pair}" for pair in spec.interactions)
-        return (f"--cb_explore_adf --cb_type {self.cb_type} {explore} {interactions} -b {self.bits} "
-                f"-l {self.learning_rate} --random_seed {self.seed} --quiet")
+        return (
+            f"--cb_explore_adf --cb_type {self.cb_type} {explore} {interactions} -b {self.bits} "
+            f"-l {self.learning_rate} --random_seed {self.seed} --quiet"
+        )
 
     def reward_of(self, click: bool, convert: bool, value: float) -> float:
         """The scalar reward of an outcome under this config's metric."""
@@ -93,8 +99,12 @@ class Decision:
 class ContextualBandit:
     """A VW ``cb_explore_adf`` workspace plus the feature spec that formats its examples."""
 
-    def __init__(self, config: BanditConfig | None = None, spec: FeatureSpec | None = None,
-                 model_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: BanditConfig | None = None,
+        spec: FeatureSpec | None = None,
+        model_file: Path | None = None,
+    ) -> None:
         from vowpalwabbit import Workspace
 
         self.config = config or BanditConfig()
@@ -105,19 +115,31 @@ class ContextualBandit:
         self.vw = Workspace(args, quiet=True)
         self.n_learned = 0
 
-    def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def pmf(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> np.ndarray:
         """Probability of choosing each candidate (exploration included)."""
         return as_array(self.vw.predict(vw_example(context, candidates, self.spec)))
 
-    def choose(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
-               rng: np.random.Generator) -> Decision:
+    def choose(
+        self,
+        context: Mapping[str, Any],
+        candidates: Sequence[Mapping[str, Any]],
+        rng: np.random.Generator,
+    ) -> Decision:
         """Sample a candidate from the PMF; its probability travels with the decision."""
         p = self.pmf(context, candidates)
         index = int(rng.choice(len(p), p=p))
         return Decision(index, str(candidates[index]["offer_id"]), float(p[index]), p)
 
-    def learn(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
-              chosen: int, prob: float, reward: float) -> None:
+    def learn(
+        self,
+        context: Mapping[str, Any],
+        candidates: Sequence[Mapping[str, Any]],
+        chosen: int,
+        prob: float,
+        reward: float,
+    ) -> None:
         """One update from (context, candidates, chosen index, its probability, reward)."""
         self.vw.learn(vw_example(context, candidates, self.spec, label=(chosen, reward, prob)))
         self.n_learned += 1
@@ -143,11 +165,16 @@ class ContextualBandit:
 # --- offline training from the decision log ----------------------------------------------
 
 
-def logged_decisions(exposures: pd.DataFrame, views: CustomerViews, offers: pd.DataFrame,
-                     config: BanditConfig, start: pd.Timestamp | None = None,
-                     end: pd.Timestamp | None = None,
-                     extra: Callable[[str, pd.Timestamp], Mapping[str, Any]] | None = None,
-                     responses: bool = False) -> pd.DataFrame:
+def logged_decisions(
+    exposures: pd.DataFrame,
+    views: CustomerViews,
+    offers: pd.DataFrame,
+    config: BanditConfig,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+    extra: Callable[[str, pd.Timestamp], Mapping[str, Any]] | None = None,
+    responses: bool = False,
+) -> pd.DataFrame:
     """The ``exposures`` log as bandit training rows: context, candidates, choice, prob, reward.
 
     Each decision gets the customer view as of its day (the latest view before it), its hour,
@@ -177,35 +204,59 @@ def logged_decisions(exposures: pd.DataFrame, views: CustomerViews, offers: pd.D
         history.record(r.customer_id, product[r.offer_id], bool(r.click))
         if r.ts < lo:
             continue
-        context = request_context(views.lookup(r.customer_id, r.ts), r.ts, r.channel, fatigue,
-                                  extra(r.customer_id, r.ts) if extra else None,
-                                  responses=past if responses else None)
+        context = request_context(
+            views.lookup(r.customer_id, r.ts),
+            r.ts,
+            r.channel,
+            fatigue,
+            extra(r.customer_id, r.ts) if extra else None,
+            responses=past if responses else None,
+        )
         value = float(values[r.offer_id]) if r.convert else 0.0
-        rows.append({
-            "decision_id": r.decision_id, "ts": r.ts, "customer_id": r.customer_id, "slot": r.slot,
-            "channel": r.channel, "offer_id": r.offer_id, "action": index[r.slot][r.offer_id],
-            "prob": float(r.logged_prob), "click": bool(r.click), "convert": bool(r.convert), "value": value,
-            "reward": config.reward_of(bool(r.click), bool(r.convert), value), "context": context,
-        })
+        rows.append(
+            {
+                "decision_id": r.decision_id,
+                "ts": r.ts,
+                "customer_id": r.customer_id,
+                "slot": r.slot,
+                "channel": r.channel,
+                "offer_id": r.offer_id,
+                "action": index[r.slot][r.offer_id],
+                "prob": float(r.logged_prob),
+                "click": bool(r.click),
+                "convert": bool(r.convert),
+                "value": value,
+                "reward": config.reward_of(bool(r.click), bool(r.convert), value),
+                "context": context,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def train_offline(bandit: ContextualBandit, log: pd.DataFrame, offers: pd.DataFrame,
-                  passes: int = 1, progress: bool = False) -> int:
+def train_offline(
+    bandit: ContextualBandit,
+    log: pd.DataFrame,
+    offers: pd.DataFrame,
+    passes: int = 1,
+    progress: bool = False,
+) -> int:
     """Learn from a logged-decision frame (:func:`logged_decisions`); returns examples learned."""
     from tqdm.auto import tqdm
 
     by_slot = slot_candidates(offers)
     n = 0
     for _ in range(passes):
-        for r in tqdm(log.itertuples(index=False), total=len(log), desc="vw offline", disable=not progress):
+        for r in tqdm(
+            log.itertuples(index=False), total=len(log), desc="vw offline", disable=not progress
+        ):
             bandit.learn(r.context, by_slot[r.slot], int(r.action), float(r.prob), float(r.reward))
             n += 1
     return n
 
 
-def policy_probs(bandit: ContextualBandit, log: pd.DataFrame, offers: pd.DataFrame,
-                 greedy: bool = False) -> np.ndarray:
+def policy_probs(
+    bandit: ContextualBandit, log: pd.DataFrame, offers: pd.DataFrame, greedy: bool = False
+) -> np.ndarray:
     """The bandit's PMF over each logged decision's candidates (rows padded with 0), for OPE."""
     by_slot = slot_candidates(offers)
     width = max(len(c) for c in by_slot.values())
@@ -214,7 +265,7 @@ def policy_probs(bandit: ContextualBandit, log: pd.DataFrame, offers: pd.DataFra
         p = bandit.pmf(r.context, by_slot[r.slot])
         if greedy:
             p = np.eye(len(p))[int(np.argmax(p))]
-        out[i, :len(p)] = p
+        out[i, : len(p)] = p
     return out
 
 
@@ -237,15 +288,21 @@ def _pyfunc_class():
             self.spec = FeatureSpec.from_dict(meta["spec"])
             self.config = BanditConfig(**meta["config"])
             self.offers = pd.read_json(Path(artifacts["offers"]), orient="records")
-            self.bandit = ContextualBandit(self.config, self.spec, model_file=Path(artifacts["model"]))
+            self.bandit = ContextualBandit(
+                self.config, self.spec, model_file=Path(artifacts["model"])
+            )
 
-        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        def predict(
+            self, context, model_input: pd.DataFrame, params: dict | None = None
+        ) -> pd.DataFrame:
             return predict_frame(self.bandit, self.offers, model_input)
 
     return BanditPyfunc
 
 
-def predict_frame(bandit: ContextualBandit, offers: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(
+    bandit: ContextualBandit, offers: pd.DataFrame, rows: pd.DataFrame
+) -> pd.DataFrame:
     """Choose for every row (context columns + ``candidates``); the pyfunc's ``predict``."""
     if "candidates" not in rows.columns:
         raise ValueError("model input needs a 'candidates' column (offer ids per row)")
@@ -263,7 +320,13 @@ def predict_frame(bandit: ContextualBandit, offers: pd.DataFrame, rows: pd.DataF
             context["seen"] = json.loads(context["seen"])
         seed = zlib.crc32(str(row["decision_id"]).encode()) if "decision_id" in row else None
         d = bandit.choose(context, candidates, np.random.default_rng(seed))
-        out.append({"offer_id": d.offer_id, "prob": d.prob, "pmf": json.dumps(dict(zip(ids, d.pmf.round(6).tolist())))})
+        out.append(
+            {
+                "offer_id": d.offer_id,
+                "prob": d.prob,
+                "pmf": json.dumps(dict(zip(ids, d.pmf.round(6).tolist(), strict=False))),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -275,21 +338,37 @@ def pyfunc_input_example(log: pd.DataFrame, offers: pd.DataFrame, n: int = 3) ->
     rows = []
     for i, r in enumerate(log.head(n).itertuples(index=False)):
         context = {k: v for k, v in r.context.items() if not isinstance(v, Mapping)}
-        rows.append({**context, "seen": json.dumps(dict(r.context.get("seen", {}))),
-                     "candidates": ",".join(str(o["offer_id"]) for o in by_slot[r.slot]),
-                     "decision_id": f"example-{i}"})
+        rows.append(
+            {
+                **context,
+                "seen": json.dumps(dict(r.context.get("seen", {}))),
+                "candidates": ",".join(str(o["offer_id"]) for o in by_slot[r.slot]),
+                "decision_id": f"example-{i}",
+            }
+        )
     frame = pd.DataFrame(rows)
     # numbers as float: any of them may be missing in a request, and an int column in the
     # signature would then fail MLflow's schema check; a column of nulls only is numeric too
-    numeric = [c for c in frame.columns if frame[c].isna().all() or
-               (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))]
+    numeric = [
+        c
+        for c in frame.columns
+        if frame[c].isna().all()
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
+    ]
     return frame.astype({c: float for c in numeric})
 
 
-def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str = "bandit",
-               metrics: Mapping[str, float] | None = None, tracking_uri: str | None = None,
-               artifact_location: str | None = None, experiment: str = "bandit",
-               input_example: pd.DataFrame | None = None) -> str:
+def log_bandit(
+    bandit: ContextualBandit,
+    offers: pd.DataFrame,
+    *,
+    run_name: str = "bandit",
+    metrics: Mapping[str, float] | None = None,
+    tracking_uri: str | None = None,
+    artifact_location: str | None = None,
+    experiment: str = "bandit",
+    input_example: pd.DataFrame | None = None,
+) -> str:
     """Log the bandit as an MLflow pyfunc run; returns the logged model's URI (``models:/m-<id>``).
 
     ``input_example`` (see :func:`pyfunc_input_example`): logged with the model, and the model's
@@ -309,32 +388,55 @@ def log_bandit(bandit: ContextualBandit, offers: pd.DataFrame, *, run_name: str 
         tmp_dir = Path(tmp)
         model = bandit.save(tmp_dir / "model.vw")
         meta = tmp_dir / "meta.json"
-        meta.write_text(json.dumps({"spec": bandit.spec.to_dict(), "config": bandit.config.model_dump()}, indent=2))
+        meta.write_text(
+            json.dumps(
+                {"spec": bandit.spec.to_dict(), "config": bandit.config.model_dump()}, indent=2
+            )
+        )
         offer_file = tmp_dir / "offers.json"
         cols = [c for c in ("offer_id", "slot", "product", "creative") if c in offers.columns]
         offers[cols].to_json(offer_file, orient="records")
-        mlflow.log_params({"exploration": bandit.config.exploration, "reward": bandit.config.reward,
-                           "n_learned": bandit.n_learned, "vw_args": bandit.config.vw_args(bandit.spec)})
+        mlflow.log_params(
+            {
+                "exploration": bandit.config.exploration,
+                "reward": bandit.config.reward,
+                "n_learned": bandit.n_learned,
+                "vw_args": bandit.config.vw_args(bandit.spec),
+            }
+        )
         if metrics:
             mlflow.log_metrics(dict(metrics))
         signature = None
         if input_example is not None:
             signature = infer_signature(input_example, predict_frame(bandit, offers, input_example))
         info = mlflow.pyfunc.log_model(
-            name="bandit", python_model=_pyfunc_class()(),
+            name="bandit",
+            python_model=_pyfunc_class()(),
             artifacts={"model": str(model), "meta": str(meta), "offers": str(offer_file)},
-            signature=signature, input_example=input_example,
+            signature=signature,
+            input_example=input_example,
             pip_requirements=pinned_requirements("vowpalwabbit"),
         )
         return info.model_uri  # models:/m-<id>: MLflow 3 logs models apart from run artifacts
 
 
-def register_bandit(model_uri: str, name: str, score: float,
-                    score_champion: Callable[[str], float] | None, tracking_uri: str | None = None):
+def register_bandit(
+    model_uri: str,
+    name: str,
+    score: float,
+    score_champion: Callable[[str], float] | None,
+    tracking_uri: str | None = None,
+):
     """Register as ``challenger``; promote to ``champion`` only if it beats the current champion
     on the same held-out log (score = off-policy value estimate, higher is better)."""
     from src.models.registry import register_and_promote
 
-    return register_and_promote(model_uri, name, metric="ope_dr_value", candidate_score=score,
-                                score_champion=score_champion, higher_is_better=True,
-                                tracking_uri=tracking_uri)
+    return register_and_promote(
+        model_uri,
+        name,
+        metric="ope_dr_value",
+        candidate_score=score,
+        score_champion=score_champion,
+        higher_is_better=True,
+        tracking_uri=tracking_uri,
+    )

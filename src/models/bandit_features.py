@@ -102,10 +102,20 @@ def default_feature_spec(propensity: Sequence[str] = (), rules: Sequence[str] = 
     for group in ("loan", "fx", "fund", "savings", "card", "signup", "pension"):
         numeric += [f"pv_{group}_7d", f"pv_{group}_30d"]
     numeric += ["sessions_7d", "sessions_30d", "app_share_30d", "days_since_last_session"]
-    for code in ("loan_limit_inquiry", "loan_application", "fx_remit", "fund_buy", "product_signup"):
+    for code in (
+        "loan_limit_inquiry",
+        "loan_application",
+        "fx_remit",
+        "fund_buy",
+        "product_signup",
+    ):
         numeric.append(f"txn_{code}_cnt_30d")
-    numeric += ["days_to_card_payment", "days_to_savings_maturity", "days_to_loan_interest",
-                "days_to_auto_transfer_end"]
+    numeric += [
+        "days_to_card_payment",
+        "days_to_savings_maturity",
+        "days_to_loan_interest",
+        "days_to_auto_transfer_end",
+    ]
     return FeatureSpec(numeric=tuple(numeric), propensity=tuple(propensity), rules=tuple(rules))
 
 
@@ -134,8 +144,11 @@ def _shared_line(context: Mapping[str, Any], spec: FeatureSpec) -> str:
     if not _missing(context.get("exposures_7d")) and float(context["exposures_7d"]) > 0:
         time.append(f"exposures_7d:{_num(math.log1p(float(context['exposures_7d'])))}")
     parts.append("|time " + " ".join(time))
-    props = [f"{_token(c)}:{_num(float(context[c]))}" for c in spec.propensity
-             if c in context and not _missing(context[c])]
+    props = [
+        f"{_token(c)}:{_num(float(context[c]))}"
+        for c in spec.propensity
+        if c in context and not _missing(context[c])
+    ]
     if props:
         parts.append("|propensity " + " ".join(props))
     flags = []
@@ -143,7 +156,11 @@ def _shared_line(context: Mapping[str, Any], spec: FeatureSpec) -> str:
         value = context.get(col)
         if _missing(value) or value is False or float(value) == 0.0:
             continue
-        flags.append(_token(col) if value is True or float(value) == 1.0 else f"{_token(col)}:{_num(float(value))}")
+        flags.append(
+            _token(col)
+            if value is True or float(value) == 1.0
+            else f"{_token(col)}:{_num(float(value))}"
+        )
     if flags:
         parts.append("|rules " + " ".join(flags))
     responses = context.get("responses")
@@ -182,7 +199,9 @@ def _action_line(candidate: Mapping[str, Any], seen: Mapping[str, int]) -> str:
         if not _missing(candidate.get(col)):
             offer.append(f"{col}={_token(candidate[col])}")
     line = "|offer " + " ".join(offer)
-    words = [_token(w.lower()) for w in re.findall(r"[A-Za-z]+", str(candidate.get("creative", "")))]
+    words = [
+        _token(w.lower()) for w in re.findall(r"[A-Za-z]+", str(candidate.get("creative", "")))
+    ]
     if words:
         line += " |creative " + " ".join(words)
     n_seen = int(seen.get(offer_id, 0))
@@ -233,11 +252,15 @@ class CustomerViews:
 
     frames: dict[pd.Timestamp, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
-    def add(self, as_of: pd.Timestamp | date | str, view: pd.DataFrame, columns: Iterable[str]) -> None:
+    def add(
+        self, as_of: pd.Timestamp | date | str, view: pd.DataFrame, columns: Iterable[str]
+    ) -> None:
         keep = [c for c in columns if c in view.columns]
         records = view.set_index("customer_id")[keep].astype(object).to_dict("index")
         self.frames[pd.Timestamp(as_of).normalize()] = {
-            str(k): {c: (None if _missing(v) else v) for c, v in row.items()} for k, row in records.items()}
+            str(k): {c: (None if _missing(v) else v) for c, v in row.items()}
+            for k, row in records.items()
+        }
         self.frames = dict(sorted(self.frames.items()))
 
     def dates(self) -> list[pd.Timestamp]:
@@ -252,8 +275,12 @@ class CustomerViews:
         return dict(self.frames[usable[-1]].get(str(customer_id), {}))
 
 
-def build_views(raw_dir: Path, dates: Iterable[pd.Timestamp | date | str], spec: FeatureSpec,
-                progress: bool = False) -> CustomerViews:
+def build_views(
+    raw_dir: Path,
+    dates: Iterable[pd.Timestamp | date | str],
+    spec: FeatureSpec,
+    progress: bool = False,
+) -> CustomerViews:
     """Customer views at the given as-of dates (one DuckDB connection reused)."""
     from tqdm.auto import tqdm
 
@@ -263,7 +290,11 @@ def build_views(raw_dir: Path, dates: Iterable[pd.Timestamp | date | str], spec:
     con = connect_raw(raw_dir)
     views = CustomerViews()
     for d in tqdm(list(dates), desc="customer views", disable=not progress):
-        views.add(d, build_customer_view(raw_dir, pd.Timestamp(d).to_pydatetime(), con=con), spec.context_columns)
+        views.add(
+            d,
+            build_customer_view(raw_dir, pd.Timestamp(d).to_pydatetime(), con=con),
+            spec.context_columns,
+        )
     con.close()
     return views
 
@@ -330,32 +361,55 @@ class ResponseHistory:
 
     def copy(self) -> ResponseHistory:
         out = ResponseHistory()
-        out._counts = defaultdict(dict, {k: {p: list(c) for p, c in v.items()} for k, v in self._counts.items()})
+        out._counts = defaultdict(
+            dict, {k: {p: list(c) for p, c in v.items()} for k, v in self._counts.items()}
+        )
         return out
 
     @classmethod
-    def from_exposures(cls, exposures: pd.DataFrame, offers: pd.DataFrame,
-                       before: pd.Timestamp | None = None) -> ResponseHistory:
+    def from_exposures(
+        cls, exposures: pd.DataFrame, offers: pd.DataFrame, before: pd.Timestamp | None = None
+    ) -> ResponseHistory:
         """The history of the logged exposures (strictly before ``before`` if given)."""
         out = cls()
         if before is not None:
             exposures = exposures[exposures["ts"] < pd.Timestamp(before)]
         product = exposures["offer_id"].map(offers.set_index("offer_id")["product"])
-        grouped = pd.DataFrame({"c": exposures["customer_id"].astype(str), "p": product.astype(str),
-                                "k": exposures["click"].astype(int)}).groupby(["c", "p"])["k"].agg(["size", "sum"])
+        grouped = (
+            pd.DataFrame(
+                {
+                    "c": exposures["customer_id"].astype(str),
+                    "p": product.astype(str),
+                    "k": exposures["click"].astype(int),
+                }
+            )
+            .groupby(["c", "p"])["k"]
+            .agg(["size", "sum"])
+        )
         for (customer, prod), row in grouped.iterrows():
             out._counts[customer][prod] = [int(row["size"]), int(row["sum"])]
         return out
 
 
-def request_context(view_row: Mapping[str, Any], ts: pd.Timestamp, channel: str,
-                    fatigue: tuple[int, dict[str, int]] = (0, {}), extra: Mapping[str, Any] | None = None,
-                    responses: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+def request_context(
+    view_row: Mapping[str, Any],
+    ts: pd.Timestamp,
+    channel: str,
+    fatigue: tuple[int, dict[str, int]] = (0, {}),
+    extra: Mapping[str, Any] | None = None,
+    responses: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, Any]:
     """A request's full context: the view row, time of day, weekday, channel, recent exposures
     and (optionally) the customer's past responses to offers per product."""
     ts = pd.Timestamp(ts)
     ctx = dict(view_row)
-    ctx.update(hour=ts.hour, weekday=ts.weekday(), channel=channel, exposures_7d=fatigue[0], seen=fatigue[1])
+    ctx.update(
+        hour=ts.hour,
+        weekday=ts.weekday(),
+        channel=channel,
+        exposures_7d=fatigue[0],
+        seen=fatigue[1],
+    )
     if responses:
         ctx["responses"] = dict(responses)
     if extra:
@@ -366,7 +420,10 @@ def request_context(view_row: Mapping[str, Any], ts: pd.Timestamp, channel: str,
 def slot_candidates(offers: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     """Candidate offers per slot as records (the catalog's own order)."""
     cols = [c for c in ("offer_id", "product", "slot", "creative") if c in offers.columns]
-    return {str(slot): group[cols].to_dict("records") for slot, group in offers.groupby("slot", sort=False)}
+    return {
+        str(slot): group[cols].to_dict("records")
+        for slot, group in offers.groupby("slot", sort=False)
+    }
 
 
 def candidate_index(candidates: Sequence[Mapping[str, Any]]) -> dict[str, int]:

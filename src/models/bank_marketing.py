@@ -57,18 +57,31 @@ def bank_matrix(df: pd.DataFrame) -> pd.DataFrame:
     return X.astype(float)
 
 
-def _fit_score(X: pd.DataFrame, y: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray,
-               config: PropensityConfig) -> dict[str, dict[str, float]]:
+def _fit_score(
+    X: pd.DataFrame,
+    y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    config: PropensityConfig,
+) -> dict[str, dict[str, float]]:
     m = fit_product("term_deposit", X.iloc[train], y[train], X.iloc[val], y[val], config)
     Xt = X.iloc[test]
-    return {"model": binary_metrics(y[test], m.predict(Xt)),
-            "logreg": binary_metrics(y[test], m.predict_baseline(Xt)),
-            "best_iteration": {"value": float(m.best_iteration)}}
+    return {
+        "model": binary_metrics(y[test], m.predict(Xt)),
+        "logreg": binary_metrics(y[test], m.predict_baseline(Xt)),
+        "best_iteration": {"value": float(m.best_iteration)},
+    }
 
 
-def evaluate_bank_marketing(path: Path | str, n_folds: int = 5, time_split: tuple[float, float] = (0.6, 0.8),
-                            config: PropensityConfig | None = None, sample: int | None = None,
-                            seed: int = 7) -> dict[str, pd.DataFrame]:
+def evaluate_bank_marketing(
+    path: Path | str,
+    n_folds: int = 5,
+    time_split: tuple[float, float] = (0.6, 0.8),
+    config: PropensityConfig | None = None,
+    sample: int | None = None,
+    seed: int = 7,
+) -> dict[str, pd.DataFrame]:
     """Held-out metrics: ``cv`` (per fold, model and logreg; inside each training fold the last
     20 % validates) and ``time`` (first 60 % train, next 20 % validate, last 20 % test).
 
@@ -95,18 +108,32 @@ def evaluate_bank_marketing(path: Path | str, n_folds: int = 5, time_split: tupl
     a, b = int(time_split[0] * n), int(time_split[1] * n)
     res = _fit_score(X, y, np.arange(a), np.arange(a, b), np.arange(b, n), config)
     time_rows = pd.DataFrame([{"scorer": s, **res[s]} for s in ("model", "logreg")])
-    rates = pd.Series({"train": y[:a].mean(), "val": y[a:b].mean(), "test": y[b:].mean()}, name="positive_rate")
+    rates = pd.Series(
+        {"train": y[:a].mean(), "val": y[a:b].mean(), "test": y[b:].mean()}, name="positive_rate"
+    )
     no_macro = [c for c in X.columns if c not in set(macro_columns(X))]
     res_nm = _fit_score(X[no_macro], y, np.arange(a), np.arange(a, b), np.arange(b, n), config)
     by_features = pd.DataFrame(
         [{"features": "all", "scorer": s, "auc": res[s]["auc"]} for s in ("model", "logreg")]
-        + [{"features": "without_macro", "scorer": s, "auc": res_nm[s]["auc"]} for s in ("model", "logreg")]
+        + [
+            {"features": "without_macro", "scorer": s, "auc": res_nm[s]["auc"]}
+            for s in ("model", "logreg")
+        ]
     ).set_index(["features", "scorer"])
-    return {"cv": cv, "cv_mean": cv.groupby("scorer").mean(numeric_only=True).drop(columns="fold"),
-            "time": time_rows.set_index("scorer"), "time_rates": rates.to_frame(),
-            "time_by_features": by_features, "time_best_iteration": pd.Series(
-                {"all": res["best_iteration"]["value"], "without_macro": res_nm["best_iteration"]["value"]}),
-            "macro_drift": macro_drift(X, y, a, b)}
+    return {
+        "cv": cv,
+        "cv_mean": cv.groupby("scorer").mean(numeric_only=True).drop(columns="fold"),
+        "time": time_rows.set_index("scorer"),
+        "time_rates": rates.to_frame(),
+        "time_by_features": by_features,
+        "time_best_iteration": pd.Series(
+            {
+                "all": res["best_iteration"]["value"],
+                "without_macro": res_nm["best_iteration"]["value"],
+            }
+        ),
+        "macro_drift": macro_drift(X, y, a, b),
+    }
 
 
 def macro_columns(X: pd.DataFrame) -> list[str]:
@@ -122,7 +149,12 @@ def macro_drift(X: pd.DataFrame, y: np.ndarray, a: int, b: int) -> pd.DataFrame:
 
     out = {}
     for c in macro_columns(X):
-        out[c] = {"auc_train": roc_auc_score(y[:a], X[c].iloc[:a]) if 0 < y[:a].sum() < a else np.nan,
-                  "auc_test": roc_auc_score(y[b:], X[c].iloc[b:]) if 0 < y[b:].sum() < len(y) - b else np.nan,
-                  "mean_train": float(X[c].iloc[:a].mean()), "mean_test": float(X[c].iloc[b:].mean())}
+        out[c] = {
+            "auc_train": roc_auc_score(y[:a], X[c].iloc[:a]) if 0 < y[:a].sum() < a else np.nan,
+            "auc_test": roc_auc_score(y[b:], X[c].iloc[b:])
+            if 0 < y[b:].sum() < len(y) - b
+            else np.nan,
+            "mean_train": float(X[c].iloc[:a].mean()),
+            "mean_test": float(X[c].iloc[b:].mean()),
+        }
     return pd.DataFrame(out).T

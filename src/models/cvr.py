@@ -32,11 +32,17 @@ from src.models.metrics import binary_metrics
 SEGMENT: tuple[str, ...] = ("life_stage", "income_band")
 
 
-def weekly_snapshots(start: pd.Timestamp, end: pd.Timestamp, step_days: int = 7) -> list[pd.Timestamp]:
-    return list(pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end), freq=f"{step_days}D"))
+def weekly_snapshots(
+    start: pd.Timestamp, end: pd.Timestamp, step_days: int = 7
+) -> list[pd.Timestamp]:
+    return list(
+        pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end), freq=f"{step_days}D")
+    )
 
 
-def exposure_rows(raw_dir: Path | str, snapshots: Sequence[pd.Timestamp], progress: bool = False) -> pd.DataFrame:
+def exposure_rows(
+    raw_dir: Path | str, snapshots: Sequence[pd.Timestamp], progress: bool = False
+) -> pd.DataFrame:
     """Exposures from the first snapshot on, each joined to the view as of its latest snapshot
     at or before the exposure's date; plus the offer's product, value and cost."""
     from tqdm.auto import tqdm
@@ -45,10 +51,17 @@ def exposure_rows(raw_dir: Path | str, snapshots: Sequence[pd.Timestamp], progre
     snaps = sorted(pd.Timestamp(s) for s in snapshots)
     exp = pd.read_parquet(raw_dir / "exposures.parquet")
     exp = exp.loc[exp["ts"] >= snaps[0]].copy()
-    offers = pd.read_parquet(raw_dir / "offers.parquet")[["offer_id", "product", "value_krw", "cost_krw"]]
+    offers = pd.read_parquet(raw_dir / "offers.parquet")[
+        ["offer_id", "product", "value_krw", "cost_krw"]
+    ]
     exp = exp.merge(offers, on="offer_id", how="left")
     exp["snapshot"] = pd.Series(np.asarray(snaps, dtype="datetime64[us]"))[
-        np.searchsorted(np.asarray(snaps, dtype="datetime64[us]"), exp["ts"].to_numpy("datetime64[us]"), side="right") - 1
+        np.searchsorted(
+            np.asarray(snaps, dtype="datetime64[us]"),
+            exp["ts"].to_numpy("datetime64[us]"),
+            side="right",
+        )
+        - 1
     ].to_numpy()
     parts = []
     for snap in tqdm(snaps, desc="cvr views", disable=not progress):
@@ -80,18 +93,39 @@ class CvrModel:
         return self.booster.predict_proba(cvr_matrix(rows, self.offer_ids))[:, 1]
 
 
-def train_cvr(train: pd.DataFrame, val: pd.DataFrame, offer_ids: Sequence[str], seed: int = 7,
-              n_estimators: int = 1000, learning_rate: float = 0.05) -> CvrModel:
+def train_cvr(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    offer_ids: Sequence[str],
+    seed: int = 7,
+    n_estimators: int = 1000,
+    learning_rate: float = 0.05,
+) -> CvrModel:
     """LightGBM early-stopped on the validation exposures."""
     offer_ids = list(offer_ids)
-    booster = lgb.LGBMClassifier(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=15,
-                                 min_child_samples=100, subsample=0.8, subsample_freq=1, colsample_bytree=0.5,
-                                 reg_lambda=5.0, random_state=seed, n_jobs=1, verbose=-1, force_col_wise=True)
+    booster = lgb.LGBMClassifier(
+        n_estimators=n_estimators,
+        learning_rate=learning_rate,
+        num_leaves=15,
+        min_child_samples=100,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.5,
+        reg_lambda=5.0,
+        random_state=seed,
+        n_jobs=1,
+        verbose=-1,
+        force_col_wise=True,
+    )
     y_val = val["convert"].to_numpy(int)
     has_val = 0 < y_val.sum() < len(y_val)
-    booster.fit(cvr_matrix(train, offer_ids), train["convert"].to_numpy(int),
-                eval_X=(cvr_matrix(val, offer_ids),) if has_val else None, eval_y=(y_val,) if has_val else None,
-                callbacks=[lgb.early_stopping(50, verbose=False)] if has_val else None)
+    booster.fit(
+        cvr_matrix(train, offer_ids),
+        train["convert"].to_numpy(int),
+        eval_X=(cvr_matrix(val, offer_ids),) if has_val else None,
+        eval_y=(y_val,) if has_val else None,
+        callbacks=[lgb.early_stopping(50, verbose=False)] if has_val else None,
+    )
     return CvrModel(booster, offer_ids, int(booster.best_iteration_ or n_estimators))
 
 
@@ -100,21 +134,32 @@ def oracle_convert(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFram
     from src.data.synthetic import Oracle
 
     oracle = Oracle(Path(truth_dir), Path(raw_dir))
-    return oracle.expected(rows["customer_id"], rows["offer_id"], rows["ts"], rows["channel"], metric="convert")
+    return oracle.expected(
+        rows["customer_id"], rows["offer_id"], rows["ts"], rows["channel"], metric="convert"
+    )
 
 
-def evaluate_cvr(model: CvrModel, test: pd.DataFrame, oracle_p: np.ndarray | None = None) -> pd.DataFrame:
+def evaluate_cvr(
+    model: CvrModel, test: pd.DataFrame, oracle_p: np.ndarray | None = None
+) -> pd.DataFrame:
     """Metrics of the model (and the oracle, per-offer mean rate) on test exposures."""
     y = test["convert"].to_numpy(int)
-    rate = test.groupby("offer_id")["convert"].transform("mean").to_numpy()  # in-sample: an upper bound
+    rate = (
+        test.groupby("offer_id")["convert"].transform("mean").to_numpy()
+    )  # in-sample: an upper bound
     scores = {"model": model.predict(test), "offer_rate_in_sample": rate}
     if oracle_p is not None:
         scores["oracle"] = oracle_p
     return pd.DataFrame({k: binary_metrics(y, v) for k, v in scores.items()}).T
 
 
-def segment_report(view: pd.DataFrame, offers: pd.DataFrame, model: CvrModel,
-                   oracle_p: pd.DataFrame | None = None, segment: Sequence[str] = SEGMENT) -> pd.DataFrame:
+def segment_report(
+    view: pd.DataFrame,
+    offers: pd.DataFrame,
+    model: CvrModel,
+    oracle_p: pd.DataFrame | None = None,
+    segment: Sequence[str] = SEGMENT,
+) -> pd.DataFrame:
     """Per segment x offer on one date, ranked by ROAS (then expected value).
 
     ``oracle_p``: optional (customers x offers) true conversion probabilities, aligned with
@@ -128,14 +173,23 @@ def segment_report(view: pd.DataFrame, offers: pd.DataFrame, model: CvrModel,
         frame = pd.DataFrame({"segment": seg_key.to_numpy(), "p": p})
         if oracle_p is not None:
             frame["p_oracle"] = oracle_p[offer["offer_id"]].to_numpy()
-        agg = frame.groupby("segment").agg(customers=("p", "size"), expected_conversions=("p", "sum"),
-                                           **({"oracle_conversions": ("p_oracle", "sum")} if oracle_p is not None else {}))
-        agg["offer_id"], agg["product"], agg["slot"] = offer["offer_id"], offer["product"], offer["slot"]
+        agg = frame.groupby("segment").agg(
+            customers=("p", "size"),
+            expected_conversions=("p", "sum"),
+            **({"oracle_conversions": ("p_oracle", "sum")} if oracle_p is not None else {}),
+        )
+        agg["offer_id"], agg["product"], agg["slot"] = (
+            offer["offer_id"],
+            offer["product"],
+            offer["slot"],
+        )
         agg["value_krw"] = agg["expected_conversions"] * offer["value_krw"]
         agg["cost_krw"] = agg["customers"] * offer["cost_krw"]
         agg["roas"] = agg["value_krw"] / agg["cost_krw"].replace(0, np.nan)
         if oracle_p is not None:
-            agg["oracle_roas"] = agg["oracle_conversions"] * offer["value_krw"] / agg["cost_krw"].replace(0, np.nan)
+            agg["oracle_roas"] = (
+                agg["oracle_conversions"] * offer["value_krw"] / agg["cost_krw"].replace(0, np.nan)
+            )
         rows.append(agg.reset_index())
     out = pd.concat(rows, ignore_index=True)
     out = out.sort_values(["roas", "value_krw"], ascending=False, ignore_index=True)
@@ -145,12 +199,21 @@ def segment_report(view: pd.DataFrame, offers: pd.DataFrame, model: CvrModel,
 
 def segment_product_summary(report: pd.DataFrame) -> pd.DataFrame:
     """Per segment x product: the best offer of that product (by ROAS) — what to push where."""
-    best = report.sort_values("roas", ascending=False).groupby(["segment", "product"], as_index=False).first()
+    best = (
+        report.sort_values("roas", ascending=False)
+        .groupby(["segment", "product"], as_index=False)
+        .first()
+    )
     return best.sort_values("roas", ascending=False, ignore_index=True)
 
 
-def oracle_conversion_matrix(truth_dir: Path | str, raw_dir: Path | str, customer_ids: pd.Series,
-                             offer_ids: Sequence[str], at: pd.Timestamp) -> pd.DataFrame:
+def oracle_conversion_matrix(
+    truth_dir: Path | str,
+    raw_dir: Path | str,
+    customer_ids: pd.Series,
+    offer_ids: Sequence[str],
+    at: pd.Timestamp,
+) -> pd.DataFrame:
     """(customers x offers) true P(convert | shown in the app) at time ``at`` (no fatigue)."""
     from src.data.synthetic import Oracle
     from src.data.synthetic.oracle import ExposureHistory
@@ -158,25 +221,41 @@ def oracle_conversion_matrix(truth_dir: Path | str, raw_dir: Path | str, custome
     oracle = Oracle(Path(truth_dir), Path(raw_dir))
     out = {}
     for o in offer_ids:
-        out[o] = oracle.expected(customer_ids.to_numpy(), o, at, "app", metric="convert",
-                                 history=ExposureHistory.empty())
+        out[o] = oracle.expected(
+            customer_ids.to_numpy(), o, at, "app", metric="convert", history=ExposureHistory.empty()
+        )
     return pd.DataFrame(out, index=customer_ids.index)
 
 
-def per_offer_table(test: pd.DataFrame, model_p: np.ndarray, oracle_p: np.ndarray | None = None) -> pd.DataFrame:
+def per_offer_table(
+    test: pd.DataFrame, model_p: np.ndarray, oracle_p: np.ndarray | None = None
+) -> pd.DataFrame:
     """Per offer on test exposures: observed conversion rate, the model's and the oracle's mean
     probability and AUC — whether the CVR is right offer by offer, not only on average."""
     from sklearn.metrics import roc_auc_score
 
-    frame = pd.DataFrame({"offer_id": test["offer_id"].to_numpy(), "y": test["convert"].to_numpy(int),
-                          "model": np.asarray(model_p, float)})
+    frame = pd.DataFrame(
+        {
+            "offer_id": test["offer_id"].to_numpy(),
+            "y": test["convert"].to_numpy(int),
+            "model": np.asarray(model_p, float),
+        }
+    )
     if oracle_p is not None:
         frame["oracle"] = np.asarray(oracle_p, float)
-    auc = lambda g, c: roc_auc_score(g["y"], g[c]) if 0 < g["y"].sum() < len(g) else np.nan
+
+    def auc(g, c):
+        return roc_auc_score(g["y"], g[c]) if 0 < g["y"].sum() < len(g) else np.nan
+
     rows = {}
     for offer, g in frame.groupby("offer_id"):
-        row = {"n": len(g), "conversions": int(g["y"].sum()), "observed_rate": g["y"].mean(),
-               "model_mean": g["model"].mean(), "model_auc": auc(g, "model")}
+        row = {
+            "n": len(g),
+            "conversions": int(g["y"].sum()),
+            "observed_rate": g["y"].mean(),
+            "model_mean": g["model"].mean(),
+            "model_auc": auc(g, "model"),
+        }
         if oracle_p is not None:
             row.update(oracle_mean=g["oracle"].mean(), oracle_auc=auc(g, "oracle"))
         rows[offer] = row
@@ -192,10 +271,18 @@ def ranking_quality(report: pd.DataFrame, top: int = 10) -> dict[str, float]:
     r = report.dropna(subset=["roas", "oracle_roas"])
     model_top = r.nlargest(top, "roas")
     oracle_top = r.nlargest(top, "oracle_roas")
-    overlap = len(set(zip(model_top["segment"], model_top["offer_id"]))
-                  & set(zip(oracle_top["segment"], oracle_top["offer_id"])))
-    return {"spearman_roas": float(spearmanr(r["roas"], r["oracle_roas"]).statistic),
-            f"top{top}_overlap": overlap / top,
-            f"top{top}_oracle_roas_captured": float(model_top["oracle_roas"].mean() / oracle_top["oracle_roas"].mean()),
-            "conversions_ratio_model_to_oracle": float(r["expected_conversions"].sum() / r["oracle_conversions"].sum()),
-            "cells": float(len(r))}
+    overlap = len(
+        set(zip(model_top["segment"], model_top["offer_id"], strict=False))
+        & set(zip(oracle_top["segment"], oracle_top["offer_id"], strict=False))
+    )
+    return {
+        "spearman_roas": float(spearmanr(r["roas"], r["oracle_roas"]).statistic),
+        f"top{top}_overlap": overlap / top,
+        f"top{top}_oracle_roas_captured": float(
+            model_top["oracle_roas"].mean() / oracle_top["oracle_roas"].mean()
+        ),
+        "conversions_ratio_model_to_oracle": float(
+            r["expected_conversions"].sum() / r["oracle_conversions"].sum()
+        ),
+        "cells": float(len(r)),
+    }

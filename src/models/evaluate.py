@@ -28,8 +28,13 @@ from src.models.metrics import binary_metrics, lift_by_decile
 SCORERS = ("model", "lgbm_raw", "logreg", "oracle", "oracle_organic", "bayes_as_of", "need_frozen")
 
 
-def oracle_scores(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFrame, products: Sequence[str],
-                  window_days: int) -> dict[str, pd.DataFrame]:
+def oracle_scores(
+    truth_dir: Path | str,
+    raw_dir: Path | str,
+    rows: pd.DataFrame,
+    products: Sequence[str],
+    window_days: int,
+) -> dict[str, pd.DataFrame]:
     """``oracle`` and ``need_frozen`` probabilities for ``rows`` (customer_id, as_of), per product."""
     from src.data.schemas import PRODUCTS
     from src.data.synthetic import Oracle
@@ -45,10 +50,15 @@ def oracle_scores(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFrame
         true[p] = np.empty(len(rows))
         for d in np.unique(day):
             at = day == d
-            true[p][at] = oracle.true_signup_prob(rows.loc[at, "customer_id"], p, rows.loc[at, "as_of"].iloc[0], window_days)
+            true[p][at] = oracle.true_signup_prob(
+                rows.loc[at, "customer_id"], p, rows.loc[at, "as_of"].iloc[0], window_days
+            )
         need = np.asarray(oracle.needs[prev, cust, PRODUCTS.index(p)], dtype=float)
         frozen[p] = 1.0 - (1.0 - organic_signup_prob(need)) ** horizon
-    return {"oracle": pd.DataFrame(true, index=rows.index), "need_frozen": pd.DataFrame(frozen, index=rows.index)}
+    return {
+        "oracle": pd.DataFrame(true, index=rows.index),
+        "need_frozen": pd.DataFrame(frozen, index=rows.index),
+    }
 
 
 def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> dict[str, np.ndarray]:
@@ -72,13 +82,18 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
     start = pd.Timestamp(meta["start_us"] * 1000)
     traits = pd.read_parquet(truth_dir / "customer_traits.parquet")
     ids = pd.Index(traits["customer_id"].astype(str))
-    income = (pd.read_parquet(raw_dir / "customers.parquet", columns=["customer_id", "income_band"])
-              .set_index("customer_id")["income_band"].reindex(ids))
+    income = (
+        pd.read_parquet(raw_dir / "customers.parquet", columns=["customer_id", "income_band"])
+        .set_index("customer_id")["income_band"]
+        .reindex(ids)
+    )
     stage = traits["life_stage"].map({s: i for i, s in enumerate(LIFE_STAGES)}).to_numpy(np.int64)
     inc = income.map({s: i for i, s in enumerate(INCOME_BANDS)}).to_numpy(np.int64)
     holds = traits[[f"holds_{p}" for p in PRODUCTS]].to_numpy(float)
     offset = traits[[f"need_offset_{p}" for p in PRODUCTS]].to_numpy(np.float32)
-    static = (N.STAGE_BASE[stage] + N.INCOME_EFFECT[inc] + N.HOLDS_EFFECT * holds + offset).astype(np.float32)
+    static = (N.STAGE_BASE[stage] + N.INCOME_EFFECT[inc] + N.HOLDS_EFFECT * holds + offset).astype(
+        np.float32
+    )
     holdings = pd.read_parquet(raw_dir / "holdings.parquet")
     holdings = holdings.loc[holdings["opened_at"] < start]
     due = {}
@@ -87,7 +102,9 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
         days = np.full(len(ids), 1 << 30, dtype=np.int64)
         days[ids.get_indexer(h["customer_id"].astype(str))] = (h[col] - start).dt.days.to_numpy()
         due[kind] = days
-    pop = SimpleNamespace(n=len(ids), savings_maturity_day=due["savings"], auto_transfer_end_day=due["auto_transfer"])
+    pop = SimpleNamespace(
+        n=len(ids), savings_maturity_day=due["savings"], auto_transfer_end_day=due["auto_transfer"]
+    )
     stored = np.load(truth_dir / "needs.npy", mmap_mode="r")
     walk = event = None
     for d in range(last_day + 1):
@@ -99,12 +116,24 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
         jump = rest - (N.WALK_RHO * walk + N.EVENT_DECAY * event) > 1.25
         event = N.EVENT_DECAY * event + N.EVENT_JUMP * jump
         walk = rest - event
-    return {"customer_id": ids.to_numpy(), "stage": stage, "static": static, "walk": walk, "event": event,
-            "pop": pop}
+    return {
+        "customer_id": ids.to_numpy(),
+        "stage": stage,
+        "static": static,
+        "walk": walk,
+        "event": event,
+        "pop": pop,
+    }
 
 
-def bayes_as_of(state: dict[str, np.ndarray], first_day: int, window_days: int, n_paths: int = 32,
-                seed: int = 0, chunk: int = 8) -> np.ndarray:
+def bayes_as_of(
+    state: dict[str, np.ndarray],
+    first_day: int,
+    window_days: int,
+    n_paths: int = 32,
+    seed: int = 0,
+    chunk: int = 8,
+) -> np.ndarray:
     """E[P(organic signup in [first_day, first_day + window)) | full state the day before].
 
     Monte Carlo over the simulator's own dynamics (``needs.advance``: walk noise, life events;
@@ -140,8 +169,14 @@ def bayes_as_of(state: dict[str, np.ndarray], first_day: int, window_days: int, 
     return total / n_paths
 
 
-def ceiling_scores(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFrame, products: Sequence[str],
-                   window_days: int, n_paths: int = 32) -> dict[str, pd.DataFrame]:
+def ceiling_scores(
+    truth_dir: Path | str,
+    raw_dir: Path | str,
+    rows: pd.DataFrame,
+    products: Sequence[str],
+    window_days: int,
+    n_paths: int = 32,
+) -> dict[str, pd.DataFrame]:
     """``oracle_organic`` (true window probability without the offers' uplift), ``bayes_as_of``
     (:func:`bayes_as_of`) and ``static_only`` (the never-moving part of the need alone, frozen)
     for ``rows`` — the references that split the gap to the oracle (see module docstring)."""
@@ -163,25 +198,42 @@ def ceiling_scores(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFram
         ceiling = bayes_as_of(state, int(d), horizon, n_paths=n_paths)
         for p in products:
             j = PRODUCTS.index(p)
-            organic[p][at] = oracle.true_signup_prob(ids, p, rows["as_of"].iloc[at[0]], window_days,
-                                                     include_offers=False)
+            organic[p][at] = oracle.true_signup_prob(
+                ids, p, rows["as_of"].iloc[at[0]], window_days, include_offers=False
+            )
             bayes[p][at] = ceiling[cust, j]
             need = 1.0 / (1.0 + np.exp(-state["static"][cust, j].astype(float)))
             static_only[p][at] = 1.0 - (1.0 - organic_signup_prob(need)) ** horizon
-    frame = lambda d: pd.DataFrame(d, index=rows.index)
-    return {"oracle_organic": frame(organic), "bayes_as_of": frame(bayes), "static_only": frame(static_only)}
+
+    def frame(d):
+        return pd.DataFrame(d, index=rows.index)
+
+    return {
+        "oracle_organic": frame(organic),
+        "bayes_as_of": frame(bayes),
+        "static_only": frame(static_only),
+    }
 
 
-def score_table(model, rows: pd.DataFrame, products: Sequence[str],
-                reference: dict[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+def score_table(
+    model,
+    rows: pd.DataFrame,
+    products: Sequence[str],
+    reference: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, pd.DataFrame]:
     """Scorer -> (rows x products) probabilities."""
-    scores = {"model": model.predict_proba(rows), "lgbm_raw": model.predict_proba(rows, "raw"),
-              "logreg": model.predict_proba(rows, "baseline")}
+    scores = {
+        "model": model.predict_proba(rows),
+        "lgbm_raw": model.predict_proba(rows, "raw"),
+        "logreg": model.predict_proba(rows, "baseline"),
+    }
     scores.update(reference or {})
     return {k: v[list(products)] for k, v in scores.items()}
 
 
-def metrics_table(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]) -> pd.DataFrame:
+def metrics_table(
+    rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]
+) -> pd.DataFrame:
     """(product, scorer) x metric on the rows' labels."""
     records = {}
     for p in products:
@@ -203,7 +255,15 @@ def gap_summary(metrics: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     by ``need_frozen`` (learnable / irreducible) is kept for comparison with earlier runs.
     """
     wide = metrics[metric].unstack("scorer")
-    refs = ("model", "logreg", "oracle", "oracle_organic", "bayes_as_of", "need_frozen", "static_only")
+    refs = (
+        "model",
+        "logreg",
+        "oracle",
+        "oracle_organic",
+        "bayes_as_of",
+        "need_frozen",
+        "static_only",
+    )
     out = pd.DataFrame({c: wide[c] for c in refs if c in wide})
     if "oracle" in out:
         out["gap_to_oracle"] = out["oracle"] - out["model"]
@@ -219,10 +279,17 @@ def gap_summary(metrics: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     return out
 
 
-def lift_table(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]) -> pd.DataFrame:
+def lift_table(
+    rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]
+) -> pd.DataFrame:
     """(product, scorer) x decile lift."""
-    return pd.DataFrame({(p, s): lift_by_decile(rows[label_column(p)].to_numpy(int), f[p].to_numpy())
-                         for p in products for s, f in scores.items()}).T.rename_axis(["product", "scorer"])
+    return pd.DataFrame(
+        {
+            (p, s): lift_by_decile(rows[label_column(p)].to_numpy(int), f[p].to_numpy())
+            for p in products
+            for s, f in scores.items()
+        }
+    ).T.rename_axis(["product", "scorer"])
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -238,9 +305,11 @@ def _grid(n: int) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.flat
 
 
-def plot_roc(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]) -> plt.Figure:
+def plot_roc(
+    rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]
+) -> plt.Figure:
     fig, axes = _grid(len(products))
-    for ax, p in zip(axes, products):
+    for ax, p in zip(axes, products, strict=False):
         y = rows[label_column(p)].to_numpy(int)
         if 0 < y.sum() < len(y):
             for s in PLOT_SCORERS:
@@ -255,10 +324,11 @@ def plot_roc(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequ
     return fig
 
 
-def plot_calibration(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str],
-                     bins: int = 10) -> plt.Figure:
+def plot_calibration(
+    rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str], bins: int = 10
+) -> plt.Figure:
     fig, axes = _grid(len(products))
-    for ax, p in zip(axes, products):
+    for ax, p in zip(axes, products, strict=False):
         y = rows[label_column(p)].to_numpy(float)
         top = 0.0
         for s in ("model", "lgbm_raw", "logreg", "oracle"):
@@ -280,10 +350,12 @@ def plot_calibration(rows: pd.DataFrame, scores: dict[str, pd.DataFrame], produc
 
 def plot_lift(lifts: pd.DataFrame, products: Sequence[str]) -> plt.Figure:
     fig, axes = _grid(len(products))
-    for ax, p in zip(axes, products):
+    for ax, p in zip(axes, products, strict=False):
         for s in PLOT_SCORERS:
             if (p, s) in lifts.index:
-                ax.plot(lifts.columns, lifts.loc[(p, s)].to_numpy(), marker="o", ms=3, lw=1, label=s)
+                ax.plot(
+                    lifts.columns, lifts.loc[(p, s)].to_numpy(), marker="o", ms=3, lw=1, label=s
+                )
         ax.axhline(1, color="k", ls=":", lw=0.8)
         ax.set(title=p, xlabel="score decile (1 = top)", ylabel="lift")
     axes[0].legend(fontsize=8)
@@ -294,7 +366,7 @@ def plot_lift(lifts: pd.DataFrame, products: Sequence[str]) -> plt.Figure:
 
 def plot_importance(model, products: Sequence[str], top: int = 15) -> plt.Figure:
     fig, axes = _grid(len(products))
-    for ax, p in zip(axes, products):
+    for ax, p in zip(axes, products, strict=False):
         imp = model.products[p].feature_importance().head(top)[::-1]
         ax.barh(imp.index, imp.to_numpy() / max(imp.sum(), 1e-12))
         ax.tick_params(axis="y", labelsize=7)
@@ -304,8 +376,9 @@ def plot_importance(model, products: Sequence[str], top: int = 15) -> plt.Figure
     return fig
 
 
-def propensity_figures(model, rows: pd.DataFrame, scores: dict[str, pd.DataFrame],
-                       products: Sequence[str]) -> dict[str, plt.Figure]:
+def propensity_figures(
+    model, rows: pd.DataFrame, scores: dict[str, pd.DataFrame], products: Sequence[str]
+) -> dict[str, plt.Figure]:
     """The four plots saved with every run."""
     return {
         "roc": plot_roc(rows, scores, products),

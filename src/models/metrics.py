@@ -36,7 +36,9 @@ def lift_by_decile(y: np.ndarray, p: np.ndarray, n: int = 10) -> pd.Series:
     base = y.mean() if len(y) else np.nan
     order = np.argsort(-p, kind="stable")
     rates = [y[c].mean() if len(c) else np.nan for c in np.array_split(order, n)]
-    return pd.Series(np.asarray(rates) / base if base else np.nan, index=pd.RangeIndex(1, n + 1, name="decile"))
+    return pd.Series(
+        np.asarray(rates) / base if base else np.nan, index=pd.RangeIndex(1, n + 1, name="decile")
+    )
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

@@ -28,14 +28,34 @@ from scipy import stats
 
 ESTIMATORS = ("ips", "snips", "dm", "dr")
 LOG_COLUMNS = ("action", "prob", "reward")
-_NOT_CONTEXT = {"decision_id", "ts", "customer_id", "action", "prob", "reward", "candidates",
-                "click", "convert", "value", "offer_id", "request_id", "context", "seen", "responses"}
+_NOT_CONTEXT = {
+    "decision_id",
+    "ts",
+    "customer_id",
+    "action",
+    "prob",
+    "reward",
+    "candidates",
+    "click",
+    "convert",
+    "value",
+    "offer_id",
+    "request_id",
+    "context",
+    "seen",
+    "responses",
+}
 
 PolicyFn = Callable[[pd.DataFrame, list[list[str]]], np.ndarray]
 
 
-def _terms(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: np.ndarray,
-           q: np.ndarray | None) -> dict[str, np.ndarray]:
+def _terms(
+    action: np.ndarray,
+    prob: np.ndarray,
+    reward: np.ndarray,
+    target: np.ndarray,
+    q: np.ndarray | None,
+) -> dict[str, np.ndarray]:
     rows = np.arange(len(action))
     w = target[rows, action] / prob
     out = {"ips": w * reward, "weights": w}
@@ -61,12 +81,20 @@ def _standard_error(influence: np.ndarray, groups: np.ndarray | None) -> float:
         return float(influence.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     sums = np.bincount(groups, weights=influence - influence.mean())
     g = len(sums)
-    return float(np.sqrt(g / (g - 1) * (sums ** 2).sum()) / n) if g > 1 else float("nan")
+    return float(np.sqrt(g / (g - 1) * (sums**2).sum()) / n) if g > 1 else float("nan")
 
 
-def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: np.ndarray,
-             q: np.ndarray | None = None, alpha: float = 0.05, n_bootstrap: int = 0,
-             seed: int = 0, groups: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
+def estimate(
+    action: np.ndarray,
+    prob: np.ndarray,
+    reward: np.ndarray,
+    target: np.ndarray,
+    q: np.ndarray | None = None,
+    alpha: float = 0.05,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
+) -> pd.DataFrame:
     """IPS, SNIPS (and DM, DR with a reward model ``q``) with (1 - alpha) confidence intervals.
 
     ``action``: index of the logged choice in its row's candidates; ``prob``: the logging
@@ -95,7 +123,9 @@ def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: n
             raise ValueError("groups must have one entry per decision")
         codes = pd.factorize(pd.Series(groups, dtype=object))[0]
         if (codes < 0).any():
-            raise ValueError(f"groups has an empty value at row {int(np.flatnonzero(codes < 0)[0])}")
+            raise ValueError(
+                f"groups has an empty value at row {int(np.flatnonzero(codes < 0)[0])}"
+            )
     t = _terms(action, prob, reward, target, q)
     z = stats.norm.isf(alpha / 2)
     names = [e for e in ESTIMATORS if e in ("ips", "snips") or q is not None]
@@ -107,8 +137,17 @@ def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: n
         else:
             influence = t[name]
         se = _standard_error(influence, codes)
-        rows.append({"estimator": name, "value": value, "se": se, "ci_low": value - z * se,
-                     "ci_high": value + z * se, "n": n, "mean_weight": float(t["weights"].mean())})
+        rows.append(
+            {
+                "estimator": name,
+                "value": value,
+                "se": se,
+                "ci_low": value - z * se,
+                "ci_high": value + z * se,
+                "n": n,
+                "mean_weight": float(t["weights"].mean()),
+            }
+        )
     frame = pd.DataFrame(rows)
     if n_bootstrap:
         rng = np.random.default_rng(seed)
@@ -121,7 +160,9 @@ def estimate(action: np.ndarray, prob: np.ndarray, reward: np.ndarray, target: n
             if members is None:
                 idx = rng.integers(0, n, n)
             else:
-                idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+                idx = np.concatenate(
+                    [members[g] for g in rng.integers(0, len(members), len(members))]
+                )
             tb = {k: v[idx] for k, v in t.items()}
             for name in names:
                 boots[name][b] = _point(name, tb, reward[idx])
@@ -138,18 +179,32 @@ def context_frame(contexts: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.Da
     frame = contexts.copy() if isinstance(contexts, pd.DataFrame) else pd.DataFrame(list(contexts))
     frame = frame.drop(columns=[c for c in frame.columns if c in _NOT_CONTEXT], errors="ignore")
     frame = frame.reset_index(drop=True)
-    categorical = [c for c in frame.columns if frame[c].dtype == object
-                   or isinstance(frame[c].dtype, (pd.StringDtype, pd.CategoricalDtype))]
+    categorical = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object
+        or isinstance(frame[c].dtype, (pd.StringDtype, pd.CategoricalDtype))
+    ]
     numeric = frame.drop(columns=categorical)
     numeric = numeric.apply(pd.to_numeric, errors="coerce").astype(float)
-    dummies = pd.get_dummies(frame[categorical].astype("object"), dtype=float) if categorical else None
+    dummies = (
+        pd.get_dummies(frame[categorical].astype("object"), dtype=float) if categorical else None
+    )
     return pd.concat([numeric, dummies], axis=1) if dummies is not None else numeric
 
 
-def fit_reward_model(X: pd.DataFrame, candidates: list[list[str]], action: np.ndarray, reward: np.ndarray,
-                     seen: Sequence[Mapping[str, int]] | None = None, folds: int = 2, seed: int = 0,
-                     threads: int | None = 1, offer_features: Mapping[str, np.ndarray] | None = None,
-                     segment: Sequence[Any] | None = None) -> np.ndarray:
+def fit_reward_model(
+    X: pd.DataFrame,
+    candidates: list[list[str]],
+    action: np.ndarray,
+    reward: np.ndarray,
+    seen: Sequence[Mapping[str, int]] | None = None,
+    folds: int = 2,
+    seed: int = 0,
+    threads: int | None = 1,
+    offer_features: Mapping[str, np.ndarray] | None = None,
+    segment: Sequence[Any] | None = None,
+) -> np.ndarray:
     """Cross-fitted q(x, a) for every row's candidates: (n, K), zero-padded.
 
     Gradient-boosted trees on (context, offer one-hot, times this offer was seen recently and,
@@ -167,11 +222,14 @@ def fit_reward_model(X: pd.DataFrame, candidates: list[list[str]], action: np.nd
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_features, segment)
+        return _fit_reward_model(
+            X, candidates, action, reward, seen, folds, seed, offer_features, segment
+        )
 
 
-def _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_features=None,
-                      segment=None) -> np.ndarray:
+def _fit_reward_model(
+    X, candidates, action, reward, seen, folds, seed, offer_features=None, segment=None
+) -> np.ndarray:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     n = len(action)
@@ -181,16 +239,29 @@ def _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_fe
     base = X.to_numpy(dtype=float)
     seen = seen if seen is not None else [{}] * n
     n_aligned = next(iter(offer_features.values())).shape[1] if offer_features else 0
-    seg = (pd.factorize(pd.Series(list(segment), dtype=object).fillna("_"))[0] if segment is not None
-           else np.zeros(n, dtype=int))
+    seg = (
+        pd.factorize(pd.Series(list(segment), dtype=object).fillna("_"))[0]
+        if segment is not None
+        else np.zeros(n, dtype=int)
+    )
     n_seg = int(seg.max()) + 1 if n else 1
 
-    def design(rows: np.ndarray, offer_ids: list[str], rate: np.ndarray, seg_rate: np.ndarray) -> np.ndarray:
+    def design(
+        rows: np.ndarray, offer_ids: list[str], rate: np.ndarray, seg_rate: np.ndarray
+    ) -> np.ndarray:
         codes = np.array([col[o] for o in offer_ids])
         onehot = np.zeros((len(rows), len(offers)))
         onehot[np.arange(len(rows)), codes] = 1.0
-        seen_n = np.array([float((seen[i] or {}).get(o, 0)) for i, o in zip(rows, offer_ids)])
-        parts = [base[rows], onehot, rate[codes][:, None], seg_rate[codes, seg[rows]][:, None], seen_n[:, None]]
+        seen_n = np.array(
+            [float((seen[i] or {}).get(o, 0)) for i, o in zip(rows, offer_ids, strict=False)]
+        )
+        parts = [
+            base[rows],
+            onehot,
+            rate[codes][:, None],
+            seg_rate[codes, seg[rows]][:, None],
+            seen_n[:, None],
+        ]
         if n_aligned:
             aligned = np.zeros((len(rows), n_aligned))
             ids = np.asarray(offer_ids, dtype=object)
@@ -200,8 +271,16 @@ def _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_fe
             parts.append(aligned)
         return np.hstack(parts)
 
-    params = {"max_iter": 150, "learning_rate": 0.1, "max_leaf_nodes": 16, "max_bins": 64, "min_samples_leaf": 50,
-              "l2_regularization": 1.0, "early_stopping": False, "random_state": seed}
+    params = {
+        "max_iter": 150,
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 16,
+        "max_bins": 64,
+        "min_samples_leaf": 50,
+        "l2_regularization": 1.0,
+        "early_stopping": False,
+        "random_state": seed,
+    }
     binary = set(np.unique(reward)) <= {0.0, 1.0}
     fold = np.random.default_rng(seed).integers(0, folds, n)
     q = np.zeros((n, width))
@@ -216,10 +295,14 @@ def _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_fe
         # the average; one numeric column ranks the offers in a single split
         codes = np.array([col[o] for o in chosen])
         counts = np.bincount(codes, minlength=len(offers))
-        rate = (np.bincount(codes, weights=y, minlength=len(offers)) + 20 * y.mean()) / (counts + 20)
+        rate = (np.bincount(codes, weights=y, minlength=len(offers)) + 20 * y.mean()) / (
+            counts + 20
+        )
         cell = codes * n_seg + seg[train]
         cell_n = np.bincount(cell, minlength=len(offers) * n_seg).reshape(len(offers), n_seg)
-        cell_y = np.bincount(cell, weights=y, minlength=len(offers) * n_seg).reshape(len(offers), n_seg)
+        cell_y = np.bincount(cell, weights=y, minlength=len(offers) * n_seg).reshape(
+            len(offers), n_seg
+        )
         seg_rate = (cell_y + 20 * rate[:, None]) / (cell_n + 20)
         X_train = design(train, chosen, rate, seg_rate)
         if binary and len(np.unique(y)) == 2:
@@ -236,7 +319,9 @@ def _fit_reward_model(X, candidates, action, reward, seen, folds, seed, offer_fe
     return q
 
 
-def product_features(contexts: Sequence[Mapping[str, Any]], offer_product: Mapping[str, str]) -> dict[str, np.ndarray]:
+def product_features(
+    contexts: Sequence[Mapping[str, Any]], offer_product: Mapping[str, str]
+) -> dict[str, np.ndarray]:
     """Per offer, the row's features about that offer's product: page views (7 / 30 days),
     holdings, and the customer's past clicks and ignored offers of the product (``responses``).
 
@@ -249,8 +334,15 @@ def product_features(contexts: Sequence[Mapping[str, Any]], offer_product: Mappi
         rows = []
         for c in contexts:
             shown, clicked = (c.get("responses") or {}).get(p, (0, 0))
-            rows.append([_f(c.get(f"pv_{p}_7d")), _f(c.get(f"pv_{p}_30d")), _f(c.get(f"n_{p}")),
-                         float(clicked), float(shown - clicked)])
+            rows.append(
+                [
+                    _f(c.get(f"pv_{p}_7d")),
+                    _f(c.get(f"pv_{p}_30d")),
+                    _f(c.get(f"n_{p}")),
+                    float(clicked),
+                    float(shown - clicked),
+                ]
+            )
         per_product[p] = np.array(rows, dtype=float).reshape(len(contexts), 5)
     return {o: per_product[p] for o, p in offer_product.items()}
 
@@ -271,7 +363,7 @@ def uniform_policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray
     width = max(len(c) for c in candidates)
     out = np.zeros((len(candidates), width))
     for i, c in enumerate(candidates):
-        out[i, :len(c)] = 1.0 / len(c)
+        out[i, : len(c)] = 1.0 / len(c)
     return out
 
 
@@ -304,9 +396,9 @@ def pyfunc_policy(model_uri: str) -> PolicyFn:
         pred = model.predict(rows)
         width = max(len(c) for c in candidates)
         out = np.zeros((len(candidates), width))
-        for i, (c, pmf) in enumerate(zip(candidates, pred["pmf"])):
+        for i, (c, pmf) in enumerate(zip(candidates, pred["pmf"], strict=False)):
             p = json.loads(pmf)
-            out[i, :len(c)] = [p[o] for o in c]
+            out[i, : len(c)] = [p[o] for o in c]
         return out
 
     return policy
@@ -322,7 +414,9 @@ def parse_policy(spec: str | PolicyFn) -> PolicyFn:
         return constant_policy([s.strip() for s in spec.split(":", 1)[1].split(",") if s.strip()])
     if spec.startswith("model:"):
         return pyfunc_policy(spec.split(":", 1)[1])
-    raise ValueError(f"unknown policy {spec!r}: use 'uniform', 'constant:<offer ids>' or 'model:<uri>'")
+    raise ValueError(
+        f"unknown policy {spec!r}: use 'uniform', 'constant:<offer ids>' or 'model:<uri>'"
+    )
 
 
 # --- from a file --------------------------------------------------------------------------
@@ -343,28 +437,38 @@ def read_log(path: Path | str) -> pd.DataFrame:
         raise ValueError(f"{path.name}: the log must be .parquet or .csv")
     missing = [c for c in LOG_COLUMNS if c not in log.columns]
     if missing:
-        raise ValueError(f"{path.name}: missing column(s) {missing}; a log needs {list(LOG_COLUMNS)}")
+        raise ValueError(
+            f"{path.name}: missing column(s) {missing}; a log needs {list(LOG_COLUMNS)}"
+        )
     if log.empty:
         raise ValueError(f"{path.name}: the log has no rows")
     for field in ("prob", "reward"):
         values = pd.to_numeric(log[field], errors="coerce")
         bad = values.isna()
         if bad.any():
-            raise ValueError(f"{path.name}: column '{field}' has non-numeric or empty values in "
-                             f"{int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}")
+            raise ValueError(
+                f"{path.name}: column '{field}' has non-numeric or empty values in "
+                f"{int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}"
+            )
         log[field] = values.astype(float)
     bad = (log["prob"] <= 0) | (log["prob"] > 1)
     if bad.any():
-        raise ValueError(f"{path.name}: column 'prob' must be in (0, 1]; {int(bad.sum())} row(s) are not, "
-                         f"first at row {int(np.flatnonzero(bad)[0])}")
+        raise ValueError(
+            f"{path.name}: column 'prob' must be in (0, 1]; {int(bad.sum())} row(s) are not, "
+            f"first at row {int(np.flatnonzero(bad)[0])}"
+        )
     if log["action"].isna().any():
         raise ValueError(f"{path.name}: column 'action' has empty values")
     log["action"] = log["action"].astype(str)
-    if "customer_id" in log.columns:  # optional; when given, every decision's customer clusters the intervals
+    if (
+        "customer_id" in log.columns
+    ):  # optional; when given, every decision's customer clusters the intervals
         bad = log["customer_id"].isna()
         if bad.any():
-            raise ValueError(f"{path.name}: column 'customer_id' has empty values in {int(bad.sum())} row(s), "
-                             f"first at row {int(np.flatnonzero(bad)[0])}")
+            raise ValueError(
+                f"{path.name}: column 'customer_id' has empty values in {int(bad.sum())} row(s), "
+                f"first at row {int(np.flatnonzero(bad)[0])}"
+            )
         log["customer_id"] = log["customer_id"].astype(str)
     return log
 
@@ -379,51 +483,90 @@ def log_candidates(log: pd.DataFrame) -> list[list[str]]:
     else:
         everything = sorted(log["action"].unique())
         cands = [everything] * len(log)
-    for i, (a, c) in enumerate(zip(log["action"], cands)):
+    for i, (a, c) in enumerate(zip(log["action"], cands, strict=False)):
         if a not in c:
             raise ValueError(f"row {i}: action {a!r} is not among its candidates {c}")
     return cands
 
 
-def evaluate_log(log: pd.DataFrame, policies: Mapping[str, str | PolicyFn], *, reward_model: bool = True,
-                 alpha: float = 0.05, n_bootstrap: int = 0, seed: int = 0) -> pd.DataFrame:
+def evaluate_log(
+    log: pd.DataFrame,
+    policies: Mapping[str, str | PolicyFn],
+    *,
+    reward_model: bool = True,
+    alpha: float = 0.05,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Every estimator for every policy on one log (a validated frame, see :func:`read_log`)."""
     candidates = log_candidates(log)
-    action = np.array([c.index(a) for a, c in zip(log["action"], candidates)])
-    groups = log["customer_id"].to_numpy() if "customer_id" in log.columns else None  # intervals per customer
+    action = np.array([c.index(a) for a, c in zip(log["action"], candidates, strict=False)])
+    groups = (
+        log["customer_id"].to_numpy() if "customer_id" in log.columns else None
+    )  # intervals per customer
     prob, reward = log["prob"].to_numpy(float), log["reward"].to_numpy(float)
     q = None
     if reward_model:
-        seen = [json.loads(s) if isinstance(s, str) else (s or {}) for s in log["seen"]] if "seen" in log else None
+        seen = (
+            [json.loads(s) if isinstance(s, str) else (s or {}) for s in log["seen"]]
+            if "seen" in log
+            else None
+        )
         q = fit_reward_model(context_frame(log), candidates, action, reward, seen=seen, seed=seed)
     frames = []
     for name, spec in policies.items():
         target = parse_policy(spec)(log, candidates)
-        frame = estimate(action, prob, reward, target, q, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed,
-                         groups=groups)
+        frame = estimate(
+            action,
+            prob,
+            reward,
+            target,
+            q,
+            alpha=alpha,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            groups=groups,
+        )
         frame.insert(0, "policy", name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def evaluate_policy_file(path: Path | str, policy: str | PolicyFn | Mapping[str, str | PolicyFn] = "uniform",
-                         *, reward_model: bool = True, alpha: float = 0.05, n_bootstrap: int = 0,
-                         seed: int = 0) -> pd.DataFrame:
+def evaluate_policy_file(
+    path: Path | str,
+    policy: str | PolicyFn | Mapping[str, str | PolicyFn] = "uniform",
+    *,
+    reward_model: bool = True,
+    alpha: float = 0.05,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
     """``nextoffer evaluate-policy``: read a log (Parquet/CSV), estimate the policy's value.
 
     ``policy``: ``uniform``, ``constant:<offer ids in preference order>``, ``model:<mlflow uri>``,
     a callable ``(log, candidates) -> (n, K)``, or a mapping of several by name.
     """
     log = read_log(path)
-    policies = dict(policy) if isinstance(policy, Mapping) else {str(policy) if isinstance(policy, str) else "policy": policy}
-    return evaluate_log(log, policies, reward_model=reward_model, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed)
+    policies = (
+        dict(policy)
+        if isinstance(policy, Mapping)
+        else {str(policy) if isinstance(policy, str) else "policy": policy}
+    )
+    return evaluate_log(
+        log, policies, reward_model=reward_model, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed
+    )
 
 
 # --- ground truth on the simulator ------------------------------------------------------
 
 
-def oracle_rewards(oracle, log: pd.DataFrame, candidates: list[list[str]], metric: str = "click",
-                   value_scale: float = 1.0) -> np.ndarray:
+def oracle_rewards(
+    oracle,
+    log: pd.DataFrame,
+    candidates: list[list[str]],
+    metric: str = "click",
+    value_scale: float = 1.0,
+) -> np.ndarray:
     """True expected reward of every candidate of every logged decision: (n, K), zero-padded.
 
     Fatigue is the logged history's (the one-step counterfactual: only this decision changes).
@@ -432,8 +575,13 @@ def oracle_rewards(oracle, log: pd.DataFrame, candidates: list[list[str]], metri
     rows = np.concatenate([np.full(len(c), i) for i, c in enumerate(candidates)])
     k = np.concatenate([np.arange(len(c)) for c in candidates])
     ids = np.array([o for c in candidates for o in c], dtype=object)
-    values = oracle.expected(log["customer_id"].to_numpy()[rows], ids, log["ts"].to_numpy()[rows],
-                             log["channel"].to_numpy()[rows], metric=metric)
+    values = oracle.expected(
+        log["customer_id"].to_numpy()[rows],
+        ids,
+        log["ts"].to_numpy()[rows],
+        log["channel"].to_numpy()[rows],
+        metric=metric,
+    )
     out = np.zeros((len(candidates), width))
     out[rows, k] = values / (value_scale if metric == "value" else 1.0)
     return out

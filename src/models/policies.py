@@ -46,10 +46,19 @@ class Policy(Protocol):
 
     name: str
 
-    def choose(self, request, context: Mapping[str, Any], candidates: Candidates) -> tuple[int, float]: ...
+    def choose(
+        self, request, context: Mapping[str, Any], candidates: Candidates
+    ) -> tuple[int, float]: ...
 
-    def update(self, request, context: Mapping[str, Any], candidates: Candidates, chosen: int, prob: float,
-               reward: float) -> None: ...
+    def update(
+        self,
+        request,
+        context: Mapping[str, Any],
+        candidates: Candidates,
+        chosen: int,
+        prob: float,
+        reward: float,
+    ) -> None: ...
 
 
 @dataclass
@@ -100,7 +109,9 @@ class TrueNeedGreedyPolicy:
         from src.data.schemas import PRODUCTS
 
         cust = self.oracle.customer_idx([request.customer_id])[0]
-        need = np.asarray(self.oracle.needs[(request.ts - self.oracle.start).days, cust], dtype=float)
+        need = np.asarray(
+            self.oracle.needs[(request.ts - self.oracle.start).days, cust], dtype=float
+        )
         return int(np.argmax([need[PRODUCTS.index(str(c["product"]))] for c in candidates])), 1.0
 
     def update(self, *args, **kwargs) -> None:
@@ -119,7 +130,10 @@ def true_need_context(oracle: Any) -> Callable[[str, pd.Timestamp], dict[str, fl
         cust = oracle.customer_idx([customer_id])[0]
         day = int((pd.Timestamp(ts) - oracle.start).days)
         needs = np.asarray(oracle.needs[day, cust], dtype=float)
-        return {f"true_need_{p}": round(affinity[str(customer_id)] * needs[j], 3) for j, p in enumerate(PRODUCTS)}
+        return {
+            f"true_need_{p}": round(affinity[str(customer_id)] * needs[j], 3)
+            for j, p in enumerate(PRODUCTS)
+        }
 
     return extra
 
@@ -142,8 +156,16 @@ class ABTestThenFixPolicy:
     def _winner(self, slot: str, candidates: Candidates) -> str:
         if slot not in self.results:
             seen = self.counts.get(slot, {})
-            frame = pd.DataFrame([{"arm": str(c["offer_id"]), "n": seen.get(str(c["offer_id"]), [0, 0])[0],
-                                   "successes": seen.get(str(c["offer_id"]), [0, 0])[1]} for c in candidates])
+            frame = pd.DataFrame(
+                [
+                    {
+                        "arm": str(c["offer_id"]),
+                        "n": seen.get(str(c["offer_id"]), [0, 0])[0],
+                        "successes": seen.get(str(c["offer_id"]), [0, 0])[1],
+                    }
+                    for c in candidates
+                ]
+            )
             self.results[slot] = ab_test.decide(frame, alpha=self.alpha)
         return self.results[slot].winner
 
@@ -154,7 +176,9 @@ class ABTestThenFixPolicy:
 
     def update(self, request, context, candidates, chosen, prob, reward) -> None:
         if request.ts < self.test_end:
-            arm = self.counts.setdefault(request.slot, {}).setdefault(str(candidates[chosen]["offer_id"]), [0, 0])
+            arm = self.counts.setdefault(request.slot, {}).setdefault(
+                str(candidates[chosen]["offer_id"]), [0, 0]
+            )
             arm[0] += 1
             arm[1] += int(reward > 0)
 
@@ -182,9 +206,16 @@ class BanditPolicy:
             self.bandit.learn(context, candidates, chosen, prob, reward)
 
 
-def simulate_policy(env, policy: Policy, views: CustomerViews, offers: pd.DataFrame, config: BanditConfig,
-                    progress: bool = False, history: ResponseHistory | None = None,
-                    extra: Callable[[str, pd.Timestamp], Mapping[str, Any]] | None = None) -> pd.DataFrame:
+def simulate_policy(
+    env,
+    policy: Policy,
+    views: CustomerViews,
+    offers: pd.DataFrame,
+    config: BanditConfig,
+    progress: bool = False,
+    history: ResponseHistory | None = None,
+    extra: Callable[[str, pd.Timestamp], Mapping[str, Any]] | None = None,
+) -> pd.DataFrame:
     """Run ``policy`` over the environment's request stream; one row per decision.
 
     Columns: request_id, ts, day, slot, offer_id, prob, click, convert, value, reward (realized,
@@ -205,10 +236,14 @@ def simulate_policy(env, policy: Policy, views: CustomerViews, offers: pd.DataFr
     rows = []
     for request in tqdm(env.requests(), desc=policy.name, disable=not progress, mininterval=2):
         candidates = by_slot[request.slot]
-        context = request_context(views.lookup(request.customer_id, request.ts), request.ts, request.channel,
-                                  tracker.counts(request.customer_id, request.ts),
-                                  extra(request.customer_id, request.ts) if extra else None,
-                                  responses=history.get(request.customer_id) if history is not None else None)
+        context = request_context(
+            views.lookup(request.customer_id, request.ts),
+            request.ts,
+            request.channel,
+            tracker.counts(request.customer_id, request.ts),
+            extra(request.customer_id, request.ts) if extra else None,
+            responses=history.get(request.customer_id) if history is not None else None,
+        )
         chosen, prob = policy.choose(request, context, candidates)
         offer_id = str(candidates[chosen]["offer_id"])
         ids, values = env.expected_all(request, metric)
@@ -224,16 +259,43 @@ def simulate_policy(env, policy: Policy, views: CustomerViews, offers: pd.DataFr
         exp = float(values[position[offer_id]]) / scale
         pmf = getattr(policy, "last_pmf", None)
         if pmf is not None:  # what the policy would earn without exploring, and in expectation
-            greedy = float(values[position[str(candidates[int(np.argmax(pmf))]["offer_id"])]]) / scale
-            on_policy = float(sum(pm * values[position[str(c["offer_id"])]] for pm, c in zip(pmf, candidates))) / scale
+            greedy = (
+                float(values[position[str(candidates[int(np.argmax(pmf))]["offer_id"])]]) / scale
+            )
+            on_policy = (
+                float(
+                    sum(
+                        pm * values[position[str(c["offer_id"])]]
+                        for pm, c in zip(pmf, candidates, strict=False)
+                    )
+                )
+                / scale
+            )
         else:
             greedy = on_policy = exp
-        rows.append({"request_id": request.request_id, "ts": request.ts, "slot": request.slot,
-                     "customer_id": request.customer_id, "channel": request.channel, "offer_id": offer_id,
-                     "prob": prob, "click": outcome.click, "convert": outcome.convert, "value": outcome.value,
-                     "reward": reward, "expected": exp, "best": best / scale, "regret": best / scale - exp,
-                     "expected_click": expected.click, "expected_convert": expected.convert,
-                     "expected_value": expected.value, "expected_greedy": greedy, "expected_policy": on_policy})
+        rows.append(
+            {
+                "request_id": request.request_id,
+                "ts": request.ts,
+                "slot": request.slot,
+                "customer_id": request.customer_id,
+                "channel": request.channel,
+                "offer_id": offer_id,
+                "prob": prob,
+                "click": outcome.click,
+                "convert": outcome.convert,
+                "value": outcome.value,
+                "reward": reward,
+                "expected": exp,
+                "best": best / scale,
+                "regret": best / scale - exp,
+                "expected_click": expected.click,
+                "expected_convert": expected.convert,
+                "expected_value": expected.value,
+                "expected_greedy": greedy,
+                "expected_policy": on_policy,
+            }
+        )
     frame = pd.DataFrame(rows)
     if len(frame):
         frame["day"] = (frame["ts"].dt.normalize() - frame["ts"].dt.normalize().min()).dt.days
@@ -255,7 +317,9 @@ class ComparisonConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     train_days: int = Field(14, ge=1)
-    sim_days: int | None = Field(None, ge=1, description="Default: the rest of the simulated period.")
+    sim_days: int | None = Field(
+        None, ge=1, description="Default: the rest of the simulated period."
+    )
     ab_test_days: int = Field(7, ge=1)
     alpha: float = 0.05
     view_every_days: int = Field(7, ge=1, description="Refresh the customer view every N days.")
@@ -263,8 +327,11 @@ class ComparisonConfig(BaseModel):
     seed: int = 0
     bandit: BanditConfig = BanditConfig()
     offline_passes: int = Field(1, ge=0)
-    history: bool = Field(False, description="Give the bandit the customer's past responses to offers "
-                          "(``|history``); no measurable gain on notebook 20's run, and serving lacks it.")
+    history: bool = Field(
+        False,
+        description="Give the bandit the customer's past responses to offers "
+        "(``|history``); no measurable gain on notebook 20's run, and serving lacks it.",
+    )
     policies: tuple[str, ...] = ("random", "ab_then_fix", "bandit", "oracle")
 
 
@@ -286,21 +353,27 @@ class ComparisonResult:
     config: ComparisonConfig
 
 
-def summarize(steps: pd.DataFrame, baseline: str = "ab_then_fix", ceiling: str = "oracle") -> pd.DataFrame:
+def summarize(
+    steps: pd.DataFrame, baseline: str = "ab_then_fix", ceiling: str = "oracle"
+) -> pd.DataFrame:
     """Final figures per policy; ratios on expected reward (the luck is the same for all anyway)."""
     g = steps.groupby("policy", sort=False)
-    out = pd.DataFrame({
-        "decisions": g.size(),
-        "reward": g["reward"].sum(),
-        "expected_reward": g["expected"].sum(),
-        "regret": g["regret"].sum(),
-        "ctr": g["click"].mean(),
-        "expected_value_krw": g["expected_value"].sum(),
-    })
+    out = pd.DataFrame(
+        {
+            "decisions": g.size(),
+            "reward": g["reward"].sum(),
+            "expected_reward": g["expected"].sum(),
+            "regret": g["regret"].sum(),
+            "ctr": g["click"].mean(),
+            "expected_value_krw": g["expected_value"].sum(),
+        }
+    )
     if ceiling in out.index:
         out["pct_of_oracle"] = 100 * out["expected_reward"] / out.loc[ceiling, "expected_reward"]
     if baseline in out.index:
-        out["lift_vs_ab_pct"] = 100 * (out["expected_reward"] / out.loc[baseline, "expected_reward"] - 1)
+        out["lift_vs_ab_pct"] = 100 * (
+            out["expected_reward"] / out.loc[baseline, "expected_reward"] - 1
+        )
     return out
 
 
@@ -313,20 +386,31 @@ def gap_report(steps: pd.DataFrame, ceiling: str = "oracle") -> dict[str, pd.Dat
     oracle = steps[steps["policy"] == ceiling]
     g = steps.groupby("policy", sort=False)
     total = oracle["expected"].sum()
-    overall = pd.DataFrame({"pct_of_oracle": 100 * g["expected"].sum() / total,
-                            "greedy_pct": 100 * g["expected_greedy"].sum() / total})
+    overall = pd.DataFrame(
+        {
+            "pct_of_oracle": 100 * g["expected"].sum() / total,
+            "greedy_pct": 100 * g["expected_greedy"].sum() / total,
+        }
+    )
     overall["exploration_cost_pts"] = overall["greedy_pct"] - overall["pct_of_oracle"]
     week = steps["day"] // 7
     by_slot = 100 * steps.groupby(["slot", "policy"], sort=False)["expected"].sum().unstack().div(
-        oracle.groupby("slot")["expected"].sum(), axis=0)
+        oracle.groupby("slot")["expected"].sum(), axis=0
+    )
     by_week = 100 * steps.groupby([week, "policy"], sort=False)["expected"].sum().unstack().div(
-        oracle.groupby(oracle["day"] // 7)["expected"].sum(), axis=0)
+        oracle.groupby(oracle["day"] // 7)["expected"].sum(), axis=0
+    )
     by_week.index.name = "week"
     return {"overall": overall, "by_slot": by_slot, "by_week": by_week}
 
 
-def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | None = None,
-                   spec: FeatureSpec | None = None, progress: bool = False) -> ComparisonResult:
+def run_comparison(
+    raw_dir: Path,
+    truth_dir: Path,
+    config: ComparisonConfig | None = None,
+    spec: FeatureSpec | None = None,
+    progress: bool = False,
+) -> ComparisonResult:
     """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions."""
     from src.data.synthetic import BankEnvironment, Oracle
 
@@ -336,23 +420,43 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
     offers = oracle.offers
     sim_days = config.sim_days or oracle.days - config.train_days
     if config.train_days + sim_days > oracle.days:
-        raise ValueError(f"train_days + sim_days = {config.train_days + sim_days} exceeds the "
-                         f"{oracle.days} simulated days")
+        raise ValueError(
+            f"train_days + sim_days = {config.train_days + sim_days} exceeds the "
+            f"{oracle.days} simulated days"
+        )
     start = oracle.start.normalize()
     run_start = start + pd.Timedelta(days=config.train_days)
     run_end = run_start + pd.Timedelta(days=sim_days)
-    views = build_views(raw_dir, view_schedule(start, run_end, config.view_every_days), spec, progress=progress)
+    views = build_views(
+        raw_dir, view_schedule(start, run_end, config.view_every_days), spec, progress=progress
+    )
 
     def env() -> BankEnvironment:
-        return BankEnvironment(oracle, seed=config.seed, days=sim_days, start_day=config.train_days,
-                               requests_per_customer_day=config.requests_per_customer_day)
+        return BankEnvironment(
+            oracle,
+            seed=config.seed,
+            days=sim_days,
+            start_day=config.train_days,
+            requests_per_customer_day=config.requests_per_customer_day,
+        )
 
     exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
-    history = ResponseHistory.from_exposures(exposures, offers, before=run_start) if config.history else None
+    history = (
+        ResponseHistory.from_exposures(exposures, offers, before=run_start)
+        if config.history
+        else None
+    )
 
     def trained(spec: FeatureSpec, extra=None) -> tuple[ContextualBandit, pd.DataFrame]:
-        log = logged_decisions(exposures, views, offers, config.bandit, end=run_start, extra=extra,
-                               responses=config.history)
+        log = logged_decisions(
+            exposures,
+            views,
+            offers,
+            config.bandit,
+            end=run_start,
+            extra=extra,
+            responses=config.history,
+        )
         bandit = ContextualBandit(config.bandit, spec)
         train_offline(bandit, log, offers, passes=config.offline_passes, progress=progress)
         return bandit, log
@@ -369,17 +473,23 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
 
         from src.data.schemas import PRODUCTS
 
-        truth_spec = replace(spec, propensity=spec.propensity + tuple(f"true_need_{p}" for p in PRODUCTS))
-        return BanditPolicy(trained(truth_spec, truth_extra)[0], seed=config.seed, name="bandit_true_need")
+        truth_spec = replace(
+            spec, propensity=spec.propensity + tuple(f"true_need_{p}" for p in PRODUCTS)
+        )
+        return BanditPolicy(
+            trained(truth_spec, truth_extra)[0], seed=config.seed, name="bandit_true_need"
+        )
 
     makers: dict[str, Callable[[Any], Policy]] = {
         "random": lambda e: UniformPolicy(seed=config.seed),
-        "ab_then_fix": lambda e: ABTestThenFixPolicy(run_start + pd.Timedelta(days=config.ab_test_days),
-                                                     alpha=config.alpha, seed=config.seed),
+        "ab_then_fix": lambda e: ABTestThenFixPolicy(
+            run_start + pd.Timedelta(days=config.ab_test_days), alpha=config.alpha, seed=config.seed
+        ),
         "bandit": lambda e: BanditPolicy(bandit, seed=config.seed),
         "oracle": lambda e: OraclePolicy(e, metric=config.bandit.reward),
-        "bandit_frozen": lambda e: BanditPolicy(offline.copy(), seed=config.seed, learn_online=False,
-                                                name="bandit_frozen"),
+        "bandit_frozen": lambda e: BanditPolicy(
+            offline.copy(), seed=config.seed, learn_online=False, name="bandit_frozen"
+        ),
         "bandit_true_need": true_need_bandit,
         "greedy_true_need": lambda e: TrueNeedGreedyPolicy(oracle),
     }
@@ -389,8 +499,18 @@ def run_comparison(raw_dir: Path, truth_dir: Path, config: ComparisonConfig | No
             raise ValueError(f"unknown policy {name!r}; choose from {sorted(makers)}")
         e = env()
         policy = makers[name](e)
-        frames.append(simulate_policy(e, policy, views, offers, config.bandit, progress=progress, history=history,
-                                      extra=truth_extra if name == "bandit_true_need" else None))
+        frames.append(
+            simulate_policy(
+                e,
+                policy,
+                views,
+                offers,
+                config.bandit,
+                progress=progress,
+                history=history,
+                extra=truth_extra if name == "bandit_true_need" else None,
+            )
+        )
         if isinstance(policy, ABTestThenFixPolicy):
             ab = ab_test.summarize(policy.results)
     steps = pd.concat(frames, ignore_index=True)
@@ -402,26 +522,44 @@ def _bandit_view(log: pd.DataFrame, history: bool) -> pd.DataFrame:
     bandit trained without ``|history`` must not be handed them."""
     if history:
         return log
-    return log.assign(context=[{k: v for k, v in c.items() if k != "responses"} for c in log["context"]])
+    return log.assign(
+        context=[{k: v for k, v in c.items() if k != "responses"} for c in log["context"]]
+    )
 
 
-def reward_model(log: pd.DataFrame, offers: pd.DataFrame, candidates: list[list[str]], seed: int = 0) -> np.ndarray:
+def reward_model(
+    log: pd.DataFrame, offers: pd.DataFrame, candidates: list[list[str]], seed: int = 0
+) -> np.ndarray:
     """The direct method's cross-fitted q(x, a) on a logged-decision frame (:func:`logged_decisions`):
     context, the offer, its recent exposures and the customer's evidence about its product."""
     from src.models import ope
 
     contexts = log["context"].tolist()
     product = offers.set_index("offer_id")["product"].astype(str).to_dict()
-    return ope.fit_reward_model(ope.context_frame(contexts), candidates, log["action"].to_numpy(int),
-                                log["reward"].to_numpy(float), seen=[c.get("seen", {}) for c in contexts],
-                                seed=seed, offer_features=ope.product_features(contexts, product),
-                                segment=[c.get("life_stage") for c in contexts])
+    return ope.fit_reward_model(
+        ope.context_frame(contexts),
+        candidates,
+        log["action"].to_numpy(int),
+        log["reward"].to_numpy(float),
+        seen=[c.get("seen", {}) for c in contexts],
+        seed=seed,
+        offer_features=ope.product_features(contexts, product),
+        segment=[c.get("life_stage") for c in contexts],
+    )
 
 
-def ope_check(raw_dir: Path, truth_dir: Path, bandit: ContextualBandit, views: CustomerViews,
-              start: pd.Timestamp, end: pd.Timestamp | None = None,
-              extra_policies: Mapping[str, Sequence[str]] | None = None, n_bootstrap: int = 0,
-              seed: int = 0, history: bool = False) -> pd.DataFrame:
+def ope_check(
+    raw_dir: Path,
+    truth_dir: Path,
+    bandit: ContextualBandit,
+    views: CustomerViews,
+    start: pd.Timestamp,
+    end: pd.Timestamp | None = None,
+    extra_policies: Mapping[str, Sequence[str]] | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    history: bool = False,
+) -> pd.DataFrame:
     """Off-policy estimates vs the true value, on the logged exposures in [start, end).
 
     Policies: the (frozen) bandit, uniform, and any ``constant`` policies given as preferred
@@ -435,24 +573,44 @@ def ope_check(raw_dir: Path, truth_dir: Path, bandit: ContextualBandit, views: C
     oracle = Oracle(truth_dir, raw_dir)
     offers = oracle.offers
     exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
-    log = logged_decisions(exposures, views, offers, bandit.config, start=start, end=end, responses=True)
+    log = logged_decisions(
+        exposures, views, offers, bandit.config, start=start, end=end, responses=True
+    )
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
-    action, prob, reward = log["action"].to_numpy(int), log["prob"].to_numpy(float), log["reward"].to_numpy(float)
+    action, prob, reward = (
+        log["action"].to_numpy(int),
+        log["prob"].to_numpy(float),
+        log["reward"].to_numpy(float),
+    )
     q = reward_model(log, offers, candidates, seed=seed)
-    truth = ope.oracle_rewards(oracle, log, candidates, bandit.config.reward, bandit.config.value_scale)
-    targets = {"bandit": policy_probs(bandit, _bandit_view(log, history), offers),
-               "uniform": ope.uniform_policy(log, candidates)}
+    truth = ope.oracle_rewards(
+        oracle, log, candidates, bandit.config.reward, bandit.config.value_scale
+    )
+    targets = {
+        "bandit": policy_probs(bandit, _bandit_view(log, history), offers),
+        "uniform": ope.uniform_policy(log, candidates),
+    }
     for name, preferred in (extra_policies or {}).items():
         targets[name] = ope.constant_policy(preferred)(log, candidates)
     frames = []
     for name, target in targets.items():
-        frame = ope.estimate(action, prob, reward, target, q, n_bootstrap=n_bootstrap, seed=seed,
-                             groups=log["customer_id"].to_numpy())
+        frame = ope.estimate(
+            action,
+            prob,
+            reward,
+            target,
+            q,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            groups=log["customer_id"].to_numpy(),
+        )
         frame.insert(0, "policy", name)
         frame["true_value"] = ope.true_value(target, truth)
         frame["rel_error_pct"] = 100 * (frame["value"] / frame["true_value"] - 1)
-        frame["covered"] = (frame["ci_low"] <= frame["true_value"]) & (frame["true_value"] <= frame["ci_high"])
+        frame["covered"] = (frame["ci_low"] <= frame["true_value"]) & (
+            frame["true_value"] <= frame["ci_high"]
+        )
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -480,13 +638,24 @@ def plot_daily(steps: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 4))
     daily = steps.groupby(["day", "policy"], sort=False)["expected"].mean().unstack()
     daily.plot(ax=ax)
-    ax.set(title="expected reward per decision, by day", xlabel="day of the run", ylabel="expected reward")
+    ax.set(
+        title="expected reward per decision, by day",
+        xlabel="day of the run",
+        ylabel="expected reward",
+    )
     fig.tight_layout()
     return fig
 
 
-def held_out_scorer(raw_dir: Path, views: CustomerViews, config: BanditConfig, start: pd.Timestamp,
-                    end: pd.Timestamp | None = None, seed: int = 0, history: bool = False) -> Callable[[Any], float]:
+def held_out_scorer(
+    raw_dir: Path,
+    views: CustomerViews,
+    config: BanditConfig,
+    start: pd.Timestamp,
+    end: pd.Timestamp | None = None,
+    seed: int = 0,
+    history: bool = False,
+) -> Callable[[Any], float]:
     """DR value of a bandit (object or MLflow model URI) on the logged decisions in [start, end).
 
     The log and the cross-fitted reward model are built once, so a challenger and the current
@@ -499,7 +668,11 @@ def held_out_scorer(raw_dir: Path, views: CustomerViews, config: BanditConfig, s
     log = logged_decisions(exposures, views, offers, config, start=start, end=end, responses=True)
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
-    action, prob, reward = log["action"].to_numpy(int), log["prob"].to_numpy(float), log["reward"].to_numpy(float)
+    action, prob, reward = (
+        log["action"].to_numpy(int),
+        log["prob"].to_numpy(float),
+        log["reward"].to_numpy(float),
+    )
     q = reward_model(log, offers, candidates, seed=seed)
 
     def score(model: Any) -> float:

@@ -45,7 +45,9 @@ class PropensityConfig(BaseModel):
     # isotonic raised the test log loss on all 6 products and doubled the calibration error on 4,
     # while Platt kept the booster's log loss (within 0.0003) and beat isotonic's error on all 6.
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
-    isotonic_min_positives: int = 200  # fewer validation positives: Platt even when isotonic is asked for
+    isotonic_min_positives: int = (
+        200  # fewer validation positives: Platt even when isotonic is asked for
+    )
     val_customer_share: float = 0.2  # validation customers never train (see split_rows)
     logreg_c: float = 0.1
     seed: int = 7
@@ -78,7 +80,9 @@ class ProductModel:
     def feature_importance(self) -> pd.Series:
         """Total split gain per model-matrix column, largest first."""
         gain = self.booster.booster_.feature_importance(importance_type="gain")
-        return pd.Series(gain, index=self.booster.booster_.feature_name()).sort_values(ascending=False)
+        return pd.Series(gain, index=self.booster.booster_.feature_name()).sort_values(
+            ascending=False
+        )
 
 
 @dataclass
@@ -98,7 +102,11 @@ class PropensityModel:
         X = self.matrix(rows)
         out = {}
         for p, m in self.products.items():
-            fn = {"calibrated": m.predict, "raw": m.predict_uncalibrated, "baseline": m.predict_baseline}[kind]
+            fn = {
+                "calibrated": m.predict,
+                "raw": m.predict_uncalibrated,
+                "baseline": m.predict_baseline,
+            }[kind]
             out[p] = fn(X)
         return pd.DataFrame(out, index=rows.index)
 
@@ -128,32 +136,63 @@ class _ArrayModel:
         return self.model.predict_proba(X.to_numpy(float))
 
 
-def fit_product(product: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame,
-                y_val: np.ndarray, config: PropensityConfig) -> ProductModel:
+def fit_product(
+    product: str,
+    X_train: pd.DataFrame,
+    y_train: np.ndarray,
+    X_val: pd.DataFrame,
+    y_val: np.ndarray,
+    config: PropensityConfig,
+) -> ProductModel:
     """Boost with early stopping on validation, then calibrate the frozen booster there."""
     started = time.perf_counter()
     booster = lgb.LGBMClassifier(
-        n_estimators=config.n_estimators, learning_rate=config.learning_rate,
-        num_leaves=config.num_leaves, min_child_samples=config.min_child_samples,
-        subsample=config.subsample, subsample_freq=1, colsample_bytree=config.colsample_bytree,
-        reg_lambda=config.reg_lambda, force_col_wise=True, random_state=config.seed, n_jobs=config.n_jobs, verbose=-1,
+        n_estimators=config.n_estimators,
+        learning_rate=config.learning_rate,
+        num_leaves=config.num_leaves,
+        min_child_samples=config.min_child_samples,
+        subsample=config.subsample,
+        subsample_freq=1,
+        colsample_bytree=config.colsample_bytree,
+        reg_lambda=config.reg_lambda,
+        force_col_wise=True,
+        random_state=config.seed,
+        n_jobs=config.n_jobs,
+        verbose=-1,
     )
     has_val = 0 < y_val.sum() < len(y_val)
-    booster.fit(X_train, y_train,
-                eval_X=(X_val,) if has_val else None, eval_y=(y_val,) if has_val else None, eval_metric="binary_logloss",
-                callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)] if has_val else None)
+    booster.fit(
+        X_train,
+        y_train,
+        eval_X=(X_val,) if has_val else None,
+        eval_y=(y_val,) if has_val else None,
+        eval_metric="binary_logloss",
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
+        if has_val
+        else None,
+    )
     best = int(booster.best_iteration_ or config.n_estimators) if has_val else config.n_estimators
     calibrated, method = None, "none"
     if has_val:
-        method = "isotonic" if config.calibration == "isotonic" and y_val.sum() >= config.isotonic_min_positives \
+        method = (
+            "isotonic"
+            if config.calibration == "isotonic" and y_val.sum() >= config.isotonic_min_positives
             else "sigmoid"
-        calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=method).fit(X_val, y_val)
+        )
+        calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=method).fit(
+            X_val, y_val
+        )
         raw, cal = booster.predict_proba(X_val)[:, 1], calibrated.predict_proba(X_val)[:, 1]
         if np.corrcoef(raw, cal)[0, 1] < 0:  # Platt on a handful of positives can flip the ranking
             calibrated, method = None, "none (calibration map decreasing)"
-    baseline = _ArrayModel(fit_logreg(X_train, y_train, config.logreg_c, config.seed)) \
-        if 0 < y_train.sum() < len(y_train) else _Constant(float(y_train.mean()))
-    return ProductModel(product, booster, calibrated, baseline, best, method, time.perf_counter() - started)
+    baseline = (
+        _ArrayModel(fit_logreg(X_train, y_train, config.logreg_c, config.seed))
+        if 0 < y_train.sum() < len(y_train)
+        else _Constant(float(y_train.mean()))
+    )
+    return ProductModel(
+        product, booster, calibrated, baseline, best, method, time.perf_counter() - started
+    )
 
 
 class _Constant:
@@ -177,7 +216,9 @@ def validation_customers(customer_ids: pd.Series, share: float) -> pd.Series:
     return h < share * 10_000
 
 
-def split_rows(table: pd.DataFrame, plan: AsOfPlan, val_customer_share: float = 0.2) -> dict[str, pd.DataFrame]:
+def split_rows(
+    table: pd.DataFrame, plan: AsOfPlan, val_customer_share: float = 0.2
+) -> dict[str, pd.DataFrame]:
     """The feature table cut by the plan's dates, with validation customers held out.
 
     Why customer-disjoint: the label windows of consecutive as_of dates overlap, so a customer's
@@ -188,14 +229,25 @@ def split_rows(table: pd.DataFrame, plan: AsOfPlan, val_customer_share: float = 
     validation dates; test rows are everyone on the test dates.
     """
     held = validation_customers(table["customer_id"], val_customer_share)
-    on = lambda name: table["as_of"].isin(getattr(plan, name))
-    return {"train": table.loc[on("train") & ~held], "val": table.loc[on("val") & (held if held.any() else True)],
-            "test": table.loc[on("test")]}
+
+    def on(name):
+        return table["as_of"].isin(getattr(plan, name))
+
+    return {
+        "train": table.loc[on("train") & ~held],
+        "val": table.loc[on("val") & (held if held.any() else True)],
+        "test": table.loc[on("test")],
+    }
 
 
-def train_propensity(table: pd.DataFrame, plan: AsOfPlan, products: Sequence[str],
-                     config: PropensityConfig | None = None, raw_columns: Sequence[str] | None = None,
-                     progress: bool = False) -> PropensityModel:
+def train_propensity(
+    table: pd.DataFrame,
+    plan: AsOfPlan,
+    products: Sequence[str],
+    config: PropensityConfig | None = None,
+    raw_columns: Sequence[str] | None = None,
+    progress: bool = False,
+) -> PropensityModel:
     """Fit every product on the plan's train dates, early stopping + calibration on val dates."""
     from tqdm.auto import tqdm
 

@@ -50,10 +50,16 @@ def current_champion(name: str, tracking_uri: str | None = None) -> str | None:
         return None
 
 
-def register_and_promote(model_uri: str, name: str, *, metric: str, candidate_score: float,
-                         score_champion: Callable[[str], float] | None,
-                         higher_is_better: bool = True,
-                         tracking_uri: str | None = None) -> PromotionResult:
+def register_and_promote(
+    model_uri: str,
+    name: str,
+    *,
+    metric: str,
+    candidate_score: float,
+    score_champion: Callable[[str], float] | None,
+    higher_is_better: bool = True,
+    tracking_uri: str | None = None,
+) -> PromotionResult:
     """Register ``model_uri`` under ``name`` as ``challenger``; promote it to ``champion`` if it
     beats the current one on ``metric`` (ties keep the champion). Tags record the decision.
 
@@ -83,10 +89,16 @@ def register_and_promote(model_uri: str, name: str, *, metric: str, candidate_sc
         elif math.isnan(champion_score):
             promoted = True
         else:
-            promoted = candidate_score > champion_score if higher_is_better else candidate_score < champion_score
+            promoted = (
+                candidate_score > champion_score
+                if higher_is_better
+                else candidate_score < champion_score
+            )
         direction = "higher" if higher_is_better else "lower"
-        reason = (f"{metric} {candidate_score:.6g} vs champion v{previous} {champion_score:.6g} "
-                  f"({direction} is better): {'promoted' if promoted else 'kept champion'}")
+        reason = (
+            f"{metric} {candidate_score:.6g} vs champion v{previous} {champion_score:.6g} "
+            f"({direction} is better): {'promoted' if promoted else 'kept champion'}"
+        )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
 
@@ -102,7 +114,9 @@ def register_and_promote(model_uri: str, name: str, *, metric: str, candidate_sc
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, TAG_PREFIX + key, value)
-    return PromotionResult(name, version, promoted, float(candidate_score), champion_score, previous, reason)
+    return PromotionResult(
+        name, version, promoted, float(candidate_score), champion_score, previous, reason
+    )
 
 
 def promotion_trail(name: str, tracking_uri: str | None = None) -> list[dict[str, str]]:
@@ -112,6 +126,12 @@ def promotion_trail(name: str, tracking_uri: str | None = None) -> list[dict[str
     for mv in client.search_model_versions(f"name = '{name}'"):
         full = client.get_model_version(name, mv.version)
         row = {"version": str(full.version), "aliases": ",".join(full.aliases or [])}
-        row.update({k[len(TAG_PREFIX):]: v for k, v in (full.tags or {}).items() if k.startswith(TAG_PREFIX)})
+        row.update(
+            {
+                k[len(TAG_PREFIX) :]: v
+                for k, v in (full.tags or {}).items()
+                if k.startswith(TAG_PREFIX)
+            }
+        )
         rows.append(row)
     return sorted(rows, key=lambda r: int(r["version"]))

@@ -32,8 +32,10 @@ class RetrainError(RuntimeError):
 
     def __init__(self, step: str, notebook: Path, cause: BaseException) -> None:
         self.step, self.notebook, self.cause = step, notebook, cause
-        super().__init__(f"retrain step {step!r} failed ({type(cause).__name__}: {str(cause).strip()[:500]}); "
-                         f"executed notebook: {notebook}")
+        super().__init__(
+            f"retrain step {step!r} failed ({type(cause).__name__}: {str(cause).strip()[:500]}); "
+            f"executed notebook: {notebook}"
+        )
 
 
 @dataclass
@@ -56,10 +58,15 @@ class RetrainResult:
         return {s.name: s.run_id for s in self.steps}
 
 
-def retrain(settings: Settings, as_of: date | datetime | str,
-            notebooks: Sequence[str] = DEFAULT_NOTEBOOKS, out_dir: Path | None = None,
-            parameters: dict[str, dict[str, Any]] | None = None, kernel_name: str = "python3",
-            log_to_mlflow: bool = True) -> RetrainResult:
+def retrain(
+    settings: Settings,
+    as_of: date | datetime | str,
+    notebooks: Sequence[str] = DEFAULT_NOTEBOOKS,
+    out_dir: Path | None = None,
+    parameters: dict[str, dict[str, Any]] | None = None,
+    kernel_name: str = "python3",
+    log_to_mlflow: bool = True,
+) -> RetrainResult:
     """Run ``notebooks/<name>.ipynb`` in order for ``as_of``; executed copies under
     ``<out_dir or reports_dir>/<as_of>/``. ``parameters`` adds per-notebook parameters."""
     import papermill
@@ -74,16 +81,28 @@ def retrain(settings: Settings, as_of: date | datetime | str,
         executed = out / f"{name}.ipynb"
         info_path = out / f"{name}.run.json"
         info_path.unlink(missing_ok=True)
-        params = {"data_dir": str(settings.resolve(settings.data_dir)), "as_of": stamp,
-                  "run_info_path": str(info_path), "out_dir": str(out / name)}
+        params = {
+            "data_dir": str(settings.resolve(settings.data_dir)),
+            "as_of": stamp,
+            "run_info_path": str(info_path),
+            "out_dir": str(out / name),
+        }
         params.update((parameters or {}).get(name, {}))
         started = time.perf_counter()
         try:
             if not source.exists():
                 raise FileNotFoundError(source)
-            papermill.execute_notebook(str(source), str(executed), parameters=params, cwd=str(source_dir),
-                                       kernel_name=kernel_name, progress_bar=False)
-        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+            papermill.execute_notebook(
+                str(source),
+                str(executed),
+                parameters=params,
+                cwd=str(source_dir),
+                kernel_name=kernel_name,
+                progress_bar=False,
+            )
+        except (
+            Exception
+        ) as exc:  # papermill raises PapermillExecutionError with the cell's traceback
             raise RetrainError(name, executed, exc) from exc
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         step = StepResult(name, executed, time.perf_counter() - started, info.get("run_id"), info)

@@ -28,14 +28,16 @@ def configure_mlflow(settings: Settings, experiment: str) -> str:
     """Point MLflow at the settings' tracking URI, ensure the experiment; its id."""
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     location = None
-    if not uri.startswith(("http://", "https://", "databricks")):  # a local store: artifacts under mlruns/
+    if not uri.startswith(
+        ("http://", "https://", "databricks")
+    ):  # a local store: artifacts under mlruns/
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
         location = settings.artifact_root.as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
@@ -47,14 +49,19 @@ def code_version(root: Path | None = None) -> dict[str, str]:
 
     def git(*args: str) -> str:
         try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10)
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
+            )
         except (OSError, subprocess.SubprocessError):
             return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": "unknown" if commit == "unknown" else str(bool(dirty)).lower()}
+    return {
+        "git_commit": commit,
+        "git_dirty": "unknown" if commit == "unknown" else str(bool(dirty)).lower(),
+    }
 
 
 def serving_frame(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -75,13 +82,20 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         rows = pd.DataFrame(model_input)
         return self.model.predict_proba(rows).reset_index(drop=True)
 
 
-def log_pyfunc(model: Any, example_rows: pd.DataFrame, raw_columns: list[str], name: str = "model",
-               wrapper: type[mlflow.pyfunc.PythonModel] = PropensityPyfunc) -> str:
+def log_pyfunc(
+    model: Any,
+    example_rows: pd.DataFrame,
+    raw_columns: list[str],
+    name: str = "model",
+    wrapper: type[mlflow.pyfunc.PythonModel] = PropensityPyfunc,
+) -> str:
     """Log ``model`` (has ``predict_proba(rows) -> frame``) with signature and input example
     in the active run; its model URI."""
     from mlflow.models import infer_signature
@@ -89,8 +103,11 @@ def log_pyfunc(model: Any, example_rows: pd.DataFrame, raw_columns: list[str], n
     example = serving_frame(example_rows.head(5), raw_columns)
     output = model.predict_proba(example)
     info = mlflow.pyfunc.log_model(
-        name=name, python_model=wrapper(model), signature=infer_signature(example, output),
-        input_example=example, pip_requirements=_requirements(),
+        name=name,
+        python_model=wrapper(model),
+        signature=infer_signature(example, output),
+        input_example=example,
+        pip_requirements=_requirements(),
     )
     return info.model_uri
 
@@ -100,14 +117,18 @@ def pinned_requirements(*packages: str) -> list[str]:
     itself must be importable too)."""
     import importlib.metadata as md
 
-    return [f"{p}=={md.version(p)}" for p in ("mlflow", "pandas", "numpy", "cloudpickle", *packages)]
+    return [
+        f"{p}=={md.version(p)}" for p in ("mlflow", "pandas", "numpy", "cloudpickle", *packages)
+    ]
 
 
 def _requirements() -> list[str]:
     return pinned_requirements("lightgbm", "scikit-learn")
 
 
-def log_figures(figures: dict[str, Any], artifact_dir: str = "plots", local_dir: Path | None = None) -> None:
+def log_figures(
+    figures: dict[str, Any], artifact_dir: str = "plots", local_dir: Path | None = None
+) -> None:
     """Save matplotlib figures as PNG (to ``local_dir`` too, if given) and log them."""
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"{artifact_dir}/{name}.png")

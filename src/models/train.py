@@ -61,8 +61,9 @@ class PropensityRun:
     extra: dict = field(default_factory=dict)
 
 
-def plan_for(raw_dir: Path, as_of: date | datetime | str | None, window_days: int = 30,
-             embargo: bool = True) -> AsOfPlan:
+def plan_for(
+    raw_dir: Path, as_of: date | datetime | str | None, window_days: int = 30, embargo: bool = True
+) -> AsOfPlan:
     """The time split for a retraining on ``as_of``: only data before it (default: all data)."""
     start, end = data_period(raw_dir)
     if as_of:
@@ -106,12 +107,22 @@ class _Preds:
         return self.frame
 
 
-def run_propensity_training(settings: Settings, as_of: date | datetime | str | None = None,
-                            products: Sequence[str] = PRODUCTS, config: PropensityConfig | None = None,
-                            window_days: int = 30, embargo: bool = True, extra: ExtraFeatures | None = None,
-                            track: bool = True, register: bool = True, out_dir: Path | None = None,
-                            table: pd.DataFrame | None = None, plan: AsOfPlan | None = None,
-                            progress: bool = True, ceiling_paths: int = 0) -> PropensityRun:
+def run_propensity_training(
+    settings: Settings,
+    as_of: date | datetime | str | None = None,
+    products: Sequence[str] = PRODUCTS,
+    config: PropensityConfig | None = None,
+    window_days: int = 30,
+    embargo: bool = True,
+    extra: ExtraFeatures | None = None,
+    track: bool = True,
+    register: bool = True,
+    out_dir: Path | None = None,
+    table: pd.DataFrame | None = None,
+    plan: AsOfPlan | None = None,
+    progress: bool = True,
+    ceiling_paths: int = 0,
+) -> PropensityRun:
     """Train, evaluate against the oracle (if the bank has a truth dir), track and register.
 
     ``table``/``plan`` skip the feature build (benchmarks reuse one table). ``out_dir`` gets
@@ -124,11 +135,13 @@ def run_propensity_training(settings: Settings, as_of: date | datetime | str | N
     plan = plan or plan_for(settings.raw_dir, as_of, window_days, embargo)
     t0 = time.perf_counter()
     if table is None:
-        table = build_feature_table(settings.raw_dir, plan.dates, plan.window_days, products, extra=extra,
-                                    progress=progress)
+        table = build_feature_table(
+            settings.raw_dir, plan.dates, plan.window_days, products, extra=extra, progress=progress
+        )
     timings["feature_table_s"] = time.perf_counter() - t0
-    raw_columns = [c for c in table.columns
-                   if c in set(view_feature_columns()) or c.startswith("rule_")]
+    raw_columns = [
+        c for c in table.columns if c in set(view_feature_columns()) or c.startswith("rule_")
+    ]
     t0 = time.perf_counter()
     model = train_propensity(table, plan, products, config, raw_columns, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
@@ -136,11 +149,21 @@ def run_propensity_training(settings: Settings, as_of: date | datetime | str | N
     test = split_rows(table, plan, config.val_customer_share)["test"]
     reference = None
     if (settings.truth_dir / "meta.json").exists():
-        reference = oracle_scores(settings.truth_dir, settings.raw_dir, test, products, plan.window_days)
+        reference = oracle_scores(
+            settings.truth_dir, settings.raw_dir, test, products, plan.window_days
+        )
         if ceiling_paths:
             t0 = time.perf_counter()
-            reference.update(ceiling_scores(settings.truth_dir, settings.raw_dir, test, products,
-                                            plan.window_days, n_paths=ceiling_paths))
+            reference.update(
+                ceiling_scores(
+                    settings.truth_dir,
+                    settings.raw_dir,
+                    test,
+                    products,
+                    plan.window_days,
+                    n_paths=ceiling_paths,
+                )
+            )
             timings["ceiling_s"] = time.perf_counter() - t0
     scores = score_table(model, test, products, reference)
     metrics = metrics_table(test, scores, products)
@@ -162,8 +185,13 @@ def _write_local(run: PropensityRun, out_dir: Path) -> None:
         fig.savefig(out_dir / f"propensity_{name}.png", dpi=110, bbox_inches="tight")
 
 
-def _track(run: PropensityRun, settings: Settings, config: PropensityConfig, products: list[str],
-           register: bool) -> None:
+def _track(
+    run: PropensityRun,
+    settings: Settings,
+    config: PropensityConfig,
+    products: list[str],
+    register: bool,
+) -> None:
     import mlflow
 
     from src.models.tracking import (
@@ -177,17 +205,34 @@ def _track(run: PropensityRun, settings: Settings, config: PropensityConfig, pro
     experiment_id = configure_mlflow(settings, EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id) as active:
         window = run.plan.as_dict()
-        mlflow.log_params({**config.model_dump(), "products": ",".join(products),
-                           "window_days": run.plan.window_days,
-                           "n_features_raw": len(run.model.raw_columns),
-                           "n_features_matrix": len(run.model.matrix_columns)})
-        mlflow.log_params({f"as_of_{k}": ",".join(v) for k, v in window.items() if isinstance(v, list)})
-        mlflow.set_tags({**code_version(settings.root), "data_dir": str(settings.resolve(settings.data_dir)),
-                         "as_of_test": window["test"][-1]})
+        mlflow.log_params(
+            {
+                **config.model_dump(),
+                "products": ",".join(products),
+                "window_days": run.plan.window_days,
+                "n_features_raw": len(run.model.raw_columns),
+                "n_features_matrix": len(run.model.matrix_columns),
+            }
+        )
+        mlflow.log_params(
+            {f"as_of_{k}": ",".join(v) for k, v in window.items() if isinstance(v, list)}
+        )
+        mlflow.set_tags(
+            {
+                **code_version(settings.root),
+                "data_dir": str(settings.resolve(settings.data_dir)),
+                "as_of_test": window["test"][-1],
+            }
+        )
         mlflow.log_dict(window, "data_window.json")
         log_metrics_frame(run.metrics)
-        mlflow.log_metrics({f"{p}.gap_to_oracle_auc": float(v) for p, v in run.gaps.get("gap_to_oracle", {}).items()
-                            if np.isfinite(v)})
+        mlflow.log_metrics(
+            {
+                f"{p}.gap_to_oracle_auc": float(v)
+                for p, v in run.gaps.get("gap_to_oracle", {}).items()
+                if np.isfinite(v)
+            }
+        )
         for p, m in run.model.products.items():
             mlflow.log_metric(f"{p}.best_iteration", m.best_iteration)
         mlflow.log_metrics(run.timings)
@@ -200,11 +245,19 @@ def _track(run: PropensityRun, settings: Settings, config: PropensityConfig, pro
         run.model_uri = log_pyfunc(run.model, run.test_rows, run.model.raw_columns)
         if register:
             run.promotion = register_and_promote(
-                run.model_uri, MODEL_NAME, metric="mean_auc", candidate_score=score,
+                run.model_uri,
+                MODEL_NAME,
+                metric="mean_auc",
+                candidate_score=score,
                 score_champion=champion_scorer(run.test_rows, run.model.raw_columns, products),
-                tracking_uri=settings.tracking_uri)
-            mlflow.set_tags({"registered_version": run.promotion.version,
-                             "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion"})
+                tracking_uri=settings.tracking_uri,
+            )
+            mlflow.set_tags(
+                {
+                    "registered_version": run.promotion.version,
+                    "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion",
+                }
+            )
         run.extra["experiment_id"] = experiment_id
 
 
@@ -236,9 +289,16 @@ class CvrRun:
     ranking: dict[str, float] = field(default_factory=dict)
 
 
-def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = None, step_days: int = 7,
-                     min_history_days: int = 7, track: bool = True, out_dir: Path | None = None,
-                     progress: bool = True, max_weeks: int | None = None) -> CvrRun:
+def run_cvr_training(
+    settings: Settings,
+    as_of: date | datetime | str | None = None,
+    step_days: int = 7,
+    min_history_days: int = 7,
+    track: bool = True,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    max_weeks: int | None = None,
+) -> CvrRun:
     """Weekly snapshots up to ``as_of``: exposures of the last week test, the week before
     validate, earlier weeks train; then the segment report on the last snapshot.
 
@@ -250,7 +310,9 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
     start, end = data_period(settings.raw_dir)
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())
-    snaps = cvr.weekly_snapshots(start + pd.Timedelta(days=min_history_days), end - pd.Timedelta(days=1), step_days)
+    snaps = cvr.weekly_snapshots(
+        start + pd.Timedelta(days=min_history_days), end - pd.Timedelta(days=1), step_days
+    )
     if max_weeks:
         snaps = snaps[-max_weeks:]
     if len(snaps) < 3:
@@ -266,23 +328,49 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
     model = cvr.train_cvr(rows.loc[~test & ~val], rows.loc[val], offers["offer_id"].tolist())
     timings["train_s"] = time.perf_counter() - t0
     has_truth = (settings.truth_dir / "meta.json").exists()
-    oracle_p = cvr.oracle_convert(settings.truth_dir, settings.raw_dir, rows.loc[test]) if has_truth else None
+    oracle_p = (
+        cvr.oracle_convert(settings.truth_dir, settings.raw_dir, rows.loc[test])
+        if has_truth
+        else None
+    )
     metrics = cvr.evaluate_cvr(model, rows.loc[test], oracle_p)
     per_offer = cvr.per_offer_table(rows.loc[test], model.predict(rows.loc[test]), oracle_p)
     view = build_customer_view(settings.raw_dir, snaps[-1])
     view = view.loc[~view["is_closed"]].reset_index(drop=True)
-    oracle_matrix = (cvr.oracle_conversion_matrix(settings.truth_dir, settings.raw_dir, view["customer_id"],
-                                                  offers["offer_id"].tolist(), snaps[-1] + pd.Timedelta(hours=12))
-                     if has_truth else None)
+    oracle_matrix = (
+        cvr.oracle_conversion_matrix(
+            settings.truth_dir,
+            settings.raw_dir,
+            view["customer_id"],
+            offers["offer_id"].tolist(),
+            snaps[-1] + pd.Timedelta(hours=12),
+        )
+        if has_truth
+        else None
+    )
     report = cvr.segment_report(view, offers, model, oracle_matrix)
     summary = cvr.segment_product_summary(report)
-    weeks = {"train": [f"{s:%Y-%m-%d}" for s in snaps[:-2]], "val": [f"{snaps[-2]:%Y-%m-%d}"],
-             "test": [f"{snaps[-1]:%Y-%m-%d}"], "end": [f"{end:%Y-%m-%d}"]}
+    weeks = {
+        "train": [f"{s:%Y-%m-%d}" for s in snaps[:-2]],
+        "val": [f"{snaps[-2]:%Y-%m-%d}"],
+        "test": [f"{snaps[-1]:%Y-%m-%d}"],
+        "end": [f"{end:%Y-%m-%d}"],
+    }
     figures = {"segment_roas": _plot_roas(summary)}
     if oracle_matrix is not None:
         figures["segment_conversions_vs_oracle"] = _plot_vs_oracle(report)
     ranking = cvr.ranking_quality(report) if oracle_matrix is not None else {}
-    run = CvrRun(model, metrics, report, summary, weeks, figures, timings, per_offer=per_offer, ranking=ranking)
+    run = CvrRun(
+        model,
+        metrics,
+        report,
+        summary,
+        weeks,
+        figures,
+        timings,
+        per_offer=per_offer,
+        ranking=ranking,
+    )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         metrics.to_csv(Path(out_dir) / "cvr_metrics.csv")
@@ -296,13 +384,22 @@ def run_cvr_training(settings: Settings, as_of: date | datetime | str | None = N
 
         experiment_id = configure_mlflow(settings, CVR_EXPERIMENT)
         with mlflow.start_run(experiment_id=experiment_id) as active:
-            mlflow.log_params({"step_days": step_days, "best_iteration": model.best_iteration,
-                               "n_train": int((~test & ~val).sum()), "n_val": int(val.sum()), "n_test": int(test.sum())})
+            mlflow.log_params(
+                {
+                    "step_days": step_days,
+                    "best_iteration": model.best_iteration,
+                    "n_train": int((~test & ~val).sum()),
+                    "n_val": int(val.sum()),
+                    "n_test": int(test.sum()),
+                }
+            )
             mlflow.log_params({f"weeks_{k}": ",".join(v) for k, v in weeks.items()})
             mlflow.set_tags(code_version(settings.root))
             mlflow.log_dict(weeks, "data_window.json")
             for scorer, row in metrics.iterrows():
-                mlflow.log_metrics({f"{scorer}.{k}": float(v) for k, v in row.items() if np.isfinite(v)})
+                mlflow.log_metrics(
+                    {f"{scorer}.{k}": float(v) for k, v in row.items() if np.isfinite(v)}
+                )
             mlflow.log_metrics(timings)
             mlflow.log_text(report.to_csv(index=False), "tables/segment_report.csv")
             mlflow.log_text(summary.to_csv(index=False), "tables/segment_product_summary.csv")
@@ -321,7 +418,10 @@ def _plot_roas(summary: pd.DataFrame, top: int = 20):
         ax.plot(head["oracle_roas"], np.arange(len(head)), "k|", ms=10, label="oracle")
     ax.axvline(1, color="k", ls=":", lw=0.8)
     ax.tick_params(axis="y", labelsize=7)
-    ax.set(xlabel="ROAS (value / cost of one exposure per customer)", title="Best segment x product by ROAS")
+    ax.set(
+        xlabel="ROAS (value / cost of one exposure per customer)",
+        title="Best segment x product by ROAS",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -334,7 +434,10 @@ def _plot_vs_oracle(report: pd.DataFrame):
     ax.scatter(report["oracle_conversions"], report["expected_conversions"], s=8, alpha=0.6)
     top = float(max(report["oracle_conversions"].max(), report["expected_conversions"].max()))
     ax.plot([0, top], [0, top], "k:", lw=0.8)
-    ax.set(xlabel="oracle expected conversions", ylabel="model expected conversions",
-           title="Segment x offer: model vs oracle")
+    ax.set(
+        xlabel="oracle expected conversions",
+        ylabel="model expected conversions",
+        title="Segment x offer: model vs oracle",
+    )
     fig.tight_layout()
     return fig

@@ -58,7 +58,11 @@ from src.settings import Settings
 log = logging.getLogger("nextoffer.serving")
 ROUTES = ("/v1/decisions", "/v1/rewards", "/v1/events", "/healthz", "/readyz", "/metrics")
 _DEFAULT_SOURCE: Any = object()
-GC_THRESHOLDS = (20_000, 50, 100)  # gen0 allocations, gen1 and gen2 collection ratios (default 700, 10, 10)
+GC_THRESHOLDS = (
+    20_000,
+    50,
+    100,
+)  # gen0 allocations, gen1 and gen2 collection ratios (default 700, 10, 10)
 
 
 @dataclass
@@ -79,8 +83,13 @@ class ServiceState:
     counters: dict[tuple[str, ...], Any] = field(default_factory=dict)  # metric children by labels
 
 
-def build_state(settings: Settings, serving: ServingSettings, metrics: ServiceMetrics,
-                source: ModelSource | None, clock: Callable[[], datetime] | None = None) -> ServiceState:
+def build_state(
+    settings: Settings,
+    serving: ServingSettings,
+    metrics: ServiceMetrics,
+    source: ModelSource | None,
+    clock: Callable[[], datetime] | None = None,
+) -> ServiceState:
     """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop)."""
     store = CustomerStore.from_parquet(serving.view_path)
     policy = resolve_policy(serving, settings)
@@ -90,25 +99,54 @@ def build_state(settings: Settings, serving: ServingSettings, metrics: ServiceMe
     def on_event(event: str, kind: str) -> None:
         metrics.model_events.labels(kind, event).inc()
 
-    manager = ModelManager(source, store, propensity_name=serving.propensity_model,
-                           bandit_name=serving.bandit_model, on_event=on_event)
-    engine = DecisionEngine(policy, store, flags, caps, manager, timezone=serving.timezone,
-                            seed=serving.seed, clock=clock)
+    manager = ModelManager(
+        source,
+        store,
+        propensity_name=serving.propensity_model,
+        bandit_name=serving.bandit_model,
+        on_event=on_event,
+    )
+    engine = DecisionEngine(
+        policy,
+        store,
+        flags,
+        caps,
+        manager,
+        timezone=serving.timezone,
+        seed=serving.seed,
+        clock=clock,
+    )
     manager.probe = _bandit_probe(engine)
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.log_batch.observe(n)
         metrics.log_commit.observe(seconds)
 
-    decision_log = SqliteDecisionLog(serving.log_path, serving.sqlite_synchronous, serving.commit_max_batch,
-                                     on_commit=on_commit)
+    decision_log = SqliteDecisionLog(
+        serving.log_path, serving.sqlite_synchronous, serving.commit_max_batch, on_commit=on_commit
+    )
     today = engine.now().toordinal()
     n = caps.load(decision_log.recent_contacts(today - 7), today)
-    log.info("customer view: %d customers as of %s; %d contacts of the last 7 days from the log",
-             len(store), store.as_of, n)
+    log.info(
+        "customer view: %d customers as of %s; %d contacts of the last 7 days from the log",
+        len(store),
+        store.as_of,
+        n,
+    )
     events = EventProcessor(serving.rules_dir, flags, policy.mark_ttl_hours)
-    return ServiceState(serving, policy, store, flags, caps, manager, engine, events, decision_log,
-                        metrics, time.time())
+    return ServiceState(
+        serving,
+        policy,
+        store,
+        flags,
+        caps,
+        manager,
+        engine,
+        events,
+        decision_log,
+        metrics,
+        time.time(),
+    )
 
 
 def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
@@ -116,11 +154,17 @@ def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
 
     def probe(bandit: BanditModel) -> None:
         slot, offers = next(iter(engine.by_slot.items()))
-        row = engine.store.row(0, engine.eligibility_columns + bandit.context_columns) if len(engine.store) else None
+        row = (
+            engine.store.row(0, engine.eligibility_columns + bandit.context_columns)
+            if len(engine.store)
+            else None
+        )
         usage = engine.caps.usage("__probe__", "app", engine.now().toordinal())
         context = bandit_context(row, engine.now(), "app", usage, None, ())
-        candidates = [{"offer_id": o.offer_id, "product": o.product, "slot": slot, "creative": o.creative}
-                      for o in offers]
+        candidates = [
+            {"offer_id": o.offer_id, "product": o.product, "slot": slot, "creative": o.creative}
+            for o in offers
+        ]
         if bandit.check is not None:
             bandit.check({**context, "seen": {offers[0].offer_id: 1}}, candidates)
         if bandit.scorer is not None:
@@ -130,7 +174,9 @@ def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
     return probe
 
 
-def _split_cases(engine: DecisionEngine, bandit: BanditModel, offers: list) -> list[tuple[dict, dict, tuple]]:
+def _split_cases(
+    engine: DecisionEngine, bandit: BanditModel, offers: list
+) -> list[tuple[dict, dict, tuple]]:
     """Requests the cached assembly of VW examples must reproduce exactly before it is used:
     customers across the view (and a cold start) x times, channels, exposures, seen offers and
     online flags (rule columns of the bandit and others)."""
@@ -147,12 +193,20 @@ def _split_cases(engine: DecisionEngine, bandit: BanditModel, offers: list) -> l
         customer = {} if position is None else engine.store.row(position, columns)
         for j, name in enumerate(bandit.propensity_features):
             customer[name] = round(0.05 + 0.9 * ((k + j) % 7) / 7, 4)
-        for hour, weekday, exposures, s, flags in ((k % 24, k % 7, 0, {}, ()), (23 - k % 24, 6, 4, seen, flag_sets[1]),
-                                                  (12, 2, 1, seen, flag_sets[2])):
+        for hour, weekday, exposures, s, flags in (
+            (k % 24, k % 7, 0, {}, ()),
+            (23 - k % 24, 6, 4, seen, flag_sets[1]),
+            (12, 2, 1, seen, flag_sets[2]),
+        ):
             if not bandit.scorer.flags_supported(flags):
                 continue
-            request = {"hour": hour, "weekday": weekday, "channel": channels[k % len(channels)],
-                       "exposures_7d": exposures, "seen": s}
+            request = {
+                "hour": hour,
+                "weekday": weekday,
+                "channel": channels[k % len(channels)],
+                "exposures_7d": exposures,
+                "seen": s,
+            }
             cases.append((customer, request, flags))
     return cases
 
@@ -186,14 +240,21 @@ class MetricsMiddleware:
             self._latency[route].observe(time.perf_counter() - started)
             counter = self._counts.get((route, status))
             if counter is None:
-                counter = self._counts[(route, status)] = self.metrics.requests.labels(route, str(status))
+                counter = self._counts[(route, status)] = self.metrics.requests.labels(
+                    route, str(status)
+                )
             counter.inc()
 
 
-def create_app(settings: Settings | None = None, serving: ServingSettings | None = None, *,
-               model_source: ModelSource | None = _DEFAULT_SOURCE,
-               clock: Callable[[], datetime] | None = None, fast_path: bool | None = None,
-               tune_gc: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    serving: ServingSettings | None = None,
+    *,
+    model_source: ModelSource | None = _DEFAULT_SOURCE,
+    clock: Callable[[], datetime] | None = None,
+    fast_path: bool | None = None,
+    tune_gc: bool = False,
+) -> FastAPI:
     """The service. ``model_source``: default the MLflow registry of ``settings``; None: no models
     (fallback order only); a fake in tests. ``clock``: aware "now" (tests of day boundaries).
     ``fast_path``: answer valid decision requests with :class:`DecisionFastPath` (default: the
@@ -203,8 +264,11 @@ def create_app(settings: Settings | None = None, serving: ServingSettings | None
     so no request pays for a full collection over the view's millions of objects."""
     settings = settings or Settings()
     serving = (serving or ServingSettings()).resolved(settings)
-    source = (MlflowModelSource(settings.tracking_uri, serving.model_alias)
-              if model_source is _DEFAULT_SOURCE else model_source)
+    source = (
+        MlflowModelSource(settings.tracking_uri, serving.model_alias)
+        if model_source is _DEFAULT_SOURCE
+        else model_source
+    )
     metrics = service_metrics()
 
     @asynccontextmanager
@@ -224,8 +288,12 @@ def create_app(settings: Settings | None = None, serving: ServingSettings | None
             await asyncio.gather(poller, return_exceptions=True)
             await asyncio.to_thread(state.log.close)
 
-    app = OfferSlotApp(title="nextoffer offer slot", version="1",
-                       description="Next best offer decisions, rewards and behaviour events.", lifespan=lifespan)
+    app = OfferSlotApp(
+        title="nextoffer offer slot",
+        version="1",
+        description="Next best offer decisions, rewards and behaviour events.",
+        lifespan=lifespan,
+    )
     use_fast_path = serving.fast_path if fast_path is None else fast_path
     if use_fast_path:
         app.fast_path = DecisionFastPath(serving, metrics)
@@ -237,11 +305,14 @@ def create_app(settings: Settings | None = None, serving: ServingSettings | None
 
 async def _refresh_models(state: ServiceState) -> None:
     try:
-        await asyncio.wait_for(asyncio.to_thread(state.manager.refresh),
-                               state.serving.model_load_timeout_seconds)
+        await asyncio.wait_for(
+            asyncio.to_thread(state.manager.refresh), state.serving.model_load_timeout_seconds
+        )
     except TimeoutError:
-        log.warning("model refresh still running after %.0fs; serving with what is loaded",
-                    state.serving.model_load_timeout_seconds)
+        log.warning(
+            "model refresh still running after %.0fs; serving with what is loaded",
+            state.serving.model_load_timeout_seconds,
+        )
     versions = state.manager.current.versions()
     for kind in ("propensity", "bandit"):
         state.metrics.model_version.labels(kind).set(float(versions.get(kind, 0) or 0))
@@ -265,12 +336,17 @@ def _service(request: Request) -> ServiceState:
 
 
 def _api_key_check(serving: ServingSettings) -> Callable[..., None]:
-    header = APIKeyHeader(name=serving.api_key_header, auto_error=False,
-                          description="Required when the service is started with an API key.")
+    header = APIKeyHeader(
+        name=serving.api_key_header,
+        auto_error=False,
+        description="Required when the service is started with an API key.",
+    )
     expected = serving.api_key.get_secret_value().encode() if serving.api_key else None
 
     async def check(key: str | None = Security(header)) -> None:  # async: no threadpool hop
-        if expected is not None and (key is None or not secrets.compare_digest(key.encode(), expected)):
+        if expected is not None and (
+            key is None or not secrets.compare_digest(key.encode(), expected)
+        ):
             raise HTTPException(401, detail="missing or wrong API key")
 
     return check
@@ -285,33 +361,55 @@ _ERRORS = {401: {"model": ErrorDetail, "description": "API key missing or wrong"
 
 def _v1_router(serving: ServingSettings) -> APIRouter:
     protected = serving.api_key is not None  # no key configured: no check, nothing in the spec
-    router = APIRouter(prefix="/v1", dependencies=[Depends(_api_key_check(serving))] if protected else [],
-                       responses=_ERRORS if protected else {})
+    router = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(_api_key_check(serving))] if protected else [],
+        responses=_ERRORS if protected else {},
+    )
 
-    @router.post("/decisions", response_model=DecisionResponse, summary="Choose the offer for a slot")
+    @router.post(
+        "/decisions", response_model=DecisionResponse, summary="Choose the offer for a slot"
+    )
     async def decide(body: DecisionRequest, request: Request) -> Response:
-        return Response(content=await _decision(_service(request), body), media_type="application/json")
+        return Response(
+            content=await _decision(_service(request), body), media_type="application/json"
+        )
 
-    @router.post("/rewards", response_model=RewardResponse, summary="Record a click or conversion",
-                 responses={404: {"model": ErrorDetail, "description": "Unknown decision id"},
-                            503: {"model": ErrorDetail, "description": "Log unavailable: retry"}})
+    @router.post(
+        "/rewards",
+        response_model=RewardResponse,
+        summary="Record a click or conversion",
+        responses={
+            404: {"model": ErrorDetail, "description": "Unknown decision id"},
+            503: {"model": ErrorDetail, "description": "Log unavailable: retry"},
+        },
+    )
     async def reward(body: RewardRequest, request: Request) -> RewardResponse:
         state = _service(request)
-        record = RewardRecord(body.decision_id, body.kind, body.value_krw,
-                              state.engine.now().isoformat(timespec="microseconds"))
+        record = RewardRecord(
+            body.decision_id,
+            body.kind,
+            body.value_krw,
+            state.engine.now().isoformat(timespec="microseconds"),
+        )
         try:
             outcome = await state.log.append_reward(record)
         except Exception as error:
             log.exception("reward for %s could not be logged", body.decision_id)
             state.metrics.log_failures.labels("reward").inc()
-            raise HTTPException(503, detail="reward log unavailable; retry",
-                                headers={"Retry-After": "1"}) from error
+            raise HTTPException(
+                503, detail="reward log unavailable; retry", headers={"Retry-After": "1"}
+            ) from error
         state.metrics.rewards.labels(body.kind, outcome).inc()
         if outcome == "unknown_decision":
             raise HTTPException(404, detail="unknown decision_id")
-        return RewardResponse(decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored")
+        return RewardResponse(
+            decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored"
+        )
 
-    @router.post("/events", response_model=EventResponse, summary="Feed one click or transaction event")
+    @router.post(
+        "/events", response_model=EventResponse, summary="Feed one click or transaction event"
+    )
     async def event(body: EventRequest, request: Request) -> EventResponse:
         state = _service(request)
         late, actions = state.events.process(body)
@@ -368,7 +466,9 @@ class DecisionFastPath:
         self.validate = DecisionRequest.model_validate_json
         self.handled = 0
 
-    async def __call__(self, app: FastAPI, scope: dict, receive: Callable, send: Callable) -> Callable | None:
+    async def __call__(
+        self, app: FastAPI, scope: dict, receive: Callable, send: Callable
+    ) -> Callable | None:
         """Answer the request and return None, or return the ``receive`` to hand it on with."""
         started = time.perf_counter()
         state = getattr(app.state, "service", None)
@@ -383,9 +483,16 @@ class DecisionFastPath:
                 json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
             elif name == self.key_header:
                 key = value
-        if not json_body or length is None or not length.isdigit() or int(length) > FAST_PATH_MAX_BODY:
+        if (
+            not json_body
+            or length is None
+            or not length.isdigit()
+            or int(length) > FAST_PATH_MAX_BODY
+        ):
             return receive
-        if self.expected is not None and (key is None or not secrets.compare_digest(key, self.expected)):
+        if self.expected is not None and (
+            key is None or not secrets.compare_digest(key, self.expected)
+        ):
             return receive
         message = await receive()
         if message["type"] != "http.request":
@@ -404,9 +511,16 @@ class DecisionFastPath:
         except ValueError:
             return _replay(body, receive)
         content = await _decision(state, request)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(content)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
         self.handled += 1
         self.latency.observe(time.perf_counter() - started)
@@ -435,8 +549,12 @@ class OfferSlotApp(FastAPI):
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         fast = self.fast_path
-        if (fast is not None and scope["type"] == "http" and scope["path"] == fast.route
-                and scope["method"] == "POST"):
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope["path"] == fast.route
+            and scope["method"] == "POST"
+        ):
             receive = await fast(self, scope, receive, send)
             if receive is None:
                 return
@@ -450,23 +568,41 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @router.get("/readyz", response_model=Health, summary="Readiness: view, policy and log loaded",
-                responses={503: {"model": Health}})
+    @router.get(
+        "/readyz",
+        response_model=Health,
+        summary="Readiness: view, policy and log loaded",
+        responses={503: {"model": Health}},
+    )
     async def readyz(request: Request) -> Any:
         state: ServiceState | None = getattr(request.app.state, "service", None)
         if state is None:
-            return Response(Health(status="starting").model_dump_json(), status_code=503,
-                            media_type="application/json")
+            return Response(
+                Health(status="starting").model_dump_json(),
+                status_code=503,
+                media_type="application/json",
+            )
         models = state.manager.current
-        return Health(status="ready", detail={
-            "customers": len(state.store), "view_as_of": state.store.as_of,
-            "offers": len(state.policy.offers), "model_versions": models.versions(),
-            "model_errors": dict(models.errors),
-            "mode": "bandit" if models.bandit else ("propensity_greedy" if models.propensity else "default_order"),
-        })
+        return Health(
+            status="ready",
+            detail={
+                "customers": len(state.store),
+                "view_as_of": state.store.as_of,
+                "offers": len(state.policy.offers),
+                "model_versions": models.versions(),
+                "model_errors": dict(models.errors),
+                "mode": "bandit"
+                if models.bandit
+                else ("propensity_greedy" if models.propensity else "default_order"),
+            },
+        )
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-                responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -502,17 +638,31 @@ def decision_json(record: DecisionRecord, engine: DecisionEngine) -> bytes:
         "customer_id": record.customer_id,
         "slot": record.slot,
         "channel": record.channel,
-        "offer": {"offer_id": chosen.offer_id, "product": chosen.product, "creative": chosen.creative}
-        if chosen else None,
+        "offer": {
+            "offer_id": chosen.offer_id,
+            "product": chosen.product,
+            "creative": chosen.creative,
+        }
+        if chosen
+        else None,
         "probability": record.prob,
         "policy": record.policy,
-        "ranked": [{"offer_id": o, "product": offers[o].product, "score": record.scores.get(o),
-                    "probability": prob[o]} for o in ranked],
+        "ranked": [
+            {
+                "offer_id": o,
+                "product": offers[o].product,
+                "score": record.scores.get(o),
+                "probability": prob[o],
+            }
+            for o in ranked
+        ],
         "excluded": [{"offer_id": o, "reason": r} for o, r in record.excluded.items()],
         "model_versions": record.model_versions,
         "cold_start": record.cold_start,
         "fallback": record.fallback,
         "fallback_reason": record.fallback_reason,
-        "created_at": datetime.fromisoformat(record.created_at).replace(tzinfo=engine.tz).isoformat(),
+        "created_at": datetime.fromisoformat(record.created_at)
+        .replace(tzinfo=engine.tz)
+        .isoformat(),
     }
     return to_json(body)

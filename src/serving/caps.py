@@ -65,8 +65,13 @@ class _Counts:
         self._add(True, channel, offer)
 
     def usage(self, channel: str) -> Usage:
-        return Usage(self.channel_day.get(channel, 0), self.channel_week.get(channel, 0), self.offer_day,
-                     self.offer_week, self.total)
+        return Usage(
+            self.channel_day.get(channel, 0),
+            self.channel_week.get(channel, 0),
+            self.offer_day,
+            self.offer_week,
+            self.total,
+        )
 
 
 class ContactCaps:
@@ -111,8 +116,14 @@ class ContactCaps:
                 out[o] = "cap_offer_week"
         return out
 
-    def reserve_with(self, customer_id: str, channel: str, day: int, offer_ids: Sequence[str],
-                     choose: Callable[[Usage, dict[str, str]], tuple[str | None, T]]) -> T:
+    def reserve_with(
+        self,
+        customer_id: str,
+        channel: str,
+        day: int,
+        offer_ids: Sequence[str],
+        choose: Callable[[Usage, dict[str, str]], tuple[str | None, T]],
+    ) -> T:
         """Atomically: count, let ``choose(usage, blocked)`` pick an offer (or None) among the
         offers not blocked, and reserve the contact for it. Returns what ``choose`` returned."""
         with self._lock:

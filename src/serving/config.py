@@ -28,26 +28,42 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEXTOFFER_SERVING_", extra="ignore")
 
     view_path: Path | None = Field(
-        None, description="Customer view Parquet; default: the newest features/customer_view_*.parquet.")
+        None,
+        description="Customer view Parquet; default: the newest features/customer_view_*.parquet.",
+    )
     policy_path: Path | None = Field(
-        None, description="Offer policy YAML/JSON; default: every offer of raw/offers.parquet, default rules.")
-    log_path: Path = Field(Path("data/serving/decisions.sqlite"), description="SQLite decision/reward log.")
-    rules_dir: Path | None = Field(None, description="Detection rules for /v1/events; default: the shipped ones.")
+        None,
+        description="Offer policy YAML/JSON; default: every offer of raw/offers.parquet, default rules.",
+    )
+    log_path: Path = Field(
+        Path("data/serving/decisions.sqlite"), description="SQLite decision/reward log."
+    )
+    rules_dir: Path | None = Field(
+        None, description="Detection rules for /v1/events; default: the shipped ones."
+    )
     propensity_model: str | None = "nextoffer-propensity"
     bandit_model: str | None = "nextoffer-bandit"
     model_alias: str = "champion"
     model_poll_seconds: float = Field(30.0, gt=0, description="How often aliases are checked.")
     model_load_timeout_seconds: float = Field(60.0, gt=0)
-    api_key: SecretStr | None = Field(None, description="If set, /v1/* need it in the API key header.")
+    api_key: SecretStr | None = Field(
+        None, description="If set, /v1/* need it in the API key header."
+    )
     api_key_header: str = "X-API-Key"
     commit_max_batch: int = Field(512, ge=1, description="Most log writes in one group commit.")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="FULL: a decision survives power loss once answered; NORMAL: process crash only.")
+        "FULL",
+        description="FULL: a decision survives power loss once answered; NORMAL: process crash only.",
+    )
     fast_path: bool = Field(
-        True, description="Answer valid decision requests before FastAPI's routing (same handler and "
-        "validation); off: every request goes through the FastAPI route.")
+        True,
+        description="Answer valid decision requests before FastAPI's routing (same handler and "
+        "validation); off: every request goes through the FastAPI route.",
+    )
     timezone: str = Field("Asia/Seoul", description="Days of the contact caps are local days here.")
-    seed: int | None = Field(None, description="Seeds the exploration draws (tests); default: OS entropy.")
+    seed: int | None = Field(
+        None, description="Seeds the exploration draws (tests); default: OS entropy."
+    )
 
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
@@ -55,13 +71,16 @@ class ServingSettings(BaseSettings):
         if view is None:
             found = sorted(settings.features_dir.glob("customer_view_*.parquet"))
             view = found[-1] if found else settings.features_dir / "customer_view.parquet"
-        return self.model_copy(update={
-            "view_path": view,
-            "policy_path": self.policy_path and settings.resolve(self.policy_path),
-            "log_path": settings.resolve(self.log_path),
-            "rules_dir": settings.resolve(self.rules_dir) if self.rules_dir
-            else settings.root / "src" / "features" / "rules",
-        })
+        return self.model_copy(
+            update={
+                "view_path": view,
+                "policy_path": self.policy_path and settings.resolve(self.policy_path),
+                "log_path": settings.resolve(self.log_path),
+                "rules_dir": settings.resolve(self.rules_dir)
+                if self.rules_dir
+                else settings.root / "src" / "features" / "rules",
+            }
+        )
 
 
 # --- the policy file ------------------------------------------------------------------------
@@ -103,11 +122,19 @@ class Cap(BaseModel):
 DEFAULT_CONSENT: dict[str, str | None] = {
     # outbound channels need the customer's marketing consent for that channel; the app and web
     # slots are shown inside a session the customer opened (a bank may require consent there too)
-    "push": "consent_push", "sms": "consent_sms", "messenger": "consent_messenger",
-    "email": "consent_email", "app": None, "web": None,
+    "push": "consent_push",
+    "sms": "consent_sms",
+    "messenger": "consent_messenger",
+    "email": "consent_email",
+    "app": None,
+    "web": None,
 }
 DEFAULT_HELD: dict[str, str] = {
-    "loan": "n_loan", "savings": "n_savings", "fund": "n_fund", "card": "n_card", "pension": "n_pension",
+    "loan": "n_loan",
+    "savings": "n_savings",
+    "fund": "n_fund",
+    "card": "n_card",
+    "pension": "n_pension",
 }
 
 
@@ -120,13 +147,18 @@ class PolicyConfig(BaseModel):
     consent_by_channel: dict[str, str | None] = Field(default_factory=lambda: dict(DEFAULT_CONSENT))
     held_columns: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_HELD),
-        description="product -> view column counting open holdings; an offer of a held product is excluded")
+        description="product -> view column counting open holdings; an offer of a held product is excluded",
+    )
     channel_cap: Cap = Cap(per_day=3, per_week=10)
     channel_caps: dict[str, Cap] = Field(default_factory=dict, description="per-channel overrides")
     offer_cap: Cap = Cap(per_day=1, per_week=3)
     default_order: tuple[str, ...] = Field(
-        (), description="Fallback ranking when no model is loaded; offers not listed follow in catalog order.")
-    fallback_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration of the fallback policies.")
+        (),
+        description="Fallback ranking when no model is loaded; offers not listed follow in catalog order.",
+    )
+    fallback_epsilon: float = Field(
+        0.05, ge=0, le=1, description="Exploration of the fallback policies."
+    )
     mark_ttl_hours: float = Field(168.0, gt=0, description="How long a rule's mark_offer stays on.")
 
     @field_validator("offers")
@@ -155,9 +187,17 @@ def policy_from_offers(offers: pd.DataFrame, **overrides: Any) -> PolicyConfig:
     """A policy with default rules over an offer table (``raw/offers.parquet``); fallback order:
     highest expected margin first (value_krw)."""
     records = offers.sort_values("offer_id").to_dict("records")
-    items = [Offer(offer_id=str(r["offer_id"]), slots=(str(r["slot"]),), product=str(r["product"]),
-                   creative=str(r.get("creative", "")), value_krw=float(r.get("value_krw", 0.0)),
-                   cost_krw=float(r.get("cost_krw", 0.0))) for r in records]
+    items = [
+        Offer(
+            offer_id=str(r["offer_id"]),
+            slots=(str(r["slot"]),),
+            product=str(r["product"]),
+            creative=str(r.get("creative", "")),
+            value_krw=float(r.get("value_krw", 0.0)),
+            cost_krw=float(r.get("cost_krw", 0.0)),
+        )
+        for r in records
+    ]
     order = tuple(o.offer_id for o in sorted(items, key=lambda o: -o.value_krw))
     return PolicyConfig(offers=tuple(items), default_order=order, **overrides)
 

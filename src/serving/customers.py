@@ -85,8 +85,10 @@ def _as_list(s: pd.Series) -> list[Any]:
     if pd.api.types.is_numeric_dtype(s):
         arr = s.to_numpy(dtype=float, na_value=np.nan)
         return [None if math.isnan(v) else v for v in arr.tolist()]
-    return [None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
-            for v in s.astype(object).tolist()]
+    return [
+        None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+        for v in s.astype(object).tolist()
+    ]
 
 
 class OnlineFlags:

@@ -16,9 +16,16 @@ from typing import Any
 from src.serving.config import Offer, PolicyConfig
 from src.serving.customers import ELIGIBILITY_COLUMNS
 
-_OPS = {"eq": operator.eq, "ne": operator.ne, "gte": operator.ge, "gt": operator.gt,
-        "lte": operator.le, "lt": operator.lt,
-        "in": lambda v, ref: v in ref, "not_in": lambda v, ref: v not in ref}
+_OPS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gte": operator.ge,
+    "gt": operator.gt,
+    "lte": operator.le,
+    "lt": operator.lt,
+    "in": lambda v, ref: v in ref,
+    "not_in": lambda v, ref: v not in ref,
+}
 
 
 def needed_columns(policy: PolicyConfig) -> tuple[str, ...]:
@@ -65,8 +72,9 @@ def offer_block(row: Mapping[str, Any] | None, offer: Offer, policy: PolicyConfi
     return None
 
 
-def exclusions(row: Mapping[str, Any] | None, channel: str, offers: Sequence[Offer],
-               policy: PolicyConfig) -> dict[str, str]:
+def exclusions(
+    row: Mapping[str, Any] | None, channel: str, offers: Sequence[Offer], policy: PolicyConfig
+) -> dict[str, str]:
     """offer id -> reason for every offer of ``offers`` this customer may not get here."""
     blocked = customer_block(row, channel, policy)
     if blocked:

@@ -83,8 +83,14 @@ def draw(pmf: Sequence[float], u: float) -> int:
     return max(i for i, p in enumerate(pmf) if p > 0)
 
 
-def bandit_context(row: Mapping[str, Any] | None, when: datetime, channel: str, usage: Usage,
-                   scores: Mapping[str, float] | None, flags: Sequence[str]) -> dict[str, Any]:
+def bandit_context(
+    row: Mapping[str, Any] | None,
+    when: datetime,
+    channel: str,
+    usage: Usage,
+    scores: Mapping[str, float] | None,
+    flags: Sequence[str],
+) -> dict[str, Any]:
     """The bandit's request context (``bandit_features.request_context`` plus propensity scores as
     ``propensity_<product>`` and active rule flags as 1)."""
     ctx: dict[str, Any] = dict(row) if row else {}
@@ -104,9 +110,18 @@ def bandit_context(row: Mapping[str, Any] | None, when: datetime, channel: str, 
 class DecisionEngine:
     """Makes decisions; owns no I/O. ``clock`` returns an aware datetime (injected in tests)."""
 
-    def __init__(self, policy: PolicyConfig, store: CustomerStore, flags: OnlineFlags,
-                 caps: ContactCaps, models: ModelManager, *, timezone: str = "Asia/Seoul",
-                 seed: int | None = None, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        store: CustomerStore,
+        flags: OnlineFlags,
+        caps: ContactCaps,
+        models: ModelManager,
+        *,
+        timezone: str = "Asia/Seoul",
+        seed: int | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.policy = policy
         self.store = store
         self.flags = flags
@@ -122,14 +137,22 @@ class DecisionEngine:
                 self.by_slot.setdefault(slot, []).append(offer)
         self.offers = {o.offer_id: o for o in policy.offers}
         rank = {o: i for i, o in enumerate(policy.default_order)}
-        self.default_rank = {o.offer_id: rank.get(o.offer_id, len(rank) + i)
-                             for i, o in enumerate(policy.offers)}
+        self.default_rank = {
+            o.offer_id: rank.get(o.offer_id, len(rank) + i) for i, o in enumerate(policy.offers)
+        }
         self.eligibility_columns = needed_columns(policy)
         store.warm(self.eligibility_columns)
         self._columns_for: tuple[int, tuple[str, ...]] = (-1, ())
-        self._candidate = {(slot, o.offer_id): {"offer_id": o.offer_id, "product": o.product, "slot": slot,
-                                                "creative": o.creative}
-                           for slot, offers in self.by_slot.items() for o in offers}
+        self._candidate = {
+            (slot, o.offer_id): {
+                "offer_id": o.offer_id,
+                "product": o.product,
+                "slot": slot,
+                "creative": o.creative,
+            }
+            for slot, offers in self.by_slot.items()
+            for o in offers
+        }
         self._audiences: dict[tuple[int | None, str, str], Audience] = {}
         self._audience_models: ModelSet | None = None
         self._versions: dict[str, str] = {}
@@ -169,9 +192,14 @@ class DecisionEngine:
         excluded = exclusions(row, channel, offers, self.policy)
         eligible = tuple(o for o in offers if o.offer_id not in excluded)
         scores = models.propensity.for_position(position) if models.propensity else None
-        found = Audience(excluded, eligible, tuple(o.offer_id for o in eligible),
-                         tuple(self._candidate[(slot, o.offer_id)] for o in eligible), scores,
-                         {o.offer_id: (scores.get(o.product) if scores else None) for o in eligible})
+        found = Audience(
+            excluded,
+            eligible,
+            tuple(o.offer_id for o in eligible),
+            tuple(self._candidate[(slot, o.offer_id)] for o in eligible),
+            scores,
+            {o.offer_id: (scores.get(o.product) if scores else None) for o in eligible},
+        )
         if len(self._audiences) >= AUDIENCE_CACHE_MAX:
             self._audiences.clear()
         self._audiences[key] = found
@@ -198,88 +226,182 @@ class DecisionEngine:
                 candidates = [c for c in audience.candidates if c["offer_id"] not in blocked]
                 ids = tuple(o.offer_id for o in allowed)
             else:
-                allowed, candidates, ids = audience.eligible, audience.candidates, audience.eligible_ids
+                allowed, candidates, ids = (
+                    audience.eligible,
+                    audience.candidates,
+                    audience.eligible_ids,
+                )
             if not allowed:
                 return None, Choice(None, (), (), "none", None)
-            choice = self._choose(allowed, candidates, ids, position, when, channel, usage, audience.scores,
-                                  flags, models)
+            choice = self._choose(
+                allowed,
+                candidates,
+                ids,
+                position,
+                when,
+                channel,
+                usage,
+                audience.scores,
+                flags,
+                models,
+            )
             return choice.offer_id, choice
 
         choice = self.caps.reserve_with(customer_id, channel, day, audience.eligible_ids, choose)
         chosen = self.offers.get(choice.offer_id) if choice.offer_id else None
         return DecisionRecord(
-            decision_id=self.new_id(), created_at=now.isoformat(timespec="microseconds"), day=day,
-            customer_id=customer_id, slot=slot, channel=channel, device=ctx.device, page=ctx.page,
-            request_time=when.isoformat(timespec="seconds"), offer_id=choice.offer_id,
+            decision_id=self.new_id(),
+            created_at=now.isoformat(timespec="microseconds"),
+            day=day,
+            customer_id=customer_id,
+            slot=slot,
+            channel=channel,
+            device=ctx.device,
+            page=ctx.page,
+            request_time=when.isoformat(timespec="seconds"),
+            offer_id=choice.offer_id,
             product=chosen.product if chosen else None,
             prob=choice.pmf[choice.candidates.index(choice.offer_id)] if chosen else None,
-            candidates=choice.candidates, pmf=choice.pmf, scores=audience.offer_scores,
-            excluded=excluded, policy=choice.policy, model_versions=self._versions,
-            cold_start=position is None, fallback=choice.fallback_reason is not None,
-            fallback_reason=choice.fallback_reason, view_as_of=self.store.as_of, flags=flags)
+            candidates=choice.candidates,
+            pmf=choice.pmf,
+            scores=audience.offer_scores,
+            excluded=excluded,
+            policy=choice.policy,
+            model_versions=self._versions,
+            cold_start=position is None,
+            fallback=choice.fallback_reason is not None,
+            fallback_reason=choice.fallback_reason,
+            view_as_of=self.store.as_of,
+            flags=flags,
+        )
 
-    def _customer_context(self, position: int | None, scores: Mapping[str, float] | None,
-                          models: ModelSet) -> dict[str, Any]:
+    def _customer_context(
+        self, position: int | None, scores: Mapping[str, float] | None, models: ModelSet
+    ) -> dict[str, Any]:
         """The customer's part of the bandit context: view row and propensity scores."""
-        ctx: dict[str, Any] = {} if position is None else self.store.row(position, self._columns(models))
+        ctx: dict[str, Any] = (
+            {} if position is None else self.store.row(position, self._columns(models))
+        )
         if scores:
             for product, p in scores.items():
                 ctx[f"propensity_{product}"] = p
         return ctx
 
-    def _choose(self, allowed: Sequence[Offer], candidates: Sequence[Mapping[str, Any]], ids: tuple[str, ...],
-                position: int | None, when: datetime, channel: str, usage: Usage,
-                scores: Mapping[str, float] | None, flags: Sequence[str], models: ModelSet) -> Choice:
+    def _choose(
+        self,
+        allowed: Sequence[Offer],
+        candidates: Sequence[Mapping[str, Any]],
+        ids: tuple[str, ...],
+        position: int | None,
+        when: datetime,
+        channel: str,
+        usage: Usage,
+        scores: Mapping[str, float] | None,
+        flags: Sequence[str],
+        models: ModelSet,
+    ) -> Choice:
         reason = None
         bandit = models.bandit
         if bandit is not None:
             try:
                 scorer = bandit.scorer
-                if scorer is not None and scorer.split and (not flags or scorer.flags_supported(flags)):
+                if (
+                    scorer is not None
+                    and scorer.split
+                    and (not flags or scorer.flags_supported(flags))
+                ):
                     key = (position, models.propensity.version if models.propensity else None)
-                    part = scorer.customer_part(key, lambda: self._customer_context(position, scores, models))
+                    part = scorer.customer_part(
+                        key, lambda: self._customer_context(position, scores, models)
+                    )
                     lines = scorer.action_lines(candidates, usage.offer_week)
-                    lines.insert(0, scorer.shared_line(
-                        part, (when.hour, when.weekday(), channel, usage.week_total), flags))
+                    lines.insert(
+                        0,
+                        scorer.shared_line(
+                            part, (when.hour, when.weekday(), channel, usage.week_total), flags
+                        ),
+                    )
                     pmf = normalized_pmf(scorer.predict(lines), len(candidates))
                 else:
-                    row = None if position is None else self.store.row(position, self._columns(models))
+                    row = (
+                        None
+                        if position is None
+                        else self.store.row(position, self._columns(models))
+                    )
                     context = bandit_context(row, when, channel, usage, scores, flags)
                     pmf = bandit.pmf(context, candidates)
                 i = draw(pmf, self.rng.random())
                 return Choice(allowed[i].offer_id, ids, tuple(pmf), "bandit", None)
             except Exception:  # noqa: BLE001 - a failing model must not fail the request
                 reason = "bandit_error"
-        marked = {f[len("mark_"):] for f in flags if f.startswith("mark_")}
+        marked = {f[len("mark_") :] for f in flags if f.startswith("mark_")}
         if scores is not None:
-            ordered = sorted(allowed, key=lambda o: (o.product not in marked, -(scores.get(o.product) or 0.0),
-                                                     self.default_rank[o.offer_id]))
+            ordered = sorted(
+                allowed,
+                key=lambda o: (
+                    o.product not in marked,
+                    -(scores.get(o.product) or 0.0),
+                    self.default_rank[o.offer_id],
+                ),
+            )
             policy = "propensity_greedy"
             reason = reason or ("no_bandit_model" if self.models.names.get("bandit") else None)
         else:
-            ordered = sorted(allowed, key=lambda o: (o.product not in marked, self.default_rank[o.offer_id]))
+            ordered = sorted(
+                allowed, key=lambda o: (o.product not in marked, self.default_rank[o.offer_id])
+            )
             policy = "default_order"
             reason = reason or "no_model"
         pmf = epsilon_greedy(len(ordered), self.policy.fallback_epsilon)
         i = draw(pmf, self.rng.random())
-        return Choice(ordered[i].offer_id, tuple(o.offer_id for o in ordered), tuple(pmf), policy, reason)
+        return Choice(
+            ordered[i].offer_id, tuple(o.offer_id for o in ordered), tuple(pmf), policy, reason
+        )
 
-    def without_offer(self, request: DecisionRequest, reason: str,
-                      base: DecisionRecord | None = None) -> DecisionRecord:
+    def without_offer(
+        self, request: DecisionRequest, reason: str, base: DecisionRecord | None = None
+    ) -> DecisionRecord:
         """A decision that shows nothing, flagged with ``reason``: what the app gets when the
         decision could not be made or not be logged (no contact without a durable record)."""
         if base is not None:
             excluded = dict(base.excluded)
             if base.offer_id:
                 excluded[base.offer_id] = reason
-            return replace(base, offer_id=None, product=None, prob=None, candidates=(), pmf=(),
-                           excluded=excluded, policy="none", fallback=True, fallback_reason=reason)
+            return replace(
+                base,
+                offer_id=None,
+                product=None,
+                prob=None,
+                candidates=(),
+                pmf=(),
+                excluded=excluded,
+                policy="none",
+                fallback=True,
+                fallback_reason=reason,
+            )
         now = self.now()
         ctx = request.context
         return DecisionRecord(
-            decision_id=self.new_id(), created_at=now.isoformat(timespec="microseconds"),
-            day=now.toordinal(), customer_id=request.customer_id, slot=request.slot, channel=ctx.channel,
-            device=ctx.device, page=ctx.page, request_time=None, offer_id=None, product=None, prob=None,
-            candidates=(), pmf=(), scores={}, excluded={}, policy="none", model_versions={},
-            cold_start=self.store.position(request.customer_id) is None, fallback=True,
-            fallback_reason=reason, view_as_of=self.store.as_of)
+            decision_id=self.new_id(),
+            created_at=now.isoformat(timespec="microseconds"),
+            day=now.toordinal(),
+            customer_id=request.customer_id,
+            slot=request.slot,
+            channel=ctx.channel,
+            device=ctx.device,
+            page=ctx.page,
+            request_time=None,
+            offer_id=None,
+            product=None,
+            prob=None,
+            candidates=(),
+            pmf=(),
+            scores={},
+            excluded={},
+            policy="none",
+            model_versions={},
+            cold_start=self.store.position(request.customer_id) is None,
+            fallback=True,
+            fallback_reason=reason,
+            view_as_of=self.store.as_of,
+        )

@@ -64,18 +64,30 @@ class EventProcessor:
     def process(self, request: EventRequest) -> tuple[bool, list[TriggeredAction]]:
         """(late, actions) for one event; flags are set before returning."""
         amount_krw = request.amount_krw
-        if amount_krw is None and request.amount is not None and request.currency in KRW_REFERENCE_RATES:
+        if (
+            amount_krw is None
+            and request.amount is not None
+            and request.currency in KRW_REFERENCE_RATES
+        ):
             amount_krw = request.amount * KRW_REFERENCE_RATES[request.currency]
         nan = float("nan")
         event = Event(
-            event_id=request.event_id, ts=_ns(request.ts), customer_id=request.customer_id,
-            source=request.source, channel=request.channel, session_id=request.session_id,
-            page=request.page, action=request.action,
+            event_id=request.event_id,
+            ts=_ns(request.ts),
+            customer_id=request.customer_id,
+            source=request.source,
+            channel=request.channel,
+            session_id=request.session_id,
+            page=request.page,
+            action=request.action,
             dwell_seconds=nan if request.dwell_seconds is None else float(request.dwell_seconds),
-            referrer=request.referrer, code=request.code,
+            referrer=request.referrer,
+            code=request.code,
             amount=nan if request.amount is None else float(request.amount),
-            currency=request.currency, product=request.product,
-            amount_krw=nan if amount_krw is None else float(amount_krw))
+            currency=request.currency,
+            product=request.product,
+            amount_krw=nan if amount_krw is None else float(amount_krw),
+        )
         with self._lock:
             late_before = self.detector.late_events
             detections = self.detector.process(event)
@@ -84,8 +96,15 @@ class EventProcessor:
         out = []
         for d in detections:
             self.flags.set(d.customer_id, flags_of(d, pages), d.fired_at + self.ttl_ns)
-            out.append(TriggeredAction(customer_id=d.customer_id, rule=d.rule, kind=d.kind,
-                                       fired_at=_time(d.fired_at), action=_plain(d.action)))
+            out.append(
+                TriggeredAction(
+                    customer_id=d.customer_id,
+                    rule=d.rule,
+                    kind=d.kind,
+                    fired_at=_time(d.fired_at),
+                    action=_plain(d.action),
+                )
+            )
         return late, out
 
     def state_size(self) -> int:

@@ -21,13 +21,20 @@ PROPENSITY_NAME = "nextoffer-propensity"
 BANDIT_NAME = "nextoffer-bandit"
 
 
-def tiny_bank(data_dir: Path, customers: int = 300, days: int = 14, seed: int = 3) -> tuple[Settings, Path]:
+def tiny_bank(
+    data_dir: Path, customers: int = 300, days: int = 14, seed: int = 3
+) -> tuple[Settings, Path]:
     """Simulate a bank under ``data_dir`` and write its customer view as of the last day."""
     from src.data.synthetic import SimConfig, simulate
     from src.features.customer_view import write_customer_view
 
-    settings = Settings(data_dir=Path(data_dir), customers=customers, days=days, seed=seed,
-                        mlflow_tracking_uri=f"sqlite:///{Path(data_dir) / 'mlflow.db'}")
+    settings = Settings(
+        data_dir=Path(data_dir),
+        customers=customers,
+        days=days,
+        seed=seed,
+        mlflow_tracking_uri=f"sqlite:///{Path(data_dir) / 'mlflow.db'}",
+    )
     config = SimConfig(customers=customers, days=days, seed=seed)
     simulate(config, settings.raw_dir, settings.truth_dir, progress=False)
     as_of = pd.Timestamp(config.start_date) + pd.Timedelta(days=days)
@@ -38,14 +45,18 @@ def tiny_bank(data_dir: Path, customers: int = 300, days: int = 14, seed: int = 
 class ViewLogistic:
     """P(product) = sigmoid(b + w * log1p(recent page views of the product) - 2 * holds it)."""
 
-    def __init__(self, products: tuple[str, ...] = PRODUCTS, base: float = -3.0, weight: float = 0.8) -> None:
+    def __init__(
+        self, products: tuple[str, ...] = PRODUCTS, base: float = -3.0, weight: float = 0.8
+    ) -> None:
         self.products = products
         self.base = base
         self.weight = weight
 
     @property
     def columns(self) -> list[str]:
-        held = [f"n_{p}" for p in self.products if p in ("loan", "savings", "fund", "card", "pension")]
+        held = [
+            f"n_{p}" for p in self.products if p in ("loan", "savings", "fund", "card", "pension")
+        ]
         return [f"pv_{p}_30d" for p in self.products] + held
 
     def predict_proba(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +64,11 @@ class ViewLogistic:
         for p in self.products:
             pv = pd.to_numeric(rows.get(f"pv_{p}_30d", 0), errors="coerce")
             held = pd.to_numeric(rows.get(f"n_{p}", 0), errors="coerce")
-            z = self.base + self.weight * np.log1p(np.asarray(pv, float).clip(0)) - 2.0 * (np.asarray(held, float) > 0)
+            z = (
+                self.base
+                + self.weight * np.log1p(np.asarray(pv, float).clip(0))
+                - 2.0 * (np.asarray(held, float) > 0)
+            )
             out[p] = 1.0 / (1.0 + np.exp(-np.nan_to_num(z, nan=self.base)))
         return pd.DataFrame(out, index=rows.index)
 
@@ -65,14 +80,20 @@ def _pyfunc_class():
         def __init__(self, model: ViewLogistic) -> None:
             self.model = model
 
-        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        def predict(
+            self, context, model_input: pd.DataFrame, params: dict | None = None
+        ) -> pd.DataFrame:
             return self.model.predict_proba(pd.DataFrame(model_input)).reset_index(drop=True)
 
     return ViewLogisticPyfunc
 
 
-def log_propensity(settings: Settings, view: pd.DataFrame, model: Any | None = None,
-                   experiment: str = "serving-fixtures") -> str:
+def log_propensity(
+    settings: Settings,
+    view: pd.DataFrame,
+    model: Any | None = None,
+    experiment: str = "serving-fixtures",
+) -> str:
     """Log a propensity pyfunc (with signature) in a new run; its model URI."""
     import mlflow
 
@@ -106,13 +127,19 @@ def register(settings: Settings, model_uri: str, name: str, score: float = 0.5) 
     """Register as challenger and promote to champion if it is the first; the version."""
     from src.models.registry import register_and_promote
 
-    return register_and_promote(model_uri, name, metric="fixture", candidate_score=score,
-                                score_champion=lambda uri: score - 1.0,
-                                tracking_uri=settings.tracking_uri).version
+    return register_and_promote(
+        model_uri,
+        name,
+        metric="fixture",
+        candidate_score=score,
+        score_champion=lambda uri: score - 1.0,
+        tracking_uri=settings.tracking_uri,
+    ).version
 
 
-def register_models(settings: Settings, view_path: Path, bandit: bool = True,
-                    propensity: bool = True) -> dict[str, str]:
+def register_models(
+    settings: Settings, view_path: Path, bandit: bool = True, propensity: bool = True
+) -> dict[str, str]:
     """Champion propensity and bandit models for the bank; name -> version."""
     from src.models.bandit import log_bandit
 
@@ -123,7 +150,12 @@ def register_models(settings: Settings, view_path: Path, bandit: bool = True,
     if bandit:
         model, offers = train_bandit(settings)
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
-        uri = log_bandit(model, offers, tracking_uri=settings.tracking_uri,
-                         artifact_location=settings.artifact_root.as_uri(), experiment="serving-fixtures-bandit")
+        uri = log_bandit(
+            model,
+            offers,
+            tracking_uri=settings.tracking_uri,
+            artifact_location=settings.artifact_root.as_uri(),
+            experiment="serving-fixtures-bandit",
+        )
         out[BANDIT_NAME] = register(settings, uri, BANDIT_NAME)
     return out

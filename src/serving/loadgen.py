@@ -40,11 +40,19 @@ class LoadResult:
         def pct(q: float) -> float:
             return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else float("nan")
 
-        return {"requests": self.completed, "requests_per_s": self.completed / self.elapsed_s if self.elapsed_s else 0.0,
-                "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-                "errors": sum(n for s, n in self.statuses.items() if s >= 500) + self.connection_errors,
-                "non_2xx": sum(n for s, n in self.statuses.items() if s >= 300),
-                "client_cpu_us_per_request": self.client_cpu_s / self.completed * 1e6 if self.completed else 0.0}
+        return {
+            "requests": self.completed,
+            "requests_per_s": self.completed / self.elapsed_s if self.elapsed_s else 0.0,
+            "p50_ms": pct(0.50),
+            "p90_ms": pct(0.90),
+            "p99_ms": pct(0.99),
+            "max_ms": pct(1.0),
+            "errors": sum(n for s, n in self.statuses.items() if s >= 500) + self.connection_errors,
+            "non_2xx": sum(n for s, n in self.statuses.items() if s >= 300),
+            "client_cpu_us_per_request": self.client_cpu_s / self.completed * 1e6
+            if self.completed
+            else 0.0,
+        }
 
 
 def encode(host: str, path: str, body: Any, headers: dict[str, str] | None = None) -> bytes:
@@ -53,8 +61,10 @@ def encode(host: str, path: str, body: Any, headers: dict[str, str] | None = Non
     if body is None:
         return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
     data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n{extra}\r\n"
+    ).encode() + data
 
 
 class _Connection(asyncio.Protocol):
@@ -81,11 +91,11 @@ class _Connection(asyncio.Protocol):
         head = bytes(self.buffer[:end]).lower()
         i = head.find(b"content-length:")
         j = head.find(b"\r\n", i) if i >= 0 else -1
-        length = int(head[i + 15:j if j >= 0 else None]) if i >= 0 else 0
+        length = int(head[i + 15 : j if j >= 0 else None]) if i >= 0 else 0
         stop = end + 4 + length
         if len(self.buffer) < stop:
             return
-        body = bytes(self.buffer[end + 4:stop])
+        body = bytes(self.buffer[end + 4 : stop])
         del self.buffer[:stop]
         try:
             waiter.set_result((int(head[9:12]), body))
@@ -105,9 +115,18 @@ class _Connection(asyncio.Protocol):
         return await self.waiter
 
 
-async def run_load(host: str, port: int, make_request: RequestFn, *, concurrency: int, total: int,
-                   duration_s: float, on_response: ResponseFn | None = None,
-                   headers: dict[str, str] | None = None, warmup: int = 0) -> LoadResult:
+async def run_load(
+    host: str,
+    port: int,
+    make_request: RequestFn,
+    *,
+    concurrency: int,
+    total: int,
+    duration_s: float,
+    on_response: ResponseFn | None = None,
+    headers: dict[str, str] | None = None,
+    warmup: int = 0,
+) -> LoadResult:
     """Send up to ``total`` requests (plus follow-ups) within ``duration_s`` over ``concurrency``
     keep-alive connections. The first ``warmup`` responses are not timed."""
     result = LoadResult()
@@ -130,7 +149,9 @@ async def run_load(host: str, port: int, make_request: RequestFn, *, concurrency
 
     async def worker() -> None:
         try:
-            transport, conn = await asyncio.get_running_loop().create_connection(_Connection, host, port)
+            transport, conn = await asyncio.get_running_loop().create_connection(
+                _Connection, host, port
+            )
         except OSError:
             result.connection_errors += 1
             return

@@ -19,6 +19,7 @@ atomic, durable transaction), so the writer needs the GIL back only a few times 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import queue
 import sqlite3
@@ -142,19 +143,44 @@ def _json(value: Any) -> str:
 
 
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
-    return (r.decision_id, r.created_at, r.day, r.customer_id, r.slot, r.channel, r.device, r.page,
-            r.request_time, r.offer_id, r.product, r.prob, ",".join(r.candidates),
-            _json([round(p, 6) for p in r.pmf]), _json(r.scores), _json(r.excluded),
-            r.policy, _json(r.model_versions), int(r.cold_start), int(r.fallback),
-            r.fallback_reason, r.view_as_of, _json(list(r.flags)))
+    return (
+        r.decision_id,
+        r.created_at,
+        r.day,
+        r.customer_id,
+        r.slot,
+        r.channel,
+        r.device,
+        r.page,
+        r.request_time,
+        r.offer_id,
+        r.product,
+        r.prob,
+        ",".join(r.candidates),
+        _json([round(p, 6) for p in r.pmf]),
+        _json(r.scores),
+        _json(r.excluded),
+        r.policy,
+        _json(r.model_versions),
+        int(r.cold_start),
+        int(r.fallback),
+        r.fallback_reason,
+        r.view_as_of,
+        _json(list(r.flags)),
+    )
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in WAL mode with the schema in place (autocommit; transactions explicit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30,
-                          cached_statements=ROWS_PER_STATEMENT + 16)  # every batch size's INSERT
+    con = sqlite3.connect(
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=30,
+        cached_statements=ROWS_PER_STATEMENT + 16,
+    )  # every batch size's INSERT
     con.execute("PRAGMA journal_mode=WAL")
     con.execute(f"PRAGMA synchronous={synchronous}")
     con.executescript(SCHEMA)
@@ -210,8 +236,8 @@ class _LoopBatcher:
         self.scheduled = False
         if self.busy or not self.pending:
             return
-        batch = self.pending[:self.log._max_batch]
-        del self.pending[:len(batch)]
+        batch = self.pending[: self.log._max_batch]
+        del self.pending[: len(batch)]
         futures = [f for _, _, f in batch]
         if self.log._closed:
             self._resolve(futures, None, RuntimeError("the decision log is closed"))
@@ -220,15 +246,18 @@ class _LoopBatcher:
         loop = self.loop
 
         def done(results: list[Any] | None, error: BaseException | None) -> None:
-            try:
+            # a closed loop raises RuntimeError: nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._resolve, futures, results, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
         self.log._queue.put(_Batch([(k, r) for k, r, _ in batch], done))
 
-    def _resolve(self, futures: list[asyncio.Future[Any]], results: list[Any] | None,
-                 error: BaseException | None) -> None:
+    def _resolve(
+        self,
+        futures: list[asyncio.Future[Any]],
+        results: list[Any] | None,
+        error: BaseException | None,
+    ) -> None:
         self.busy = False
         for i, future in enumerate(futures):
             _resolve(future, None if results is None else results[i], error)
@@ -239,8 +268,13 @@ class _LoopBatcher:
 class SqliteDecisionLog:
     """The default :class:`DecisionLog`: one writer thread, one transaction per batch."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL", max_batch: int = 512,
-                 on_commit: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        max_batch: int = 512,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._con = connect(self.path, synchronous)
         self._max_batch = max_batch
@@ -290,7 +324,9 @@ class SqliteDecisionLog:
         try:
             return con.execute(
                 "SELECT customer_id, channel, offer_id, day FROM decisions "
-                "WHERE offer_id IS NOT NULL AND day >= ?", (since_day,)).fetchall()
+                "WHERE offer_id IS NOT NULL AND day >= ?",
+                (since_day,),
+            ).fetchall()
         finally:
             con.close()
 
@@ -352,10 +388,8 @@ class SqliteDecisionLog:
                 con.execute("COMMIT")
         except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
             if in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     con.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             self.stats.failures += 1
             for item in items:
                 _notify(item, None, error)
@@ -368,23 +402,30 @@ class SqliteDecisionLog:
         i = 0
         for item in items:
             n = _size(item)
-            _notify(item, results[i:i + n], None)
+            _notify(item, results[i : i + n], None)
             i += n
 
     @staticmethod
     def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows`` (and empty the list), :data:`ROWS_PER_STATEMENT` per statement."""
         for i in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[i:i + ROWS_PER_STATEMENT]
+            chunk = rows[i : i + ROWS_PER_STATEMENT]
             con.execute(_insert_decisions(len(chunk)), [v for row in chunk for v in row])
         rows.clear()
 
     @staticmethod
     def _reward(con: sqlite3.Connection, r: RewardRecord) -> RewardOutcome:
-        if con.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (r.decision_id,)).fetchone() is None:
+        if (
+            con.execute(
+                "SELECT 1 FROM decisions WHERE decision_id = ?", (r.decision_id,)
+            ).fetchone()
+            is None
+        ):
             return "unknown_decision"
-        cur = con.execute("INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?)",
-                          (r.decision_id, r.kind, r.value_krw, r.received_at))
+        cur = con.execute(
+            "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?)",
+            (r.decision_id, r.kind, r.value_krw, r.received_at),
+        )
         return "stored" if cur.rowcount == 1 else "duplicate"
 
 
@@ -419,15 +460,20 @@ def read_log(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(decisions, rewards) as stored, read with a separate connection (safe while serving)."""
     con = sqlite3.connect(Path(path), timeout=30)
     try:
-        decisions = pd.read_sql_query("SELECT * FROM decisions ORDER BY created_at, decision_id", con)
+        decisions = pd.read_sql_query(
+            "SELECT * FROM decisions ORDER BY created_at, decision_id", con
+        )
         rewards = pd.read_sql_query("SELECT * FROM rewards ORDER BY received_at, decision_id", con)
     finally:
         con.close()
     return decisions, rewards
 
 
-def decisions_for_evaluation(decisions: pd.DataFrame, rewards: pd.DataFrame,
-                             reward: Literal["click", "conversion", "value"] = "click") -> pd.DataFrame:
+def decisions_for_evaluation(
+    decisions: pd.DataFrame,
+    rewards: pd.DataFrame,
+    reward: Literal["click", "conversion", "value"] = "click",
+) -> pd.DataFrame:
     """Decisions that showed an offer, with their rewards: the ``evaluate-policy`` / retraining log.
 
     Columns: decision_id, ts, customer_id, slot, channel, action (offer id), prob, candidates
@@ -435,43 +481,58 @@ def decisions_for_evaluation(decisions: pd.DataFrame, rewards: pd.DataFrame,
     model_versions, cold_start, fallback, view_as_of. A decision with no reward yet has reward 0.
     """
     shown = decisions.loc[decisions["offer_id"].notna()].copy()
-    kinds = rewards.pivot_table(index="decision_id", columns="kind", values="received_at", aggfunc="count")
+    kinds = rewards.pivot_table(
+        index="decision_id", columns="kind", values="received_at", aggfunc="count"
+    )
     values = rewards.loc[rewards["kind"] == "conversion"].set_index("decision_id")["value_krw"]
     click = shown["decision_id"].map(kinds["click"] if "click" in kinds else pd.Series(dtype=float))
-    convert = shown["decision_id"].map(kinds["conversion"] if "conversion" in kinds else pd.Series(dtype=float))
-    out = pd.DataFrame({
-        "decision_id": shown["decision_id"].astype(str),
-        "ts": pd.to_datetime(shown["created_at"]),
-        "customer_id": shown["customer_id"].astype(str),
-        "slot": shown["slot"].astype(str),
-        "channel": shown["channel"].astype(str),
-        "action": shown["offer_id"].astype(str),
-        "prob": shown["prob"].astype(float),
-        "candidates": shown["candidates"].astype(str),
-        "click": click.notna().to_numpy(),
-        "convert": convert.notna().to_numpy(),
-        "value": shown["decision_id"].map(values).fillna(0.0).astype(float).to_numpy(),
-        "policy": shown["policy"].astype(str),
-        "model_versions": shown["model_versions"].astype(str),
-        "cold_start": shown["cold_start"].astype(bool),
-        "fallback": shown["fallback"].astype(bool),
-        "view_as_of": shown["view_as_of"],
-    })
-    out["reward"] = {"click": out["click"].astype(float), "conversion": out["convert"].astype(float),
-                     "value": out["value"]}[reward]
+    convert = shown["decision_id"].map(
+        kinds["conversion"] if "conversion" in kinds else pd.Series(dtype=float)
+    )
+    out = pd.DataFrame(
+        {
+            "decision_id": shown["decision_id"].astype(str),
+            "ts": pd.to_datetime(shown["created_at"]),
+            "customer_id": shown["customer_id"].astype(str),
+            "slot": shown["slot"].astype(str),
+            "channel": shown["channel"].astype(str),
+            "action": shown["offer_id"].astype(str),
+            "prob": shown["prob"].astype(float),
+            "candidates": shown["candidates"].astype(str),
+            "click": click.notna().to_numpy(),
+            "convert": convert.notna().to_numpy(),
+            "value": shown["decision_id"].map(values).fillna(0.0).astype(float).to_numpy(),
+            "policy": shown["policy"].astype(str),
+            "model_versions": shown["model_versions"].astype(str),
+            "cold_start": shown["cold_start"].astype(bool),
+            "fallback": shown["fallback"].astype(bool),
+            "view_as_of": shown["view_as_of"],
+        }
+    )
+    out["reward"] = {
+        "click": out["click"].astype(float),
+        "conversion": out["convert"].astype(float),
+        "value": out["value"],
+    }[reward]
     return out.reset_index(drop=True)
 
 
-def export_log_files(log_path: Path, out_dir: Path,
-                     reward: Literal["click", "conversion", "value"] = "click") -> dict[str, Path]:
+def export_log_files(
+    log_path: Path, out_dir: Path, reward: Literal["click", "conversion", "value"] = "click"
+) -> dict[str, Path]:
     """Write ``decisions.parquet`` (every decision, as logged), ``rewards.parquet`` and
     ``evaluation_log.parquet`` (:func:`decisions_for_evaluation`) under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     decisions, rewards = read_log(log_path)
-    paths = {"decisions": out_dir / "decisions.parquet", "rewards": out_dir / "rewards.parquet",
-             "evaluation_log": out_dir / "evaluation_log.parquet"}
+    paths = {
+        "decisions": out_dir / "decisions.parquet",
+        "rewards": out_dir / "rewards.parquet",
+        "evaluation_log": out_dir / "evaluation_log.parquet",
+    }
     decisions.to_parquet(paths["decisions"], index=False)
     rewards.to_parquet(paths["rewards"], index=False)
-    decisions_for_evaluation(decisions, rewards, reward).to_parquet(paths["evaluation_log"], index=False)
+    decisions_for_evaluation(decisions, rewards, reward).to_parquet(
+        paths["evaluation_log"], index=False
+    )
     return paths

@@ -33,23 +33,65 @@ def service_metrics() -> ServiceMetrics:
     p = "nextoffer_"
     return ServiceMetrics(
         registry=r,
-        requests=Counter(f"{p}http_requests", "HTTP requests by route and status", ["route", "status"], registry=r),
-        latency=Histogram(f"{p}http_request_seconds", "Request latency by route", ["route"],
-                          buckets=LATENCY_BUCKETS, registry=r),
-        decisions=Counter(f"{p}decisions", "Decisions by slot, chosen offer and policy",
-                          ["slot", "offer", "policy"], registry=r),
-        fallbacks=Counter(f"{p}fallbacks", "Decisions not made by the champion bandit, by reason",
-                          ["reason"], registry=r),
-        cold_starts=Counter(f"{p}cold_starts", "Decisions for customers not in the view", registry=r),
-        exclusions=Counter(f"{p}exclusions", "Offers excluded from decisions, by reason", ["reason"], registry=r),
-        rewards=Counter(f"{p}rewards", "Rewards received by kind and outcome", ["kind", "outcome"], registry=r),
-        detections=Counter(f"{p}detections", "Rule detections from /v1/events", ["rule"], registry=r),
-        model_events=Counter(f"{p}model_refresh", "Model loads and failures", ["model", "event"], registry=r),
-        model_version=Gauge(f"{p}model_version", "Serving model version (0: none)", ["model"], registry=r),
-        log_batch=Histogram(f"{p}log_commit_batch_size", "Writes per group commit",
-                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r),
-        log_commit=Histogram(f"{p}log_commit_seconds", "Duration of a group commit",
-                             buckets=LATENCY_BUCKETS, registry=r),
-        log_failures=Counter(f"{p}log_write_failures", "Decisions/rewards that could not be logged",
-                             ["kind"], registry=r),
+        requests=Counter(
+            f"{p}http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        ),
+        latency=Histogram(
+            f"{p}http_request_seconds",
+            "Request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        decisions=Counter(
+            f"{p}decisions",
+            "Decisions by slot, chosen offer and policy",
+            ["slot", "offer", "policy"],
+            registry=r,
+        ),
+        fallbacks=Counter(
+            f"{p}fallbacks",
+            "Decisions not made by the champion bandit, by reason",
+            ["reason"],
+            registry=r,
+        ),
+        cold_starts=Counter(
+            f"{p}cold_starts", "Decisions for customers not in the view", registry=r
+        ),
+        exclusions=Counter(
+            f"{p}exclusions", "Offers excluded from decisions, by reason", ["reason"], registry=r
+        ),
+        rewards=Counter(
+            f"{p}rewards", "Rewards received by kind and outcome", ["kind", "outcome"], registry=r
+        ),
+        detections=Counter(
+            f"{p}detections", "Rule detections from /v1/events", ["rule"], registry=r
+        ),
+        model_events=Counter(
+            f"{p}model_refresh", "Model loads and failures", ["model", "event"], registry=r
+        ),
+        model_version=Gauge(
+            f"{p}model_version", "Serving model version (0: none)", ["model"], registry=r
+        ),
+        log_batch=Histogram(
+            f"{p}log_commit_batch_size",
+            "Writes per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        ),
+        log_commit=Histogram(
+            f"{p}log_commit_seconds",
+            "Duration of a group commit",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        log_failures=Counter(
+            f"{p}log_write_failures",
+            "Decisions/rewards that could not be logged",
+            ["kind"],
+            registry=r,
+        ),
     )

@@ -91,19 +91,24 @@ class PropensityScores:
         return {p: float(v) for p, v in zip(self.products, values.tolist(), strict=True)}
 
 
-def score_view(model: Any, store: CustomerStore, version: str, chunk: int = 50_000) -> PropensityScores:
+def score_view(
+    model: Any, store: CustomerStore, version: str, chunk: int = 50_000
+) -> PropensityScores:
     """Run a propensity pyfunc over the whole view (in chunks) in the logged signature's types."""
     from src.models.tracking import serving_frame
 
     schema = model.metadata.get_input_schema() if getattr(model, "metadata", None) else None
-    columns = [c for c in (schema.input_names() if schema is not None else store.columns)
-               if c != "customer_id"]
+    columns = [
+        c
+        for c in (schema.input_names() if schema is not None else store.columns)
+        if c != "customer_id"
+    ]
     missing = [c for c in columns if c not in store.frame.columns]
     if missing:
         raise ValueError(f"the customer view lacks model input column(s) {missing[:5]}")
     parts = []
     for lo in range(0, len(store.frame), chunk):
-        rows = serving_frame(store.frame.iloc[lo:lo + chunk], columns)
+        rows = serving_frame(store.frame.iloc[lo : lo + chunk], columns)
         parts.append(pd.DataFrame(model.predict(rows)))
     scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(scores) != len(store.frame):
@@ -138,7 +143,9 @@ class BanditModel:
     check: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], None] | None = None
     scorer: VwScorer | None = None
 
-    def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+    def pmf(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> list[float]:
         """Probabilities over the candidates, renormalized to sum to one; raises if not usable."""
         return normalized_pmf(self.pmf_fn(context, candidates), len(candidates))
 
@@ -182,16 +189,22 @@ class VwScorer:
         self.spec = bandit.spec
         self.fast = True
         self.split = True
-        self._order = tuple(getattr(bandit_features, "SHARED_NAMESPACES", ("user", "time", "propensity", "rules")))
+        self._order = tuple(
+            getattr(bandit_features, "SHARED_NAMESPACES", ("user", "time", "propensity", "rules"))
+        )
         self._rule_columns = frozenset(self.spec.rules)
         self._customer_columns = frozenset(self.spec.context_columns) - self._rule_columns
         self._customer: dict[Any, CustomerPart] = {}
         self._request: dict[tuple[Any, ...], Any] = {}
         self._action_lines: dict[tuple[Any, ...], str] = {}
-        self._blocks: dict[int, tuple[tuple[Mapping[str, Any], ...], list[str], dict[Any, int]]] = {}
+        self._blocks: dict[
+            int, tuple[tuple[Mapping[str, Any], ...], list[str], dict[Any, int]]
+        ] = {}
 
     # -- pieces, each built by vw_example ----------------------------------------------------------
-    def _example(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+    def _example(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> list[str]:
         from src.models.bandit_features import vw_example
 
         return vw_example(context, candidates, self.spec)
@@ -221,7 +234,9 @@ class VwScorer:
     def _time(self, request: tuple[Any, ...]) -> str | None:
         seg = self._request.get(request, _MISSING)
         if seg is _MISSING:
-            line = self._example(dict(zip(_REQUEST_KEYS, request, strict=True)), [_PROBE_CANDIDATE])[0]
+            line = self._example(
+                dict(zip(_REQUEST_KEYS, request, strict=True)), [_PROBE_CANDIDATE]
+            )[0]
             seg = self._segments(line).get("time")
             if len(self._request) >= _CACHE_MAX:
                 self._request.clear()
@@ -233,7 +248,9 @@ class VwScorer:
         split would then be wrong: the caller takes the generic path)."""
         return not any(f in self._customer_columns for f in flags)
 
-    def shared_line(self, part: CustomerPart, request: tuple[Any, ...], flags: Sequence[str]) -> str:
+    def shared_line(
+        self, part: CustomerPart, request: tuple[Any, ...], flags: Sequence[str]
+    ) -> str:
         """The shared line of (customer part, (hour, weekday, channel, exposures_7d), flags)."""
         segs = dict(part.segments)
         segs["time"] = self._time(request)
@@ -250,8 +267,13 @@ class VwScorer:
         return " |".join(out)
 
     def _action_line(self, candidate: Mapping[str, Any], n_seen: int) -> str:
-        key = (candidate["offer_id"], candidate.get("product"), candidate.get("slot"), candidate.get("creative"),
-               n_seen)
+        key = (
+            candidate["offer_id"],
+            candidate.get("product"),
+            candidate.get("slot"),
+            candidate.get("creative"),
+            n_seen,
+        )
         line = self._action_lines.get(key)
         if line is None:
             if len(self._action_lines) >= _CACHE_MAX:
@@ -260,18 +282,26 @@ class VwScorer:
             line = self._action_lines[key] = self._example({"seen": seen}, [candidate])[1]
         return line
 
-    def action_lines(self, candidates: Sequence[Mapping[str, Any]], seen: Mapping[str, int]) -> list[str]:
+    def action_lines(
+        self, candidates: Sequence[Mapping[str, Any]], seen: Mapping[str, int]
+    ) -> list[str]:
         """One line per candidate. A tuple of candidates (the engine's per-customer one, never
         mutated) keeps its unseen lines; only the offers the customer has seen are looked up."""
         if not isinstance(candidates, tuple):
-            return [self._action_line(c, seen.get(c["offer_id"], 0) if seen else 0) for c in candidates]
+            return [
+                self._action_line(c, seen.get(c["offer_id"], 0) if seen else 0) for c in candidates
+            ]
         block = self._blocks.get(id(candidates))
         if block is None or block[0] is not candidates:
             if len(self._blocks) >= _CACHE_MAX:
                 self._blocks.clear()
-            block = self._blocks[id(candidates)] = (  # holds the tuple: its id is not reused meanwhile
-                candidates, [self._action_line(c, 0) for c in candidates],
-                {c["offer_id"]: i for i, c in enumerate(candidates)})
+            block = self._blocks[
+                id(candidates)
+            ] = (  # holds the tuple: its id is not reused meanwhile
+                candidates,
+                [self._action_line(c, 0) for c in candidates],
+                {c["offer_id"]: i for i, c in enumerate(candidates)},
+            )
         out = list(block[1])
         if seen:
             index = block[2]
@@ -282,7 +312,9 @@ class VwScorer:
         return out
 
     # -- scoring -----------------------------------------------------------------------------------
-    def lines(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+    def lines(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> list[str]:
         """The example of a full context (no customer cache): shared line, then action lines."""
         if not candidates:
             raise ValueError("a decision needs at least one candidate offer")
@@ -303,7 +335,9 @@ class VwScorer:
         finally:
             pylibvw.vw._finish_example_multi_ex(vw, examples)
 
-    def pmf(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+    def pmf(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> list[float]:
         return self.predict(self.lines(context, candidates))
 
     # -- load-time checks ------------------------------------------------------------------------
@@ -314,28 +348,41 @@ class VwScorer:
             fast = self.pmf(context, candidates)
             total = sum(fast)
             self.fast = len(fast) == len(reference) and all(
-                abs(a / total - b) < 1e-6 for a, b in zip(fast, reference, strict=True))
+                abs(a / total - b) < 1e-6 for a, b in zip(fast, reference, strict=True)
+            )
         except Exception:  # noqa: BLE001 - binding internals changed: use the public path
             self.fast = False
         if not self.fast:
             log.warning("VW fast path disabled: it does not reproduce bandit.pmf")
 
-    def split_lines(self, customer: Mapping[str, Any], request: Mapping[str, Any], flags: Sequence[str],
-                    candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+    def split_lines(
+        self,
+        customer: Mapping[str, Any],
+        request: Mapping[str, Any],
+        flags: Sequence[str],
+        candidates: Sequence[Mapping[str, Any]],
+    ) -> list[str]:
         """The example assembled from pieces, with no cache (what :meth:`check_split` compares)."""
         part = self._customer_part(customer)
         key = tuple(request.get(k) for k in _REQUEST_KEYS)
-        return [self.shared_line(part, key, flags),
-                *self.action_lines(candidates, request.get("seen") or {})]
+        return [
+            self.shared_line(part, key, flags),
+            *self.action_lines(candidates, request.get("seen") or {}),
+        ]
 
-    def check_split(self, cases: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], Sequence[str]]],
-                    candidates: Sequence[Mapping[str, Any]]) -> None:
+    def check_split(
+        self,
+        cases: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], Sequence[str]]],
+        candidates: Sequence[Mapping[str, Any]],
+    ) -> None:
         """Keep the cached assembly only if it gives ``vw_example``'s text on every case:
         (customer context, request context with ``seen``, online flags)."""
         try:
             for customer, request, flags in cases:
                 full = {**customer, **request, **dict.fromkeys(flags, 1)}
-                if self.split_lines(customer, request, flags, candidates) != self._example(full, candidates):
+                if self.split_lines(customer, request, flags, candidates) != self._example(
+                    full, candidates
+                ):
                     self.split = False
                     break
         except Exception:  # noqa: BLE001 - feature code changed shape: use the full example
@@ -356,10 +403,18 @@ def bandit_from_pyfunc(model: Any, version: str) -> BanditModel:
     if bandit is not None and hasattr(bandit, "pmf") and hasattr(bandit, "vw"):
         scorer = VwScorer(bandit)
         spec = bandit.spec
-        return BanditModel(version, scorer.pmf, tuple(spec.context_columns), tuple(spec.propensity),
-                           check=scorer.check, scorer=scorer)
+        return BanditModel(
+            version,
+            scorer.pmf,
+            tuple(spec.context_columns),
+            tuple(spec.propensity),
+            check=scorer.check,
+            scorer=scorer,
+        )
 
-    def via_predict(context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+    def via_predict(
+        context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> list[float]:
         row = {k: v for k, v in context.items() if k != "seen"}
         row["seen"] = json.dumps(context.get("seen") or {})
         row["candidates"] = ",".join(str(c["offer_id"]) for c in candidates)
@@ -396,10 +451,16 @@ class ModelManager:
     ``probe`` is a sample context the bandit must answer before it is swapped in.
     """
 
-    def __init__(self, source: ModelSource | None, store: CustomerStore, *,
-                 propensity_name: str | None, bandit_name: str | None,
-                 probe: Callable[[BanditModel], None] | None = None,
-                 on_event: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: ModelSource | None,
+        store: CustomerStore,
+        *,
+        propensity_name: str | None,
+        bandit_name: str | None,
+        probe: Callable[[BanditModel], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.source = source
         self.store = store
         self.names = {"propensity": propensity_name, "bandit": bandit_name}
@@ -441,13 +502,26 @@ class ModelManager:
                 updates[kind] = loaded
                 errors.pop(kind, None)
                 self.on_event("loaded", kind)
-                log.info("loaded %s model %s v%s in %.1fs", kind, name, version, time.perf_counter() - started)
+                log.info(
+                    "loaded %s model %s v%s in %.1fs",
+                    kind,
+                    name,
+                    version,
+                    time.perf_counter() - started,
+                )
             except Exception as error:  # noqa: BLE001 - keep serving with what we have
                 errors[kind] = f"{type(error).__name__}: {str(error)[:200]}"
                 self.on_event("failed", kind)
-                log.warning("could not refresh the %s model %s (%s); keeping %s", kind, name,
-                            errors[kind], "v" + held.version if held else "none")
-        self.current = replace(current, **updates, errors=errors)  # one reference assignment: atomic
+                log.warning(
+                    "could not refresh the %s model %s (%s); keeping %s",
+                    kind,
+                    name,
+                    errors[kind],
+                    "v" + held.version if held else "none",
+                )
+        self.current = replace(
+            current, **updates, errors=errors
+        )  # one reference assignment: atomic
         self.last_refresh = time.time()
         return self.current
 

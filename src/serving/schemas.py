@@ -41,8 +41,12 @@ class DecisionRequest(BaseModel):
 class RankedOffer(BaseModel):
     offer_id: str
     product: str
-    score: float | None = Field(description="Champion propensity of the offer's product (None: no model).")
-    probability: float = Field(description="Probability the policy would choose it among the eligible.")
+    score: float | None = Field(
+        description="Champion propensity of the offer's product (None: no model)."
+    )
+    probability: float = Field(
+        description="Probability the policy would choose it among the eligible."
+    )
 
 
 class ExcludedOffer(BaseModel):
@@ -83,7 +87,9 @@ class RewardRequest(BaseModel):
 
     decision_id: str = Field(min_length=1, max_length=64)
     kind: RewardKind
-    value_krw: float | None = Field(None, ge=0, le=1e12, description="Margin of a conversion, if known.")
+    value_krw: float | None = Field(
+        None, ge=0, le=1e12, description="Margin of a conversion, if known."
+    )
 
 
 class RewardResponse(BaseModel):

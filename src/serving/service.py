@@ -24,9 +24,14 @@ from src.serving.config import ServingSettings
 from src.settings import Settings
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
-          serving: ServingSettings | None = None, log_level: str = "info",
-          switch_interval_s: float = 0.0005) -> None:
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    serving: ServingSettings | None = None,
+    log_level: str = "info",
+    switch_interval_s: float = 0.0005,
+) -> None:
     """Run the service in the foreground until interrupted (one process: the contact caps and
     the online detector live in it, so scale out behind a shared log backend, not workers)."""
     import uvicorn
@@ -38,12 +43,20 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     sys.setswitchinterval(switch_interval_s)
     app = create_app(settings, serving, tune_gc=True)
     # no access log: it would write client addresses, and ids belong in the decision log only
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
 
 
-def export_log(settings: Settings, out_dir: Path, serving: ServingSettings | None = None,
-               reward: str = "click") -> dict[str, Path]:
+def export_log(
+    settings: Settings, out_dir: Path, serving: ServingSettings | None = None, reward: str = "click"
+) -> dict[str, Path]:
     """Decisions, rewards and the off-policy evaluation log as Parquet under ``out_dir``
     (``evaluation_log.parquet`` is what ``nextoffer evaluate-policy`` reads)."""
     from src.serving.log import export_log_files
@@ -67,7 +80,9 @@ class ServerProcess:
     SIGKILL (no shutdown, no flush: what a crash looks like); ``stop()`` is a clean SIGTERM.
     """
 
-    def __init__(self, env: dict[str, str], port: int | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.env = {**os.environ, **env}
         self.cwd = cwd or Settings().root
@@ -82,8 +97,22 @@ class ServerProcess:
         self.log_file = log_file
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "src.serving", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"], cwd=self.cwd, env=self.env, stdout=out, stderr=out)
+            [
+                sys.executable,
+                "-m",
+                "src.serving",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=out,
+            stderr=out,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -117,11 +146,16 @@ class ServerProcess:
         self.stop()
 
 
-def post_json(url: str, body: Any, headers: dict[str, str] | None = None,
-              timeout: float = 10.0) -> tuple[int, Any]:
+def post_json(
+    url: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
     """(status, parsed body) of a JSON POST; HTTP errors are returned, not raised."""
-    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -131,9 +165,12 @@ def post_json(url: str, body: Any, headers: dict[str, str] | None = None,
 
 def serving_env(settings: Settings, serving: ServingSettings) -> dict[str, str]:
     """Environment variables that reproduce these settings in a child process."""
-    env = {"NEXTOFFER_ROOT": str(settings.root), "NEXTOFFER_DATA_DIR": str(settings.resolve(settings.data_dir)),
-           "NEXTOFFER_MLRUNS_DIR": str(settings.resolve(settings.mlruns_dir)),
-           "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    env = {
+        "NEXTOFFER_ROOT": str(settings.root),
+        "NEXTOFFER_DATA_DIR": str(settings.resolve(settings.data_dir)),
+        "NEXTOFFER_MLRUNS_DIR": str(settings.resolve(settings.mlruns_dir)),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
     for name, value in serving.model_dump(exclude_none=True).items():
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
@@ -144,16 +181,22 @@ def serving_env(settings: Settings, serving: ServingSettings) -> dict[str, str]:
     return env
 
 
-def run_demo(settings: Settings, echo: Callable[[str], None] = print, n_decisions: int = 5) -> list[dict]:
+def run_demo(
+    settings: Settings, echo: Callable[[str], None] = print, n_decisions: int = 5
+) -> list[dict]:
     """Start the service on a free local port, send a few decisions and rewards, print them, stop.
 
     Uses the demo's customer view and whatever champions the registry holds (the fallback order
     if none). Returns the decisions it printed."""
-    serving = ServingSettings(log_path=settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite")
+    serving = ServingSettings(
+        log_path=settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite"
+    )
     view = ServingSettings().resolved(settings).view_path
     import pandas as pd
 
-    customers = pd.read_parquet(view, columns=["customer_id"])["customer_id"].head(n_decisions - 1).tolist()
+    customers = (
+        pd.read_parquet(view, columns=["customer_id"])["customer_id"].head(n_decisions - 1).tolist()
+    )
     customers.append("NEW-CUSTOMER")  # a cold start
     out = []
     log_file = settings.resolve(settings.data_dir) / "serving" / "demo_server.log"
@@ -161,20 +204,35 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, n_decision
     with ServerProcess(serving_env(settings, serving)).start(log_file=log_file) as server:
         echo(f"      service on {server.url} (OpenAPI: {server.url}/docs)")
         for i, customer_id in enumerate(customers):
-            status, d = post_json(server.url + "/v1/decisions", {
-                "customer_id": customer_id, "slot": "home_banner", "context": {"channel": "app", "page": "home"}})
+            status, d = post_json(
+                server.url + "/v1/decisions",
+                {
+                    "customer_id": customer_id,
+                    "slot": "home_banner",
+                    "context": {"channel": "app", "page": "home"},
+                },
+            )
             if status != 200:
                 echo(f"      decision for {customer_id}: HTTP {status}")
                 continue
             offer = d["offer"]["offer_id"] if d["offer"] else "nothing"
             flags = [f for f in ("cold_start", "fallback") if d[f]]
-            echo(f"      {customer_id:>12}  ->  {offer:<7} p={d['probability'] or 0:.3f}  policy={d['policy']}"
-                 f"  models={d['model_versions'] or '-'}  excluded={len(d['excluded'])}"
-                 + (f"  [{', '.join(flags)}{': ' + d['fallback_reason'] if d['fallback_reason'] else ''}]"
-                    if flags else ""))
+            echo(
+                f"      {customer_id:>12}  ->  {offer:<7} p={d['probability'] or 0:.3f}  policy={d['policy']}"
+                f"  models={d['model_versions'] or '-'}  excluded={len(d['excluded'])}"
+                + (
+                    f"  [{', '.join(flags)}{': ' + d['fallback_reason'] if d['fallback_reason'] else ''}]"
+                    if flags
+                    else ""
+                )
+            )
             if d["offer"] and i % 2 == 0:
-                status, r = post_json(server.url + "/v1/rewards", {"decision_id": d["decision_id"], "kind": "click"})
-                echo(f"      {'':>12}     reward click -> HTTP {status} stored={r.get('stored') if status == 200 else '-'}")
+                status, r = post_json(
+                    server.url + "/v1/rewards", {"decision_id": d["decision_id"], "kind": "click"}
+                )
+                echo(
+                    f"      {'':>12}     reward click -> HTTP {status} stored={r.get('stored') if status == 200 else '-'}"
+                )
             out.append(d)
     return out
 

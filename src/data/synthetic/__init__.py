@@ -45,4 +45,12 @@ from src.data.synthetic.environment import BankEnvironment, DecisionRequest, Exp
 from src.data.synthetic.oracle import Oracle
 from src.data.synthetic.simulator import simulate
 
-__all__ = ["BankEnvironment", "DecisionRequest", "ExpectedReward", "Oracle", "Reward", "SimConfig", "simulate"]
+__all__ = [
+    "BankEnvironment",
+    "DecisionRequest",
+    "ExpectedReward",
+    "Oracle",
+    "Reward",
+    "SimConfig",
+    "simulate",
+]

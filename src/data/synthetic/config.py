@@ -20,15 +20,23 @@ class SimConfig(BaseModel):
     # Behaviour volumes (per active customer and day).
     sessions_per_day: float = Field(0.6, gt=0, description="Mean logged-in-capable sessions.")
     anonymous_session_share: float = Field(
-        0.12, ge=0, le=1, description="Share of sessions that never log in (e.g. checking fx_rates)."
+        0.12,
+        ge=0,
+        le=1,
+        description="Share of sessions that never log in (e.g. checking fx_rates).",
     )
     # Identity.
     shared_device_share: float = Field(
-        0.03, ge=0, le=0.5, description="Customers whose web device is also used by a family member."
+        0.03,
+        ge=0,
+        le=0.5,
+        description="Customers whose web device is also used by a family member.",
     )
     second_app_device_share: float = Field(0.25, ge=0, le=1)
     web_user_share: float = Field(0.7, ge=0, le=1, description="Customers with a web device.")
-    cookie_reset_prob: float = Field(0.02, ge=0, le=1, description="Daily chance a web cookie resets.")
+    cookie_reset_prob: float = Field(
+        0.02, ge=0, le=1, description="Daily chance a web cookie resets."
+    )
     # Offers and logging policy.
     exposure_prob_per_session: float = Field(
         0.6, ge=0, le=1, description="Chance a logged-in session shows one offer slot."
@@ -39,4 +47,6 @@ class SimConfig(BaseModel):
     fatigue_window_days: int = Field(7, ge=1, le=60)
     # Flags.
     accident_share: float = Field(0.01, ge=0, le=1)
-    closing_share: float = Field(0.015, ge=0, le=1, description="Customers closing during the period.")
+    closing_share: float = Field(
+        0.015, ge=0, le=1, description="Customers closing during the period."
+    )

@@ -57,8 +57,15 @@ class ExpectedReward:
 class BankEnvironment:
     """Decision requests in time order over ``days`` days of the simulated period."""
 
-    def __init__(self, oracle: Oracle, seed: int = 0, days: int | None = None, start_day: int = 0,
-                 requests_per_customer_day: float = 0.3, customer_ids=None) -> None:
+    def __init__(
+        self,
+        oracle: Oracle,
+        seed: int = 0,
+        days: int | None = None,
+        start_day: int = 0,
+        requests_per_customer_day: float = 0.3,
+        customer_ids=None,
+    ) -> None:
         self.oracle = oracle
         self.seed = seed
         self.start_day = start_day
@@ -66,13 +73,18 @@ class BankEnvironment:
         if start_day < 0 or self.days < 1 or start_day + self.days > oracle.days:
             raise ValueError("the environment's days must lie inside the simulated period")
         self.rate = requests_per_customer_day
-        self.customers = (np.arange(len(oracle.customer_index)) if customer_ids is None
-                          else oracle.customer_idx(customer_ids))
+        self.customers = (
+            np.arange(len(oracle.customer_index))
+            if customer_ids is None
+            else oracle.customer_idx(customer_ids)
+        )
         traits = oracle.traits
         self._activity = traits["digital_affinity"].to_numpy(float)
         self._app_share = traits["app_share"].to_numpy(float)
         self._pending: dict[int, tuple[int, int, bool, float, float]] = {}
-        self._history: dict[int, list[tuple[int, int]]] = defaultdict(list)  # customer -> (second, offer), in time order
+        self._history: dict[int, list[tuple[int, int]]] = defaultdict(
+            list
+        )  # customer -> (second, offer), in time order
         self.steps: list[dict] = []
         self._offer_number = {str(o): i for i, o in enumerate(oracle.offer_table.offer_id)}
         self._slot_offer_numbers = {slot: oracle._slot_offers(slot) for slot in SLOTS}
@@ -88,32 +100,49 @@ class BankEnvironment:
         count = rng.poisson(self.rate * self._activity[cust] * active)
         c = np.repeat(cust, count)
         pref = self.oracle._pref_hour[c]
-        hour = np.where(rng.random(len(c)) < 0.6, rng.normal(pref, 2.0), rng.uniform(7.0, 23.5, len(c)))
+        hour = np.where(
+            rng.random(len(c)) < 0.6, rng.normal(pref, 2.0), rng.uniform(7.0, 23.5, len(c))
+        )
         seconds = day * DAY_SEC + np.floor(np.clip(hour * 3600, 0, DAY_SEC - 1))
         slot = (rng.random(len(c))[:, None] > response.SLOT_SHARE.cumsum()[None, :-1]).sum(axis=1)
         is_app = rng.random(len(c)) < self._app_share[c]
         u_click, u_convert = rng.random(len(c)), rng.random(len(c))
         order = np.lexsort((c, seconds))
-        return {"cust": c[order], "sec": seconds[order].astype(np.int64), "slot": slot[order],
-                "is_app": is_app[order], "u_click": u_click[order], "u_convert": u_convert[order]}
+        return {
+            "cust": c[order],
+            "sec": seconds[order].astype(np.int64),
+            "slot": slot[order],
+            "is_app": is_app[order],
+            "u_click": u_click[order],
+            "u_convert": u_convert[order],
+        }
 
     def requests(self) -> Iterator[DecisionRequest]:
         """Yield the request stream (identical for every policy given the seed)."""
         request_id = 0
         for day in range(self.start_day, self.start_day + self.days):
             r = self._day_requests(day)
-            stamps = pd.to_datetime(self.oracle.start_us + r["sec"] * US_PER_SEC, unit="us").to_pydatetime()
+            stamps = pd.to_datetime(
+                self.oracle.start_us + r["sec"] * US_PER_SEC, unit="us"
+            ).to_pydatetime()
             for i in range(len(r["cust"])):
                 request_id += 1
-                self._pending[request_id] = (int(r["cust"][i]), int(r["sec"][i]), bool(r["is_app"][i]),
-                                             float(r["u_click"][i]), float(r["u_convert"][i]))
+                self._pending[request_id] = (
+                    int(r["cust"][i]),
+                    int(r["sec"][i]),
+                    bool(r["is_app"][i]),
+                    float(r["u_click"][i]),
+                    float(r["u_convert"][i]),
+                )
                 ts = pd.Timestamp(stamps[i])
                 yield DecisionRequest(
                     request_id=request_id,
                     customer_id=str(self.oracle.customer_index[r["cust"][i]]),
-                    slot=SLOTS[int(r["slot"][i])], ts=ts,
+                    slot=SLOTS[int(r["slot"][i])],
+                    ts=ts,
                     channel=CLICK_CHANNELS[1] if r["is_app"][i] else CLICK_CHANNELS[0],
-                    hour=int(ts.hour), weekday=int(ts.weekday()),
+                    hour=int(ts.hour),
+                    weekday=int(ts.weekday()),
                 )
 
     def _fatigue(self, cust: int, second: int, offer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +159,9 @@ class BankEnvironment:
         cust, second, is_app, _, _ = self._pending[request.request_id]
         n_all, n_same = self._fatigue(cust, second, offer)
         k = len(offer)
-        return self.oracle._probs(np.full(k, cust), offer, np.full(k, second), np.full(k, is_app), n_all, n_same)
+        return self.oracle._probs(
+            np.full(k, cust), offer, np.full(k, second), np.full(k, is_app), n_all, n_same
+        )
 
     def _slot_probs(self, request: DecisionRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every offer of the request's slot with its probabilities, computed once per request."""
@@ -142,14 +173,21 @@ class BankEnvironment:
             cached = self._cache[request.request_id] = (offer, *self._probs(request, offer))
         return cached
 
-    def _expected_of(self, offer: np.ndarray, p_click: np.ndarray, p_convert: np.ndarray) -> dict[str, np.ndarray]:
+    def _expected_of(
+        self, offer: np.ndarray, p_click: np.ndarray, p_convert: np.ndarray
+    ) -> dict[str, np.ndarray]:
         table = self.oracle.offer_table
-        return {m: _metric(m, p_click, p_convert, table.value_krw[offer], table.cost_krw[offer]) for m in METRICS}
+        return {
+            m: _metric(m, p_click, p_convert, table.value_krw[offer], table.cost_krw[offer])
+            for m in METRICS
+        }
 
     def _expected(self, request: DecisionRequest, offer: np.ndarray) -> dict[str, np.ndarray]:
         slot_offer, p_click, p_convert = self._slot_probs(request)
         pos = np.searchsorted(slot_offer, offer)
-        if (pos >= len(slot_offer)).any() or (slot_offer[pos.clip(max=len(slot_offer) - 1)] != offer).any():
+        if (pos >= len(slot_offer)).any() or (
+            slot_offer[pos.clip(max=len(slot_offer) - 1)] != offer
+        ).any():
             raise ValueError(f"offer(s) outside slot {request.slot}")
         return self._expected_of(offer, p_click[pos], p_convert[pos])
 
@@ -161,14 +199,21 @@ class BankEnvironment:
     def expected_rewards(self, request: DecisionRequest, offer_ids=None) -> pd.DataFrame:
         """Expected click / convert / value of every (eligible) offer of the request's slot."""
         offer = self.oracle._slot_offers(request.slot, offer_ids)
-        return pd.DataFrame({"offer_id": self.oracle.offer_index[offer].to_numpy(), **self._expected(request, offer)})
+        return pd.DataFrame(
+            {
+                "offer_id": self.oracle.offer_index[offer].to_numpy(),
+                **self._expected(request, offer),
+            }
+        )
 
     def expected_reward(self, request: DecisionRequest, offer_id: str) -> ExpectedReward:
         """Expected outcome of choosing ``offer_id`` now (for regret)."""
         values = self._expected(request, np.array([self._offer(offer_id)]))
         return ExpectedReward(**{m: float(v[0]) for m, v in values.items()})
 
-    def expected_all(self, request: DecisionRequest, metric: str = "click") -> tuple[np.ndarray, np.ndarray]:
+    def expected_all(
+        self, request: DecisionRequest, metric: str = "click"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(offer ids of the request's slot in catalog order, their expected ``metric``): one array
         call, no DataFrame — what a simulation loop needs per request."""
         if metric not in METRICS:
@@ -178,12 +223,17 @@ class BankEnvironment:
         values = _metric(metric, p_click, p_convert, table.value_krw[offer], table.cost_krw[offer])
         return table.offer_id[offer], values
 
-    def best_offer(self, request: DecisionRequest, offer_ids=None, metric: str = "value") -> tuple[str, float]:
+    def best_offer(
+        self, request: DecisionRequest, offer_ids=None, metric: str = "value"
+    ) -> tuple[str, float]:
         """The oracle's choice for this request and its expected reward."""
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}")
-        offer = (self._slot_offer_numbers[request.slot] if offer_ids is None
-                 else self.oracle._slot_offers(request.slot, offer_ids))
+        offer = (
+            self._slot_offer_numbers[request.slot]
+            if offer_ids is None
+            else self.oracle._slot_offers(request.slot, offer_ids)
+        )
         values = self._expected(request, offer)[metric]
         best = int(values.argmax())
         return str(self.oracle.offer_table.offer_id[offer[best]]), float(values[best])
@@ -199,17 +249,29 @@ class BankEnvironment:
             raise ValueError("prob must be in (0, 1]")
         slot_offer, p_all, p_conv_all = self._slot_probs(request)
         pos = int(np.searchsorted(slot_offer, offer[0]))
-        p_click, p_convert = p_all[pos:pos + 1], p_conv_all[pos:pos + 1]
+        p_click, p_convert = p_all[pos : pos + 1], p_conv_all[pos : pos + 1]
         self._cache.pop(request.request_id, None)
         cust, second, _, u_click, u_convert = self._pending.pop(request.request_id)
         click = bool(u_click < p_click[0])
         convert = click and bool(u_convert < p_convert[0])
         table = self.oracle.offer_table
-        reward = Reward(click=click, convert=convert, value=float(table.value_krw[offer[0]]) if convert else 0.0,
-                        cost=float(table.cost_krw[offer[0]]))
+        reward = Reward(
+            click=click,
+            convert=convert,
+            value=float(table.value_krw[offer[0]]) if convert else 0.0,
+            cost=float(table.cost_krw[offer[0]]),
+        )
         self._history[cust].append((second, int(offer[0])))
-        self.steps.append({"request_id": request.request_id, "offer_id": offer_id, "prob": prob,
-                           "click": click, "convert": convert, "value": reward.value})
+        self.steps.append(
+            {
+                "request_id": request.request_id,
+                "offer_id": offer_id,
+                "prob": prob,
+                "click": click,
+                "convert": convert,
+                "value": reward.value,
+            }
+        )
         return reward
 
     def log_frame(self) -> pd.DataFrame:

@@ -15,14 +15,20 @@ import numpy as np
 
 from src.data.schemas import CLICK_ACTIONS, PAGES, PRODUCTS, TXN_CODES
 
-V, C, S, L, O, E = "view", "click", "submit", "login", "logout", "error"
+V, C, S, L, O, E = "view", "click", "submit", "login", "logout", "error"  # noqa: E741
 QUICK, NORMAL, DETAIL, DONE = 0, 1, 2, 3
 # One event: (page, action, dwell kind, txn code or None, P(code), second code or None).
 Ev = tuple[str, str, int, str | None, float, str | None]
 
 
-def ev(page: str, action: str = V, kind: int = NORMAL, code: str | None = None, p: float = 1.0,
-       code2: str | None = None) -> Ev:
+def ev(
+    page: str,
+    action: str = V,
+    kind: int = NORMAL,
+    code: str | None = None,
+    p: float = 1.0,
+    code2: str | None = None,
+) -> Ev:
     return (page, action, kind, code, p, code2)
 
 
@@ -30,15 +36,37 @@ def _errors(page: str, k: int) -> list[Ev]:
     return [ev(page, S, QUICK)] + [ev(page, E, QUICK) for _ in range(k)]
 
 
-_LOAN_INQUIRY = [ev("loan_main"), ev("loan_limit_inquiry"), ev("loan_limit_inquiry", S, QUICK),
-                 ev("loan_limit_result", V, DETAIL, "LOAN_LIMIT_INQUIRY")]
-_SIGNUP_STEPS = [ev("signup_step1"), ev("signup_step1", S, QUICK), ev("signup_step2"),
-                 ev("signup_step2", S, QUICK), ev("signup_step3"), ev("signup_step3", S, QUICK)]
+_LOAN_INQUIRY = [
+    ev("loan_main"),
+    ev("loan_limit_inquiry"),
+    ev("loan_limit_inquiry", S, QUICK),
+    ev("loan_limit_result", V, DETAIL, "LOAN_LIMIT_INQUIRY"),
+]
+_SIGNUP_STEPS = [
+    ev("signup_step1"),
+    ev("signup_step1", S, QUICK),
+    ev("signup_step2"),
+    ev("signup_step2", S, QUICK),
+    ev("signup_step3"),
+    ev("signup_step3", S, QUICK),
+]
 _SIGNUP_DONE = [ev("signup_done", V, DONE, "PRODUCT_SIGNUP")]
-_LANDING = {"loan": "loan_main", "savings": "savings_detail", "fund": "fund_detail",
-            "card": "card_benefits", "fx": "fx_main", "pension": "pension_main"}
-_ENTRY = {"loan": "loan_main", "savings": "savings_list", "fund": "fund_list",
-          "card": "card_benefits", "fx": "fx_rates", "pension": "pension_main"}
+_LANDING = {
+    "loan": "loan_main",
+    "savings": "savings_detail",
+    "fund": "fund_detail",
+    "card": "card_benefits",
+    "fx": "fx_main",
+    "pension": "pension_main",
+}
+_ENTRY = {
+    "loan": "loan_main",
+    "savings": "savings_list",
+    "fund": "fund_list",
+    "card": "card_benefits",
+    "fx": "fx_rates",
+    "pension": "pension_main",
+}
 
 
 def _templates() -> dict[str, tuple[str | None, list[Ev]]]:
@@ -51,63 +79,155 @@ def _templates() -> dict[str, tuple[str | None, list[Ev]]]:
         "anon_fx": ("fx", [ev("fx_main", V, QUICK), ev("fx_rates", V, DETAIL)]),
         "anon_rates": ("fx", [ev("fx_rates", V, DETAIL)]),
         "anon_events": (None, [ev("home"), ev("events")]),
-        "habit_transfer": (None, [ev("home"), ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.3),
-                                  ev("transfer_input"), ev("transfer_input", S, QUICK),
-                                  ev("transfer_done", V, DONE, "TRANSFER")]),
-        "habit_balance": (None, [ev("home"), ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.6)]),
-        "habit_card": (None, [ev("home"), ev("card_statement"),
-                              ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.6)]),
+        "habit_transfer": (
+            None,
+            [
+                ev("home"),
+                ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.3),
+                ev("transfer_input"),
+                ev("transfer_input", S, QUICK),
+                ev("transfer_done", V, DONE, "TRANSFER"),
+            ],
+        ),
+        "habit_balance": (
+            None,
+            [ev("home"), ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.6)],
+        ),
+        "habit_card": (
+            None,
+            [
+                ev("home"),
+                ev("card_statement"),
+                ev("account_summary", V, NORMAL, "BALANCE_INQUIRY", 0.6),
+            ],
+        ),
         "habit_events": (None, [ev("home"), ev("events")]),
         "habit_support": (None, [ev("home"), ev("support")]),
         "habit_home": (None, [ev("home")]),
     }
     for k in (2, 3, 4):
-        t[f"habit_transfer_err{k}"] = (None, [ev("home"), ev("account_summary"), ev("transfer_input")]
-                                       + _errors("transfer_input", k)
-                                       + [ev("transfer_input", S, QUICK), ev("transfer_done", V, DONE, "TRANSFER")])
-        t[f"habit_transfer_fail{k}"] = (None, [ev("home"), ev("transfer_input")] + _errors("transfer_input", k)
-                                        + [ev("error"), ev("support")])
+        t[f"habit_transfer_err{k}"] = (
+            None,
+            [ev("home"), ev("account_summary"), ev("transfer_input")]
+            + _errors("transfer_input", k)
+            + [ev("transfer_input", S, QUICK), ev("transfer_done", V, DONE, "TRANSFER")],
+        )
+        t[f"habit_transfer_fail{k}"] = (
+            None,
+            [ev("home"), ev("transfer_input")]
+            + _errors("transfer_input", k)
+            + [ev("error"), ev("support")],
+        )
     for product in PRODUCTS:
         t[f"anon_{product}"] = (product, [ev(_ENTRY[product], V, DETAIL)])
-        t[f"landing_{product}"] = (product, [ev("home", C, QUICK), ev(_LANDING[product], V, DETAIL)])
+        t[f"landing_{product}"] = (
+            product,
+            [ev("home", C, QUICK), ev(_LANDING[product], V, DETAIL)],
+        )
     browse: dict[str, list[list[Ev]]] = {
-        "loan": [[ev("loan_main", V, DETAIL)], _LOAN_INQUIRY,
-                 _LOAN_INQUIRY + [ev("loan_apply_step1"), ev("loan_apply_step1", S, QUICK), ev("loan_apply_step2")],
-                 _LOAN_INQUIRY + [ev("loan_apply_step1"), ev("loan_apply_step1", S, QUICK), ev("loan_apply_step2")]
-                 + _errors("loan_apply_step2", 3) + [ev("error")]],
-        "savings": [[ev("savings_list")], [ev("savings_list"), ev("savings_detail", V, DETAIL)],
-                    [ev("savings_list"), ev("savings_detail", V, DETAIL), ev("savings_detail", V, DETAIL)],
-                    [ev("savings_list"), ev("savings_detail", V, DETAIL), ev("signup_step1"),
-                     ev("signup_step1", S, QUICK), ev("signup_step2")]],
-        "fund": [[ev("fund_list")], [ev("fund_list"), ev("fund_detail", V, DETAIL)],
-                 [ev("fund_list"), ev("fund_detail", V, DETAIL), ev("fund_detail", C, QUICK),
-                  ev("fund_detail", V, DETAIL)]],
-        "card": [[ev("card_benefits", V, DETAIL)], [ev("card_benefits", V, DETAIL), ev("signup_step1")],
-                 [ev("card_benefits", V, DETAIL), ev("signup_step1")] + _errors("signup_step1", 2) + [ev("error")]],
-        "fx": [[ev("fx_main"), ev("fx_rates", V, DETAIL)],
-               [ev("fx_main"), ev("fx_remit_input"), ev("fx_remit_input", S, QUICK),
-                ev("fx_remit_done", V, DONE, "FX_REMIT")],
-               [ev("fx_main"), ev("fx_remit_input")] + _errors("fx_remit_input", 2)
-               + [ev("fx_remit_input", S, QUICK), ev("fx_remit_done", V, DONE, "FX_REMIT")]],
-        "pension": [[ev("pension_main", V, DETAIL)], [ev("pension_main", V, DETAIL), ev("signup_step1")],
-                    [ev("pension_main", V, DETAIL), ev("pension_main", V, DETAIL), ev("signup_step1"),
-                     ev("signup_step1", S, QUICK), ev("signup_step2")]],
+        "loan": [
+            [ev("loan_main", V, DETAIL)],
+            _LOAN_INQUIRY,
+            _LOAN_INQUIRY
+            + [ev("loan_apply_step1"), ev("loan_apply_step1", S, QUICK), ev("loan_apply_step2")],
+            _LOAN_INQUIRY
+            + [ev("loan_apply_step1"), ev("loan_apply_step1", S, QUICK), ev("loan_apply_step2")]
+            + _errors("loan_apply_step2", 3)
+            + [ev("error")],
+        ],
+        "savings": [
+            [ev("savings_list")],
+            [ev("savings_list"), ev("savings_detail", V, DETAIL)],
+            [ev("savings_list"), ev("savings_detail", V, DETAIL), ev("savings_detail", V, DETAIL)],
+            [
+                ev("savings_list"),
+                ev("savings_detail", V, DETAIL),
+                ev("signup_step1"),
+                ev("signup_step1", S, QUICK),
+                ev("signup_step2"),
+            ],
+        ],
+        "fund": [
+            [ev("fund_list")],
+            [ev("fund_list"), ev("fund_detail", V, DETAIL)],
+            [
+                ev("fund_list"),
+                ev("fund_detail", V, DETAIL),
+                ev("fund_detail", C, QUICK),
+                ev("fund_detail", V, DETAIL),
+            ],
+        ],
+        "card": [
+            [ev("card_benefits", V, DETAIL)],
+            [ev("card_benefits", V, DETAIL), ev("signup_step1")],
+            [ev("card_benefits", V, DETAIL), ev("signup_step1")]
+            + _errors("signup_step1", 2)
+            + [ev("error")],
+        ],
+        "fx": [
+            [ev("fx_main"), ev("fx_rates", V, DETAIL)],
+            [
+                ev("fx_main"),
+                ev("fx_remit_input"),
+                ev("fx_remit_input", S, QUICK),
+                ev("fx_remit_done", V, DONE, "FX_REMIT"),
+            ],
+            [ev("fx_main"), ev("fx_remit_input")]
+            + _errors("fx_remit_input", 2)
+            + [ev("fx_remit_input", S, QUICK), ev("fx_remit_done", V, DONE, "FX_REMIT")],
+        ],
+        "pension": [
+            [ev("pension_main", V, DETAIL)],
+            [ev("pension_main", V, DETAIL), ev("signup_step1")],
+            [
+                ev("pension_main", V, DETAIL),
+                ev("pension_main", V, DETAIL),
+                ev("signup_step1"),
+                ev("signup_step1", S, QUICK),
+                ev("signup_step2"),
+            ],
+        ],
     }
     for product, variants in browse.items():
         for i, events in enumerate(variants):
             t[f"browse_{product}_{i}"] = (product, events)
-    apply_steps = [ev("loan_apply_step1"), ev("loan_apply_step1", S, QUICK), ev("loan_apply_step2"),
-                   ev("loan_apply_step2", S, QUICK), ev("loan_apply_step3"), ev("loan_apply_step3", S, QUICK)]
+    apply_steps = [
+        ev("loan_apply_step1"),
+        ev("loan_apply_step1", S, QUICK),
+        ev("loan_apply_step2"),
+        ev("loan_apply_step2", S, QUICK),
+        ev("loan_apply_step3"),
+        ev("loan_apply_step3", S, QUICK),
+    ]
     loan_done = [ev("loan_apply_done", V, DONE, "LOAN_APPLICATION", 1.0, "PRODUCT_SIGNUP")]
     t["signup_loan"] = ("loan", _LOAN_INQUIRY + apply_steps + loan_done)
-    t["signup_loan_err"] = ("loan", _LOAN_INQUIRY + apply_steps[:3] + _errors("loan_apply_step2", 2)
-                            + apply_steps[3:] + loan_done)
-    t["signup_savings"] = ("savings", [ev("savings_list"), ev("savings_detail", V, DETAIL)] + _SIGNUP_STEPS + _SIGNUP_DONE)
-    t["signup_fund"] = ("fund", [ev("fund_list"), ev("fund_detail", V, DETAIL), ev("fund_detail", S, QUICK),
-                                 ev("fund_buy_done", V, DONE, "FUND_BUY", 1.0, "PRODUCT_SIGNUP")])
+    t["signup_loan_err"] = (
+        "loan",
+        _LOAN_INQUIRY
+        + apply_steps[:3]
+        + _errors("loan_apply_step2", 2)
+        + apply_steps[3:]
+        + loan_done,
+    )
+    t["signup_savings"] = (
+        "savings",
+        [ev("savings_list"), ev("savings_detail", V, DETAIL)] + _SIGNUP_STEPS + _SIGNUP_DONE,
+    )
+    t["signup_fund"] = (
+        "fund",
+        [
+            ev("fund_list"),
+            ev("fund_detail", V, DETAIL),
+            ev("fund_detail", S, QUICK),
+            ev("fund_buy_done", V, DONE, "FUND_BUY", 1.0, "PRODUCT_SIGNUP"),
+        ],
+    )
     t["signup_card"] = ("card", [ev("card_benefits", V, DETAIL)] + _SIGNUP_STEPS + _SIGNUP_DONE)
     t["signup_fx"] = ("fx", [ev("fx_main")] + _SIGNUP_STEPS + _SIGNUP_DONE)
-    t["signup_pension"] = ("pension", [ev("pension_main", V, DETAIL)] + _SIGNUP_STEPS + _SIGNUP_DONE)
+    t["signup_pension"] = (
+        "pension",
+        [ev("pension_main", V, DETAIL)] + _SIGNUP_STEPS + _SIGNUP_DONE,
+    )
     return t
 
 

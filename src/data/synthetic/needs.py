@@ -19,30 +19,38 @@ from src.data.schemas import PRODUCTS
 from src.data.synthetic.population import P_IDX, Population
 
 # Base logits by life stage (rows: LIFE_STAGES) and product (columns: PRODUCTS).
-STAGE_BASE = np.array([
-    # loan  savings fund  card   fx   pension
-    [-2.6, -1.6, -2.6, -0.6, -0.8, -3.6],  # student: card, fx (travel / study abroad)
-    [-1.2, -0.6, -1.9, -0.7, -1.9, -2.6],  # first_job: savings, loan (jeonse), card
-    [-0.7, -1.1, -1.4, -1.6, -2.1, -1.9],  # family: loan, savings
-    [-1.6, -1.3, -0.6, -1.9, -1.6, -0.8],  # mid_career: fund, pension
-    [-2.6, -0.5, -1.3, -2.6, -2.3, -1.0],  # retiree: savings, pension
-], dtype=np.float32)
-INCOME_EFFECT = np.array([  # rows: INCOME_BANDS
-    [0.4, -0.3, -0.6, 0.0, 0.0, -0.4],
-    [0.2, -0.1, -0.3, 0.0, 0.0, -0.2],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-    [-0.2, 0.1, 0.3, 0.0, 0.1, 0.2],
-    [-0.4, 0.1, 0.6, 0.1, 0.3, 0.3],
-], dtype=np.float32)
+STAGE_BASE = np.array(
+    [
+        # loan  savings fund  card   fx   pension
+        [-2.6, -1.6, -2.6, -0.6, -0.8, -3.6],  # student: card, fx (travel / study abroad)
+        [-1.2, -0.6, -1.9, -0.7, -1.9, -2.6],  # first_job: savings, loan (jeonse), card
+        [-0.7, -1.1, -1.4, -1.6, -2.1, -1.9],  # family: loan, savings
+        [-1.6, -1.3, -0.6, -1.9, -1.6, -0.8],  # mid_career: fund, pension
+        [-2.6, -0.5, -1.3, -2.6, -2.3, -1.0],  # retiree: savings, pension
+    ],
+    dtype=np.float32,
+)
+INCOME_EFFECT = np.array(
+    [  # rows: INCOME_BANDS
+        [0.4, -0.3, -0.6, 0.0, 0.0, -0.4],
+        [0.2, -0.1, -0.3, 0.0, 0.0, -0.2],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [-0.2, 0.1, 0.3, 0.0, 0.1, 0.2],
+        [-0.4, 0.1, 0.6, 0.1, 0.3, 0.3],
+    ],
+    dtype=np.float32,
+)
 HOLDS_EFFECT = np.array([-0.8, 0.0, 0.2, -1.0, -0.5, -1.0], dtype=np.float32)
 # Which product a life event hits, by life stage.
-LIFE_EVENT_PRODUCT = np.array([
-    [0.20, 0.00, 0.00, 0.30, 0.50, 0.00],
-    [0.45, 0.35, 0.00, 0.20, 0.00, 0.00],
-    [0.60, 0.20, 0.20, 0.00, 0.00, 0.00],
-    [0.20, 0.00, 0.40, 0.00, 0.00, 0.40],
-    [0.00, 0.50, 0.00, 0.00, 0.00, 0.50],
-])
+LIFE_EVENT_PRODUCT = np.array(
+    [
+        [0.20, 0.00, 0.00, 0.30, 0.50, 0.00],
+        [0.45, 0.35, 0.00, 0.20, 0.00, 0.00],
+        [0.60, 0.20, 0.20, 0.00, 0.00, 0.00],
+        [0.20, 0.00, 0.40, 0.00, 0.00, 0.40],
+        [0.00, 0.50, 0.00, 0.00, 0.00, 0.50],
+    ]
+)
 WALK_RHO, WALK_SIGMA = 0.97, 0.12
 EVENT_JUMP, EVENT_DECAY, EVENT_RATE = 2.5, 0.95, 0.0015
 
@@ -57,8 +65,12 @@ class NeedState:
 
 def static_logits(pop: Population) -> np.ndarray:
     """The part of the need that never moves."""
-    return (STAGE_BASE[pop.stage] + INCOME_EFFECT[pop.income] + HOLDS_EFFECT * pop.holds
-            + pop.need_offset).astype(np.float32)
+    return (
+        STAGE_BASE[pop.stage]
+        + INCOME_EFFECT[pop.income]
+        + HOLDS_EFFECT * pop.holds
+        + pop.need_offset
+    ).astype(np.float32)
 
 
 def initial_state(n: int, rng: np.random.Generator) -> NeedState:

@@ -31,9 +31,13 @@ class ExposureHistory:
     keys_same: np.ndarray
 
     @classmethod
-    def build(cls, customer: np.ndarray, second: np.ndarray, offer: np.ndarray, n_offers: int) -> ExposureHistory:
-        return cls(np.sort(response.fatigue_keys(customer, second)),
-                   np.sort(response.fatigue_keys(customer * n_offers + offer, second)))
+    def build(
+        cls, customer: np.ndarray, second: np.ndarray, offer: np.ndarray, n_offers: int
+    ) -> ExposureHistory:
+        return cls(
+            np.sort(response.fatigue_keys(customer, second)),
+            np.sort(response.fatigue_keys(customer * n_offers + offer, second)),
+        )
 
     @classmethod
     def empty(cls) -> ExposureHistory:
@@ -52,25 +56,41 @@ class Oracle:
         self.fatigue_window_days: int = int(meta["config"]["fatigue_window_days"])
         self.needs = np.load(truth_dir / "needs.npy", mmap_mode="r")
         self.signup_prob_daily = np.load(truth_dir / "signup_prob.npy", mmap_mode="r")
-        self.organic_signup_prob_daily = np.load(truth_dir / "signup_prob_organic.npy", mmap_mode="r")
+        self.organic_signup_prob_daily = np.load(
+            truth_dir / "signup_prob_organic.npy", mmap_mode="r"
+        )
         self.traits = pd.read_parquet(truth_dir / "customer_traits.parquet")
         self.customer_index = pd.Index(self.traits["customer_id"].astype(str))
-        self.offer_table = response.OfferTable.from_truth_frame(pd.read_parquet(truth_dir / "offers.parquet"))
+        self.offer_table = response.OfferTable.from_truth_frame(
+            pd.read_parquet(truth_dir / "offers.parquet")
+        )
         self.offer_index = pd.Index(self.offer_table.offer_id.astype(str))
         self.offers = self.offer_table.public_frame()
         from src.data.schemas import LIFE_STAGES
-        self._stage = self.traits["life_stage"].map({s: i for i, s in enumerate(LIFE_STAGES)}).to_numpy(np.int64)
+
+        self._stage = (
+            self.traits["life_stage"]
+            .map({s: i for i, s in enumerate(LIFE_STAGES)})
+            .to_numpy(np.int64)
+        )
         self._affinity = self.traits["offer_affinity"].to_numpy(float)
         self._pref_hour = self.traits["preferred_hour"].to_numpy(float)
         self._holds = self.traits[[f"holds_{p}" for p in PRODUCTS]].to_numpy(float)
-        customers = pd.read_parquet(raw_dir / "customers.parquet", columns=["customer_id", "closed_at"])
+        customers = pd.read_parquet(
+            raw_dir / "customers.parquet", columns=["customer_id", "closed_at"]
+        )
         closed = customers.set_index("customer_id")["closed_at"].reindex(self.customer_index)
         closed_day = np.floor((closed - self.start).dt.total_seconds().to_numpy() / DAY_SEC)
         self.closed_day = np.where(np.isnan(closed_day), 1 << 30, closed_day).astype(np.int64)
-        exposures = pd.read_parquet(raw_dir / "exposures.parquet", columns=["ts", "customer_id", "offer_id"])
+        exposures = pd.read_parquet(
+            raw_dir / "exposures.parquet", columns=["ts", "customer_id", "offer_id"]
+        )
         self.history = ExposureHistory.build(
-            self.customer_idx(exposures["customer_id"]), self._seconds(exposures["ts"]),
-            self.offer_idx(exposures["offer_id"]), len(self.offer_index))
+            self.customer_idx(exposures["customer_id"]),
+            self._seconds(exposures["ts"]),
+            self.offer_idx(exposures["offer_id"]),
+            len(self.offer_index),
+        )
 
     @classmethod
     def load(cls, truth_dir: Path, raw_dir: Path) -> Oracle:
@@ -78,13 +98,17 @@ class Oracle:
 
     # --- lookups ----------------------------------------------------------------------------
     def customer_idx(self, customer_ids) -> np.ndarray:
-        idx = self.customer_index.get_indexer(pd.Index(np.atleast_1d(np.asarray(customer_ids, dtype=object)).astype(str)))
+        idx = self.customer_index.get_indexer(
+            pd.Index(np.atleast_1d(np.asarray(customer_ids, dtype=object)).astype(str))
+        )
         if (idx < 0).any():
             raise KeyError("unknown customer_id(s)")
         return idx
 
     def offer_idx(self, offer_ids) -> np.ndarray:
-        idx = self.offer_index.get_indexer(pd.Index(np.atleast_1d(np.asarray(offer_ids, dtype=object)).astype(str)))
+        idx = self.offer_index.get_indexer(
+            pd.Index(np.atleast_1d(np.asarray(offer_ids, dtype=object)).astype(str))
+        )
         if (idx < 0).any():
             raise KeyError("unknown offer_id(s)")
         return idx
@@ -97,7 +121,9 @@ class Oracle:
     def _day(self, seconds: np.ndarray) -> np.ndarray:
         day = seconds // DAY_SEC
         if (day < 0).any() or (day >= self.days).any():
-            raise ValueError(f"timestamps must fall in the simulated period ({self.days} days from {self.start})")
+            raise ValueError(
+                f"timestamps must fall in the simulated period ({self.days} days from {self.start})"
+            )
         return day
 
     def need(self, customer_ids, product: str, ts) -> np.ndarray:
@@ -108,37 +134,65 @@ class Oracle:
         return np.asarray(self.needs[day, cust, PRODUCTS.index(product)], dtype=float)
 
     # --- responses --------------------------------------------------------------------------
-    def fatigue(self, cust: np.ndarray, offer: np.ndarray, seconds: np.ndarray,
-                history: ExposureHistory | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def fatigue(
+        self,
+        cust: np.ndarray,
+        offer: np.ndarray,
+        seconds: np.ndarray,
+        history: ExposureHistory | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exposures of the customer (any offer, same offer) in the window strictly before ``seconds``."""
         history = self.history if history is None else history
         window_start = (seconds // DAY_SEC - self.fatigue_window_days) * DAY_SEC
         n_offers = len(self.offer_index)
-        return (response.count_before(history.keys_all, cust, seconds, window_start),
-                response.count_before(history.keys_same, cust * n_offers + offer, seconds, window_start))
+        return (
+            response.count_before(history.keys_all, cust, seconds, window_start),
+            response.count_before(
+                history.keys_same, cust * n_offers + offer, seconds, window_start
+            ),
+        )
 
-    def _probs(self, cust: np.ndarray, offer: np.ndarray, seconds: np.ndarray, is_app: np.ndarray,
-               n_all: np.ndarray, n_same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _probs(
+        self,
+        cust: np.ndarray,
+        offer: np.ndarray,
+        seconds: np.ndarray,
+        is_app: np.ndarray,
+        n_all: np.ndarray,
+        n_same: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(P(click), P(convert | click)) on index arrays; fatigue counts given."""
         day = self._day(seconds)
         product = self.offer_table.product[offer]
         need = np.asarray(self.needs[day, cust, product], dtype=np.float32)
         hour = np.floor((seconds - day * DAY_SEC) / 3600)
-        p_click = response.click_prob(self.offer_table, offer, self._stage[cust], self._affinity[cust], need,
-                                      hour, self._pref_hour[cust], is_app.astype(float), n_all, n_same)
+        p_click = response.click_prob(
+            self.offer_table,
+            offer,
+            self._stage[cust],
+            self._affinity[cust],
+            need,
+            hour,
+            self._pref_hour[cust],
+            is_app.astype(float),
+            n_all,
+            n_same,
+        )
         p_convert = response.convert_prob(self.offer_table, offer, need, self._holds[cust, product])
         return p_click, p_convert
 
     def _prepare(self, customer_ids, offer_ids, ts, channel) -> tuple[np.ndarray, ...]:
-        cust, offer, seconds = np.broadcast_arrays(self.customer_idx(customer_ids), self.offer_idx(offer_ids),
-                                                   self._seconds(ts))
+        cust, offer, seconds = np.broadcast_arrays(
+            self.customer_idx(customer_ids), self.offer_idx(offer_ids), self._seconds(ts)
+        )
         channel = np.broadcast_to(np.asarray(channel, dtype=object), cust.shape)
         if not np.isin(channel, CLICK_CHANNELS).all():
             raise ValueError(f"channel must be one of {CLICK_CHANNELS}")
         return cust, offer, seconds, channel == "app"
 
-    def true_click_prob(self, customer_ids, offer_ids, ts, channel="app",
-                        history: ExposureHistory | None = None) -> np.ndarray:
+    def true_click_prob(
+        self, customer_ids, offer_ids, ts, channel="app", history: ExposureHistory | None = None
+    ) -> np.ndarray:
         """P(click) of showing each offer to each customer at ``ts`` (arrays broadcast)."""
         cust, offer, seconds, is_app = self._prepare(customer_ids, offer_ids, ts, channel)
         n_all, n_same = self.fatigue(cust, offer, seconds, history)
@@ -150,8 +204,15 @@ class Oracle:
         zeros = np.zeros(len(cust))
         return self._probs(cust, offer, seconds, is_app, zeros, zeros)[1]
 
-    def expected(self, customer_ids, offer_ids, ts, channel="app", metric: str = "value",
-                 history: ExposureHistory | None = None) -> np.ndarray:
+    def expected(
+        self,
+        customer_ids,
+        offer_ids,
+        ts,
+        channel="app",
+        metric: str = "value",
+        history: ExposureHistory | None = None,
+    ) -> np.ndarray:
         """Expected reward of a decision: click, convert (= click x convert|click), value (x value_krw)
         or net_value (value - cost_krw)."""
         if metric not in METRICS:
@@ -159,10 +220,24 @@ class Oracle:
         cust, offer, seconds, is_app = self._prepare(customer_ids, offer_ids, ts, channel)
         n_all, n_same = self.fatigue(cust, offer, seconds, history)
         p_click, p_convert = self._probs(cust, offer, seconds, is_app, n_all, n_same)
-        return _metric(metric, p_click, p_convert, self.offer_table.value_krw[offer], self.offer_table.cost_krw[offer])
+        return _metric(
+            metric,
+            p_click,
+            p_convert,
+            self.offer_table.value_krw[offer],
+            self.offer_table.cost_krw[offer],
+        )
 
-    def best_offer(self, customer_ids, slot: str, ts, channel="app", offer_ids=None, metric: str = "value",
-                   history: ExposureHistory | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def best_offer(
+        self,
+        customer_ids,
+        slot: str,
+        ts,
+        channel="app",
+        offer_ids=None,
+        metric: str = "value",
+        history: ExposureHistory | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per customer (and ts): the best eligible offer of the slot and its expected reward.
 
         ``offer_ids`` restricts the candidates (eligibility); default: all offers of the slot.
@@ -172,14 +247,27 @@ class Oracle:
         seconds = np.broadcast_to(self._seconds(ts), cust.shape)
         channel = np.broadcast_to(np.asarray(channel, dtype=object), cust.shape)
         rows = np.repeat(np.arange(len(cust)), len(candidates))
-        values = self.expected(self.customer_index[cust[rows]], self.offer_index[np.tile(candidates, len(cust))],
-                               pd.to_datetime(self.start_us + seconds[rows] * US_PER_SEC, unit="us"),
-                               channel[rows], metric, history).reshape(len(cust), len(candidates))
+        values = self.expected(
+            self.customer_index[cust[rows]],
+            self.offer_index[np.tile(candidates, len(cust))],
+            pd.to_datetime(self.start_us + seconds[rows] * US_PER_SEC, unit="us"),
+            channel[rows],
+            metric,
+            history,
+        ).reshape(len(cust), len(candidates))
         best = values.argmax(axis=1)
         return self.offer_index[candidates[best]].to_numpy(), values[np.arange(len(cust)), best]
 
-    def best_value(self, customer_ids, slot: str, ts, channel="app", offer_ids=None, metric: str = "value",
-                   history: ExposureHistory | None = None) -> np.ndarray:
+    def best_value(
+        self,
+        customer_ids,
+        slot: str,
+        ts,
+        channel="app",
+        offer_ids=None,
+        metric: str = "value",
+        history: ExposureHistory | None = None,
+    ) -> np.ndarray:
         """The best policy's expected reward per request."""
         return self.best_offer(customer_ids, slot, ts, channel, offer_ids, metric, history)[1]
 
@@ -194,8 +282,9 @@ class Oracle:
         return in_slot
 
     # --- signups ----------------------------------------------------------------------------
-    def true_signup_prob(self, customer_ids, product: str, as_of, window_days: int = 30,
-                         include_offers: bool = True) -> np.ndarray:
+    def true_signup_prob(
+        self, customer_ids, product: str, as_of, window_days: int = 30, include_offers: bool = True
+    ) -> np.ndarray:
         """P(at least one signup of ``product`` in the days [as_of, as_of + window_days)).
 
         Computed from the daily probabilities the simulator drew signups from (with the realized
@@ -218,8 +307,13 @@ class Oracle:
         return out
 
 
-def _metric(metric: str, p_click: np.ndarray, p_convert: np.ndarray, value_krw: np.ndarray,
-            cost_krw: np.ndarray) -> np.ndarray:
+def _metric(
+    metric: str,
+    p_click: np.ndarray,
+    p_convert: np.ndarray,
+    value_krw: np.ndarray,
+    cost_krw: np.ndarray,
+) -> np.ndarray:
     if metric == "click":
         return p_click
     if metric == "convert":

@@ -22,26 +22,30 @@ P_IDX = {p: i for i, p in enumerate(PRODUCTS)}
 STAGE_SHARE = np.array([0.12, 0.18, 0.28, 0.25, 0.17])
 STAGE_AGE = np.array([[19, 26], [24, 33], [30, 46], [40, 61], [60, 81]])
 # Income band probabilities by life stage (rows) over INCOME_BANDS (columns).
-STAGE_INCOME = np.array([
-    [0.60, 0.30, 0.08, 0.02, 0.00],
-    [0.15, 0.40, 0.35, 0.08, 0.02],
-    [0.05, 0.20, 0.40, 0.25, 0.10],
-    [0.05, 0.15, 0.35, 0.28, 0.17],
-    [0.35, 0.30, 0.20, 0.10, 0.05],
-])
+STAGE_INCOME = np.array(
+    [
+        [0.60, 0.30, 0.08, 0.02, 0.00],
+        [0.15, 0.40, 0.35, 0.08, 0.02],
+        [0.05, 0.20, 0.40, 0.25, 0.10],
+        [0.05, 0.15, 0.35, 0.28, 0.17],
+        [0.35, 0.30, 0.20, 0.10, 0.05],
+    ]
+)
 REGION_SHARE = np.array([0.19, 0.26, 0.06, 0.07, 0.05, 0.03, 0.03, 0.31])
 # Digital behaviour by life stage: session-rate multiplier and share of sessions in the app.
 STAGE_SESSION_RATE = np.array([1.3, 1.3, 1.0, 0.9, 0.5])
 STAGE_APP_SHARE = np.array([0.9, 0.85, 0.75, 0.65, 0.5])
 # Probability of holding each product at the start, by life stage (columns follow PRODUCTS).
-STAGE_HOLDS = np.array([
-    # loan savings fund card  fx   pension
-    [0.05, 0.20, 0.05, 0.50, 0.08, 0.00],
-    [0.25, 0.40, 0.15, 0.80, 0.06, 0.10],
-    [0.50, 0.45, 0.25, 0.85, 0.05, 0.30],
-    [0.35, 0.50, 0.40, 0.85, 0.06, 0.50],
-    [0.10, 0.60, 0.30, 0.50, 0.04, 0.70],
-])
+STAGE_HOLDS = np.array(
+    [
+        # loan savings fund card  fx   pension
+        [0.05, 0.20, 0.05, 0.50, 0.08, 0.00],
+        [0.25, 0.40, 0.15, 0.80, 0.06, 0.10],
+        [0.50, 0.45, 0.25, 0.85, 0.05, 0.30],
+        [0.35, 0.50, 0.40, 0.85, 0.06, 0.50],
+        [0.10, 0.60, 0.30, 0.50, 0.04, 0.70],
+    ]
+)
 STAGE_AUTO_TRANSFER = np.array([0.20, 0.45, 0.50, 0.45, 0.20])
 CARD_PAYMENT_DAYS = np.array([1, 5, 10, 12, 14, 15, 17, 20, 21, 23, 25, 27])
 
@@ -94,10 +98,17 @@ def epoch_us(d: date | datetime) -> int:
     return int(pd.Timestamp(d).value // 1000)
 
 
-def make_population(n: int, start: date, days: int, rng: np.random.Generator,
-                    shared_device_share: float = 0.03, second_app_device_share: float = 0.25,
-                    web_user_share: float = 0.7, accident_share: float = 0.01,
-                    closing_share: float = 0.015) -> Population:
+def make_population(
+    n: int,
+    start: date,
+    days: int,
+    rng: np.random.Generator,
+    shared_device_share: float = 0.03,
+    second_app_device_share: float = 0.25,
+    web_user_share: float = 0.7,
+    accident_share: float = 0.01,
+    closing_share: float = 0.015,
+) -> Population:
     """Draw customers, traits, devices and scheduled-holding facts."""
     start_us = epoch_us(start)
     stage = rng.choice(len(LIFE_STAGES), size=n, p=STAGE_SHARE).astype(np.int8)
@@ -116,7 +127,9 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
     accident_us = np.full(n, NAT, dtype=np.int64)
     has_acc = rng.random(n) < accident_share
     acc_offset = rng.uniform(-365, days, n) * US_PER_DAY
-    accident_us[has_acc] = start_us + acc_offset[has_acc].astype(np.int64) // US_PER_SEC * US_PER_SEC
+    accident_us[has_acc] = (
+        start_us + acc_offset[has_acc].astype(np.int64) // US_PER_SEC * US_PER_SEC
+    )
     closed_us = np.full(n, NAT, dtype=np.int64)
     closed_day = np.full(n, 1 << 30, dtype=np.int64)
     closing = rng.random(n) < closing_share
@@ -129,8 +142,9 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
     app_share = np.clip(STAGE_APP_SHARE[stage] + rng.normal(0, 0.15, n), 0.05, 1.0)
     preferred_hour = np.clip(rng.normal(np.where(stage == 4, 10.0, 20.0), 3.0), 7, 23)
     # A third of customers barely react to offers: no uplift for them.
-    offer_affinity = np.where(rng.random(n) < 0.35, rng.uniform(0.0, 0.2, n),
-                              rng.lognormal(0.0, 0.35, n))
+    offer_affinity = np.where(
+        rng.random(n) < 0.35, rng.uniform(0.0, 0.2, n), rng.lognormal(0.0, 0.35, n)
+    )
     need_offset = rng.normal(0.0, 0.9, (n, len(PRODUCTS))).astype(np.float32)
 
     # Devices: every customer has an app device; some a tablet; most a web browser.
@@ -145,8 +159,10 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
     next_dev += int(has_web.sum())
     device_names = np.empty(next_dev, dtype=object)
     device_names[:n] = [f"A{i:08d}" for i in range(n)]
-    device_names[n:n + has_dev2.sum()] = [f"A{i:08d}" for i in range(n, n + int(has_dev2.sum()))]
-    device_names[n + has_dev2.sum():] = [f"W{i:08d}" for i in range(n + int(has_dev2.sum()), next_dev)]
+    device_names[n : n + has_dev2.sum()] = [f"A{i:08d}" for i in range(n, n + int(has_dev2.sum()))]
+    device_names[n + has_dev2.sum() :] = [
+        f"W{i:08d}" for i in range(n + int(has_dev2.sum()), next_dev)
+    ]
     # Family sharing: a customer uses a partner's web device (the partner keeps using it too).
     shared_web_device = np.full(n, -1)
     web_owners = np.flatnonzero(has_web)
@@ -160,9 +176,13 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
     holds = rng.random((n, len(PRODUCTS))) < STAGE_HOLDS[stage]
     card_payment_day = np.where(holds[:, P_IDX["card"]], rng.choice(CARD_PAYMENT_DAYS, n), 0)
     loan_interest_day = np.where(holds[:, P_IDX["loan"]], rng.integers(1, 29, n), 0)
-    loan_balance = np.where(holds[:, P_IDX["loan"]], np.round(rng.lognormal(np.log(4e7), 0.8, n), -4), 0.0)
+    loan_balance = np.where(
+        holds[:, P_IDX["loan"]], np.round(rng.lognormal(np.log(4e7), 0.8, n), -4), 0.0
+    )
     savings_maturity_day = np.where(holds[:, P_IDX["savings"]], rng.integers(-20, 366, n), 1 << 30)
-    savings_balance = np.where(holds[:, P_IDX["savings"]], np.round(rng.lognormal(np.log(8e6), 0.9, n), -3), 0.0)
+    savings_balance = np.where(
+        holds[:, P_IDX["savings"]], np.round(rng.lognormal(np.log(8e6), 0.9, n), -3), 0.0
+    )
     has_auto = rng.random(n) < STAGE_AUTO_TRANSFER[stage]
     auto_transfer_end_day = np.where(has_auto, rng.integers(1, 541, n), 1 << 30)
     auto_transfer_dom = np.where(has_auto, rng.integers(1, 29, n), 0)
@@ -170,16 +190,35 @@ def make_population(n: int, start: date, days: int, rng: np.random.Generator,
 
     return Population(
         customer_ids=np.array([f"C{i:07d}" for i in range(n)], dtype=object),
-        stage=stage, income=income, birth_year=birth_year, gender=gender, region=region,
-        joined_us=joined_us, consent=consent, accident_us=accident_us, closed_us=closed_us,
-        closed_day=closed_day, digital_affinity=digital_affinity, app_share=app_share,
-        preferred_hour=preferred_hour, offer_affinity=offer_affinity, need_offset=need_offset,
-        app_device=app_device, app_device2=app_device2, web_device=web_device,
-        shared_web_device=shared_web_device, device_names=device_names, holds=holds,
-        card_payment_day=card_payment_day, loan_interest_day=loan_interest_day,
-        loan_balance=loan_balance, savings_maturity_day=savings_maturity_day,
-        savings_balance=savings_balance, auto_transfer_end_day=auto_transfer_end_day,
-        auto_transfer_dom=auto_transfer_dom, auto_transfer_amount=auto_transfer_amount,
+        stage=stage,
+        income=income,
+        birth_year=birth_year,
+        gender=gender,
+        region=region,
+        joined_us=joined_us,
+        consent=consent,
+        accident_us=accident_us,
+        closed_us=closed_us,
+        closed_day=closed_day,
+        digital_affinity=digital_affinity,
+        app_share=app_share,
+        preferred_hour=preferred_hour,
+        offer_affinity=offer_affinity,
+        need_offset=need_offset,
+        app_device=app_device,
+        app_device2=app_device2,
+        web_device=web_device,
+        shared_web_device=shared_web_device,
+        device_names=device_names,
+        holds=holds,
+        card_payment_day=card_payment_day,
+        loan_interest_day=loan_interest_day,
+        loan_balance=loan_balance,
+        savings_maturity_day=savings_maturity_day,
+        savings_balance=savings_balance,
+        auto_transfer_end_day=auto_transfer_end_day,
+        auto_transfer_dom=auto_transfer_dom,
+        auto_transfer_amount=auto_transfer_amount,
     )
 
 
@@ -190,33 +229,37 @@ def _ts(us: np.ndarray) -> pd.Series:
 
 def customers_frame(pop: Population) -> pd.DataFrame:
     """The observable customer master (schemas.Customers)."""
-    return pd.DataFrame({
-        "customer_id": pd.array(pop.customer_ids, dtype="str"),
-        "birth_year": pop.birth_year.astype(np.int64),
-        "gender": pd.array(pop.gender, dtype="str"),
-        "life_stage": pd.array(np.array(LIFE_STAGES, dtype=object)[pop.stage], dtype="str"),
-        "income_band": pd.array(np.array(INCOME_BANDS, dtype=object)[pop.income], dtype="str"),
-        "region": pd.array(np.array(REGIONS, dtype=object)[pop.region], dtype="str"),
-        "joined_at": _ts(pop.joined_us),
-        "consent_push": pop.consent[:, 0],
-        "consent_sms": pop.consent[:, 1],
-        "consent_messenger": pop.consent[:, 2],
-        "consent_email": pop.consent[:, 3],
-        "accident_reported_at": _ts(pop.accident_us),
-        "closed_at": _ts(pop.closed_us),
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": pd.array(pop.customer_ids, dtype="str"),
+            "birth_year": pop.birth_year.astype(np.int64),
+            "gender": pd.array(pop.gender, dtype="str"),
+            "life_stage": pd.array(np.array(LIFE_STAGES, dtype=object)[pop.stage], dtype="str"),
+            "income_band": pd.array(np.array(INCOME_BANDS, dtype=object)[pop.income], dtype="str"),
+            "region": pd.array(np.array(REGIONS, dtype=object)[pop.region], dtype="str"),
+            "joined_at": _ts(pop.joined_us),
+            "consent_push": pop.consent[:, 0],
+            "consent_sms": pop.consent[:, 1],
+            "consent_messenger": pop.consent[:, 2],
+            "consent_email": pop.consent[:, 3],
+            "accident_reported_at": _ts(pop.accident_us),
+            "closed_at": _ts(pop.closed_us),
+        }
+    )
 
 
 def traits_frame(pop: Population) -> pd.DataFrame:
     """The hidden traits (truth only)."""
-    frame = pd.DataFrame({
-        "customer_id": pd.array(pop.customer_ids, dtype="str"),
-        "life_stage": pd.array(np.array(LIFE_STAGES, dtype=object)[pop.stage], dtype="str"),
-        "digital_affinity": pop.digital_affinity,
-        "app_share": pop.app_share,
-        "preferred_hour": pop.preferred_hour,
-        "offer_affinity": pop.offer_affinity,
-    })
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.array(pop.customer_ids, dtype="str"),
+            "life_stage": pd.array(np.array(LIFE_STAGES, dtype=object)[pop.stage], dtype="str"),
+            "digital_affinity": pop.digital_affinity,
+            "app_share": pop.app_share,
+            "preferred_hour": pop.preferred_hour,
+            "offer_affinity": pop.offer_affinity,
+        }
+    )
     for j, product in enumerate(PRODUCTS):
         frame[f"need_offset_{product}"] = pop.need_offset[:, j]
         frame[f"holds_{product}"] = pop.holds[:, j]
@@ -237,45 +280,98 @@ def initial_holdings(pop: Population, start: date, rng: np.random.Generator) -> 
 
     rows: list[pd.DataFrame] = []
 
-    def add(mask: np.ndarray, holding_type: str, product_code: np.ndarray | str, opened: np.ndarray,
-            **cols: np.ndarray) -> None:
-        frame = pd.DataFrame({
-            "customer_id": pop.customer_ids[mask],
-            "holding_type": holding_type,
-            "product_code": product_code if isinstance(product_code, str) else product_code[mask],
-            "opened_us": opened,
-        })
+    def add(
+        mask: np.ndarray,
+        holding_type: str,
+        product_code: np.ndarray | str,
+        opened: np.ndarray,
+        **cols: np.ndarray,
+    ) -> None:
+        frame = pd.DataFrame(
+            {
+                "customer_id": pop.customer_ids[mask],
+                "holding_type": holding_type,
+                "product_code": product_code
+                if isinstance(product_code, str)
+                else product_code[mask],
+                "opened_us": opened,
+            }
+        )
         for name, values in cols.items():
             frame[name] = values[mask]
         rows.append(frame)
 
     every = np.ones(n, dtype=bool)
-    add(every, "account", "ACC-BASIC", pop.joined_us, balance=np.round(rng.lognormal(np.log(2e6), 1.2, n), -2))
+    add(
+        every,
+        "account",
+        "ACC-BASIC",
+        pop.joined_us,
+        balance=np.round(rng.lognormal(np.log(2e6), 1.2, n), -2),
+    )
     h = pop.holds
     card = h[:, P_IDX["card"]]
-    add(card, "card", np.where(rng.random(n) < 0.6, "CARD-CREDIT", "CARD-CHECK").astype(object),
-        opened_before(card, 2000), card_payment_day=pop.card_payment_day.astype(float))
+    add(
+        card,
+        "card",
+        np.where(rng.random(n) < 0.6, "CARD-CREDIT", "CARD-CHECK").astype(object),
+        opened_before(card, 2000),
+        card_payment_day=pop.card_payment_day.astype(float),
+    )
     loan = h[:, P_IDX["loan"]]
-    add(loan, "loan", np.where(rng.random(n) < 0.5, "LOAN-JEONSE", "LOAN-CREDIT").astype(object),
-        opened_before(loan, 1500), balance=pop.loan_balance,
-        loan_interest_day=pop.loan_interest_day.astype(float))
+    add(
+        loan,
+        "loan",
+        np.where(rng.random(n) < 0.5, "LOAN-JEONSE", "LOAN-CREDIT").astype(object),
+        opened_before(loan, 1500),
+        balance=pop.loan_balance,
+        loan_interest_day=pop.loan_interest_day.astype(float),
+    )
     sav = h[:, P_IDX["savings"]]
     term = np.where(rng.random(n) < 0.6, 365, 730)
     sav_open = start_us + (pop.savings_maturity_day - term) * day
     sav_open = np.maximum(sav_open, pop.joined_us)
-    add(sav, "savings", np.where(term == 365, "SAV-12M", "SAV-24M").astype(object),
-        sav_open[sav], balance=pop.savings_balance,
-        maturity_us=(start_us + pop.savings_maturity_day * day).astype(np.int64))
+    add(
+        sav,
+        "savings",
+        np.where(term == 365, "SAV-12M", "SAV-24M").astype(object),
+        sav_open[sav],
+        balance=pop.savings_balance,
+        maturity_us=(start_us + pop.savings_maturity_day * day).astype(np.int64),
+    )
     fund = h[:, P_IDX["fund"]]
-    add(fund, "fund", "FUND-GLOBAL-EQ", opened_before(fund, 1200),
+    add(
+        fund,
+        "fund",
+        "FUND-GLOBAL-EQ",
+        opened_before(fund, 1200),
         balance=np.round(rng.lognormal(np.log(5e6), 1.0, n), -3),
-        fund_return_pct=np.round(rng.normal(2.0, 8.0, n), 2))
+        fund_return_pct=np.round(rng.normal(2.0, 8.0, n), 2),
+    )
     fx = h[:, P_IDX["fx"]]
-    add(fx, "account", "FX-ACCT", opened_before(fx, 1500), balance=np.round(rng.lognormal(np.log(1e6), 1.0, n), -2))
+    add(
+        fx,
+        "account",
+        "FX-ACCT",
+        opened_before(fx, 1500),
+        balance=np.round(rng.lognormal(np.log(1e6), 1.0, n), -2),
+    )
     pen = h[:, P_IDX["pension"]]
-    add(pen, "pension", "PEN-IRP", opened_before(pen, 3000), balance=np.round(rng.lognormal(np.log(2e7), 1.0, n), -3))
+    add(
+        pen,
+        "pension",
+        "PEN-IRP",
+        opened_before(pen, 3000),
+        balance=np.round(rng.lognormal(np.log(2e7), 1.0, n), -3),
+    )
     auto = pop.auto_transfer_dom > 0
-    add(auto, "auto_transfer", "AUTO-SAVE", opened_before(auto, 700), balance=pop.auto_transfer_amount,
-        auto_end_us=(start_us + pop.auto_transfer_end_day * day).astype(np.int64))
+    add(
+        auto,
+        "auto_transfer",
+        "AUTO-SAVE",
+        opened_before(auto, 700),
+        balance=pop.auto_transfer_amount,
+        auto_end_us=(start_us + pop.auto_transfer_end_day * day).astype(np.int64),
+    )
     del idx
     return pd.concat(rows, ignore_index=True)

@@ -73,6 +73,15 @@ from src.features.detection.rules import (
 )
 
 __all__ = [
-    "CompiledRule", "Detection", "Event", "OnlineDetector", "RuleError", "detect",
-    "events_from_frame", "funnel_report", "load_rules", "parse_rule", "rule_features",
+    "CompiledRule",
+    "Detection",
+    "Event",
+    "OnlineDetector",
+    "RuleError",
+    "detect",
+    "events_from_frame",
+    "funnel_report",
+    "load_rules",
+    "parse_rule",
+    "rule_features",
 ]

@@ -74,8 +74,13 @@ def prepare(events: pd.DataFrame, until: Any = None) -> Stream:
             ts_all = ts_all[keep]
     else:
         until_ns = int(ts_all.max()) if len(ts_all) else 0
-    events = events.reset_index(drop=True) if not isinstance(events.index, pd.RangeIndex) \
-        or events.index.start != 0 or events.index.step != 1 else events
+    events = (
+        events.reset_index(drop=True)
+        if not isinstance(events.index, pd.RangeIndex)
+        or events.index.start != 0
+        or events.index.step != 1
+        else events
+    )
     cust_s = events["customer_id"]
     eid_all = events["event_id"].to_numpy(dtype=np.int64)
     notnull = cust_s.notna().to_numpy()
@@ -94,8 +99,11 @@ def prepare(events: pd.DataFrame, until: Any = None) -> Stream:
     else:
         same, ordered = np.zeros(0, dtype=bool), True
     if ordered:
-        cust = np.concatenate([[0], np.cumsum(~same)]).astype(np.int64) if n else \
-            np.zeros(0, dtype=np.int64)
+        cust = (
+            np.concatenate([[0], np.cumsum(~same)]).astype(np.int64)
+            if n
+            else np.zeros(0, dtype=np.int64)
+        )
     else:
         codes, _ = pd.factorize(cs, sort=True)
         order = np.lexsort((eid, ts, codes))
@@ -111,8 +119,12 @@ def prepare(events: pd.DataFrame, until: Any = None) -> Stream:
 
 # -- masks --------------------------------------------------------------------------------
 def _pred_mask(stream: Stream, field_name: str, op: str, value: Any) -> np.ndarray:
-    key = ("pred", field_name, op, value if not isinstance(value, frozenset)
-           else tuple(sorted(value)))
+    key = (
+        "pred",
+        field_name,
+        op,
+        value if not isinstance(value, frozenset) else tuple(sorted(value)),
+    )
     got = stream._masks.get(key)
     if got is not None:
         return got
@@ -162,8 +174,12 @@ def session_start_mask(stream: Stream) -> np.ndarray:
         has_prev = prev >= 0
         has_prev[has_prev] = stream.cust[prev[has_prev]] == stream.cust[pos[has_prev]]
         pv = np.where(has_prev, prev, 0)
-        differs = ~has_prev | sid_null[pv] | (sid[pv] != sid[pos]) | (
-            stream.ts[pos] - stream.ts[pv] > SESSION_GAP_NS)
+        differs = (
+            ~has_prev
+            | sid_null[pv]
+            | (sid[pv] != sid[pos])
+            | (stream.ts[pos] - stream.ts[pv] > SESSION_GAP_NS)
+        )
         out[pos] = ~sid_null[pos] & differs
     stream._masks["session_start"] = out
     return out
@@ -182,8 +198,7 @@ def step_mask(stream: Stream, step: CompiledStep) -> np.ndarray:
     return m
 
 
-def _count_mask(stream: Stream, base: np.ndarray, count: tuple[int, int, str | None]
-                ) -> np.ndarray:
+def _count_mask(stream: Stream, base: np.ndarray, count: tuple[int, int, str | None]) -> np.ndarray:
     n, w, same = count
     pos = np.flatnonzero(base)
     out = np.zeros(stream.n, dtype=bool)
@@ -192,8 +207,9 @@ def _count_mask(stream: Stream, base: np.ndarray, count: tuple[int, int, str | N
     g = stream.cust[pos]
     if same is not None:
         col = stream.column(same)
-        codes, uniq = pd.factorize(col.iloc[pos if stream.take is None else stream.take[pos]],
-                                   use_na_sentinel=True)
+        codes, uniq = pd.factorize(
+            col.iloc[pos if stream.take is None else stream.take[pos]], use_na_sentinel=True
+        )
         g = g * (len(uniq) + 1) + (codes + 1)
         order = np.argsort(g, kind="stable")
     else:
@@ -208,8 +224,9 @@ def _count_mask(stream: Stream, base: np.ndarray, count: tuple[int, int, str | N
 
 
 # -- searches -----------------------------------------------------------------------------
-def _next_match(stream: Stream, idx: np.ndarray, cur: np.ndarray, cust: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _next_match(
+    stream: Stream, idx: np.ndarray, cur: np.ndarray, cust: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(found, position) of the first position in ``idx`` after ``cur`` of the same customer."""
     if len(idx) == 0:
         return np.zeros(len(cur), dtype=bool), np.full(len(cur), _NONE)
@@ -273,8 +290,9 @@ def run_rule(stream: Stream, rule: CompiledRule) -> RuleRun:
         if step.absent:
             deadline = ref + step.within_ns
             jt = stream.ts[np.maximum(j, 0)]
-            ok = ~(found & (jt <= deadline)) & (deadline <= limit[alive]) & (
-                deadline < stream.until)
+            ok = (
+                ~(found & (jt <= deadline)) & (deadline <= limit[alive]) & (deadline < stream.until)
+            )
             new_cur = last_at_or_before(stream, c, deadline) if k < k_steps - 1 else cur
             new_ref, new_pos = deadline, np.full(len(alive), _NONE)
         else:
@@ -335,8 +353,9 @@ def _rule_detections(stream: Stream, rule: CompiledRule) -> dict[str, Any]:
     fire_pos = run.step_pos[k_steps - 1, kept]
     cols = []
     for k, step in enumerate(rule.steps):
-        cols.append([None] * len(kept) if step.absent
-                    else stream.eid[run.step_pos[k, kept]].tolist())
+        cols.append(
+            [None] * len(kept) if step.absent else stream.eid[run.step_pos[k, kept]].tolist()
+        )
     return {
         "pos": run.anchor[kept],
         "rule": np.full(len(kept), rule.name, dtype=object),
@@ -349,8 +368,9 @@ def _rule_detections(stream: Stream, rule: CompiledRule) -> dict[str, Any]:
     }
 
 
-def detect(events: pd.DataFrame, rules: list[CompiledRule], until: Any = None,
-           sort: bool = True) -> pd.DataFrame:
+def detect(
+    events: pd.DataFrame, rules: list[CompiledRule], until: Any = None, sort: bool = True
+) -> pd.DataFrame:
     """Detections of ``rules`` over a StitchedEvents frame (see the package docstring).
 
     ``until``: the evaluation time; events after it are ignored and timeouts fire only if
@@ -365,23 +385,34 @@ def detect(events: pd.DataFrame, rules: list[CompiledRule], until: Any = None,
     pos = cat("pos", np.int64)
     anchor_at, fired_at = cat("anchor_at", np.int64), cat("fired_at", np.int64)
     rank = {name: i for i, name in enumerate(sorted({r.name for r in rules}))}
-    rule_rank = np.concatenate([np.full(len(p["pos"]), rank[r.name]) for p, r in
-                                zip(parts, rules, strict=True)]) if parts else pos
+    rule_rank = (
+        np.concatenate(
+            [np.full(len(p["pos"]), rank[r.name]) for p, r in zip(parts, rules, strict=True)]
+        )
+        if parts
+        else pos
+    )
     # Canonical order (rule, customer, fired_at, anchor_at); customer codes follow the
     # customer_id sort order, so this is numpy work, not a string sort.
-    order = np.lexsort((anchor_at, fired_at, stream.cust[pos], rule_rank)) if sort \
+    order = (
+        np.lexsort((anchor_at, fired_at, stream.cust[pos], rule_rank))
+        if sort
         else np.arange(len(pos))
+    )
     fired_eid = pd.array(cat("fired_event_id", np.int64)[order], dtype="Int64")
     fired_eid[cat("fired_null", bool)[order]] = pd.NA
     event_ids = np.empty(len(pos), dtype=object)
     event_ids[:] = [t for p in parts for t in p["event_ids"]]
-    out = pd.DataFrame({
-        "customer_id": pd.Series(stream.customer_ids(pos[order]), dtype="str"),
-        "rule": pd.Series(cat("rule", object)[order], dtype="str"),
-        "kind": pd.Series(cat("kind", object)[order], dtype="str"),
-        "anchor_at": pd.to_datetime(anchor_at[order], unit="ns"),
-        "fired_at": pd.to_datetime(fired_at[order], unit="ns"),
-        "fired_event_id": fired_eid,
-        "event_ids": pd.Series(event_ids[order], dtype=object),
-    }, columns=list(DETECTION_COLUMNS))
+    out = pd.DataFrame(
+        {
+            "customer_id": pd.Series(stream.customer_ids(pos[order]), dtype="str"),
+            "rule": pd.Series(cat("rule", object)[order], dtype="str"),
+            "kind": pd.Series(cat("kind", object)[order], dtype="str"),
+            "anchor_at": pd.to_datetime(anchor_at[order], unit="ns"),
+            "fired_at": pd.to_datetime(fired_at[order], unit="ns"),
+            "fired_event_id": fired_eid,
+            "event_ids": pd.Series(event_ids[order], dtype=object),
+        },
+        columns=list(DETECTION_COLUMNS),
+    )
     return out

@@ -17,8 +17,21 @@ import pandas as pd
 from src.features.detection.rules import NS, CompiledStep
 
 EVENT_FIELDS = (
-    "event_id", "ts", "customer_id", "source", "channel", "session_id", "page", "action",
-    "dwell_seconds", "referrer", "code", "amount", "currency", "product", "amount_krw",
+    "event_id",
+    "ts",
+    "customer_id",
+    "source",
+    "channel",
+    "session_id",
+    "page",
+    "action",
+    "dwell_seconds",
+    "referrer",
+    "code",
+    "amount",
+    "currency",
+    "product",
+    "amount_krw",
 )
 _NAN = float("nan")
 
@@ -65,13 +78,20 @@ def as_event(e: Event | Mapping[str, Any]) -> Event:
     dwell, amount = _clean(e.get("dwell_seconds")), _clean(e.get("amount"))
     amount_krw = _clean(e.get("amount_krw"))
     return Event(
-        event_id=int(e["event_id"]), ts=to_ns(e["ts"]), customer_id=_clean(e.get("customer_id")),
-        source=e["source"], channel=_clean(e.get("channel")),
-        session_id=None if sid is None else int(sid), page=_clean(e.get("page")),
+        event_id=int(e["event_id"]),
+        ts=to_ns(e["ts"]),
+        customer_id=_clean(e.get("customer_id")),
+        source=e["source"],
+        channel=_clean(e.get("channel")),
+        session_id=None if sid is None else int(sid),
+        page=_clean(e.get("page")),
         action=_clean(e.get("action")),
-        dwell_seconds=_NAN if dwell is None else float(dwell), referrer=_clean(e.get("referrer")),
-        code=_clean(e.get("code")), amount=_NAN if amount is None else float(amount),
-        currency=_clean(e.get("currency")), product=_clean(e.get("product")),
+        dwell_seconds=_NAN if dwell is None else float(dwell),
+        referrer=_clean(e.get("referrer")),
+        code=_clean(e.get("code")),
+        amount=_NAN if amount is None else float(amount),
+        currency=_clean(e.get("currency")),
+        product=_clean(e.get("product")),
         amount_krw=_NAN if amount_krw is None else float(amount_krw),
     )
 
@@ -86,8 +106,9 @@ def _obj_list(s: pd.Series) -> list[Any]:
     return arr.tolist()
 
 
-def events_from_frame(df: pd.DataFrame, order: str = "time",
-                      chunk: int = 65_536) -> Iterator[Event]:
+def events_from_frame(
+    df: pd.DataFrame, order: str = "time", chunk: int = 65_536
+) -> Iterator[Event]:
     """Events of a StitchedEvents frame in global time order ``(ts, event_id)`` (``order='time'``,
     what the online path sees) or as given (``order='as_is'``).
 
@@ -101,18 +122,23 @@ def events_from_frame(df: pd.DataFrame, order: str = "time",
     else:
         raise ValueError("order must be 'time' or 'as_is'")
     for lo in range(0, len(df), chunk):
-        take = idx[lo:lo + chunk]
+        take = idx[lo : lo + chunk]
         part = df.iloc[take]
         cols = [
-            part["event_id"].to_numpy().tolist(), ts_all[take].tolist(),
-            _obj_list(part["customer_id"]), _obj_list(part["source"]),
+            part["event_id"].to_numpy().tolist(),
+            ts_all[take].tolist(),
+            _obj_list(part["customer_id"]),
+            _obj_list(part["source"]),
             _obj_list(part["channel"]),
             part["session_id"].to_numpy(dtype=object, na_value=None).tolist(),
-            _obj_list(part["page"]), _obj_list(part["action"]),
+            _obj_list(part["page"]),
+            _obj_list(part["action"]),
             part["dwell_seconds"].to_numpy(dtype=float, na_value=np.nan).tolist(),
-            _obj_list(part["referrer"]), _obj_list(part["code"]),
+            _obj_list(part["referrer"]),
+            _obj_list(part["code"]),
             part["amount"].to_numpy(dtype=float, na_value=np.nan).tolist(),
-            _obj_list(part["currency"]), _obj_list(part["product"]),
+            _obj_list(part["currency"]),
+            _obj_list(part["product"]),
             part["amount_krw"].to_numpy(dtype=float, na_value=np.nan).tolist(),
         ]
         for row in zip(*cols, strict=True):
@@ -160,34 +186,53 @@ class Detection:
 
     def key(self) -> tuple[Any, ...]:
         """Identity used to compare evaluators (everything but the action)."""
-        return (self.customer_id, self.rule, self.kind, self.anchor_at, self.fired_at,
-                self.fired_event_id, self.event_ids)
+        return (
+            self.customer_id,
+            self.rule,
+            self.kind,
+            self.anchor_at,
+            self.fired_at,
+            self.fired_event_id,
+            self.event_ids,
+        )
 
 
-DETECTION_COLUMNS = ("customer_id", "rule", "kind", "anchor_at", "fired_at", "fired_event_id",
-                     "event_ids")
+DETECTION_COLUMNS = (
+    "customer_id",
+    "rule",
+    "kind",
+    "anchor_at",
+    "fired_at",
+    "fired_event_id",
+    "event_ids",
+)
 
 
 def detections_frame(dets: list[Detection]) -> pd.DataFrame:
     """The detections table (the same columns and dtypes as :func:`detect` returns)."""
-    df = pd.DataFrame({
-        "customer_id": pd.Series([d.customer_id for d in dets], dtype="str"),
-        "rule": pd.Series([d.rule for d in dets], dtype="str"),
-        "kind": pd.Series([d.kind for d in dets], dtype="str"),
-        "anchor_at": pd.to_datetime(np.array([d.anchor_at for d in dets], dtype="int64"),
-                                    unit="ns"),
-        "fired_at": pd.to_datetime(np.array([d.fired_at for d in dets], dtype="int64"),
-                                   unit="ns"),
-        "fired_event_id": pd.array([d.fired_event_id for d in dets], dtype="Int64"),
-        "event_ids": pd.Series([d.event_ids for d in dets], dtype=object),
-    })
+    df = pd.DataFrame(
+        {
+            "customer_id": pd.Series([d.customer_id for d in dets], dtype="str"),
+            "rule": pd.Series([d.rule for d in dets], dtype="str"),
+            "kind": pd.Series([d.kind for d in dets], dtype="str"),
+            "anchor_at": pd.to_datetime(
+                np.array([d.anchor_at for d in dets], dtype="int64"), unit="ns"
+            ),
+            "fired_at": pd.to_datetime(
+                np.array([d.fired_at for d in dets], dtype="int64"), unit="ns"
+            ),
+            "fired_event_id": pd.array([d.fired_event_id for d in dets], dtype="Int64"),
+            "event_ids": pd.Series([d.event_ids for d in dets], dtype=object),
+        }
+    )
     return sort_detections(df)
 
 
 def sort_detections(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical row order: rule, customer, fire time, anchor time."""
-    return df.sort_values(["rule", "customer_id", "fired_at", "anchor_at"],
-                          kind="stable").reset_index(drop=True)
+    return df.sort_values(
+        ["rule", "customer_id", "fired_at", "anchor_at"], kind="stable"
+    ).reset_index(drop=True)
 
 
 def detection_keys(df: pd.DataFrame) -> set[tuple[Any, ...]]:
@@ -196,6 +241,15 @@ def detection_keys(df: pd.DataFrame) -> set[tuple[Any, ...]]:
     for r in df.itertuples(index=False):
         fe = None if pd.isna(r.fired_event_id) else int(r.fired_event_id)
         eids = tuple(None if v is None or pd.isna(v) else int(v) for v in r.event_ids)
-        out.add((r.customer_id, r.rule, r.kind, pd.Timestamp(r.anchor_at).as_unit("ns").value,
-                 pd.Timestamp(r.fired_at).as_unit("ns").value, fe, eids))
+        out.add(
+            (
+                r.customer_id,
+                r.rule,
+                r.kind,
+                pd.Timestamp(r.anchor_at).as_unit("ns").value,
+                pd.Timestamp(r.fired_at).as_unit("ns").value,
+                fe,
+                eids,
+            )
+        )
     return out

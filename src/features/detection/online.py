@@ -99,8 +99,7 @@ class OnlineDetector:
         self._counts: dict[tuple[Any, ...], deque[int]] = {}
         self._sessions: dict[str, tuple[int, int | None]] = {}
         self._heap: list[tuple[Any, ...]] = []
-        self._needs_sessions = any(s.session_start is not None
-                                   for r in self.rules for s in r.steps)
+        self._needs_sessions = any(s.session_start is not None for r in self.rules for s in r.steps)
         # Dispatch: (source, page|code) -> checks, so most events touch no rule at all.
         checks: dict[str, list[tuple[Any, ...]]] = {"click": [], "txn": []}
         keyed: dict[str, dict[str, list[tuple[Any, ...]]]] = {"click": {}, "txn": {}}
@@ -145,8 +144,9 @@ class OnlineDetector:
         if self._needs_sessions and e.source == "click":
             prev = self._sessions.get(cust)
             sid = e.session_id
-            ss = sid is not None and (prev is None or prev[1] != sid
-                                      or ts - prev[0] > SESSION_GAP_NS)
+            ss = sid is not None and (
+                prev is None or prev[1] != sid or ts - prev[0] > SESSION_GAP_NS
+            )
             self._sessions[cust] = (ts, sid)
         src = e.source
         checks = self._index[src].get(e.page if src == "click" else e.code, self._generic[src])
@@ -207,8 +207,9 @@ class OnlineDetector:
         for key in list(self._states):
             st = self._states[key]
             steps = self.rules[key[1]].steps
-            st.cands = [c for c in st.cands if c.alive and (steps[c.step].absent
-                                                            or c.expiry >= now)]
+            st.cands = [
+                c for c in st.cands if c.alive and (steps[c.step].absent or c.expiry >= now)
+            ]
             if not st.cands and (st.block is None or st.block[0] < now):
                 del self._states[key]
         for key in list(self._counts):
@@ -218,13 +219,15 @@ class OnlineDetector:
             if now - self._sessions[cust][0] > SESSION_GAP_NS:
                 del self._sessions[cust]
         if len(self._heap) > 64 and len(self._heap) > 2 * sum(
-                1 for h in self._heap if h[6].alive and h[6].step == h[7]):
+            1 for h in self._heap if h[6].alive and h[6].step == h[7]
+        ):
             self._heap = [h for h in self._heap if h[6].alive and h[6].step == h[7]]
             heapq.heapify(self._heap)
 
     # -- internals --------------------------------------------------------------------------
-    def _count(self, cust: str, r: int, s: int, count: tuple[int, int, str | None],
-               e: Event) -> bool:
+    def _count(
+        self, cust: str, r: int, s: int, count: tuple[int, int, str | None], e: Event
+    ) -> bool:
         n, w, same = count
         key = (cust, r, s, None if same is None else getattr(e, same), w)
         dq = self._counts.get(key)
@@ -235,8 +238,10 @@ class OnlineDetector:
 
     def _push(self, deadline: int, cand: _Cand, r: int, cust: str) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (deadline, cand.anchor_ts, cand.anchor_eid, self._seq,
-                                    r, cust, cand, cand.step))
+        heapq.heappush(
+            self._heap,
+            (deadline, cand.anchor_ts, cand.anchor_eid, self._seq, r, cust, cand, cand.step),
+        )
 
     def _enter_step(self, rule: CompiledRule, r: int, cust: str, cand: _Cand) -> bool:
         """Set up the candidate's new current step; False if it can no longer complete."""
@@ -251,19 +256,38 @@ class OnlineDetector:
             cand.expiry = min(limit, _INF if step.within_ns is None else cand.ref + step.within_ns)
         return True
 
-    def _emit(self, rule: CompiledRule, st: _RuleState, cust: str, cand: _Cand,
-              fire_ts: int, fire_eid: int | None, out: list[Detection]) -> None:
+    def _emit(
+        self,
+        rule: CompiledRule,
+        st: _RuleState,
+        cust: str,
+        cand: _Cand,
+        fire_ts: int,
+        fire_eid: int | None,
+        out: list[Detection],
+    ) -> None:
         if st.block is not None and (cand.anchor_ts, cand.anchor_eid) <= st.block:
             return
         if rule.cooldown_ns:
             st.block = (fire_ts + rule.cooldown_ns, _INF)
         else:
             st.block = (fire_ts, _INF if fire_eid is None else fire_eid)
-        out.append(Detection(cust, rule.name, rule.kind, cand.anchor_ts, fire_ts, fire_eid,
-                             tuple(cand.eids), rule.action))
+        out.append(
+            Detection(
+                cust,
+                rule.name,
+                rule.kind,
+                cand.anchor_ts,
+                fire_ts,
+                fire_eid,
+                tuple(cand.eids),
+                rule.action,
+            )
+        )
 
-    def _advance(self, r: int, cust: str, e: Event, matched: list[int],
-                 out: list[Detection]) -> None:
+    def _advance(
+        self, r: int, cust: str, e: Event, matched: list[int], out: list[Detection]
+    ) -> None:
         rule = self.rules[r]
         steps = rule.steps
         n_steps = len(steps)

@@ -31,8 +31,10 @@ def _session_starts(evs: list[Event]) -> list[bool]:
         if e.source != "click":
             out.append(False)
             continue
-        out.append(e.session_id is not None and (
-            prev is None or prev.session_id != e.session_id or e.ts - prev.ts > SESSION_GAP_NS))
+        out.append(
+            e.session_id is not None
+            and (prev is None or prev.session_id != e.session_id or e.ts - prev.ts > SESSION_GAP_NS)
+        )
         prev = e
     return out
 
@@ -50,16 +52,19 @@ def _qualifies(step: CompiledStep, evs: list[Event], i: int, starts: list[bool])
             o = evs[j]
             if o.ts < e.ts - w:
                 break
-            if (step_matches(step, o)
-                    and (same is None or getattr(o, same) == getattr(e, same))
-                    and (step.session_start is None or starts[j] == step.session_start)):
+            if (
+                step_matches(step, o)
+                and (same is None or getattr(o, same) == getattr(e, same))
+                and (step.session_start is None or starts[j] == step.session_start)
+            ):
                 k += 1
         return k >= n
     return True
 
 
-def _run_candidate(rule: CompiledRule, evs: list[Event], a: int, starts: list[bool],
-                   until: int) -> tuple[Any, ...] | None:
+def _run_candidate(
+    rule: CompiledRule, evs: list[Event], a: int, starts: list[bool], until: int
+) -> tuple[Any, ...] | None:
     """(fire_ts, fire_index or None, event_ids) if the candidate anchored at ``a`` completes."""
     anchor_ts = evs[a].ts
     limit = anchor_ts + rule.within_ns if rule.within_ns is not None else _INF
@@ -91,8 +96,9 @@ def _run_candidate(rule: CompiledRule, evs: list[Event], a: int, starts: list[bo
     return (ref, cur, tuple(eids))
 
 
-def reference_detect(events: pd.DataFrame, rules: list[CompiledRule],
-                     until: Any = None) -> pd.DataFrame:
+def reference_detect(
+    events: pd.DataFrame, rules: list[CompiledRule], until: Any = None
+) -> pd.DataFrame:
     """Detections by brute force, same table as :func:`~src.features.detection.batch.detect`."""
     evs_all = list(events_from_frame(events, order="time"))
     if until is None:
@@ -124,13 +130,23 @@ def reference_detect(events: pd.DataFrame, rules: list[CompiledRule],
                     block = (fire_ts, _INF)
                 else:
                     block = (fire_ts, evs[fire_idx].event_id)
-                out.append(Detection(cust, rule.name, rule.kind, evs[a].ts, fire_ts,
-                                     None if fire_idx is None else evs[fire_idx].event_id, eids))
+                out.append(
+                    Detection(
+                        cust,
+                        rule.name,
+                        rule.kind,
+                        evs[a].ts,
+                        fire_ts,
+                        None if fire_idx is None else evs[fire_idx].event_id,
+                        eids,
+                    )
+                )
     return detections_frame(out)
 
 
-def evaluate_all(events: pd.DataFrame, rules: list[CompiledRule], until: Any = None
-                 ) -> dict[str, pd.DataFrame]:
+def evaluate_all(
+    events: pd.DataFrame, rules: list[CompiledRule], until: Any = None
+) -> dict[str, pd.DataFrame]:
     """Detections by all three evaluators (batch, online, reference) — for parity checks."""
     from src.features.detection.batch import detect
     from src.features.detection.online import detect_online

@@ -31,22 +31,41 @@ from src.data.schemas import (
 NS = 1_000_000_000
 SESSION_GAP_NS = 30 * 60 * NS  # a click more than this after the previous one starts a session
 _UNITS = {
-    "s": 1, "sec": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
-    "w": 604800, "week": 604800, "weeks": 604800,
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
 }
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)?\s*$")
 
 # Which fields a predicate may use, per source; None = numeric, else the controlled vocabulary.
 CLICK_FIELDS: dict[str, tuple[str, ...] | None] = {
-    "page": PAGES, "action": CLICK_ACTIONS, "channel": CLICK_CHANNELS,
-    "referrer": REFERRERS, "dwell_seconds": None,
+    "page": PAGES,
+    "action": CLICK_ACTIONS,
+    "channel": CLICK_CHANNELS,
+    "referrer": REFERRERS,
+    "dwell_seconds": None,
 }
 TXN_FIELDS: dict[str, tuple[str, ...] | None] = {
-    "code": TXN_CODES, "channel": TXN_CHANNELS, "currency": CURRENCIES,
-    "product": PRODUCTS, "amount": None, "amount_krw": None,
+    "code": TXN_CODES,
+    "channel": TXN_CHANNELS,
+    "currency": CURRENCIES,
+    "product": PRODUCTS,
+    "amount": None,
+    "amount_krw": None,
 }
 SOURCE_FIELDS = {"click": CLICK_FIELDS, "txn": TXN_FIELDS}
 STRING_FIELDS = ("page", "action", "channel", "referrer", "code", "currency", "product")
@@ -155,8 +174,10 @@ class Step(BaseModel):
             except ValidationError as exc:
                 err = exc.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
-                raise ValueError(f"where.{fname}{'.' + loc if loc else ''}: "
-                                 f"{err['msg'].removeprefix('Value error, ')}") from None
+                raise ValueError(
+                    f"where.{fname}{'.' + loc if loc else ''}: "
+                    f"{err['msg'].removeprefix('Value error, ')}"
+                ) from None
             except ValueError as exc:
                 raise ValueError(f"where.{fname}: {exc}") from None
         if self.dwell_gte is not None and self.source != "click":
@@ -166,8 +187,9 @@ class Step(BaseModel):
         if self.absent and self.count is not None:
             raise ValueError("an absent step cannot have 'count'")
         if self.count is not None and self.count.same is not None and self.count.same not in fields:
-            raise ValueError(f"count.same: field '{self.count.same}' does not exist on "
-                             f"{self.source} events")
+            raise ValueError(
+                f"count.same: field '{self.count.same}' does not exist on {self.source} events"
+            )
         if not self.where and self.dwell_gte is None and self.count is None:
             raise ValueError("step has no condition: give 'where', 'dwell_gte' or 'count'")
         return self
@@ -292,15 +314,25 @@ def compile_rule(rule: Rule, source_file: str = "") -> CompiledRule:
         count = None
         if s.count is not None:
             count = (s.count.n, s.count.within * NS, s.count.same)
-        steps.append(CompiledStep(
-            name=s.name or f"step{i + 1}", source=s.source, preds=tuple(preds),
-            session_start=session_start, absent=s.absent,
-            within_ns=None if s.within is None else s.within * NS, count=count,
-        ))
+        steps.append(
+            CompiledStep(
+                name=s.name or f"step{i + 1}",
+                source=s.source,
+                preds=tuple(preds),
+                session_start=session_start,
+                absent=s.absent,
+                within_ns=None if s.within is None else s.within * NS,
+                count=count,
+            )
+        )
     return CompiledRule(
-        name=rule.name, description=rule.description, action=rule.action.model_dump(),
-        steps=tuple(steps), within_ns=None if rule.within is None else rule.within * NS,
-        cooldown_ns=rule.cooldown * NS, source_file=source_file,
+        name=rule.name,
+        description=rule.description,
+        action=rule.action.model_dump(),
+        steps=tuple(steps),
+        within_ns=None if rule.within is None else rule.within * NS,
+        cooldown_ns=rule.cooldown * NS,
+        source_file=source_file,
     )
 
 
@@ -315,14 +347,28 @@ def _rule_level_checks(rule: Rule) -> list[tuple[int | None, str]]:
     if rule.within is None:
         for i, s in enumerate(rule.steps[1:], start=1):
             if s.within is None:
-                problems.append((i, ("no time bound: set 'within' on this step or on the rule "
-                                     "(partial matches must expire)")))
+                problems.append(
+                    (
+                        i,
+                        (
+                            "no time bound: set 'within' on this step or on the rule "
+                            "(partial matches must expire)"
+                        ),
+                    )
+                )
     elif len(rule.steps) > 1:
         # The rule window must leave room for the absence deadlines it contains.
         fixed = sum(s.within or 0 for s in rule.steps[1:] if s.absent)
         if fixed > rule.within:
-            problems.append((None, (f"absence windows ({fixed}s) exceed the rule's within "
-                                    f"({rule.within}s): the rule can never fire")))
+            problems.append(
+                (
+                    None,
+                    (
+                        f"absence windows ({fixed}s) exceed the rule's within "
+                        f"({rule.within}s): the rule can never fire"
+                    ),
+                )
+            )
     return problems
 
 
@@ -354,8 +400,14 @@ def parse_rule(raw: Any, path: str = "<string>") -> CompiledRule:
             where = _step_label(raw, loc[1])
             loc = loc[2:]
         # Drop pydantic's union-branch labels so the location reads like the YAML.
-        loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in (
-            "str", "int", "float", "bool", "list", "Predicate")))]
+        loc = [
+            p
+            for p in loc
+            if not (
+                isinstance(p, str)
+                and ("[" in p or p in ("str", "int", "float", "bool", "list", "Predicate"))
+            )
+        ]
         field = ".".join(str(p) for p in loc)
         msg = err["msg"].removeprefix("Value error, ")
         raise _error(path, rule_name, where + (f": {field}" if field else ""), msg) from None
@@ -386,8 +438,10 @@ def load_rules(path: str | Path | None = None) -> list[CompiledRule]:
         for raw in docs if isinstance(docs, list) else [docs]:
             rule = parse_rule(raw, str(f))
             if rule.name in seen:
-                raise RuleError(f"{f}: rule '{rule.name}': rule: duplicate name "
-                                f"(already defined in {seen[rule.name]})")
+                raise RuleError(
+                    f"{f}: rule '{rule.name}': rule: duplicate name "
+                    f"(already defined in {seen[rule.name]})"
+                )
             seen[rule.name] = str(f)
             rules.append(rule)
     return rules

@@ -313,8 +313,16 @@ def session_table(events: pd.DataFrame, include_unattributed: bool = False) -> p
     has = s["session_key"].notna().to_numpy()
     if not include_unattributed:
         has = has & s["customer_id"].notna().to_numpy()
-    cols = ["customer_id", "journey_session", "session_key", "ts", "source", "channel", "code",
-            "amount"]
+    cols = [
+        "customer_id",
+        "journey_session",
+        "session_key",
+        "ts",
+        "source",
+        "channel",
+        "code",
+        "amount",
+    ]
     e = s.loc[has, cols]  # only the columns needed: copying wide string columns is the cost
     key = e["session_key"].to_numpy(dtype=np.int64)
     is_click = _eq(e["source"], "click")
