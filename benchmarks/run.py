@@ -76,9 +76,9 @@ def simulated_events(raw_dir: Path, at_least: int):
     Whole customers, so every rule sees complete histories; the full 100k bank (46M events) would
     not fit in memory as a pandas frame next to the detections.
     """
-    from src.features.identity import IDENTITY_STAGES, connect_raw, register_stages
+    from src.features.identity import IDENTITY_STAGES, connect_tables, register_stages
 
-    con = connect_raw(raw_dir)
+    con = connect_tables(raw_dir)
     register_stages(con, IDENTITY_STAGES, None)
     con.execute(
         "CREATE TEMP TABLE per_customer AS SELECT customer_id, count(*) AS n FROM stitched_events "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,29 +60,32 @@ def validate(
         bool,
         typer.Option(
             "--quarantine",
-            help="Write rejected rows with reasons to data/rejects/ "
-            "and accept the rest, instead of failing on the first bad table.",
+            help="Write rejected rows with reasons to data/rejects/ and publish the rest, "
+            "instead of stopping on the first rejected row.",
         ),
     ] = False,
 ) -> None:
-    """Validate the raw tables against the data contract; bad input names table, column, rows."""
+    """Validate the raw tables against the data contract and publish the accepted rows to
+    data/validated, which everything downstream reads; bad input names table, column, rows."""
     from src.data.loaders import RawDataError, validate_raw
 
     settings = _settings(data_dir=data_dir)
     try:
-        report = validate_raw(
-            settings.raw_dir, quarantine_dir=settings.rejects_dir if quarantine else None
-        )
-    except RawDataError as error:
+        report = validate_raw(settings.catalog, quarantine=quarantine)
+    except (RawDataError, FileNotFoundError) as error:
         typer.echo(str(error), err=True)
+        if not quarantine and isinstance(error, RawDataError):
+            typer.echo("nothing published: fix the rows, or rerun with --quarantine", err=True)
         raise typer.Exit(code=1) from error
     typer.echo(_format_validation(report))
+    typer.echo(f"validated tables: {settings.validated_dir}")
 
 
-def _format_validation(report: dict[str, dict[str, int]]) -> str:
-    lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}"]
+def _format_validation(report: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}  reject file"]
     for table, rows in report["accepted"].items():
-        lines.append(f"{table:<14} {rows:>12,} {report['rejected'][table]:>10,}")
+        reject_file = report["reject_files"].get(table, "")
+        lines.append(f"{table:<14} {rows:>12,} {report['rejected'][table]:>10,}  {reject_file}")
     return "\n".join(lines)
 
 

@@ -76,9 +76,9 @@ def test_boosting_learns_an_interaction_and_calibration_holds(asked, min_positiv
 
 @pytest.fixture(scope="module")
 def trained(small_bank: Settings):
-    start, end = data_period(small_bank.raw_dir)
+    start, end = data_period(small_bank.catalog)
     plan = plan_as_of_dates(start, end)
-    table = build_feature_table(small_bank.raw_dir, plan.dates, plan.window_days)
+    table = build_feature_table(small_bank.catalog, plan.dates, plan.window_days)
     model = train_propensity(
         table, plan, ["savings", "card"], PropensityConfig(n_estimators=50), view_feature_columns()
     )

@@ -15,8 +15,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.data.schemas import HOLDING_TYPES, KRW_REFERENCE_RATES, PRODUCTS, TXN_CODES
-from src.features.identity import connect_raw, register_stages
+from src.features.identity import connect_tables, register_stages
 
 WINDOWS: tuple[int, ...] = (7, 30, 90)
 """Look-back windows in days: [T - N days, T)."""
@@ -147,31 +148,26 @@ def coerce_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_customer_view(
-    raw_dir: Path | str,
+    catalog: Catalog,
     as_of: datetime | date | str,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pd.DataFrame:
-    """The customer view as of ``as_of`` from ``<raw_dir>/<table>.parquet``, ordered by customer.
+    """The customer view as of ``as_of`` from the catalog's validated tables, by customer.
 
-    Pass ``con`` to reuse a connection (its raw views are (re)registered over ``raw_dir``).
+    Pass ``con`` to reuse a connection (its source views are (re)registered from the catalog).
     """
     if as_of is None:
         raise ValueError("the customer view needs an as_of date")
-    con = connect_raw(raw_dir, con)
+    con = connect_tables(catalog, con)
     register_stages(con, VIEW_STAGES, as_of)
     return coerce_view(con.sql("SELECT * FROM customer_view").df())
 
 
-def write_customer_view(
-    raw_dir: Path | str, features_dir: Path | str, as_of: datetime | date | str
-) -> Path:
-    """Write ``customer_view_<as_of date>.parquet`` under ``features_dir`` straight from DuckDB."""
-    features_dir = Path(features_dir)
-    features_dir.mkdir(parents=True, exist_ok=True)
-    ts = pd.Timestamp(as_of)
-    stamp = f"{ts:%Y-%m-%d}" if ts == ts.normalize() else f"{ts:%Y-%m-%dT%H%M%S}"
-    path = features_dir / f"customer_view_{stamp}.parquet"
-    con = connect_raw(raw_dir)
+def write_customer_view(catalog: Catalog, as_of: datetime | date | str) -> Path:
+    """Write the catalog's ``customer_view`` for ``as_of`` straight from DuckDB to Parquet."""
+    path = catalog.path("customer_view", as_of)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = connect_tables(catalog)
     register_stages(con, VIEW_STAGES, as_of)
     quoted = "'" + str(path).replace("'", "''") + "'"
     con.execute(f"COPY (SELECT * FROM customer_view) TO {quoted} (FORMAT parquet)")

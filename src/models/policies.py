@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from src.data.catalog import Catalog
 from src.models import ab_test
 from src.models.bandit import (
     BanditConfig,
@@ -648,7 +649,7 @@ def plot_daily(steps: pd.DataFrame):
 
 
 def held_out_scorer(
-    raw_dir: Path,
+    catalog: Catalog,
     views: CustomerViews,
     config: BanditConfig,
     start: pd.Timestamp,
@@ -663,8 +664,8 @@ def held_out_scorer(
     """
     from src.models import ope
 
-    offers = pd.read_parquet(Path(raw_dir) / "offers.parquet")
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    offers = catalog.read("offers")
+    exposures = catalog.read("exposures")
     log = logged_decisions(exposures, views, offers, config, start=start, end=end, responses=True)
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
