@@ -1,5 +1,5 @@
 """The feature SQL as Jinja templates: rendered plain, driven by the constants that name the
-columns (one edit adds a window)."""
+columns (one edit adds a window), and the ``to-spark-sql`` command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import sqlglot
 from test_customer_view import T, random_bank, write_bank
+from typer.testing import CliRunner
 
+from src.cli import app
 from src.features import customer_view as cv
 from src.features import customer_view_pandas as cvp
 from src.features import sql_templates
@@ -81,3 +83,15 @@ def test_one_edit_adds_a_window(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert (sql_view["sessions_14d"] <= sql_view["sessions_30d"]).all()
     pandas_view = build_customer_view_pandas(load_tables(raw), as_of)
     pd.testing.assert_frame_equal(sql_view, pandas_view, check_exact=False, rtol=1e-9)
+
+
+def test_to_spark_sql_command_prints_spark_sql() -> None:
+    result = CliRunner().invoke(app, ["to-spark-sql", "customer_view"])
+    assert result.exit_code == 0, result.output
+    spark = result.stdout
+    code = re.sub(r"/\*.*?\*/", "", spark, flags=re.DOTALL)  # comments may say $as_of
+    assert "SELECT" in code and ":as_of" in code  # Spark's named parameter
+    assert "$as_of" not in code and not JINJA.search(spark)
+    assert sqlglot.parse_one(spark, read="spark")
+    unknown = CliRunner().invoke(app, ["to-spark-sql", "no_such_stage"])
+    assert unknown.exit_code != 0 and "no_such_stage" in unknown.output
