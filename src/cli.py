@@ -245,10 +245,15 @@ def export_log(
 def to_spark_sql(
     name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],
 ) -> None:
-    """Print a feature SQL file transpiled to Spark SQL (sqlglot)."""
-    from src.features.spark import spark_sql_for
+    """Print a feature SQL file transpiled to Spark SQL (sqlglot); ``$as_of`` becomes ``:as_of``."""
+    from src.features.identity import load_sql, sql_files
+    from src.features.spark import to_spark_sql as transpile
 
-    typer.echo(spark_sql_for(name))
+    if name not in sql_files():
+        raise typer.BadParameter(
+            f"no {name}.sql; one of {', '.join(sql_files())}", param_hint="NAME"
+        )
+    typer.echo(transpile(load_sql(name)))
 
 
 @app.command()

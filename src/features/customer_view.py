@@ -16,23 +16,9 @@ import duckdb
 import pandas as pd
 
 from src.data.catalog import Catalog
-from src.data.schemas import HOLDING_TYPES, KRW_REFERENCE_RATES, PRODUCTS, TXN_CODES
+from src.data.schemas import KRW_REFERENCE_RATES
 from src.features.identity import connect_tables, register_stages
-
-WINDOWS: tuple[int, ...] = (7, 30, 90)
-"""Look-back windows in days: [T - N days, T)."""
-
-PAGE_GROUPS: dict[str, tuple[str, ...]] = {
-    # group -> page-name prefixes (schemas.PAGES); "error" is the error page itself
-    "loan": ("loan",),
-    "fx": ("fx",),
-    "fund": ("fund",),
-    "savings": ("savings",),
-    "card": ("card",),
-    "signup": ("signup",),
-    "pension": ("pension",),
-    "error": ("error",),
-}
+from src.features.sql_templates import LONG_READ_SECONDS, PAGE_GROUPS, WINDOWS, template_context
 
 __all__ = [
     "KRW_REFERENCE_RATES",
@@ -44,10 +30,8 @@ __all__ = [
     "coerce_view",
     "data_dictionary",
     "write_customer_view",
-]  # KRW_REFERENCE_RATES (schemas.py) is what sql/fx_rates.sql spells out; a test checks
-
-LONG_READ_SECONDS = 180
-"""Dwell (s) from which a page view counts as a long read (``long_views_*``; session_keys.sql)."""
+]  # KRW_REFERENCE_RATES (schemas.py) renders sql/fx_rates.sql. WINDOWS, PAGE_GROUPS and
+# LONG_READ_SECONDS live in sql_templates.py: identity.py renders session_keys.sql from them too
 
 VIEW_STAGES: tuple[str, ...] = (
     "session_keys",
@@ -75,8 +59,11 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     """Every view column -> (pandas dtype, meaning), in the order the view returns them.
 
     Counts and amounts are 0 when there is nothing to count; "days" features are null when
-    the thing does not exist. Windows are the last N days before T, T excluded.
+    the thing does not exist. Windows are the last N days before T, T excluded. The loops run
+    over :func:`~src.features.sql_templates.template_context`, the values the SQL is rendered
+    from, so a new window, page group or product is one edit of a constant.
     """
+    shape = template_context()
     d: dict[str, tuple[str, str]] = {
         "customer_id": ("str", "customer key"),
         "age": ("int64", "year(T) - birth_year"),
@@ -92,16 +79,16 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
         "is_accident_reported": ("bool", "an accident (fraud/loss) was reported before T: exclude"),
         "is_closed": ("bool", "the customer closed the relationship before T: exclude"),
     }
-    for t in HOLDING_TYPES:
+    for t in shape["holding_types"]:
         d[f"n_{t}"] = ("int64", f"open {t} holdings at T (opened before T, not closed before T)")
-    for t in HOLDING_TYPES:
+    for t in shape["holding_types"]:
         d[f"balance_{t}"] = ("float64", f"sum of balances of open {t} holdings (null balance = 0)")
     for name, meaning in DUE_FEATURES.items():
         d[name] = ("Int64", meaning)
     d["fund_return_pct_avg"] = ("float64", "mean return (%) of open funds; null without a fund")
 
     def windowed(stem: str, dtype: str, meaning: str) -> None:
-        for w in WINDOWS:
+        for w in shape["windows"]:
             d[f"{stem}_{w}d"] = (dtype, f"{meaning}, last {w} days")
 
     scope = "stitched web+app events (anonymous ones included once resolved)"
@@ -109,11 +96,11 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     windowed("app_share", "float64", "share of those sessions with an app event; null if none")
     windowed("page_views", "int64", f"page views (action 'view'), {scope}")
     windowed("dwell_seconds", "float64", f"total dwell seconds over all events, {scope}")
-    for group, prefixes in PAGE_GROUPS.items():
+    for group, prefixes in shape["page_groups"].items():
         windowed(f"pv_{group}", "int64", f"page views on {'/'.join(prefixes)}* pages")
     windowed("logins", "int64", "login events (action 'login')")
     d["days_since_last_session"] = ("Int64", "days from the last session's date to T's date")
-    for code in TXN_CODES:
+    for code in shape["txn_codes"]:
         windowed(f"txn_{code.lower()}_cnt", "int64", f"{code} transactions")
         windowed(
             f"txn_{code.lower()}_amt_krw",
@@ -125,13 +112,13 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     # Per-product need signals (appended, so earlier columns keep their positions): a long read
     # (>= LONG_READ_SECONDS on a product page) and a past signup of the product are the two
     # behaviours whose rate rises most steeply with the latent need (measured in issue 4).
-    for product in PRODUCTS:
+    for product in shape["products"]:
         windowed(
             f"long_views_{product}",
             "int64",
-            f"views of {product}* pages with dwell >= {LONG_READ_SECONDS} s, {scope}",
+            f"views of {product}* pages with dwell >= {shape['long_read_seconds']} s, {scope}",
         )
-    for product in PRODUCTS:
+    for product in shape["products"]:
         windowed(f"signups_{product}", "int64", f"PRODUCT_SIGNUP transactions for {product}")
     return d
 

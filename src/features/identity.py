@@ -26,6 +26,7 @@ import duckdb
 import pandas as pd
 
 from src.data.catalog import Catalog
+from src.features.sql_templates import render_template
 
 RAW_TABLES: tuple[str, ...] = ("customers", "holdings", "clickstream", "transactions")
 """Raw tables the feature SQL reads, registered as views with these names."""
@@ -56,9 +57,16 @@ _AS_OF = re.compile(r"\$as_of\b")
 Source = Catalog | duckdb.DuckDBPyConnection
 
 
-def load_sql(name: str) -> str:
-    """Text of ``src/features/sql/<name>.sql`` (shipped as package data)."""
+def sql_source(name: str) -> str:
+    """Text of ``src/features/sql/<name>.sql`` as written (shipped as package data): a Jinja
+    template whose repeated column blocks are loops (:mod:`src.features.sql_templates`)."""
     return (resources.files("src.features") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def load_sql(name: str) -> str:
+    """The SQL of ``<name>.sql`` with its loops expanded from the current constants: plain
+    DuckDB SQL, ``$as_of`` left for :func:`render_sql`."""
+    return render_template(sql_source(name))
 
 
 def sql_files() -> list[str]:
