@@ -118,12 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    settings = Settings(seed=args.seed, customers=args.customers, days=args.days)
+    settings = Settings(sim={"seed": args.seed, "customers": args.customers, "days": args.days})
     out_dir = settings.resolve(args.out) if args.out else settings.resolve(settings.benchmarks_dir)
     work = settings.root / "benchmarks" / ".data" / f"{args.customers}x{args.days}"
     raw_dir, truth_dir = work / "raw", work / "truth"
     params = {"customers": args.customers, "days": args.days, "seed": args.seed}
-    as_of = datetime.combine(settings.start_date, datetime.min.time()) + timedelta(days=args.days)
+    as_of = datetime.combine(settings.sim.start_date, datetime.min.time()) + timedelta(
+        days=args.days
+    )
 
     def wanted(name: str) -> bool:
         return args.only is None or name in args.only

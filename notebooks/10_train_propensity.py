@@ -33,12 +33,12 @@
 data_dir = ""  # empty: the project's data/ directory
 as_of = ""  # retraining date: only data before it is used (empty: all data)
 products = ""  # comma-separated (empty: all products)
-window_days = 30  # label window (shortened automatically on a bank too short for it)
-embargo = True  # every training label window closes before the test date (False leaks: see src/features/feature_table.py)
-learning_rate = 0.05
-num_leaves = 15
-min_child_samples = 100
-calibration = "sigmoid"  # Platt; "isotonic" needs 200+ validation positives (see PropensityConfig)
+window_days = None  # models.window_days: label window (shortened automatically on a bank too short for it)
+embargo = None  # models.embargo: every training label window closes before the test date (False leaks)
+learning_rate = None  # models.learning_rate
+num_leaves = None  # models.num_leaves
+min_child_samples = None  # models.min_child_samples
+calibration = None  # models.calibration: "sigmoid" (Platt) or "isotonic" (needs 200+ validation positives)
 register = True  # register the model and run the champion/challenger comparison
 with_rule_features = False  # add the detection rules' features (slower: detection per date)
 ceiling_paths = 0  # > 0: Monte Carlo paths for the bayes_as_of ceiling (minutes on a large bank)
@@ -52,20 +52,20 @@ import pandas as pd
 from IPython.display import display
 
 from src.data.schemas import PRODUCTS
-from src.models.propensity import PropensityConfig
 from src.models.train import run_propensity_training, write_run_info
 from src.settings import Settings
 
-settings = Settings(data_dir=data_dir) if data_dir else Settings()
+# parameters left at None take the settings' values (environment NEXTOFFER_MODELS__<FIELD>, else defaults)
+settings = Settings.from_overrides(data_dir=data_dir, models=dict(
+    window_days=window_days, embargo=embargo, learning_rate=learning_rate, num_leaves=num_leaves,
+    min_child_samples=min_child_samples, calibration=calibration))
 chosen = [p.strip() for p in products.split(",") if p.strip()] or list(PRODUCTS)
 extra = None
 if with_rule_features:
     from src.features.feature_table import detection_rule_features
 
     extra = detection_rule_features()
-config = PropensityConfig(learning_rate=learning_rate, num_leaves=num_leaves, min_child_samples=min_child_samples,
-                          calibration=calibration)
-run = run_propensity_training(settings, as_of or None, chosen, config, window_days=window_days, embargo=embargo,
+run = run_propensity_training(settings, as_of or None, chosen,  # config, window, embargo: settings.models
                               extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None,
                               ceiling_paths=ceiling_paths)
 print("time split:", run.plan.as_dict())

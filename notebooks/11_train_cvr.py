@@ -28,7 +28,7 @@
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
 as_of = ""  # only data before it (empty: all data)
-step_days = 7  # snapshot spacing (one week of exposures per snapshot)
+step_days = None  # models.cvr_step_days: snapshot spacing (one week of exposures per snapshot)
 run_info_path = ""  # set by `retrain`
 out_dir = ""  # set by `retrain`
 
@@ -40,8 +40,8 @@ from IPython.display import display
 from src.models.train import run_cvr_training, write_run_info
 from src.settings import Settings
 
-settings = Settings(data_dir=data_dir) if data_dir else Settings()
-run = run_cvr_training(settings, as_of or None, step_days=step_days, out_dir=Path(out_dir) if out_dir else None)
+settings = Settings.from_overrides(data_dir=data_dir, models={"cvr_step_days": step_days})
+run = run_cvr_training(settings, as_of or None, out_dir=Path(out_dir) if out_dir else None)
 print("weeks:", run.weeks)
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 

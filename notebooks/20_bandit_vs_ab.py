@@ -36,10 +36,10 @@ data_dir = ""  # empty: the project's data/ directory
 train_days = 14  # the logged history the bandit learns from offline
 sim_days = 0  # days the policies run (0: the rest of the simulated period)
 ab_test_days = 7  # A/B test period at the start of the run
-exploration = "epsilon"  # epsilon | softmax | squarecb
-epsilon = 0.05
-learning_rate = 2.0
-seed = 0
+exploration = None  # bandit.exploration: epsilon | softmax | squarecb
+epsilon = None  # bandit.epsilon
+learning_rate = None  # bandit.learning_rate
+seed = None  # bandit.seed (also seeds the simulated requests)
 diagnostics = True  # also run the diagnostic policies (frozen bandit, true-need greedy and bandit)
 register = False  # log the bandit to MLflow and register it (challenger / champion)
 
@@ -59,12 +59,14 @@ from src.models.policies import (
 )
 from src.settings import Settings
 
-settings = Settings(data_dir=data_dir) if data_dir else Settings()
+# parameters left at None take the settings' values (environment NEXTOFFER_BANDIT__<FIELD>, else defaults)
+settings = Settings.from_overrides(data_dir=data_dir, bandit=dict(
+    exploration=exploration, epsilon=epsilon, learning_rate=learning_rate, seed=seed))
 meta_days = pd.read_json(settings.truth_dir / "meta.json", typ="series")["days"]
 train = min(train_days, int(meta_days) // 2)
 config = ComparisonConfig(
     train_days=train, sim_days=sim_days or None, ab_test_days=min(ab_test_days, (int(meta_days) - train) // 2),
-    seed=seed, bandit=BanditConfig(exploration=exploration, epsilon=epsilon, learning_rate=learning_rate),
+    seed=settings.bandit.seed, bandit=BanditConfig.of(settings.bandit),
     policies=("random", "ab_then_fix", "bandit", "oracle") + (DIAGNOSTIC_POLICIES if diagnostics else ()),
 )
 print(f"bank: {settings.raw_dir}\n{int(meta_days)} simulated days; offline log {config.train_days} days; "
@@ -148,7 +150,7 @@ result.ab
 # their true value from the oracle.
 
 # %%
-start = pd.Timestamp(settings.start_date) + pd.Timedelta(days=config.train_days)
+start = pd.Timestamp(settings.sim.start_date) + pd.Timedelta(days=config.train_days)
 ope_table = ope_check(settings.raw_dir, settings.truth_dir, result.offline_bandit, result.views, start,
                       extra_policies={"ab_winners": result.ab["winner"].tolist()}, history=config.history)
 ope_table[["policy", "estimator", "value", "ci_low", "ci_high", "true_value", "rel_error_pct", "covered"]].round(4)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from src.settings import Settings
+from src.settings import BanditSettings, Settings
 
 app = typer.Typer(
     name="nextoffer",
@@ -29,10 +29,17 @@ DataDirOpt = Annotated[
 ]
 
 
-def _settings(**overrides: object) -> Settings:
-    """Settings from the environment, with command-line options taking precedence."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)
+def _settings(
+    data_dir: Path | None = None,
+    customers: int | None = None,
+    days: int | None = None,
+    seed: int | None = None,
+    **sections: dict[str, Any],
+) -> Settings:
+    """Settings from the environment, with the options that were given taking precedence:
+    ``--customers/--days/--seed`` are the ``sim`` section's, ``sections`` name others'."""
+    sim = {"customers": customers, "days": days, "seed": seed}
+    return Settings.from_overrides(data_dir=data_dir, sim=sim, **sections)
 
 
 @app.command()
@@ -167,15 +174,19 @@ def retrain(
 @app.command("train-bandit")
 def train_bandit(
     held_out_share: Annotated[
-        float,
-        typer.Option(help="Share of the logged days held out to score the bandit (doubly robust)."),
-    ] = 0.3,
+        float | None,
+        typer.Option(
+            help="Share of the logged days held out to score the bandit (doubly robust); "
+            f"default: bandit.held_out_share ({BanditSettings().held_out_share})."
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the content bandit from the logged exposures; register it, promote only if better."""
     from src.pipeline import run_bandit_training
 
-    result = run_bandit_training(_settings(data_dir=data_dir), held_out_share=held_out_share)
+    settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
+    result = run_bandit_training(settings)
     typer.echo(
         f"trained on {result.train_decisions:,} logged decisions; held out "
         f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
@@ -221,7 +232,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
-    """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING_*."""
+    """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING__*."""
     from src.serving.service import serve as run_server
 
     run_server(_settings(), host=host, port=port)

@@ -18,20 +18,15 @@ from src.settings import Settings
 
 def default_as_of(settings: Settings) -> datetime:
     """The day after the last simulated day: the view then sees the whole history."""
-    start = datetime.combine(settings.start_date, datetime.min.time())
-    return start + timedelta(days=settings.days)
+    start = datetime.combine(settings.sim.start_date, datetime.min.time())
+    return start + timedelta(days=settings.sim.days)
 
 
 def run_simulation(settings: Settings, progress: bool = True) -> dict[str, int]:
     """Simulate the synthetic bank into data/raw (observable) and data/truth (hidden)."""
     from src.data.synthetic import SimConfig, simulate
 
-    config = SimConfig(
-        customers=settings.customers,
-        days=settings.days,
-        start_date=settings.start_date,
-        seed=settings.seed,
-    )
+    config = SimConfig(**settings.sim.model_dump())
     return simulate(config, settings.raw_dir, settings.truth_dir, progress=progress)
 
 
@@ -131,7 +126,7 @@ class BanditTrainingResult:
 
 
 def run_bandit_training(
-    settings: Settings, held_out_share: float = 0.3, echo: Callable[[str], None] = print
+    settings: Settings, held_out_share: float | None = None, echo: Callable[[str], None] = print
 ) -> BanditTrainingResult:
     """Train the content bandit off-policy from the bank's logged exposures, score it, register it.
 
@@ -139,7 +134,8 @@ def run_bandit_training(
     logging policy chose it with); the later ``held_out_share`` of days scores it by the doubly
     robust off-policy estimate. It is registered as ``challenger`` and becomes ``champion`` only
     if it beats the current champion on that same held-out log, so the endpoint never swaps
-    in a bandit that was not shown to be better first.
+    in a bandit that was not shown to be better first. The learner and ``held_out_share``
+    default to ``settings.bandit``.
     """
     import pandas as pd
 
@@ -160,16 +156,17 @@ def run_bandit_training(
     start = exposures["ts"].min().normalize()
     end = exposures["ts"].max().normalize() + pd.Timedelta(days=1)
     days = (end - start).days
-    held_out_days = max(1, round(days * held_out_share))
+    share = settings.bandit.held_out_share if held_out_share is None else held_out_share
+    held_out_days = max(1, round(days * share))
     if days - held_out_days < 1:
         raise ValueError(f"{days} logged day(s): too few to train a bandit and hold some out")
     split = end - pd.Timedelta(days=held_out_days)
-    spec, config = default_feature_spec(), BanditConfig(seed=settings.seed)
+    spec, config = default_feature_spec(), BanditConfig.of(settings.bandit)
     views = build_views(settings.catalog, view_schedule(start, end, 7), spec)
     log = logged_decisions(exposures, views, offers, config, end=split)
     bandit = ContextualBandit(config, spec)
     train_offline(bandit, log, offers)
-    score = held_out_scorer(settings.catalog, views, config, start=split, seed=settings.seed)
+    score = held_out_scorer(settings.catalog, views, config, start=split, seed=config.seed)
     value = score(bandit)
     held_out = logged_decisions(exposures, views, offers, config, start=split)
     logged_value = float(held_out["reward"].mean()) if len(held_out) else float("nan")
@@ -201,8 +198,8 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
 
     started = time.perf_counter()
     echo(
-        f"1/7 simulating {settings.customers:,} customers x {settings.days} days "
-        f"(seed {settings.seed}) ..."
+        f"1/7 simulating {settings.sim.customers:,} customers x {settings.sim.days} days "
+        f"(seed {settings.sim.seed}) ..."
     )
     counts = run_simulation(settings)
     for table, rows in counts.items():

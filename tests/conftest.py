@@ -39,7 +39,7 @@ def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from src.pipeline import run_simulation, run_validation
 
     data_dir: Path = tmp_path_factory.mktemp("bank")
-    settings = Settings(data_dir=data_dir, **SMALL_BANK)
+    settings = Settings(data_dir=data_dir, sim=SMALL_BANK)
     run_simulation(settings, progress=False)
     run_validation(settings)
     return settings

@@ -56,7 +56,7 @@ def test_offline_log_keeps_logged_probabilities_and_point_in_time_views(small_ba
     log = comparison.offline_log
     exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet").set_index("decision_id")
     np.testing.assert_allclose(log["prob"], exposures.loc[log["decision_id"], "logged_prob"])
-    assert log["ts"].max() < pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
+    assert log["ts"].max() < pd.Timestamp(small_bank.sim.start_date) + pd.Timedelta(days=14)
     # the reward is the click, and the bandit learned from every logged decision
     assert (log["reward"] == log["click"].astype(float)).all()
     assert comparison.offline_bandit.n_learned == len(log)
@@ -118,7 +118,7 @@ def test_gap_report_splits_exploration_slots_and_weeks(comparison):
 
 
 def test_off_policy_estimates_bracket_the_truth(small_bank, comparison):
-    start = pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
+    start = pd.Timestamp(small_bank.sim.start_date) + pd.Timedelta(days=14)
     table = ope_check(
         small_bank.raw_dir,
         small_bank.truth_dir,

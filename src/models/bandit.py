@@ -16,11 +16,10 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from src.models.bandit_features import (
     CustomerViews,
@@ -34,36 +33,13 @@ from src.models.bandit_features import (
     slot_candidates,
     vw_example,
 )
+from src.settings import BanditParams
 
-RewardMetric = Literal["click", "convert", "value"]
 
-
-class BanditConfig(BaseModel):
-    """How the bandit explores and learns. ``reward`` is what it maximizes.
-
-    Default reward: the click. It is dense (about 1 in 20 exposures vs 1 in 100 for a
-    conversion), immediate (a conversion can come days later), and it is what the A/B practice
-    it replaces measures; ``value`` (conversion value / ``value_scale``) is there for a bank
-    that wants margin, at the cost of a much noisier signal.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    exploration: Literal["epsilon", "softmax", "squarecb"] = "epsilon"
-    epsilon: float = Field(0.05, ge=0, le=1)
-    softmax_lambda: float = Field(10.0, gt=0)
-    gamma_scale: float = Field(400.0, gt=0, description="SquareCB: larger = greedier.")
-    learning_rate: float = Field(
-        2.0,
-        gt=0,
-        description="Measured on notebook 20's run: 0.1 -> 68 %, "
-        "0.5 -> 73 %, 2 -> 74 % of the oracle (larger steps track drifting needs).",
-    )
-    bits: int = Field(20, ge=12, le=28)
-    cb_type: Literal["mtr", "dr", "ips"] = "mtr"
-    reward: RewardMetric = "click"
-    value_scale: float = Field(100_000.0, gt=0)
-    seed: int = 0
+class BanditConfig(BanditParams):
+    """How the bandit explores and learns (fields and defaults: :class:`src.settings.BanditParams`,
+    the learner's part of ``Settings.bandit``; ``BanditConfig.of(settings.bandit)``), and how
+    that becomes VW arguments and rewards."""
 
     def vw_args(self, spec: FeatureSpec) -> str:
         explore = {

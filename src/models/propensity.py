@@ -12,12 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
@@ -27,31 +25,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from src.features.feature_table import AsOfPlan, feature_columns, label_column, model_matrix
 
-
-class PropensityConfig(BaseModel):
-    """Model settings (all logged as MLflow params)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_estimators: int = 1000
-    learning_rate: float = 0.05
-    num_leaves: int = 15
-    min_child_samples: int = 100
-    subsample: float = 0.8
-    colsample_bytree: float = 0.5
-    reg_lambda: float = 5.0
-    early_stopping_rounds: int = 50
-    # Platt, not isotonic: on the 100k x 180 bank (500-1,550 validation positives per product)
-    # isotonic raised the test log loss on all 6 products and doubled the calibration error on 4,
-    # while Platt kept the booster's log loss (within 0.0003) and beat isotonic's error on all 6.
-    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
-    isotonic_min_positives: int = (
-        200  # fewer validation positives: Platt even when isotonic is asked for
-    )
-    val_customer_share: float = 0.2  # validation customers never train (see split_rows)
-    logreg_c: float = 0.1
-    seed: int = 7
-    n_jobs: int = 1  # OpenMP threads spin: on a shared 2-core box 2 threads ran 15x slower than 1
+# the config is the settings tree's: Settings.models extends it with the time split
+from src.settings import PropensityConfig
 
 
 @dataclass

@@ -39,7 +39,7 @@ from src.models.evaluate import (
 )
 from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
 from src.models.registry import PromotionResult, register_and_promote
-from src.settings import Settings
+from src.settings import ModelSettings, Settings
 
 EXPERIMENT = "propensity"
 MODEL_NAME = "nextoffer-propensity"
@@ -65,10 +65,14 @@ class PropensityRun:
 def plan_for(
     catalog: Catalog,
     as_of: date | datetime | str | None,
-    window_days: int = 30,
-    embargo: bool = True,
+    window_days: int | None = None,
+    embargo: bool | None = None,
 ) -> AsOfPlan:
-    """The time split for a retraining on ``as_of``: only data before it (default: all data)."""
+    """The time split for a retraining on ``as_of``: only data before it (default: all data).
+    ``window_days``/``embargo`` default to the ``models`` section's defaults."""
+    defaults = ModelSettings()
+    window_days = defaults.window_days if window_days is None else window_days
+    embargo = defaults.embargo if embargo is None else embargo
     start, end = data_period(catalog)
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())
@@ -116,8 +120,8 @@ def run_propensity_training(
     as_of: date | datetime | str | None = None,
     products: Sequence[str] = PRODUCTS,
     config: PropensityConfig | None = None,
-    window_days: int = 30,
-    embargo: bool = True,
+    window_days: int | None = None,
+    embargo: bool | None = None,
     extra: ExtraFeatures | None = None,
     track: bool = True,
     register: bool = True,
@@ -132,8 +136,11 @@ def run_propensity_training(
     ``table``/``plan`` skip the feature build (benchmarks reuse one table). ``out_dir`` gets
     the plots and metrics as files as well. ``ceiling_paths`` > 0 adds the Bayes-at-as_of
     ceiling (``evaluate.ceiling_scores``, Monte Carlo with that many paths; minutes at 100k).
+    ``config``, ``window_days`` and ``embargo`` default to ``settings.models``.
     """
-    config = config or PropensityConfig()
+    config = config or settings.models.propensity
+    window_days = settings.models.window_days if window_days is None else window_days
+    embargo = settings.models.embargo if embargo is None else embargo
     products = list(products)
     timings: dict[str, float] = {}
     plan = plan or plan_for(settings.catalog, as_of, window_days, embargo)
@@ -296,7 +303,7 @@ class CvrRun:
 def run_cvr_training(
     settings: Settings,
     as_of: date | datetime | str | None = None,
-    step_days: int = 7,
+    step_days: int | None = None,
     min_history_days: int = 7,
     track: bool = True,
     out_dir: Path | None = None,
@@ -307,10 +314,12 @@ def run_cvr_training(
     validate, earlier weeks train; then the segment report on the last snapshot.
 
     ``max_weeks`` keeps only the latest snapshots (one customer view each: on a 100k bank a
-    view is the cost, so the benchmark trains on the last few weeks)."""
+    view is the cost, so the benchmark trains on the last few weeks). ``step_days`` defaults to
+    ``settings.models.cvr_step_days``."""
     from src.features.customer_view import build_customer_view
     from src.models import cvr
 
+    step_days = step_days or settings.models.cvr_step_days
     start, end = data_period(settings.catalog)
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())

@@ -263,7 +263,7 @@ def create_app(
     collector's permanent generation (``gc.freeze``) and collect the young generation less often,
     so no request pays for a full collection over the view's millions of objects."""
     settings = settings or Settings()
-    serving = (serving or ServingSettings()).resolved(settings)
+    serving = (serving or settings.serving).resolved(settings)
     source = (
         MlflowModelSource(settings.tracking_uri, serving.model_alias)
         if model_source is _DEFAULT_SOURCE

@@ -1,7 +1,8 @@
 """Settings of the scoring service and the offer policy file it reads.
 
 Two layers, on purpose: :class:`ServingSettings` is *where things are and how the process
-runs* (environment variables ``NEXTOFFER_SERVING_<FIELD>``); :class:`PolicyConfig` is *what the
+runs* — the ``serving`` section of :class:`~src.settings.Settings` (defined there, re-exported
+here; environment variables ``NEXTOFFER_SERVING__<FIELD>``); :class:`PolicyConfig` is *what the
 bank allows* — the offer catalog, targeting rules, consent per channel, contact caps and the
 fallback order — a YAML/JSON file the business side edits without touching code.
 """
@@ -13,79 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from src.settings import Settings
-
-
-class ServingSettings(BaseSettings):
-    """Process settings of ``nextoffer serve``; nothing is read or opened when constructed.
-
-    Relative paths are resolved against the project root (``Settings.resolve``).
-    """
-
-    model_config = SettingsConfigDict(env_prefix="NEXTOFFER_SERVING_", extra="ignore")
-
-    view_path: Path | None = Field(
-        None,
-        description="Customer view Parquet; default: the newest features/customer_view_*.parquet.",
-    )
-    policy_path: Path | None = Field(
-        None,
-        description="Offer policy YAML/JSON; default: every offer of raw/offers.parquet, default rules.",
-    )
-    log_path: Path = Field(
-        Path("data/serving/decisions.sqlite"), description="SQLite decision/reward log."
-    )
-    rules_dir: Path | None = Field(
-        None, description="Detection rules for /v1/events; default: the shipped ones."
-    )
-    propensity_model: str | None = "nextoffer-propensity"
-    bandit_model: str | None = "nextoffer-bandit"
-    model_alias: str = "champion"
-    model_poll_seconds: float = Field(30.0, gt=0, description="How often aliases are checked.")
-    model_load_timeout_seconds: float = Field(60.0, gt=0)
-    api_key: SecretStr | None = Field(
-        None, description="If set, /v1/* need it in the API key header."
-    )
-    api_key_header: str = "X-API-Key"
-    commit_max_batch: int = Field(512, ge=1, description="Most log writes in one group commit.")
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL",
-        description="FULL: a decision survives power loss once answered; NORMAL: process crash only.",
-    )
-    fast_path: bool = Field(
-        True,
-        description="Answer valid decision requests before FastAPI's routing (same handler and "
-        "validation); off: every request goes through the FastAPI route.",
-    )
-    timezone: str = Field("Asia/Seoul", description="Days of the contact caps are local days here.")
-    seed: int | None = Field(
-        None, description="Seeds the exploration draws (tests); default: OS entropy."
-    )
-
-    def resolved(self, settings: Settings) -> ServingSettings:
-        """A copy with every path absolute and the defaults that depend on data filled in."""
-        view = self.view_path and settings.resolve(self.view_path)
-        if view is None:
-            view = settings.catalog.latest("customer_view")
-            if view is None:
-                raise FileNotFoundError(
-                    f"no customer view in {settings.features_dir}: run `nextoffer build-view` "
-                    "or set NEXTOFFER_SERVING_VIEW_PATH"
-                )
-        return self.model_copy(
-            update={
-                "view_path": view,
-                "policy_path": self.policy_path and settings.resolve(self.policy_path),
-                "log_path": settings.resolve(self.log_path),
-                "rules_dir": settings.resolve(self.rules_dir)
-                if self.rules_dir
-                else settings.root / "src" / "features" / "rules",
-            }
-        )
-
+# ServingSettings is defined with the other settings sections and still importable from here
+from src.settings import ServingSettings, Settings
 
 # --- the policy file ------------------------------------------------------------------------
 

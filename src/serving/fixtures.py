@@ -31,9 +31,7 @@ def tiny_bank(
 
     settings = Settings(
         data_dir=Path(data_dir),
-        customers=customers,
-        days=days,
-        seed=seed,
+        sim={"customers": customers, "days": days, "seed": seed},
         mlflow_tracking_uri=f"sqlite:///{Path(data_dir) / 'mlflow.db'}",
     )
     config = SimConfig(customers=customers, days=days, seed=seed)

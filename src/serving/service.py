@@ -2,7 +2,7 @@
 helper the tests, the benchmark and the demo share.
 
 ``python -m src.serving --host H --port P`` runs :func:`serve` with settings from the
-environment (``NEXTOFFER_*``, ``NEXTOFFER_SERVING_*``, ``MLFLOW_TRACKING_URI``).
+environment (``NEXTOFFER_*``, ``NEXTOFFER_SERVING__*``, ``MLFLOW_TRACKING_URI``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def export_log(
     (``evaluation_log.parquet`` is what ``nextoffer evaluate-policy`` reads)."""
     from src.serving.log import export_log_files
 
-    serving = (serving or ServingSettings()).resolved(settings)
+    serving = (serving or settings.serving).resolved(settings)
     if not serving.log_path.exists():
         raise FileNotFoundError(f"no decision log at {serving.log_path}")
     return export_log_files(serving.log_path, settings.resolve(Path(out_dir)), reward)  # type: ignore[arg-type]
@@ -174,10 +174,10 @@ def serving_env(settings: Settings, serving: ServingSettings) -> dict[str, str]:
     for name, value in serving.model_dump(exclude_none=True).items():
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"NEXTOFFER_SERVING_{name.upper()}"] = str(value)
+        env[f"NEXTOFFER_SERVING__{name.upper()}"] = str(value)
     for name in ("propensity_model", "bandit_model"):
         if getattr(serving, name) is None:
-            env[f"NEXTOFFER_SERVING_{name.upper()}"] = ""
+            env[f"NEXTOFFER_SERVING__{name.upper()}"] = ""
     return env
 
 
@@ -188,10 +188,12 @@ def run_demo(
 
     Uses the demo's customer view and whatever champions the registry holds (the fallback order
     if none). Returns the decisions it printed."""
-    serving = ServingSettings(
-        log_path=settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite"
+    serving = settings.serving.model_copy(
+        update={
+            "log_path": settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite"
+        }
     )
-    view = ServingSettings().resolved(settings).view_path
+    view = serving.resolved(settings).view_path
     import pandas as pd
 
     customers = (
