@@ -54,6 +54,69 @@ def simulate(
 
 
 @app.command()
+def ingest(
+    mapping: Annotated[
+        Path,
+        typer.Option(
+            "--mapping",
+            help="YAML mapping of the bank's export to the contract "
+            "(see examples/bank_export/mapping.yaml).",
+        ),
+    ],
+    data_dir: DataDirOpt = None,
+    allow_unmapped: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unmapped",
+            help="Keep values the mapping does not cover as they are (validation then rejects "
+            "them) instead of failing.",
+        ),
+    ] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source", help="TABLE=FILE: read TABLE from FILE instead of the mapping's source."
+        ),
+    ] = None,
+) -> None:
+    """Map a bank's own export (CSV/Parquet) onto the contract's raw tables in data/raw."""
+    from src.data.ingest import MappingError, format_report
+    from src.data.ingest import ingest as run_ingest
+
+    settings = _settings(data_dir=data_dir)
+    overrides: dict[str, Path] = {}
+    for item in source or []:
+        table, sep, file = item.partition("=")
+        if not sep or not table or not file:
+            typer.echo(f"--source {item!r}: want TABLE=FILE", err=True)
+            raise typer.Exit(code=2)
+        overrides[table.strip()] = Path(file)
+    try:
+        result = run_ingest(
+            mapping, settings.catalog, allow_unmapped=allow_unmapped, sources=overrides
+        )
+    except MappingError as error:  # names table, column, value and count
+        typer.echo(f"ingest failed: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"{'table':<14} {'rows':>10}  source")
+    for table, rows in result.rows.items():
+        typer.echo(f"{table:<14} {rows:>10,}  {result.sources[table]}")
+        if result.dropped_columns[table]:
+            typer.echo(f"{'':<14} {'':>10}  dropped: {', '.join(result.dropped_columns[table])}")
+    typer.echo(f"raw tables: {settings.catalog.raw_dir}")
+    if result.report.empty:
+        typer.echo("unmapped values: none")
+    else:
+        total = int(result.report["count"].sum())
+        typer.echo(f"unmapped values kept as they are ({total:,} row(s)):")
+        typer.echo(format_report(result.report))
+    for table, n in result.contract_rejects.items():
+        typer.echo(f"{table}: {n:,} row(s) break the contract; `nextoffer validate` names them")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
 def validate(
     data_dir: DataDirOpt = None,
     quarantine: Annotated[
