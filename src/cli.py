@@ -283,11 +283,12 @@ def evaluate_policy(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING_*."""
     from src.serving.service import serve as run_server
 
-    run_server(_settings(), host=host, port=port)
+    run_server(_settings(data_dir=data_dir), host=host, port=port)
 
 
 @app.command("export-log")
@@ -296,11 +297,12 @@ def export_log(
     reward: Annotated[
         str, typer.Option(help="click | conversion: the reward column for off-policy evaluation.")
     ] = "click",
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Decisions and rewards from the serving log to Parquet, for retraining and evaluate-policy."""
     from src.serving.service import export_log as export
 
-    for name, path in export(_settings(), out_dir, reward=reward).items():
+    for name, path in export(_settings(data_dir=data_dir), out_dir, reward=reward).items():
         typer.echo(f"{name:<18} {path}")
 
 
