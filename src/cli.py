@@ -250,6 +250,109 @@ def train_bandit(
     )
 
 
+@app.command("train-table")
+def train_table(
+    file: Annotated[Path, typer.Argument(help="CSV (any separator) or Parquet file.")],
+    target: Annotated[str, typer.Option("--target", help="The outcome column.")],
+    positive: Annotated[
+        str | None,
+        typer.Option(
+            "--positive",
+            help="Target value that counts as positive (default: 0/1, booleans or yes/no).",
+        ),
+    ] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option("--drop", help="Column to leave out (e.g. one that leaks the outcome)."),
+    ] = None,
+    missing_value: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--missing-value",
+            help="COL=VALUE: that value means missing (e.g. pdays=999); an indicator is added.",
+        ),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option(
+            "--time-col", help="Time column: adds a time split (earlier rows train); not a feature."
+        ),
+    ] = None,
+    time_order: Annotated[
+        str | None,
+        typer.Option(
+            "--time-order",
+            help="'rows': no time column, but the rows are in time order (time split by position).",
+        ),
+    ] = None,
+    drift_cols: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drift-cols",
+            help="Comma-separated columns for the drift diagnostic (each alone, train vs test "
+            "rows; the time split refitted without them). Needs a time split.",
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Stratified CV folds.")] = 5,
+    sep: Annotated[
+        str | None, typer.Option("--sep", help="CSV separator (default: sniffed).")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", help="Keep N evenly spaced rows (a quick run).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Folds and validation slices.")] = 7,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            "--register",
+            help="Register the final model under this name (challenger; champion if better).",
+        ),
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")] = True,
+) -> None:
+    """Propensity on any table: stratified CV AUC (LightGBM, logistic) and a time-split AUC."""
+    from src.models.tabular import (
+        TableError,
+        TableSpec,
+        format_result,
+        parse_columns,
+        parse_missing,
+    )
+    from src.models.tabular import train_table as run_train_table
+
+    if time_order not in (None, "rows"):
+        typer.echo(f"--time-order {time_order!r}: the only order is 'rows'", err=True)
+        raise typer.Exit(code=1)
+    if register and not track:
+        typer.echo("--register needs the MLflow run: drop --no-track", err=True)
+        raise typer.Exit(code=1)
+    try:
+        spec = TableSpec(
+            target=target,
+            positive=positive,
+            drop=parse_columns(drop or []),
+            missing=parse_missing(missing_value or []),
+            time_col=time_col,
+            time_order="rows" if time_order else None,
+            drift_cols=parse_columns(drift_cols or []),
+        )
+        run = run_train_table(
+            file,
+            spec,
+            sep=sep,
+            n_folds=folds,
+            seed=seed,
+            sample=sample,
+            settings=_settings(),
+            track=track,
+            register=register,
+        )
+    except TableError as error:  # names the column (and rows) at fault
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(format_result(run))
+
+
 @app.command("evaluate-policy")
 def evaluate_policy(
     log: Annotated[
