@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 
