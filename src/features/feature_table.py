@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 
@@ -29,7 +30,7 @@ from src.data.catalog import Catalog
 from src.data.schemas import INCOME_BANDS, LIFE_STAGES, PRODUCTS, REGIONS
 from src.features.customer_view import build_customer_view, data_dictionary
 
-DateLike = datetime | date | str | pd.Timestamp
+DateLike: TypeAlias = datetime | date | str | pd.Timestamp
 ExtraFeatures = Callable[[Catalog, pd.Timestamp, pd.Series], pd.DataFrame]
 """(catalog, as_of, customer_ids) -> frame keyed by ``customer_id``; columns joined as features."""
 
@@ -90,10 +91,9 @@ def data_period(catalog: Catalog) -> tuple[pd.Timestamp, pd.Timestamp]:
 
     The last calendar day is treated as incomplete (a session running past midnight of the
     final simulated day leaves a few events there), so ``end`` is its midnight."""
-    import duckdb
-
-    path = str(catalog.source("transactions")).replace("'", "''")
-    lo, hi = duckdb.sql(f"SELECT min(ts), max(ts) FROM read_parquet('{path}')").fetchall()[0]
+    con = catalog.connect(("transactions",))
+    lo, hi = con.execute("SELECT min(ts), max(ts) FROM transactions").fetchall()[0]
+    con.close()
     return pd.Timestamp(lo).normalize(), pd.Timestamp(hi).normalize()
 
 
