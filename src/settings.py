@@ -238,8 +238,9 @@ class Settings(BaseSettings):
 
     # extra="forbid": the environment source only reads declared names, so what this refuses is
     # init keywords, e.g. a ``Settings(customers=...)`` written before the sections existed.
+    # validate_by_name: ``Settings(mlflow_tracking_uri=...)`` as well as the variable's name.
     model_config = SettingsConfigDict(
-        env_prefix="NEXTOFFER_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="NEXTOFFER_", env_nested_delimiter="__", extra="forbid", validate_by_name=True
     )
 
     root: Path = Field(default=PACKAGE_ROOT, description="Project root; other paths hang off it.")
