@@ -65,8 +65,9 @@ class ServingSettings(Section):
         None,
         description="Offer policy YAML/JSON; default: every offer of raw/offers.parquet, default rules.",
     )
-    log_path: Path = Field(
-        Path("data/serving/decisions.sqlite"), description="SQLite decision/reward log."
+    log_path: Path | None = Field(
+        None,
+        description="SQLite decision/reward log; default: <data_dir>/serving/decisions.sqlite.",
     )
     rules_dir: Path | None = Field(
         None, description="Detection rules for /v1/events; default: the shipped ones."
@@ -109,7 +110,9 @@ class ServingSettings(Section):
             update={
                 "view_path": view,
                 "policy_path": self.policy_path and settings.resolve(self.policy_path),
-                "log_path": settings.resolve(self.log_path),
+                "log_path": settings.resolve(self.log_path)
+                if self.log_path
+                else settings.resolve(settings.data_dir) / "serving" / "decisions.sqlite",
                 "rules_dir": settings.resolve(self.rules_dir)
                 if self.rules_dir
                 else settings.root / "src" / "features" / "rules",

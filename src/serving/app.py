@@ -124,6 +124,8 @@ def build_state(
         metrics.log_batch.observe(n)
         metrics.log_commit.observe(seconds)
 
+    if serving.log_path is None:  # resolved() fills it in
+        raise ValueError("serving settings without a decision log: call .resolved(settings)")
     decision_log = SqliteDecisionLog(
         serving.log_path, serving.sqlite_synchronous, serving.commit_max_batch, on_commit=on_commit
     )

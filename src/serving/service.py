@@ -61,10 +61,10 @@ def export_log(
     (``evaluation_log.parquet`` is what ``nextoffer evaluate-policy`` reads)."""
     from src.serving.log import export_log_files
 
-    serving = (serving or settings.serving).resolved(settings)
-    if not serving.log_path.exists():
-        raise FileNotFoundError(f"no decision log at {serving.log_path}")
-    return export_log_files(serving.log_path, settings.resolve(Path(out_dir)), reward)  # type: ignore[arg-type]
+    log_path = (serving or settings.serving).resolved(settings).log_path
+    if log_path is None or not log_path.exists():
+        raise FileNotFoundError(f"no decision log at {log_path}")
+    return export_log_files(log_path, settings.resolve(Path(out_dir)), reward)  # type: ignore[arg-type]
 
 
 def free_port() -> int:
