@@ -440,6 +440,11 @@ def test_validate_raw_counts_and_reference_errors(tmp_path: Path) -> None:
     for name, df in make_valid_tables().items():  # the validated layer holds every accepted row
         assert len(catalog.read(name)) == len(df)
     assert catalog.manifest()["tables"]["offers"]["accepted"] == len(make_valid_table("offers"))
+    # microseconds, like the exports: a nanosecond column breaks the all-history cut-off in SQL
+    assert str(catalog.read("transactions")["ts"].dtype) == "datetime64[us]"
+    assert catalog.connect(("transactions",)).execute(
+        "SELECT count(*) FROM transactions WHERE ts < TIMESTAMP '9999-12-31 23:59:59'"
+    ).fetchall() == [(len(make_valid_table("transactions")),)]
 
 
 def test_write_table_validates_before_writing(tmp_path: Path) -> None:

@@ -390,7 +390,7 @@ def _publish_validated(catalog: Catalog, results: Mapping[str, LoadResult]) -> N
         manifest: dict[str, Any] = {"tables": {}}
         for name, result in results.items():
             path = staging / catalog.path(name).name
-            result.data.to_parquet(path, index=False)
+            _with_microsecond_timestamps(result.data).to_parquet(path, index=False)
             manifest["tables"][name] = {
                 "source": result.source,
                 "accepted": result.n_accepted,
@@ -407,6 +407,14 @@ def _publish_validated(catalog: Catalog, results: Mapping[str, LoadResult]) -> N
     except BaseException:
         _remove_tree(staging)
         raise
+
+
+def _with_microsecond_timestamps(df: pd.DataFrame) -> pd.DataFrame:
+    """Timestamps at microsecond precision, as the raw exports and Spark have them: DuckDB and
+    Spark compare a nanosecond column with an ordinary TIMESTAMP literal by widening the
+    literal, which overflows for far dates (the all-history cut-off)."""
+    nanos = [c for c in df.columns if str(df[c].dtype) == "datetime64[ns]"]
+    return df.astype(dict.fromkeys(nanos, "datetime64[us]")) if nanos else df
 
 
 def _remove_tree(path: Path) -> None:
