@@ -65,11 +65,12 @@ def simulated_events(raw_dir: Path, at_least: int) -> tuple[Any, dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = Settings()  # the demo bank's size and seed
+    # the demo bank's size and seed (the field defaults, not this environment's NEXTOFFER_*)
+    demo = {k: Settings.model_fields[k].default for k in ("customers", "days", "seed")}
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=demo["seed"])
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument(
         "--detection-events",
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         "in the first parent directory of the checkout that has it)",
     )
     policies = parser.add_argument_group("policies (bandit vs A/B-then-fix; its own two banks)")
-    policies.add_argument("--policies-customers", type=int, default=defaults.customers)
-    policies.add_argument("--policies-days", type=int, default=defaults.days)
+    policies.add_argument("--policies-customers", type=int, default=demo["customers"])
+    policies.add_argument("--policies-days", type=int, default=demo["days"])
     policies.add_argument(
         "--policies-report-seed", type=int, default=None, help="default: --seed (the demo bank)"
     )
