@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import Report, bank_params
 from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions, predict_frame
 from src.models.bandit_features import (
     build_views,
@@ -34,8 +35,9 @@ def run(
     decisions: int = 5_000,
     log_days: int = 14,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Train on up to ``max_examples`` logged decisions; time ``decisions`` choices over 20 offers."""
+) -> Report:
+    """Train on up to ``max_examples`` logged decisions; time ``decisions`` choices over the
+    whole catalog."""
     raw_dir = Path(raw_dir)
     spec = default_feature_spec()
     config = BanditConfig(seed=seed)
@@ -89,8 +91,16 @@ def run(
         t0 = time.perf_counter_ns()
         predict_frame(bandit, offers, frame)
         pyfunc_latency[i] = (time.perf_counter_ns() - t0) / 1_000
-    return {
+    params = {
+        "bank": bank_params(raw_dir.parent),
+        "log_days": log_days,
+        "max_examples": max_examples,
+        "decisions_requested": decisions,
+        "seed": seed,
+        "bandit": config.model_dump(),
         "vw_args": config.vw_args(spec),
+    }
+    results = {
         "examples": len(log),
         "train_examples_per_s": round(len(log) / end_to_end),
         "train_vw_only_examples_per_s": round(len(log) / vw_seconds),
@@ -104,3 +114,16 @@ def run(
         "speedup_median_vs_pyfunc": round(float(np.median(pyfunc_latency) / np.median(latency)), 2),
         "vw_share_of_training": round(vw_seconds / end_to_end, 3),
     }
+    return Report(params, results, notes(results))
+
+
+def notes(r: dict[str, Any]) -> list[str]:
+    """Sentences over the measured numbers."""
+    return [
+        f"training on {r['examples']:,} logged decisions: {r['train_examples_per_s']:,} examples/s "
+        f"end to end, {r['train_vw_only_examples_per_s']:,} in VW alone (VW is "
+        f"{100 * r['vw_share_of_training']:.0f} % of the time)",
+        f"a decision over {r['candidates']} candidates: {r['decision_us_median']:,.0f} µs median, "
+        f"{r['decision_us_p99']:,.0f} µs p99; the logged pyfunc's path "
+        f"{r['pyfunc_decision_us_median']:,.0f} µs median ({r['speedup_median_vs_pyfunc']:.1f}x)",
+    ]

@@ -1,8 +1,8 @@
 """Detection throughput: batch (vectorized) and online (one event at a time) vs a per-customer
 Python loop baseline, in the same run, plus online state size and memory.
 
-    .venv/bin/python benchmarks/bench_detection.py --events 10000000      # synthetic stream
-    .venv/bin/python benchmarks/bench_detection.py --parquet data/features/stitched_events.parquet
+    .venv/bin/python -m benchmarks.bench_detection --events 10000000      # synthetic stream
+    .venv/bin/python -m benchmarks.bench_detection --parquet data/features/stitched_events.parquet
 
 The baseline (``reference_detect``: for each customer and anchor, walk forward) is too slow
 for 10M events; it runs on a random subsample of customers and its events/s is extrapolated
@@ -16,12 +16,14 @@ import argparse
 import json
 import resource
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import NO_BANK, Report, write_report
 from src.features.detection import OnlineDetector, detect, load_rules
 from src.features.detection.events import detection_keys, events_from_frame
 from src.features.detection.reference import reference_detect
@@ -59,19 +61,29 @@ def _subsample(events: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
 
 def run(
     events: pd.DataFrame,
+    source: dict[str, Any],
     rules: list[CompiledRule] | None = None,
     baseline_events: int = 100_000,
     check_parity: bool = True,
     state_every: int = 100_000,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Benchmark all ``rules`` (default: shipped) on ``events``; returns a flat report dict."""
+) -> Report:
+    """Benchmark all ``rules`` (default: shipped) on ``events``; ``source`` says where the events
+    came from (a bank's :func:`~benchmarks.common.bank_params` and how they were selected, or
+    the synthetic stream's parameters) and goes into the report's params as given."""
     rules = rules or load_rules()
+    params = {
+        "source": source,
+        "rules": [r.name for r in rules],
+        "baseline_events_requested": baseline_events,
+        "baseline_seed": seed,
+        "check_parity": check_parity,
+        "state_every": state_every,
+    }
     n = len(events)
     rep: dict[str, Any] = {
         "events": n,
         "customers": int(events["customer_id"].nunique()),
-        "rules": [r.name for r in rules],
     }
     # Batch, vectorized.
     batch, wall, cpu = _timed(lambda: detect(events, rules))
@@ -142,7 +154,33 @@ def run(
     rep["baseline_speedup_online"] = (
         rep["online_events_per_cpu_s"] / rep["baseline_events_per_cpu_s_extrapolated"]
     )
-    return rep
+    results = {k: _rounded(v) for k, v in rep.items()}
+    return Report(params, results, notes(results, len(rules)))
+
+
+def _rounded(value: Any) -> Any:
+    """Rates to whole events, seconds and ratios to three decimals."""
+    if isinstance(value, float):
+        return round(value) if abs(value) >= 1_000 else round(value, 3)
+    return value
+
+
+def notes(r: dict[str, Any], n_rules: int) -> list[str]:
+    """Sentences over the measured numbers."""
+    parity = {True: "agree", False: "DISAGREE", None: "not compared"}
+    return [
+        f"batch: {r['events'] / 1e6:.2f}M events of {r['customers']:,} customers, {n_rules} rules, "
+        f"{r['batch_events_per_s'] / 1e6:.2f}M events/s wall "
+        f"({r['batch_events_per_cpu_s'] / 1e6:.2f}M per CPU second), "
+        f"{r['baseline_speedup_batch']:.1f}x the per-customer loop "
+        f"({r['baseline_events_per_cpu_s_extrapolated'] / 1e3:.0f}k events per CPU second, "
+        f"measured on {r['baseline_sample_events']:,} events and extrapolated); loop and batch "
+        f"{parity[r['baseline_agrees_with_batch_on_sample']]} on that sample",
+        f"online, one event at a time: {r['online_events_per_cpu_s'] / 1e3:.0f}k events per CPU "
+        f"second ({r['baseline_speedup_online']:.1f}x the loop), state at most "
+        f"{r['online_peak_state_entries']:,} entries; online and batch "
+        f"{parity[r.get('online_agrees_with_batch')]} ({r['online_detections']:,} detections)",
+    ]
 
 
 def main() -> None:
@@ -153,20 +191,30 @@ def main() -> None:
     ap.add_argument("--parquet", type=Path, default=None, help="a StitchedEvents parquet file")
     ap.add_argument("--baseline-events", type=int, default=100_000)
     ap.add_argument("--no-parity", action="store_true", help="skip the batch/online comparison")
-    ap.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results/detection.json"
-    )
+    ap.add_argument("--out", type=Path, default=None, help="write detection.json to this directory")
     args = ap.parse_args()
     if args.parquet:
         events = pd.read_parquet(args.parquet)
+        source: dict[str, Any] = {"bank": NO_BANK, "parquet": str(args.parquet)}
     else:
         t = time.perf_counter()
         events = synthetic_events(args.events, args.customers, args.seed)
         print(f"generated {len(events):,} events in {time.perf_counter() - t:.1f}s", flush=True)
-    rep = run(events, baseline_events=args.baseline_events, check_parity=not args.no_parity)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rep, indent=2, default=str))
-    print(json.dumps(rep, indent=2, default=str))
+        source = {
+            "bank": NO_BANK,
+            "synthetic_stream": {
+                "events_requested": args.events,
+                "customers_requested": args.customers,
+                "seed": args.seed,
+            },
+        }
+    report = run(
+        events, source, baseline_events=args.baseline_events, check_parity=not args.no_parity
+    )
+    if args.out:
+        write_report(args.out, "detection", report)
+    else:
+        print(json.dumps(asdict(report), indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ drift_gap + offers_gap. ``auc_view_v1`` retrains on the 154 view columns the vie
 issue 4's additions (no long reads, no per-product signups, no derived rates) on the same rows:
 the before/after of the feature work in one run. MLflow is off: the figures are the result.
 
-Run alone: ``python -m benchmarks.bench_models benchmarks/.data/100000x90``.
+Run alone: ``python -m benchmarks.bench_models benchmarks/.data/100000x90-seed7``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.common import Report, bank_params
 from src.data.schemas import PRODUCTS
 
 MODEL_DAYS = 180
@@ -36,28 +38,26 @@ CVR_WEEKS = 4
 
 
 def long_bank(raw_dir: Path, days: int = MODEL_DAYS) -> tuple[Path, dict[str, Any]]:
-    """The ``days``-long twin of the bank under ``raw_dir`` (same customers and seed), simulated
-    once and cached beside it; returns its data dir and what it cost."""
+    """The ``days``-long twin of the bank under ``raw_dir`` (same config but the period),
+    simulated once and cached beside it; returns its data dir and what it cost."""
     from src.data.synthetic import SimConfig, simulate
 
     meta = json.loads((raw_dir.parent / "truth" / "meta.json").read_text())
     config = SimConfig(**{**meta["config"], "days": max(days, int(meta["days"]))})
     if config.days == int(meta["days"]):
-        return raw_dir.parent, {
-            "days": config.days,
-            "customers": config.customers,
-            "simulated_s": None,
-        }
-    out = raw_dir.parent.parent / f"{config.customers}x{config.days}"
-    info: dict[str, Any] = {"days": config.days, "customers": config.customers, "dir": str(out)}
-    if (out / "truth" / "meta.json").exists():
-        info["simulated_s"] = None  # cached from an earlier run
-        return out, info
+        return raw_dir.parent, {"simulated_s": None}
+    out = raw_dir.parent.parent / f"{config.customers}x{config.days}-seed{config.seed}"
+    cached = out / "truth" / "meta.json"
+    if cached.exists() and json.loads(cached.read_text())["config"] == config.model_dump(
+        mode="json"
+    ):
+        return out, {"simulated_s": None}  # cached from an earlier run
     started = time.perf_counter()
     rows = simulate(config, out / "raw", out / "truth", progress=True)
-    info["simulated_s"] = round(time.perf_counter() - started, 1)
-    info["events"] = rows["clickstream"] + rows["transactions"]
-    return out, info
+    return out, {
+        "simulated_s": round(time.perf_counter() - started, 1),
+        "events": rows["clickstream"] + rows["transactions"],
+    }
 
 
 def _auc_table(gaps, cols: list[str]) -> dict[str, dict[str, float]]:
@@ -128,7 +128,8 @@ def run(
     days: int = MODEL_DAYS,
     ceiling_paths: int = CEILING_PATHS,
     cvr: bool = True,
-) -> dict[str, Any]:
+    cvr_weeks: int = CVR_WEEKS,
+) -> Report:
     """Feature table, training (all products), references, gaps, the v1 ablation and CVR."""
     from src.features.feature_table import build_feature_table
     from src.models.propensity import PropensityConfig
@@ -138,7 +139,7 @@ def run(
     raw_dir, truth_dir = Path(raw_dir), Path(truth_dir)
     if truth_dir != raw_dir.parent / "truth":
         raise ValueError("expects <data>/raw and <data>/truth side by side")
-    data_dir, bank = long_bank(raw_dir, days)
+    data_dir, simulation = long_bank(raw_dir, days)
     settings = Settings(data_dir=data_dir)
     plan = plan_for(settings.raw_dir, None, embargo=embargo)
     started = time.perf_counter()
@@ -174,11 +175,19 @@ def run(
         )
         if c in gaps
     ]
+    params: dict[str, Any] = {
+        "bank": bank_params(data_dir),
+        "extended_from": bank_params(raw_dir.parent) if data_dir != raw_dir.parent else None,
+        "products": list(PRODUCTS),
+        "embargo": embargo,
+        "ceiling_paths": ceiling_paths,
+        "cvr_weeks": cvr_weeks if cvr else None,
+        "propensity": config.model_dump(),
+    }
     out: dict[str, Any] = {
-        "bank": bank,
+        "long_bank": simulation,
         "customers_rows_per_date": int(len(table) / len(plan.dates)),
         "plan": plan.as_dict(),
-        "embargo": embargo,
         "n_features": {
             "raw": len(result.model.raw_columns),
             "matrix": len(result.model.matrix_columns),
@@ -220,7 +229,40 @@ def run(
             p for p in PRODUCTS if gaps.loc[p, "oracle"] - gaps.loc[p, "bayes_as_of"] >= 0.02
         ]
     if cvr:
-        out["cvr"] = run_cvr(settings)
+        out["cvr"] = run_cvr(settings, cvr_weeks)
+    return Report(params, out, notes(out))
+
+
+def _span(values: dict[str, float], digits: int = 3) -> str:
+    low, high = min(values.values()), max(values.values())
+    return f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def notes(r: dict[str, Any]) -> list[str]:
+    """Sentences over the measured numbers."""
+    model = {p: a["model"] for p, a in r["auc"].items()}
+    logreg_gap = {p: a["model"] - a["logreg"] for p, a in r["auc"].items() if "logreg" in a}
+    out = [
+        f"held-out AUC {_span(model)} over {len(model)} products; gap to the oracle "
+        f"{_span(r['gap_to_oracle_auc'])} ({r['products_under_0_02']} under 0.02)"
+        + (
+            f", to the Bayes-at-as_of ceiling {_span(r['gap_to_ceiling_auc'])}"
+            if "gap_to_ceiling_auc" in r
+            else ""
+        ),
+        f"feature table {r['feature_table_s']:.0f} s, training {r['train_all_products_s']:.0f} s "
+        f"({r['train_rows']:,} rows x {len(model)} products)",
+    ]
+    if logreg_gap:
+        out.append(f"LightGBM minus logistic regression: AUC {_span(logreg_gap)}")
+    if "cvr" in r:
+        c = r["cvr"]
+        out.append(
+            f"CVR on {c['test_exposures']:,} test exposures: AUC {c['auc']['model']:.3f} "
+            f"(oracle {c['auc']['oracle']:.3f}), per-offer rate error "
+            f"{c['per_offer']['mean_abs_error_model_vs_oracle']:.4f}, ROAS ranking Spearman "
+            f"{c['segment_ranking']['spearman_roas']:.2f}"
+        )
     return out
 
 
@@ -233,18 +275,15 @@ if __name__ == "__main__":
     )
     parser.add_argument("--ceiling-paths", type=int, default=CEILING_PATHS)
     parser.add_argument("--no-cvr", dest="cvr", action="store_false")
+    parser.add_argument("--cvr-weeks", type=int, default=CVR_WEEKS)
     args = parser.parse_args()
-    print(
-        json.dumps(
-            run(
-                args.data / "raw",
-                args.data / "truth",
-                args.embargo,
-                args.days,
-                args.ceiling_paths,
-                args.cvr,
-            ),
-            indent=2,
-            default=str,
-        )
+    report = run(
+        args.data / "raw",
+        args.data / "truth",
+        args.embargo,
+        args.days,
+        args.ceiling_paths,
+        args.cvr,
+        args.cvr_weeks,
     )
+    print(json.dumps(asdict(report), indent=2, default=str))

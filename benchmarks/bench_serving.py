@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.common import Report, bank_params
 from src.serving.config import Cap, ServingSettings, policy_from_offers
 from src.serving.loadgen import load
 from src.serving.service import ServerProcess, free_port, serving_env
@@ -331,7 +332,9 @@ def run(
     duration_s: float = 30.0,
     compare_mlflow: bool = True,
     keep: bool = False,
-) -> dict[str, Any]:
+    goal_requests_per_s: float = 1_000,
+    goal_p99_ms: float = 10,
+) -> Report:
     """Build a small bank with champion models under ``work_dir``, then measure."""
     from src.models.tracking import serving_frame
     from src.serving.fixtures import PROPENSITY_NAME, register_models, tiny_bank
@@ -369,13 +372,22 @@ def run(
     ) -> tuple[str, Any]:  # the same body objects again: the client encodes each once
         return "/v1/decisions", bodies[i % len(bodies)]
 
+    params = {
+        "bank": bank_params(settings.raw_dir.parent),
+        "customers_in_view": len(ids),
+        "candidates_per_request": len(offers),
+        "slot": "home_banner",
+        "concurrency": concurrency,
+        "requests": requests,
+        "one_client": {"requests": requests // 3, "duration_s": duration_s / 2},
+        "many_clients": {"concurrency": 2 * concurrency, "requests": requests},
+        "duration_s": duration_s,
+        "compare_mlflow": compare_mlflow,
+        "goal": {"requests_per_s": goal_requests_per_s, "p99_ms": goal_p99_ms},
+    }
     out: dict[str, Any] = {
         "setup_s": round(setup_s, 1),
-        "customers": customers,
-        "candidates_per_request": 20,
-        "concurrency": concurrency,
         "models": versions,
-        "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     for synchronous in ("FULL", "NORMAL"):
@@ -393,7 +405,9 @@ def run(
             key = f"service_sync_{synchronous.lower()}"
             out[key] = _load(server.port, decision, concurrency, requests, duration_s, pid)
             out[key + "_c1"] = _load(server.port, decision, 1, requests // 3, duration_s / 2, pid)
-            out[key + "_c16"] = _load(server.port, decision, 16, requests, duration_s, pid)
+            out[f"{key}_c{2 * concurrency}"] = _load(
+                server.port, decision, 2 * concurrency, requests, duration_s, pid
+            )
             if synchronous == "NORMAL":
                 out["healthz_ceiling"] = _load(
                     server.port,
@@ -433,16 +447,48 @@ def run(
         except Exception as error:  # noqa: BLE001 - report why the reference could not run
             out["mlflow_models_serve"] = {"error": f"{type(error).__name__}: {error}"}
     out["decision_path_profile"] = profile_decision_path(settings, serving)
-    out["goal"] = {"requests_per_s": 1000, "p99_ms": 10}
     out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return Report(params, out, notes(out, params))
+
+
+def notes(r: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """Sentences over the measured numbers."""
+    full, goal = r["service_sync_full"], params["goal"]
+    met = full["requests_per_s"] >= goal["requests_per_s"] and full["p99_ms"] <= goal["p99_ms"]
+    out = [
+        f"{params['concurrency']} clients, {params['candidates_per_request']} candidates, fsync "
+        f"per commit: {full['requests_per_s']:,.0f} req/s, p50 {full['p50_ms']:.1f} ms, p99 "
+        f"{full['p99_ms']:.1f} ms (goal >= {goal['requests_per_s']:,.0f} req/s at p99 <= "
+        f"{goal['p99_ms']:g} ms: {'met' if met else 'NOT met'}); {full['errors']} errors, "
+        f"{full['non_2xx']} non-2xx",
+    ]
+    route = r.get("service_sync_full_fastapi_route_only")
+    if route and route.get("requests_per_s"):
+        out.append(
+            f"through FastAPI's routing only: {route['requests_per_s']:,.0f} req/s "
+            f"(the service's own path answers {full['requests_per_s'] / route['requests_per_s']:.2f}x"
+            " as many)"
+        )
+    ref = r.get("mlflow_models_serve", {})
+    if ref.get("requests_per_s"):
+        out.append(
+            f"mlflow models serve: {ref['requests_per_s']:,.0f} req/s, p99 {ref['p99_ms']:.1f} ms "
+            f"(the service answers {r['ratio_rps_service_vs_mlflow']:.1f}x as many)"
+        )
+    elif "error" in ref:
+        out.append(f"mlflow models serve could not run: {ref['error']}")
+    profile = r["decision_path_profile"]
+    out.append(
+        f"in process: {profile['per_decision_us']:.0f} µs per decision warm, "
+        f"{profile['cold_per_decision_us']:.0f} µs cold, {profile['request_in_process_us']:.0f} µs "
+        "CPU per request through the ASGI app"
+    )
     return out
 
 
 if __name__ == "__main__":
     import json
+    from dataclasses import asdict
 
-    print(
-        json.dumps(
-            run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/bench_serving")), indent=2
-        )
-    )
+    report = run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/bench_serving"))
+    print(json.dumps(asdict(report), indent=2, default=str))

@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
+from benchmarks.common import Report, bank_params
 from src.data.synthetic import SimConfig, simulate
 
 
-def run(
-    customers: int, days: int, out_dir: Path, seed: int = 7, progress: bool = True
-) -> dict[str, Any]:
+def run(customers: int, days: int, out_dir: Path, seed: int = 7, progress: bool = True) -> Report:
     """Simulate into ``out_dir/raw`` and ``out_dir/truth``; report events, seconds, events/s."""
     out_dir = Path(out_dir)
     config = SimConfig(customers=customers, days=days, seed=seed)
     started = time.perf_counter()
     counts = simulate(config, out_dir / "raw", out_dir / "truth", progress=progress)
     seconds = time.perf_counter() - started
+    bank = bank_params(out_dir)
     events = counts["clickstream"] + counts["transactions"]
-    return {
+    customer_days = bank["customers"] * bank["days"]
+    results = {
         "events": events,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds),
-        "clicks_per_customer_day": round(counts["clickstream"] / (customers * days), 2),
-        "transactions_per_customer_day": round(counts["transactions"] / (customers * days), 2),
+        "clicks_per_customer_day": round(counts["clickstream"] / customer_days, 2),
+        "transactions_per_customer_day": round(counts["transactions"] / customer_days, 2),
         "rows": counts,
     }
+    notes = [
+        f"{events / 1e6:.2f}M events ({bank['customers']:,} customers x {bank['days']} days) "
+        f"in {seconds:.1f} s: {events / seconds / 1e6:.2f}M events/s"
+    ]
+    return Report({"bank": bank}, results, notes)

@@ -172,7 +172,7 @@ def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
 @pytest.mark.skipif(not BANK_MARKETING.exists(), reason="UCI Bank Marketing data not present")
 def test_bank_marketing_pipeline_on_a_subsample():
     """The tabular pipeline with the UCI file's quirks passed as options (as the benchmark does,
-    ``benchmarks/run.py``: uci_bank_marketing_spec)."""
+    ``benchmarks/bench_uci_bank_marketing.py``: uci_bank_marketing_spec)."""
     from src.models.tabular import TableSpec, evaluate_table, prepare, read_table
 
     spec = TableSpec(
