@@ -29,7 +29,8 @@
 #    is served, and is checked against the true value.
 #
 # Reward: the click (dense, immediate, what the A/B practice measures). The logic lives in
-# `src/models` (`policies.py`, `bandit.py`, `ab_test.py`, `ope.py`).
+# `src/models` (`bandit.py`, `ab_test.py`, `ope.py`, `bandit_eval.py`) and, for the simulation
+# that reads the truth, `src/evaluation/policies.py`.
 
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
@@ -47,8 +48,7 @@ register = False  # log the bandit to MLflow and register it (challenger / champ
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from src.models.bandit import BanditConfig
-from src.models.policies import (
+from src.evaluation.policies import (
     DIAGNOSTIC_POLICIES,
     ComparisonConfig,
     gap_report,
@@ -57,6 +57,7 @@ from src.models.policies import (
     plot_daily,
     run_comparison,
 )
+from src.models.bandit import BanditConfig
 from src.settings import Settings
 
 settings = Settings(data_dir=data_dir) if data_dir else Settings()
@@ -183,7 +184,7 @@ plt.show()
 # %%
 if register:
     from src.models.bandit import log_bandit, pyfunc_input_example, register_bandit
-    from src.models.policies import held_out_scorer
+    from src.models.bandit_eval import held_out_scorer
 
     score = held_out_scorer(settings.raw_dir, result.views, config.bandit, start, history=config.history)
     candidate = score(result.bandit)

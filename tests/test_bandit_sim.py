@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.evaluation.policies import (
+    ComparisonConfig,
+    gap_report,
+    ope_check,
+    run_comparison,
+    summarize,
+)
 from src.models.bandit import BanditConfig
-from src.models.policies import ComparisonConfig, gap_report, ope_check, run_comparison, summarize
 
 
 @pytest.fixture(scope="module")
