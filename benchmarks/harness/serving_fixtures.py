@@ -1,4 +1,4 @@
-"""Small, real inputs for the service's tests, demo and benchmark: a simulated bank, its view,
+"""Small, real inputs for the service's tests and benchmark: a simulated bank, its view,
 a bandit trained from its exposures, a propensity pyfunc, all registered in an MLflow registry.
 
 :class:`ViewLogistic` is a stand-in propensity model with the production contract (raw
