@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -30,14 +32,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from src.features.customer_view import build_customer_view, data_dictionary
-from src.features.identity import connect_raw, identity_map, session_map
+from src.features.identity import connect_tables, identity_map, session_map
 from src.settings import Settings
 
 settings = Settings(data_dir=data_dir) if data_dir else Settings()
-con = connect_raw(settings.raw_dir, tables=("customers", "holdings", "clickstream", "transactions", "offers", "exposures"))
+catalog = settings.catalog  # validated tables: run `nextoffer validate` first
+con = connect_tables(catalog, tables=("customers", "holdings", "clickstream", "transactions", "offers", "exposures"))
 last_ts = con.sql("SELECT max(ts) FROM clickstream").fetchall()[0][0]
 as_of_ts = pd.Timestamp(as_of) if as_of else pd.Timestamp(last_ts).normalize() + pd.Timedelta(days=1)
-print(f"raw tables: {settings.raw_dir}\nview as of: {as_of_ts:%Y-%m-%d}")
+print(f"validated tables: {catalog.validated_dir}\nview as of: {as_of_ts:%Y-%m-%d}")
 
 # %% [markdown]
 # ## The raw tables
@@ -77,7 +80,7 @@ print(f"shared identifiers (not merged): {int(identities['is_shared'].sum()):,}"
 # ## The view as of T
 
 # %%
-view = build_customer_view(settings.raw_dir, as_of_ts)
+view = build_customer_view(catalog, as_of_ts)
 dictionary = pd.DataFrame(data_dictionary(), index=["dtype", "meaning"]).T
 print(f"{len(view):,} customers x {view.shape[1]} columns")
 dictionary.head(20)
@@ -155,7 +158,7 @@ else:
 # The same customer a week earlier: every feature only sees events strictly before its T.
 
 # %%
-earlier = build_customer_view(settings.raw_dir, as_of_ts - pd.Timedelta(days=7))
+earlier = build_customer_view(catalog, as_of_ts - pd.Timedelta(days=7))
 busiest = view.sort_values("page_views_30d", ascending=False)["customer_id"].iloc[0]
 columns = ["sessions_7d", "sessions_30d", "page_views_30d", "days_since_last_session",
            "days_to_card_payment", "days_to_savings_maturity"]

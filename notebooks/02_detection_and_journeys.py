@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,12 +37,12 @@ from src.features.detection import (
     OnlineDetector, detect, events_from_frame, funnel_report, load_rules, rule_features,
 )
 from src.features.detection.events import detections_frame
-from src.features.identity import connect_raw, stitched_events
+from src.features.identity import stitched_events
 from src.settings import Settings
 
 settings = Settings(data_dir=data_dir) if data_dir else Settings()
-events = stitched_events(settings.raw_dir)
-customers = connect_raw(settings.raw_dir, tables=("customers",)).sql("SELECT * FROM customers").df()
+events = stitched_events(settings.catalog)  # validated tables: run `nextoffer validate` first
+customers = settings.catalog.read("customers")
 print(f"{len(events):,} events of {events['customer_id'].nunique():,} customers, "
       f"{events['ts'].min():%Y-%m-%d} .. {events['ts'].max():%Y-%m-%d}")
 journeys.attribution_summary(events)

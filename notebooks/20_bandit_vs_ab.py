@@ -75,7 +75,7 @@ print(f"bank: {settings.raw_dir}\n{int(meta_days)} simulated days; offline log {
 # ## The run
 
 # %%
-result = run_comparison(settings.raw_dir, settings.truth_dir, config, progress=True)
+result = run_comparison(settings.catalog, settings.truth_dir, config, progress=True)
 print(f"offline training: {len(result.offline_log):,} logged decisions")
 result.summary.round(3)
 
@@ -150,7 +150,7 @@ result.ab
 
 # %%
 start = pd.Timestamp(settings.start_date) + pd.Timedelta(days=config.train_days)
-ope_table = ope_check(settings.raw_dir, settings.truth_dir, result.offline_bandit, result.views, start,
+ope_table = ope_check(settings.catalog, settings.truth_dir, result.offline_bandit, result.views, start,
                       extra_policies={"ab_winners": result.ab["winner"].tolist()}, history=config.history)
 ope_table[["policy", "estimator", "value", "ci_low", "ci_high", "true_value", "rel_error_pct", "covered"]].round(4)
 
@@ -186,9 +186,9 @@ if register:
     from src.models.bandit import log_bandit, pyfunc_input_example, register_bandit
     from src.models.bandit_eval import held_out_scorer
 
-    score = held_out_scorer(settings.raw_dir, result.views, config.bandit, start, history=config.history)
+    score = held_out_scorer(settings.catalog, result.views, config.bandit, start, history=config.history)
     candidate = score(result.bandit)
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    offers = settings.catalog.read("offers")
     uri = log_bandit(result.bandit, offers, metrics={"ope_dr_value": candidate}, tracking_uri=settings.tracking_uri,
                      artifact_location=str(settings.artifact_root),
                      input_example=pyfunc_input_example(result.offline_log, offers))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -54,35 +54,101 @@ def simulate(
 
 
 @app.command()
+def ingest(
+    mapping: Annotated[
+        Path,
+        typer.Option(
+            "--mapping",
+            help="YAML mapping of the bank's export to the contract "
+            "(see examples/bank_export/mapping.yaml).",
+        ),
+    ],
+    data_dir: DataDirOpt = None,
+    allow_unmapped: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unmapped",
+            help="Keep values the mapping does not cover as they are (validation then rejects "
+            "them) instead of failing.",
+        ),
+    ] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source", help="TABLE=FILE: read TABLE from FILE instead of the mapping's source."
+        ),
+    ] = None,
+) -> None:
+    """Map a bank's own export (CSV/Parquet) onto the contract's raw tables in data/raw."""
+    from src.data.ingest import MappingError, format_report
+    from src.data.ingest import ingest as run_ingest
+
+    settings = _settings(data_dir=data_dir)
+    overrides: dict[str, Path] = {}
+    for item in source or []:
+        table, sep, file = item.partition("=")
+        if not sep or not table or not file:
+            typer.echo(f"--source {item!r}: want TABLE=FILE", err=True)
+            raise typer.Exit(code=2)
+        overrides[table.strip()] = Path(file)
+    try:
+        result = run_ingest(
+            mapping, settings.catalog, allow_unmapped=allow_unmapped, sources=overrides
+        )
+    except MappingError as error:  # names table, column, value and count
+        typer.echo(f"ingest failed: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"{'table':<14} {'rows':>10}  source")
+    for table, rows in result.rows.items():
+        typer.echo(f"{table:<14} {rows:>10,}  {result.sources[table]}")
+        if result.dropped_columns[table]:
+            typer.echo(f"{'':<14} {'':>10}  dropped: {', '.join(result.dropped_columns[table])}")
+    typer.echo(f"raw tables: {settings.catalog.raw_dir}")
+    if result.report.empty:
+        typer.echo("unmapped values: none")
+    else:
+        total = int(result.report["count"].sum())
+        typer.echo(f"unmapped values kept as they are ({total:,} row(s)):")
+        typer.echo(format_report(result.report))
+    for table, n in result.contract_rejects.items():
+        typer.echo(f"{table}: {n:,} row(s) break the contract; `nextoffer validate` names them")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
 def validate(
     data_dir: DataDirOpt = None,
     quarantine: Annotated[
         bool,
         typer.Option(
             "--quarantine",
-            help="Write rejected rows with reasons to data/rejects/ "
-            "and accept the rest, instead of failing on the first bad table.",
+            help="Write rejected rows with reasons to data/rejects/ and publish the rest, "
+            "instead of stopping on the first rejected row.",
         ),
     ] = False,
 ) -> None:
-    """Validate the raw tables against the data contract; bad input names table, column, rows."""
+    """Validate the raw tables against the data contract and publish the accepted rows to
+    data/validated, which everything downstream reads; bad input names table, column, rows."""
     from src.data.loaders import RawDataError, validate_raw
 
     settings = _settings(data_dir=data_dir)
     try:
-        report = validate_raw(
-            settings.raw_dir, quarantine_dir=settings.rejects_dir if quarantine else None
-        )
-    except RawDataError as error:
+        report = validate_raw(settings.catalog, quarantine=quarantine)
+    except (RawDataError, FileNotFoundError) as error:
         typer.echo(str(error), err=True)
+        if not quarantine and isinstance(error, RawDataError):
+            typer.echo("nothing published: fix the rows, or rerun with --quarantine", err=True)
         raise typer.Exit(code=1) from error
     typer.echo(_format_validation(report))
+    typer.echo(f"validated tables: {settings.validated_dir}")
 
 
-def _format_validation(report: dict[str, dict[str, int]]) -> str:
-    lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}"]
+def _format_validation(report: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'table':<14} {'accepted':>12} {'rejected':>10}  reject file"]
     for table, rows in report["accepted"].items():
-        lines.append(f"{table:<14} {rows:>12,} {report['rejected'][table]:>10,}")
+        reject_file = report["reject_files"].get(table, "")
+        lines.append(f"{table:<14} {rows:>12,} {report['rejected'][table]:>10,}  {reject_file}")
     return "\n".join(lines)
 
 
@@ -184,6 +250,109 @@ def train_bandit(
     )
 
 
+@app.command("train-table")
+def train_table(
+    file: Annotated[Path, typer.Argument(help="CSV (any separator) or Parquet file.")],
+    target: Annotated[str, typer.Option("--target", help="The outcome column.")],
+    positive: Annotated[
+        str | None,
+        typer.Option(
+            "--positive",
+            help="Target value that counts as positive (default: 0/1, booleans or yes/no).",
+        ),
+    ] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option("--drop", help="Column to leave out (e.g. one that leaks the outcome)."),
+    ] = None,
+    missing_value: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--missing-value",
+            help="COL=VALUE: that value means missing (e.g. pdays=999); an indicator is added.",
+        ),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option(
+            "--time-col", help="Time column: adds a time split (earlier rows train); not a feature."
+        ),
+    ] = None,
+    time_order: Annotated[
+        str | None,
+        typer.Option(
+            "--time-order",
+            help="'rows': no time column, but the rows are in time order (time split by position).",
+        ),
+    ] = None,
+    drift_cols: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drift-cols",
+            help="Comma-separated columns for the drift diagnostic (each alone, train vs test "
+            "rows; the time split refitted without them). Needs a time split.",
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Stratified CV folds.")] = 5,
+    sep: Annotated[
+        str | None, typer.Option("--sep", help="CSV separator (default: sniffed).")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", help="Keep N evenly spaced rows (a quick run).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Folds and validation slices.")] = 7,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            "--register",
+            help="Register the final model under this name (challenger; champion if better).",
+        ),
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")] = True,
+) -> None:
+    """Propensity on any table: stratified CV AUC (LightGBM, logistic) and a time-split AUC."""
+    from src.models.tabular import (
+        TableError,
+        TableSpec,
+        format_result,
+        parse_columns,
+        parse_missing,
+    )
+    from src.models.tabular import train_table as run_train_table
+
+    if time_order not in (None, "rows"):
+        typer.echo(f"--time-order {time_order!r}: the only order is 'rows'", err=True)
+        raise typer.Exit(code=1)
+    if register and not track:
+        typer.echo("--register needs the MLflow run: drop --no-track", err=True)
+        raise typer.Exit(code=1)
+    try:
+        spec = TableSpec(
+            target=target,
+            positive=positive,
+            drop=parse_columns(drop or []),
+            missing=parse_missing(missing_value or []),
+            time_col=time_col,
+            time_order="rows" if time_order else None,
+            drift_cols=parse_columns(drift_cols or []),
+        )
+        run = run_train_table(
+            file,
+            spec,
+            sep=sep,
+            n_folds=folds,
+            seed=seed,
+            sample=sample,
+            settings=_settings(),
+            track=track,
+            register=register,
+        )
+    except TableError as error:  # names the column (and rows) at fault
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(format_result(run))
+
+
 @app.command("evaluate-policy")
 def evaluate_policy(
     log: Annotated[
@@ -217,11 +386,12 @@ def evaluate_policy(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING_*."""
     from src.serving.service import serve as run_server
 
-    run_server(_settings(), host=host, port=port)
+    run_server(_settings(data_dir=data_dir), host=host, port=port)
 
 
 @app.command("export-log")
@@ -230,11 +400,12 @@ def export_log(
     reward: Annotated[
         str, typer.Option(help="click | conversion: the reward column for off-policy evaluation.")
     ] = "click",
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Decisions and rewards from the serving log to Parquet, for retraining and evaluate-policy."""
     from src.serving.service import export_log as export
 
-    for name, path in export(_settings(), out_dir, reward=reward).items():
+    for name, path in export(_settings(data_dir=data_dir), out_dir, reward=reward).items():
         typer.echo(f"{name:<18} {path}")
 
 
@@ -242,10 +413,15 @@ def export_log(
 def to_spark_sql(
     name: Annotated[str, typer.Argument(help="SQL file under src/features/sql (without .sql).")],
 ) -> None:
-    """Print a feature SQL file transpiled to Spark SQL (sqlglot)."""
-    from src.features.spark import spark_sql_for
+    """Print a feature SQL file transpiled to Spark SQL (sqlglot); ``$as_of`` becomes ``:as_of``."""
+    from src.features.identity import load_sql, sql_files
+    from src.features.spark import to_spark_sql as transpile
 
-    typer.echo(spark_sql_for(name))
+    if name not in sql_files():
+        raise typer.BadParameter(
+            f"no {name}.sql; one of {', '.join(sql_files())}", param_hint="NAME"
+        )
+    typer.echo(transpile(load_sql(name)))
 
 
 @app.command()

@@ -35,6 +35,13 @@ def run_simulation(settings: Settings, progress: bool = True) -> dict[str, int]:
     return simulate(config, settings.raw_dir, settings.truth_dir, progress=progress)
 
 
+def run_validation(settings: Settings, quarantine: bool = False) -> dict[str, dict[str, Any]]:
+    """Validate the raw tables and publish the accepted rows: the only door downstream."""
+    from src.data.loaders import validate_raw
+
+    return validate_raw(settings.catalog, quarantine=quarantine)
+
+
 def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict[str, Path]:
     """Stitch identities and build the customer view as of a date; write them as Parquet.
 
@@ -44,8 +51,8 @@ def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict
     from src.features.identity import write_identity
 
     as_of = as_of or default_as_of(settings)
-    paths = write_identity(settings.raw_dir, settings.features_dir, as_of=as_of)
-    paths["customer_view"] = write_customer_view(settings.raw_dir, settings.features_dir, as_of)
+    paths = write_identity(settings.catalog, as_of=as_of)
+    paths["customer_view"] = write_customer_view(settings.catalog, as_of)
     return paths
 
 
@@ -64,16 +71,16 @@ def run_detection(
     import pandas as pd
 
     from src.features.detection import detect, funnel_report, load_rules, rule_features
-    from src.features.identity import connect_raw, stitched_events
+    from src.features.identity import stitched_events
 
     as_of = as_of or default_as_of(settings)
     rules = load_rules(rules_path) if rules_path else load_rules()
-    con = connect_raw(settings.raw_dir)
+    catalog = settings.catalog
     if stitched_events_path is not None:
         events = pd.read_parquet(stitched_events_path).astype({"session_id": "Int64"})
     else:
-        events = stitched_events(con, as_of=as_of)
-    customers = con.sql("SELECT customer_id, life_stage FROM customers").df()
+        events = stitched_events(catalog, as_of=as_of)
+    customers = catalog.read("customers", columns=["customer_id", "life_stage"])
     detections = detect(events, rules, until=as_of)
     funnels = pd.concat(
         [
@@ -83,13 +90,9 @@ def run_detection(
         ignore_index=True,
     )
     features = rule_features(detections, as_of, customers, rules=rules, wide=True)
-    out = settings.features_dir
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = as_of.strftime("%Y-%m-%d")
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "detections": out / f"detections_{stamp}.parquet",
-        "rule_funnels": out / f"rule_funnels_{stamp}.parquet",
-        "rule_features": out / f"rule_features_{stamp}.parquet",
+        name: catalog.path(name, as_of) for name in ("detections", "rule_funnels", "rule_features")
     }
     detections.to_parquet(paths["detections"], index=False)
     funnels.to_parquet(paths["rule_funnels"], index=False)
@@ -155,8 +158,8 @@ def run_bandit_training(
     from src.models.bandit_eval import held_out_scorer
     from src.models.bandit_features import build_views, default_feature_spec, view_schedule
 
-    exposures = pd.read_parquet(settings.raw_dir / "exposures.parquet")
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    exposures = settings.catalog.read("exposures")
+    offers = settings.catalog.read("offers")
     start = exposures["ts"].min().normalize()
     end = exposures["ts"].max().normalize() + pd.Timedelta(days=1)
     days = (end - start).days
@@ -165,11 +168,11 @@ def run_bandit_training(
         raise ValueError(f"{days} logged day(s): too few to train a bandit and hold some out")
     split = end - pd.Timedelta(days=held_out_days)
     spec, config = default_feature_spec(), BanditConfig(seed=settings.seed)
-    views = build_views(settings.raw_dir, view_schedule(start, end, 7), spec)
+    views = build_views(settings.catalog, view_schedule(start, end, 7), spec)
     log = logged_decisions(exposures, views, offers, config, end=split)
     bandit = ContextualBandit(config, spec)
     train_offline(bandit, log, offers)
-    score = held_out_scorer(settings.raw_dir, views, config, start=split, seed=settings.seed)
+    score = held_out_scorer(settings.catalog, views, config, start=split, seed=settings.seed)
     value = score(bandit)
     held_out = logged_decisions(exposures, views, offers, config, start=split)
     logged_value = float(held_out["reward"].mean()) if len(held_out) else float("nan")
@@ -197,7 +200,6 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
     """Simulate a small bank, validate it, stitch identities and build the view; say where."""
     import pandas as pd
 
-    from src.data.loaders import validate_raw
     from src.features.feature_table import TooShortForTimeSplit
 
     started = time.perf_counter()
@@ -210,10 +212,10 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
         echo(f"      {table:<14} {rows:>10,} rows")
 
     echo("2/7 validating raw tables against the data contract ...")
-    report = validate_raw(settings.raw_dir)
+    report = run_validation(settings)
     echo(
         f"      {sum(report['accepted'].values()):,} rows accepted, "
-        f"{sum(report['rejected'].values()):,} rejected"
+        f"{sum(report['rejected'].values()):,} rejected -> {settings.validated_dir}"
     )
 
     as_of = default_as_of(settings)
@@ -261,6 +263,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> dict[st
 
     echo(f"\ndone in {time.perf_counter() - started:.1f}s. Where to look:")
     echo(f"  raw tables       {settings.raw_dir}")
+    echo(f"  validated        {settings.validated_dir}")
     for name, path in paths.items():
         echo(f"  {name:<16} {path}")
     echo(f"  MLflow           {settings.tracking_uri}  (mlflow ui --backend-store-uri ...)")

@@ -32,13 +32,14 @@ def isolated_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings pointing at a small simulated bank (raw + truth) in a temp data dir.
+    """Settings pointing at a small simulated bank (raw, validated + truth) in a temp data dir.
 
     Tests must not write into it; copy it first if a test needs to change the data.
     """
-    from src.pipeline import run_simulation
+    from src.pipeline import run_simulation, run_validation
 
     data_dir: Path = tmp_path_factory.mktemp("bank")
     settings = Settings(data_dir=data_dir, **SMALL_BANK)
     run_simulation(settings, progress=False)
+    run_validation(settings)
     return settings

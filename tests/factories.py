@@ -6,8 +6,12 @@ Frames are built fresh on every call (no shared state between tests).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from src.data.catalog import Catalog
+from src.data.loaders import write_table
 from src.data.schemas import TABLES
 
 N_CUSTOMERS = 4
@@ -158,3 +162,15 @@ def make_valid_table(name: str) -> pd.DataFrame:
 def make_valid_tables() -> dict[str, pd.DataFrame]:
     """Every table in ``TABLES``: valid on its own and referentially consistent."""
     return {name: make_valid_table(name) for name in TABLES}
+
+
+def validated_catalog(tables: dict[str, pd.DataFrame], data_dir: Path) -> Catalog:
+    """A catalog whose validated layer holds ``tables``, each checked against the contract.
+
+    For tests of what comes after validation (views, stitching, labels): every frame still goes
+    through ``write_table``'s validation, but the tables need not form a complete bank.
+    """
+    catalog = Catalog(Path(data_dir))
+    for name, df in tables.items():
+        write_table(df, name, catalog.validated_dir)
+    return catalog

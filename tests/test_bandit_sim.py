@@ -27,7 +27,7 @@ def comparison(small_bank):
         requests_per_customer_day=1.0,
         bandit=BanditConfig(epsilon=0.1),
     )
-    return run_comparison(small_bank.raw_dir, small_bank.truth_dir, config)
+    return run_comparison(small_bank.catalog, small_bank.truth_dir, config)
 
 
 def test_every_policy_sees_the_same_traffic(comparison):
@@ -126,7 +126,7 @@ def test_gap_report_splits_exploration_slots_and_weeks(comparison):
 def test_off_policy_estimates_bracket_the_truth(small_bank, comparison):
     start = pd.Timestamp(small_bank.start_date) + pd.Timedelta(days=14)
     table = ope_check(
-        small_bank.raw_dir,
+        small_bank.catalog,
         small_bank.truth_dir,
         comparison.offline_bandit,
         comparison.views,

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlglot
+from factories import validated_catalog
 
 from benchmarks.harness.customer_view_pandas import build_customer_view_pandas, load_tables
 from src.data import schemas
+from src.data.catalog import Catalog
 from src.features import customer_view as cv
 from src.features.identity import load_sql, sql_files
 from src.features.spark import spark_stages, to_spark_sql
@@ -253,20 +255,17 @@ def future_rows() -> dict[str, pd.DataFrame]:
     }
 
 
-def write_bank(tables: dict[str, pd.DataFrame], raw_dir: Path) -> Path:
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, df in tables.items():
-        df.to_parquet(raw_dir / f"{name}.parquet", index=False)
-    return raw_dir
+def write_bank(tables: dict[str, pd.DataFrame], data_dir: Path) -> Catalog:
+    return validated_catalog(tables, data_dir)
 
 
 @pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
     return write_bank(tiny_bank(), tmp_path_factory.mktemp("bank"))
 
 
 @pytest.fixture(scope="module")
-def view(bank: Path) -> pd.DataFrame:
+def view(bank: Catalog) -> pd.DataFrame:
     return cv.build_customer_view(bank, T).set_index("customer_id")
 
 
@@ -453,13 +452,13 @@ def test_long_reads_and_signups_by_product(tmp_path: Path) -> None:
     assert view.filter(like="long_views_").drop(index="A").to_numpy().sum() == 0
     pd.testing.assert_frame_equal(
         view.reset_index(),
-        build_customer_view_pandas(load_tables(raw), T),
+        build_customer_view_pandas(load_tables(raw.validated_dir), T),
         check_exact=False,
         rtol=1e-9,
     )
 
 
-def test_view_as_of_t_ignores_everything_at_or_after_t(bank: Path, tmp_path: Path) -> None:
+def test_view_as_of_t_ignores_everything_at_or_after_t(bank: Catalog, tmp_path: Path) -> None:
     base, later = tiny_bank(), future_rows()
     grown = {name: pd.concat([df, later[name]], ignore_index=True) for name, df in base.items()}
     # a holding closed after T was open at T: closing it later must not change the view either
@@ -474,9 +473,10 @@ def test_view_as_of_t_ignores_everything_at_or_after_t(bank: Path, tmp_path: Pat
     assert later_view.loc["A", "n_pension"] == 2  # h11 and f1, both opened at T
 
 
-def test_pandas_view_matches_hand_bank(bank: Path) -> None:
+def test_pandas_view_matches_hand_bank(bank: Catalog) -> None:
     pd.testing.assert_frame_equal(
-        build_customer_view_pandas(load_tables(bank), T), cv.build_customer_view(bank, T)
+        build_customer_view_pandas(load_tables(bank.validated_dir), T),
+        cv.build_customer_view(bank, T),
     )
 
 
@@ -606,7 +606,7 @@ def test_duckdb_and_pandas_views_agree_on_a_random_bank(seed: int, tmp_path: Pat
     raw = write_bank(tables, tmp_path)
     as_of = pd.Timestamp("2026-04-01 06:30")
     sql_view = cv.build_customer_view(raw, as_of)
-    pandas_view = build_customer_view_pandas(load_tables(raw), as_of)
+    pandas_view = build_customer_view_pandas(load_tables(raw.validated_dir), as_of)
     assert len(sql_view) > 10 and sql_view["sessions_90d"].sum() > 0
     assert sql_view["txn_fx_remit_amt_krw_90d"].sum() > 0
     assert sql_view.filter(like="long_views_").to_numpy().sum() > 0
@@ -634,7 +634,9 @@ def test_day_of_month_dues_clamp_to_month_end(tmp_path: Path) -> None:
     view = cv.build_customer_view(raw, as_of).set_index("customer_id")
     assert view.loc["A", "days_to_card_payment"] == 28
     assert view.loc["D", "days_to_loan_interest"] == 0
-    pandas_view = build_customer_view_pandas(load_tables(raw), as_of).set_index("customer_id")
+    pandas_view = build_customer_view_pandas(load_tables(raw.validated_dir), as_of).set_index(
+        "customer_id"
+    )
     assert pandas_view.loc["A", "days_to_card_payment"] == 28
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.data.catalog import Catalog
 from src.data.schemas import PRODUCTS
 from src.features.feature_table import (
     build_feature_table,
@@ -41,13 +42,13 @@ def test_plan_shrinks_the_window_on_a_short_bank_or_refuses():
 
 @pytest.fixture(scope="module")
 def table(small_bank: Settings) -> pd.DataFrame:
-    start, end = data_period(small_bank.raw_dir)
+    start, end = data_period(small_bank.catalog)
     plan = plan_as_of_dates(start, end, window_days=30)
-    return build_feature_table(small_bank.raw_dir, plan.dates, plan.window_days)
+    return build_feature_table(small_bank.catalog, plan.dates, plan.window_days)
 
 
 def test_labels_are_signups_in_the_window(table: pd.DataFrame, small_bank: Settings):
-    txn = pd.read_parquet(small_bank.raw_dir / "transactions.parquet")
+    txn = small_bank.catalog.read("transactions")
     signups = txn.loc[txn["code"] == "PRODUCT_SIGNUP"]
     as_of = table["as_of"].iloc[-1]
     rows = table.loc[table["as_of"] == as_of].set_index("customer_id")
@@ -75,15 +76,15 @@ def test_no_leakage_events_after_as_of_change_labels_not_features(
 ):
     """Add a burst of events after as_of — signups, page views, transactions for one customer:
     every feature of every row stays the same, the labels change."""
-    raw = tmp_path / "raw"
-    shutil.copytree(small_bank.raw_dir, raw)
+    raw = Catalog(tmp_path)
+    shutil.copytree(small_bank.validated_dir, raw.validated_dir)
     start, end = data_period(raw)
     as_of = start + (end - start) / 2
     as_of = as_of.normalize()
     before = build_feature_table(raw, [as_of], window_days=14)
     cust = before["customer_id"].iloc[0]
 
-    txn = pd.read_parquet(raw / "transactions.parquet")
+    txn = pd.read_parquet(raw.path("transactions"))
     future = pd.DataFrame(
         {
             "event_id": txn["event_id"].max() + 1 + np.arange(len(PRODUCTS) + 3),
@@ -98,14 +99,14 @@ def test_no_leakage_events_after_as_of_change_labels_not_features(
             "session_id": pd.NA,
         }
     ).astype(txn.dtypes.to_dict())
-    pd.concat([txn, future], ignore_index=True).to_parquet(raw / "transactions.parquet")
-    clicks = pd.read_parquet(raw / "clickstream.parquet")
+    pd.concat([txn, future], ignore_index=True).to_parquet(raw.path("transactions"))
+    clicks = pd.read_parquet(raw.path("clickstream"))
     mine = clicks.loc[clicks["customer_id"] == cust].head(20).copy()
     if len(mine):
         mine["event_id"] = future["event_id"].max() + 1 + np.arange(len(mine))
         mine["ts"] = as_of + pd.Timedelta(minutes=5)
         mine["session_id"] = clicks["session_id"].max() + 1
-        pd.concat([clicks, mine], ignore_index=True).to_parquet(raw / "clickstream.parquet")
+        pd.concat([clicks, mine], ignore_index=True).to_parquet(raw.path("clickstream"))
 
     after = build_feature_table(raw, [as_of], window_days=14)
     cols = feature_columns(before)
@@ -140,8 +141,8 @@ def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: 
     """The detection plug-in adds rule_* columns; a rule firing only after as_of changes none."""
     from src.features.feature_table import detection_rule_features
 
-    raw = tmp_path / "raw"
-    shutil.copytree(small_bank.raw_dir, raw)
+    raw = Catalog(tmp_path)
+    shutil.copytree(small_bank.validated_dir, raw.validated_dir)
     start, end = data_period(raw)
     as_of = (start + (end - start) / 2).normalize()
     extra = detection_rule_features()
@@ -154,7 +155,7 @@ def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: 
 
     # a large FX remittance right after the remit page, both after as_of: fx_remit_large fires then
     cust = before["customer_id"].iloc[0]
-    clicks = pd.read_parquet(raw / "clickstream.parquet")
+    clicks = pd.read_parquet(raw.path("clickstream"))
     mine = clicks.loc[clicks["customer_id"].notna()].head(1).copy()
     mine[["customer_id", "page", "action", "ts"]] = [
         cust,
@@ -164,8 +165,8 @@ def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: 
     ]
     mine["event_id"] = clicks["event_id"].max() + 10
     mine["session_id"] = clicks["session_id"].max() + 1
-    pd.concat([clicks, mine], ignore_index=True).to_parquet(raw / "clickstream.parquet")
-    txn = pd.read_parquet(raw / "transactions.parquet")
+    pd.concat([clicks, mine], ignore_index=True).to_parquet(raw.path("clickstream"))
+    txn = pd.read_parquet(raw.path("transactions"))
     big = txn.head(1).copy()
     big[["customer_id", "code", "amount", "currency", "ts"]] = [
         cust,
@@ -175,7 +176,7 @@ def test_rule_features_plug_in_is_point_in_time(small_bank: Settings, tmp_path: 
         as_of + pd.Timedelta(hours=1, minutes=5),
     ]
     big["event_id"] = clicks["event_id"].max() + 11
-    pd.concat([txn, big], ignore_index=True).to_parquet(raw / "transactions.parquet")
+    pd.concat([txn, big], ignore_index=True).to_parquet(raw.path("transactions"))
     after = build_feature_table(raw, [as_of], window_days=14, extra=extra)
     pd.testing.assert_frame_equal(
         before[["customer_id", *rule_cols]], after[["customer_id", *rule_cols]]

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.harness.customer_view_pandas import identity_map_pandas, session_map_pandas
+from src.data.catalog import Catalog
 from src.data.schemas import StitchedEvents
 from src.features import identity
 
@@ -65,8 +66,12 @@ def click(
     }
 
 
-def write_raw(tmp: Path, clicks: list[dict], txns: list[dict] | None = None) -> Path:
-    """Tiny raw dir: clickstream and transactions Parquet with the schemas.py dtypes."""
+def write_raw(tmp: Path, clicks: list[dict], txns: list[dict] | None = None) -> Catalog:
+    """Tiny validated layer: clickstream and transactions with the schemas.py dtypes.
+
+    Written straight to the catalog's validated layer: these are stitching cases, some of them
+    deliberately outside the contract's vocabularies, so they skip validation on purpose.
+    """
     c = pd.DataFrame(clicks, columns=CLICK_COLUMNS).astype(
         {
             "event_id": "int64",
@@ -90,9 +95,11 @@ def write_raw(tmp: Path, clicks: list[dict], txns: list[dict] | None = None) -> 
             "ts": "datetime64[us]",
         }
     )
-    c.to_parquet(tmp / "clickstream.parquet", index=False)
-    t.to_parquet(tmp / "transactions.parquet", index=False)
-    return tmp
+    catalog = Catalog(tmp)
+    catalog.validated_dir.mkdir(parents=True, exist_ok=True)
+    c.to_parquet(catalog.path("clickstream"), index=False)
+    t.to_parquet(catalog.path("transactions"), index=False)
+    return catalog
 
 
 # The scenario every test below reads from:
@@ -148,7 +155,7 @@ TXNS = [
 
 
 @pytest.fixture
-def raw(tmp_path: Path) -> Path:
+def raw(tmp_path: Path) -> Catalog:
     return write_raw(tmp_path, CLICKS, TXNS)
 
 
@@ -161,13 +168,13 @@ def _resolution(sessions: pd.DataFrame, session_id: int) -> str:
     return sessions.loc[sessions["session_id"] == session_id, "resolution"].item()
 
 
-def test_anonymous_events_before_login_belong_to_the_customer(raw: Path) -> None:
+def test_anonymous_events_before_login_belong_to_the_customer(raw: Catalog) -> None:
     events = identity.stitched_events(raw, T)
     assert _customer_of(events, 1) == "A"  # anonymous, before A logged in
     assert _resolution(identity.session_map(raw, T), 1) == "login"
 
 
-def test_device_and_cookie_link_sessions_without_login(raw: Path) -> None:
+def test_device_and_cookie_link_sessions_without_login(raw: Catalog) -> None:
     events = identity.stitched_events(raw, T)
     sessions = identity.session_map(raw, T)
     assert _customer_of(events, 4) == "A" and _resolution(sessions, 2) == "device"
@@ -180,7 +187,7 @@ def test_device_and_cookie_link_sessions_without_login(raw: Path) -> None:
     assert ids.loc[("cookie", "cA"), "customer_id"] == "A"
 
 
-def test_shared_device_does_not_merge_customers(raw: Path) -> None:
+def test_shared_device_does_not_merge_customers(raw: Catalog) -> None:
     ids = identity.identity_map(raw, T).set_index(["identifier_type", "identifier"])
     shared = ids.loc[("device", "dS")]
     assert shared["is_shared"] and shared["n_customers"] == 2 and shared["n_logins"] == 2
@@ -191,7 +198,7 @@ def test_shared_device_does_not_merge_customers(raw: Path) -> None:
     assert _resolution(identity.session_map(raw, T), 6) == "shared_identifier"
 
 
-def test_session_with_two_logins_is_not_merged(raw: Path) -> None:
+def test_session_with_two_logins_is_not_merged(raw: Catalog) -> None:
     events = identity.stitched_events(raw, T)
     assert _customer_of(events, 10) == "E" and _customer_of(events, 11) == "F"
     assert _customer_of(events, 9) is None  # anonymous: could be either
@@ -202,12 +209,12 @@ def test_session_with_two_logins_is_not_merged(raw: Path) -> None:
     assert ids.loc[("device", "dM"), "is_shared"]
 
 
-def test_device_and_cookie_pointing_to_different_customers_stay_apart(raw: Path) -> None:
+def test_device_and_cookie_pointing_to_different_customers_stay_apart(raw: Catalog) -> None:
     assert _resolution(identity.session_map(raw, T), 11) == "ambiguous"
     assert _customer_of(identity.stitched_events(raw, T), 15) is None
 
 
-def test_login_at_or_after_as_of_attributes_nothing(raw: Path) -> None:
+def test_login_at_or_after_as_of_attributes_nothing(raw: Catalog) -> None:
     as_of_t = identity.stitched_events(raw, T)
     assert _customer_of(as_of_t, 12) is None  # dX only logs in at T
     assert 13 not in set(as_of_t["event_id"]) and 101 not in set(as_of_t["event_id"])
@@ -220,7 +227,7 @@ def test_login_at_or_after_as_of_attributes_nothing(raw: Path) -> None:
     assert {13, 101} <= set(everything["event_id"])
 
 
-def test_stitched_events_follow_the_contract_and_order(raw: Path) -> None:
+def test_stitched_events_follow_the_contract_and_order(raw: Catalog) -> None:
     events = identity.stitched_events(raw, T)
     StitchedEvents.validate(events)
     assert list(events.columns) == list(StitchedEvents.to_schema().columns)
@@ -234,8 +241,8 @@ def test_stitched_events_follow_the_contract_and_order(raw: Path) -> None:
     assert list(events.index) == list(expected.index)
 
 
-def test_write_identity_writes_three_tables(raw: Path, tmp_path: Path) -> None:
-    written = identity.write_identity(raw, tmp_path / "features", as_of=T)
+def test_write_identity_writes_three_tables(raw: Catalog, tmp_path: Path) -> None:
+    written = identity.write_identity(raw, as_of=T)
     assert set(written) == {"identity_map", "session_map", "stitched_events"}
     stream = pd.read_parquet(written["stitched_events"])
     assert len(stream) == 15 and stream["event_id"].is_unique
@@ -244,8 +251,8 @@ def test_write_identity_writes_three_tables(raw: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("as_of", [T, None])
-def test_pandas_stitching_matches_sql(raw: Path, as_of) -> None:
-    clicks = pd.read_parquet(raw / "clickstream.parquet")
+def test_pandas_stitching_matches_sql(raw: Catalog, as_of) -> None:
+    clicks = raw.read("clickstream")
     sql_ids = identity.identity_map(raw, as_of)
     pd_ids = identity_map_pandas(clicks, as_of).sort_values(
         ["identifier_type", "identifier"], ignore_index=True
@@ -261,9 +268,9 @@ def test_as_of_must_be_naive() -> None:
         identity.as_of_literal(pd.Timestamp("2026-03-10", tz="Asia/Seoul"))
 
 
-def test_one_connection_serves_several_as_of_dates(raw: Path) -> None:
+def test_one_connection_serves_several_as_of_dates(raw: Catalog) -> None:
     """A notebook re-stages on one connection: the materialized stages are replaced, not kept."""
-    con = identity.connect_raw(raw, tables=identity.IDENTITY_TABLES)
+    con = identity.connect_tables(raw, tables=identity.IDENTITY_TABLES)
     late = identity.session_map(con, as_of=None)
     early_id_map = identity.identity_map(con, as_of="2026-01-01 00:00:00")
     late_again = identity.session_map(con, as_of=None)

@@ -24,6 +24,7 @@ from src.data import (
     validate_raw,
     write_table,
 )
+from src.data.catalog import Catalog
 
 FORMATS = ["csv", "parquet"]
 
@@ -419,20 +420,26 @@ def test_validate_raw_counts_and_reference_errors(tmp_path: Path) -> None:
     tables["offers"].loc[0, "cost_krw"] = -1.0  # offer O-LOAN-1 gets quarantined ...
     for name, df in tables.items():
         write_raw(df, name, tmp_path / "raw", "parquet")
+    catalog = Catalog(tmp_path)
     with pytest.raises(RawDataError, match="cost_krw"):
-        validate_raw(tmp_path / "raw")
+        validate_raw(catalog)
+    assert not catalog.validated_dir.exists()  # a failed run publishes nothing
     # ... so exposure X1, which shows it, now points nowhere: that is reported, not dropped.
     with pytest.raises(RawDataError) as info:
-        validate_raw(tmp_path / "raw", quarantine_dir=tmp_path / "rejects")
+        validate_raw(catalog, quarantine=True)
     msg = str(info.value)
     assert "'exposures'" in msg and "column 'offer_id'" in msg and "O-LOAN-1" in msg
     assert info.value.failures["record_id"].tolist() == ["X1"]
     assert info.value.failures["row"].tolist() == [0]
 
     write_raw(make_valid_table("offers"), "offers", tmp_path / "raw", "parquet")
-    report = validate_raw(tmp_path / "raw", quarantine_dir=tmp_path / "rejects")
+    report = validate_raw(catalog, quarantine=True)
     assert report["accepted"] == {n: len(df) for n, df in make_valid_tables().items()}
     assert report["rejected"] == dict.fromkeys(TABLES, 0)
+    assert report["reject_files"] == {}
+    for name, df in make_valid_tables().items():  # the validated layer holds every accepted row
+        assert len(catalog.read(name)) == len(df)
+    assert catalog.manifest()["tables"]["offers"]["accepted"] == len(make_valid_table("offers"))
 
 
 def test_write_table_validates_before_writing(tmp_path: Path) -> None:

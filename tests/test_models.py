@@ -76,9 +76,9 @@ def test_boosting_learns_an_interaction_and_calibration_holds(asked, min_positiv
 
 @pytest.fixture(scope="module")
 def trained(small_bank: Settings):
-    start, end = data_period(small_bank.raw_dir)
+    start, end = data_period(small_bank.catalog)
     plan = plan_as_of_dates(start, end)
-    table = build_feature_table(small_bank.raw_dir, plan.dates, plan.window_days)
+    table = build_feature_table(small_bank.catalog, plan.dates, plan.window_days)
     model = train_propensity(
         table, plan, ["savings", "card"], PropensityConfig(n_estimators=50), view_feature_columns()
     )
@@ -214,25 +214,35 @@ def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
 
 @pytest.mark.skipif(not BANK_MARKETING.exists(), reason="UCI Bank Marketing data not present")
 def test_bank_marketing_pipeline_on_a_subsample():
-    from src.models.bank_marketing import bank_matrix, evaluate_bank_marketing, load_bank_marketing
+    """The tabular pipeline with the UCI file's quirks passed as options (as the benchmark does,
+    ``benchmarks/run.py``: uci_bank_marketing_spec)."""
+    from src.models.tabular import TableSpec, evaluate_table, prepare, read_table
 
-    df = load_bank_marketing(BANK_MARKETING).head(200)
-    assert "duration" not in bank_matrix(df).columns
-    out = evaluate_bank_marketing(
-        BANK_MARKETING,
-        n_folds=3,
-        sample=6000,
-        config=PropensityConfig(n_estimators=200, min_child_samples=50),
+    spec = TableSpec(
+        target="y",
+        drop=("duration",),
+        missing=(("pdays", "999"),),
+        time_order="rows",
+        drift_cols=("emp.var.rate", "cons.price.idx", "cons.conf.idx", "euribor3m", "nr.employed"),
     )
-    assert len(out["cv"]) == 6
-    assert out["cv_mean"].loc["model", "auc"] > 0.7  # real signal without the leaking duration
-    assert set(out["time"].index) == {"model", "logreg"}
+    data = prepare(read_table(BANK_MARKETING), spec, sample=6000)
+    assert "duration" not in data.features.columns
+    out = evaluate_table(
+        data,
+        n_folds=3,
+        config=PropensityConfig(n_estimators=200, min_child_samples=50, num_leaves=15),
+        final_model=False,
+    )
+    assert "pdays_is_999" in out.encoder.columns
+    assert len(out.cv) == 6
+    assert out.cv_mean.loc["lightgbm", "auc"] > 0.7  # real signal without the leaking duration
+    assert set(out.time.index) == {"lightgbm", "logreg"}
     # the context columns rank the later rows the other way round: a sign flip, and dropping
     # them is what rescues the time split
-    drift = out["macro_drift"]
+    drift = out.drift
     assert drift.loc["euribor3m", "auc_train"] > 0.5 > drift.loc["euribor3m", "auc_test"]
-    by = out["time_by_features"]["auc"]
-    assert by.loc[("without_macro", "model")] > by.loc[("all", "model")] + 0.05
+    by = out.time_by_features["auc"]
+    assert by.loc[("without_drift_cols", "lightgbm")] > by.loc[("all", "lightgbm")] + 0.05
 
 
 def test_truth_state_rebuilds_the_stored_needs_and_the_ceiling_is_unbiased(small_bank: Settings):

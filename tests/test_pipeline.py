@@ -34,12 +34,17 @@ def test_demo_builds_the_view_and_says_where(tmp_path: Path):
     assert "policy=bandit" in result.output
 
 
+def copy_bank(bank: Settings, data_dir: Path) -> None:
+    """The small bank's raw, validated and truth layers, to change or write beside."""
+    shutil.copytree(bank.resolve(bank.data_dir), data_dir, dirs_exist_ok=True)
+
+
 def test_train_bandit_promotes_only_a_better_bandit(small_bank: Settings, tmp_path: Path):
     """A second bandit trained on the same log is scored against the champion on the same
     held-out days; the registry records the comparison either way."""
     import mlflow
 
-    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    copy_bank(small_bank, tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": tracking}
     first = CliRunner().invoke(app, ["train-bandit", "--data-dir", str(tmp_path)], env=env)
@@ -57,7 +62,7 @@ def test_train_bandit_promotes_only_a_better_bandit(small_bank: Settings, tmp_pa
 
 
 def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, tmp_path: Path):
-    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    copy_bank(small_bank, tmp_path)
     transactions = pd.read_parquet(tmp_path / "raw" / "transactions.parquet")
     bad_event = int(transactions["event_id"].iloc[3])
     transactions.loc[3, "amount"] = -5.0
@@ -76,7 +81,7 @@ def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, t
 
 
 def test_detect_writes_detections_and_rejects_bad_rules(small_bank: Settings, tmp_path: Path):
-    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    copy_bank(small_bank, tmp_path)
     ok = CliRunner().invoke(app, ["detect", "--data-dir", str(tmp_path)])
     assert ok.exit_code == 0, ok.output
     detections = pd.read_parquet(next((tmp_path / "features").glob("detections_*.parquet")))
@@ -98,7 +103,7 @@ def test_detect_writes_detections_and_rejects_bad_rules(small_bank: Settings, tm
 def test_evaluate_policy_prints_estimates_and_names_a_missing_field(
     small_bank: Settings, tmp_path: Path
 ):
-    exposures = pd.read_parquet(small_bank.raw_dir / "exposures.parquet")
+    exposures = small_bank.catalog.read("exposures")
     log = exposures.rename(columns={"offer_id": "action", "logged_prob": "prob"}).assign(
         reward=exposures["click"].astype(float)
     )[["decision_id", "slot", "action", "prob", "reward"]]
@@ -118,7 +123,7 @@ def test_detection_from_the_written_stream_equals_restitching(small_bank: Settin
     """The demo reuses step 3's stitched stream; that must not change a single detection."""
     from src.pipeline import default_as_of, run_customer_view, run_detection
 
-    shutil.copytree(small_bank.raw_dir, tmp_path / "raw")
+    copy_bank(small_bank, tmp_path)
     settings = small_bank.model_copy(update={"data_dir": tmp_path})
     as_of = default_as_of(settings)
     written = run_customer_view(settings, as_of=as_of)["stitched_events"]

@@ -27,13 +27,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def bank(small_bank: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The small bank's view as of its last day, plus champion models in a private registry."""
     from benchmarks.harness.serving_fixtures import register_models
-    from src.features.customer_view import write_customer_view
+    from src.features.customer_view import build_customer_view
     from src.pipeline import default_as_of
 
     work = tmp_path_factory.mktemp("serving")
-    view_path = write_customer_view(
-        small_bank.raw_dir, work / "features", default_as_of(small_bank)
-    )
+    view_path = work / "customer_view.parquet"
+    build_customer_view(small_bank.catalog, default_as_of(small_bank)).to_parquet(view_path)
     settings = small_bank.model_copy(
         update={
             "mlruns_dir": work / "mlruns",
@@ -97,9 +96,7 @@ def test_decision_with_champion_models(with_models: TestClient, bank: dict):
             if e["reason"] == "product_held":
                 product = next(
                     o.product
-                    for o in policy_from_offers(
-                        pd.read_parquet(bank["settings"].raw_dir / "offers.parquet")
-                    ).offers
+                    for o in policy_from_offers(bank["settings"].catalog.read("offers")).offers
                     if o.offer_id == e["offer_id"]
                 )
                 assert view.loc[customer_id, f"n_{product}"] > 0

@@ -28,15 +28,14 @@ OFFER_CAP = Cap(per_day=1, per_week=2)
 
 @pytest.fixture(scope="module")
 def setup(small_bank: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from src.features.customer_view import write_customer_view
+    from src.features.customer_view import build_customer_view
     from src.pipeline import default_as_of
 
     work = tmp_path_factory.mktemp("serving_load")
-    view_path = write_customer_view(
-        small_bank.raw_dir, work / "features", default_as_of(small_bank)
-    )
+    view_path = work / "customer_view.parquet"
+    build_customer_view(small_bank.catalog, default_as_of(small_bank)).to_parquet(view_path)
     view = pd.read_parquet(view_path)
-    offers = pd.read_parquet(small_bank.raw_dir / "offers.parquet")
+    offers = small_bank.catalog.read("offers")
     policy = policy_from_offers(
         offers, channel_cap=CHANNEL_CAP, offer_cap=OFFER_CAP, fallback_epsilon=0.3
     )

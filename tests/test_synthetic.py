@@ -175,8 +175,9 @@ def test_oracle_reproduces_logged_probabilities(tables, bank, oracle):
     assert abs(z) < 4
     offers = tables["offers"]
     assert (exposures.groupby("slot")["logged_prob"].nunique() > 1).all()
-    for _slot, group in offers.groupby("slot"):
-        probs = exposures.drop_duplicates("offer_id").query("slot == @slot")["logged_prob"]
+    for slot, group in offers.groupby("slot"):
+        firsts = exposures.drop_duplicates("offer_id")
+        probs = firsts.loc[firsts["slot"] == slot, "logged_prob"]
         assert probs.sum() <= 1.0 + 1e-9
         assert len(group) >= 6
 

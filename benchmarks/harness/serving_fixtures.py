@@ -25,6 +25,7 @@ def tiny_bank(
     data_dir: Path, customers: int = 300, days: int = 14, seed: int = 3
 ) -> tuple[Settings, Path]:
     """Simulate a bank under ``data_dir`` and write its customer view as of the last day."""
+    from src.data.loaders import validate_raw
     from src.data.synthetic import SimConfig, simulate
     from src.features.customer_view import write_customer_view
 
@@ -37,8 +38,9 @@ def tiny_bank(
     )
     config = SimConfig(customers=customers, days=days, seed=seed)
     simulate(config, settings.raw_dir, settings.truth_dir, progress=False)
+    validate_raw(settings.catalog)
     as_of = pd.Timestamp(config.start_date) + pd.Timedelta(days=days)
-    view = write_customer_view(settings.raw_dir, settings.features_dir, as_of)
+    view = write_customer_view(settings.catalog, as_of)
     return settings, view
 
 
@@ -111,11 +113,11 @@ def train_bandit(settings: Settings, view_every_days: int = 7, seed: int = 0):
     from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions, train_offline
     from src.models.bandit_features import build_views, default_feature_spec, view_schedule
 
-    exposures = pd.read_parquet(settings.raw_dir / "exposures.parquet")
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    exposures = settings.catalog.read("exposures")
+    offers = settings.catalog.read("offers")
     spec = default_feature_spec()
     start, end = exposures["ts"].min(), exposures["ts"].max()
-    views = build_views(settings.raw_dir, view_schedule(start, end, view_every_days), spec)
+    views = build_views(settings.catalog, view_schedule(start, end, view_every_days), spec)
     config = BanditConfig(seed=seed)
     log = logged_decisions(exposures, views, offers, config)
     bandit = ContextualBandit(config, spec)

@@ -23,19 +23,23 @@ Conventions
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.engines import pandas_engine
 
+from src.data.catalog import MANIFEST, RAW_SUFFIXES, Catalog
 from src.data.schemas import TABLES
 
 __all__ = [
@@ -70,7 +74,7 @@ REFERENCES: tuple[tuple[str, str, str, str], ...] = (
     ("exposures", "offer_id", "offers", "offer_id"),
 )
 
-SUFFIXES: tuple[str, ...] = (".parquet", ".csv")  # preference order when both exist
+SUFFIXES: tuple[str, ...] = RAW_SUFFIXES  # preference order when both exist
 REJECT_SUFFIX = ".rejects.parquet"
 MAX_ROWS_SHOWN = 5  # offending rows listed per (column, check) in an error message
 MAX_GROUPS_SHOWN = 20  # (column, check) groups listed in an error message
@@ -313,42 +317,100 @@ def check_references(tables: Mapping[str, pd.DataFrame]) -> list[ReferenceProble
     return problems
 
 
-def validate_raw(raw_dir: Path, quarantine_dir: Path | None = None) -> dict[str, dict[str, int]]:
-    """Validate every table in ``raw_dir`` plus cross-table references; used by the CLI.
+def validate_raw(catalog: Catalog, *, quarantine: bool = False) -> dict[str, dict[str, Any]]:
+    """Validate the catalog's raw tables and publish the accepted rows as its validated layer.
 
-    Returns ``{"accepted": {table: rows}, "rejected": {table: rows}}`` for all of ``TABLES``.
-    Raises :class:`RawDataError` for contract failures (all tables reported together) and,
-    in both modes, for keys that point to customers/offers missing from the accepted rows:
-    an orphan row is a policy question (drop it? fix the master?), not a row-level defect.
+    Every table plus the cross-table references are checked before anything is written, so one
+    :class:`RawDataError` names every table, column, check and row at fault. Without
+    ``quarantine`` any failing row stops the run; with it the failing rows go, with their
+    reasons, to ``rejects/<table>.rejects.parquet`` and the rest flows on. Keys that point to
+    customers/offers missing from the accepted rows raise in both modes: an orphan row is a
+    policy question (drop it? fix the master?), not a row-level defect.
+
+    On success the validated layer is replaced as a whole (a fresh directory swapped in), with a
+    manifest of sources and counts; on failure it is removed, so nothing downstream can read
+    tables that no longer match the raw export. Returns ``{"accepted": {table: rows},
+    "rejected": {table: rows}, "reject_files": {table: path}}`` for all of ``TABLES``.
     """
-    results = _load_results(raw_dir, tables=None, quarantine_dir=quarantine_dir)
-    problems = check_references({name: r.data for name, r in results.items()})
-    if problems:
-        records = []
-        for p in problems:
-            result = results[p.table]
-            id_column = _id_column(TABLES[p.table].to_schema())
-            for row in p.rows:
-                records.append(
-                    {
-                        "table": p.table,
-                        "column": p.column,
-                        "check": f"references {p.ref_table}.{p.ref_column}",
-                        "row": int(result.source_rows[row]),
-                        "value": _render(result.data.at[row, p.column]),
-                        "record_id": _render(result.data.at[row, id_column]) if id_column else None,
-                    }
-                )
-        failures = _normalise_failure_dtypes(pd.DataFrame(records))
-        raise RawDataError(
-            f"raw data in {raw_dir}: {len(problems)} referential problem(s)\n"
-            + format_failures(failures),
-            failures,
+    try:
+        results = _load_results(
+            catalog.raw_dir,
+            tables=None,
+            quarantine_dir=catalog.rejects_dir if quarantine else None,
         )
+        _raise_on_references(results, catalog.raw_dir)
+    except (RawDataError, FileNotFoundError):
+        _remove_tree(catalog.validated_dir)
+        raise
+    _publish_validated(catalog, results)
     return {
         "accepted": {name: r.n_accepted for name, r in results.items()},
         "rejected": {name: r.n_rejected for name, r in results.items()},
+        "reject_files": {
+            name: str(catalog.rejects_dir / f"{name}{REJECT_SUFFIX}")
+            for name, r in results.items()
+            if quarantine and r.n_rejected
+        },
     }
+
+
+def _raise_on_references(results: Mapping[str, LoadResult], raw_dir: Path) -> None:
+    problems = check_references({name: r.data for name, r in results.items()})
+    if not problems:
+        return
+    records = []
+    for p in problems:
+        result = results[p.table]
+        id_column = _id_column(TABLES[p.table].to_schema())
+        for row in p.rows:
+            records.append(
+                {
+                    "table": p.table,
+                    "column": p.column,
+                    "check": f"references {p.ref_table}.{p.ref_column}",
+                    "row": int(result.source_rows[row]),
+                    "value": _render(result.data.at[row, p.column]),
+                    "record_id": _render(result.data.at[row, id_column]) if id_column else None,
+                }
+            )
+    failures = _normalise_failure_dtypes(pd.DataFrame(records))
+    raise RawDataError(
+        f"raw data in {raw_dir}: {len(problems)} referential problem(s)\n"
+        + format_failures(failures),
+        failures,
+    )
+
+
+def _publish_validated(catalog: Catalog, results: Mapping[str, LoadResult]) -> None:
+    """Write every accepted table and the manifest into a new directory, then swap it in."""
+    target = catalog.validated_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".validated."))
+    try:
+        manifest: dict[str, Any] = {"tables": {}}
+        for name, result in results.items():
+            path = staging / catalog.path(name).name
+            result.data.to_parquet(path, index=False)
+            manifest["tables"][name] = {
+                "source": result.source,
+                "accepted": result.n_accepted,
+                "rejected": result.n_rejected,
+            }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = None
+        if target.exists():
+            old = target.parent / f".validated.old.{os.getpid()}"
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            _remove_tree(old)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_table(df: pd.DataFrame, name: str, raw_dir: Path) -> Path:

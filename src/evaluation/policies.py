@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from src.data.catalog import Catalog
 from src.models import ab_test
 from src.models.bandit import (
     BanditConfig,
@@ -409,18 +410,21 @@ def gap_report(steps: pd.DataFrame, ceiling: str = "oracle") -> dict[str, pd.Dat
 
 
 def run_comparison(
-    raw_dir: Path,
+    catalog: Catalog,
     truth_dir: Path,
     config: ComparisonConfig | None = None,
     spec: FeatureSpec | None = None,
     progress: bool = False,
 ) -> ComparisonResult:
-    """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions."""
+    """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions.
+
+    The bandit's views and log come from the ``catalog`` (validated tables, as in production);
+    the oracle reads the simulator's truth beside the raw export it simulated."""
     from src.data.synthetic import BankEnvironment, Oracle
 
     config = config or ComparisonConfig()
     spec = spec or default_feature_spec()
-    oracle = Oracle(truth_dir, raw_dir)
+    oracle = Oracle(truth_dir, catalog.raw_dir)
     offers = oracle.offers
     sim_days = config.sim_days or oracle.days - config.train_days
     if config.train_days + sim_days > oracle.days:
@@ -432,7 +436,7 @@ def run_comparison(
     run_start = start + pd.Timedelta(days=config.train_days)
     run_end = run_start + pd.Timedelta(days=sim_days)
     views = build_views(
-        raw_dir, view_schedule(start, run_end, config.view_every_days), spec, progress=progress
+        catalog, view_schedule(start, run_end, config.view_every_days), spec, progress=progress
     )
 
     def env() -> BankEnvironment:
@@ -444,7 +448,7 @@ def run_comparison(
             requests_per_customer_day=config.requests_per_customer_day,
         )
 
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    exposures = catalog.read("exposures")
     history = (
         ResponseHistory.from_exposures(exposures, offers, before=run_start)
         if config.history
@@ -549,7 +553,7 @@ def oracle_rewards(
 
 
 def ope_check(
-    raw_dir: Path,
+    catalog: Catalog,
     truth_dir: Path,
     bandit: ContextualBandit,
     views: CustomerViews,
@@ -570,9 +574,9 @@ def ope_check(
     from src.data.synthetic import Oracle
     from src.models import ope
 
-    oracle = Oracle(truth_dir, raw_dir)
+    oracle = Oracle(truth_dir, catalog.raw_dir)
     offers = oracle.offers
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    exposures = catalog.read("exposures")
     log = logged_decisions(
         exposures, views, offers, bandit.config, start=start, end=end, responses=True
     )

@@ -15,23 +15,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from src.data.schemas import HOLDING_TYPES, KRW_REFERENCE_RATES, PRODUCTS, TXN_CODES
-from src.features.identity import connect_raw, register_stages
-
-WINDOWS: tuple[int, ...] = (7, 30, 90)
-"""Look-back windows in days: [T - N days, T)."""
-
-PAGE_GROUPS: dict[str, tuple[str, ...]] = {
-    # group -> page-name prefixes (schemas.PAGES); "error" is the error page itself
-    "loan": ("loan",),
-    "fx": ("fx",),
-    "fund": ("fund",),
-    "savings": ("savings",),
-    "card": ("card",),
-    "signup": ("signup",),
-    "pension": ("pension",),
-    "error": ("error",),
-}
+from src.data.catalog import Catalog
+from src.data.schemas import KRW_REFERENCE_RATES
+from src.features.identity import connect_tables, register_stages
+from src.features.sql_templates import LONG_READ_SECONDS, PAGE_GROUPS, WINDOWS, template_context
 
 __all__ = [
     "KRW_REFERENCE_RATES",
@@ -43,10 +30,8 @@ __all__ = [
     "coerce_view",
     "data_dictionary",
     "write_customer_view",
-]  # KRW_REFERENCE_RATES (schemas.py) is what sql/fx_rates.sql spells out; a test checks
-
-LONG_READ_SECONDS = 180
-"""Dwell (s) from which a page view counts as a long read (``long_views_*``; session_keys.sql)."""
+]  # KRW_REFERENCE_RATES (schemas.py) renders sql/fx_rates.sql. WINDOWS, PAGE_GROUPS and
+# LONG_READ_SECONDS live in sql_templates.py: identity.py renders session_keys.sql from them too
 
 VIEW_STAGES: tuple[str, ...] = (
     "session_keys",
@@ -74,8 +59,11 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     """Every view column -> (pandas dtype, meaning), in the order the view returns them.
 
     Counts and amounts are 0 when there is nothing to count; "days" features are null when
-    the thing does not exist. Windows are the last N days before T, T excluded.
+    the thing does not exist. Windows are the last N days before T, T excluded. The loops run
+    over :func:`~src.features.sql_templates.template_context`, the values the SQL is rendered
+    from, so a new window, page group or product is one edit of a constant.
     """
+    shape = template_context()
     d: dict[str, tuple[str, str]] = {
         "customer_id": ("str", "customer key"),
         "age": ("int64", "year(T) - birth_year"),
@@ -91,16 +79,16 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
         "is_accident_reported": ("bool", "an accident (fraud/loss) was reported before T: exclude"),
         "is_closed": ("bool", "the customer closed the relationship before T: exclude"),
     }
-    for t in HOLDING_TYPES:
+    for t in shape["holding_types"]:
         d[f"n_{t}"] = ("int64", f"open {t} holdings at T (opened before T, not closed before T)")
-    for t in HOLDING_TYPES:
+    for t in shape["holding_types"]:
         d[f"balance_{t}"] = ("float64", f"sum of balances of open {t} holdings (null balance = 0)")
     for name, meaning in DUE_FEATURES.items():
         d[name] = ("Int64", meaning)
     d["fund_return_pct_avg"] = ("float64", "mean return (%) of open funds; null without a fund")
 
     def windowed(stem: str, dtype: str, meaning: str) -> None:
-        for w in WINDOWS:
+        for w in shape["windows"]:
             d[f"{stem}_{w}d"] = (dtype, f"{meaning}, last {w} days")
 
     scope = "stitched web+app events (anonymous ones included once resolved)"
@@ -108,11 +96,11 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     windowed("app_share", "float64", "share of those sessions with an app event; null if none")
     windowed("page_views", "int64", f"page views (action 'view'), {scope}")
     windowed("dwell_seconds", "float64", f"total dwell seconds over all events, {scope}")
-    for group, prefixes in PAGE_GROUPS.items():
+    for group, prefixes in shape["page_groups"].items():
         windowed(f"pv_{group}", "int64", f"page views on {'/'.join(prefixes)}* pages")
     windowed("logins", "int64", "login events (action 'login')")
     d["days_since_last_session"] = ("Int64", "days from the last session's date to T's date")
-    for code in TXN_CODES:
+    for code in shape["txn_codes"]:
         windowed(f"txn_{code.lower()}_cnt", "int64", f"{code} transactions")
         windowed(
             f"txn_{code.lower()}_amt_krw",
@@ -124,13 +112,13 @@ def data_dictionary() -> dict[str, tuple[str, str]]:
     # Per-product need signals (appended, so earlier columns keep their positions): a long read
     # (>= LONG_READ_SECONDS on a product page) and a past signup of the product are the two
     # behaviours whose rate rises most steeply with the latent need (measured in issue 4).
-    for product in PRODUCTS:
+    for product in shape["products"]:
         windowed(
             f"long_views_{product}",
             "int64",
-            f"views of {product}* pages with dwell >= {LONG_READ_SECONDS} s, {scope}",
+            f"views of {product}* pages with dwell >= {shape['long_read_seconds']} s, {scope}",
         )
-    for product in PRODUCTS:
+    for product in shape["products"]:
         windowed(f"signups_{product}", "int64", f"PRODUCT_SIGNUP transactions for {product}")
     return d
 
@@ -147,31 +135,26 @@ def coerce_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_customer_view(
-    raw_dir: Path | str,
+    catalog: Catalog,
     as_of: datetime | date | str,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pd.DataFrame:
-    """The customer view as of ``as_of`` from ``<raw_dir>/<table>.parquet``, ordered by customer.
+    """The customer view as of ``as_of`` from the catalog's validated tables, by customer.
 
-    Pass ``con`` to reuse a connection (its raw views are (re)registered over ``raw_dir``).
+    Pass ``con`` to reuse a connection (its source views are (re)registered from the catalog).
     """
     if as_of is None:
         raise ValueError("the customer view needs an as_of date")
-    con = connect_raw(raw_dir, con)
+    con = connect_tables(catalog, con)
     register_stages(con, VIEW_STAGES, as_of)
     return coerce_view(con.sql("SELECT * FROM customer_view").df())
 
 
-def write_customer_view(
-    raw_dir: Path | str, features_dir: Path | str, as_of: datetime | date | str
-) -> Path:
-    """Write ``customer_view_<as_of date>.parquet`` under ``features_dir`` straight from DuckDB."""
-    features_dir = Path(features_dir)
-    features_dir.mkdir(parents=True, exist_ok=True)
-    ts = pd.Timestamp(as_of)
-    stamp = f"{ts:%Y-%m-%d}" if ts == ts.normalize() else f"{ts:%Y-%m-%dT%H%M%S}"
-    path = features_dir / f"customer_view_{stamp}.parquet"
-    con = connect_raw(raw_dir)
+def write_customer_view(catalog: Catalog, as_of: datetime | date | str) -> Path:
+    """Write the catalog's ``customer_view`` for ``as_of`` straight from DuckDB to Parquet."""
+    path = catalog.path("customer_view", as_of)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = connect_tables(catalog)
     register_stages(con, VIEW_STAGES, as_of)
     quoted = "'" + str(path).replace("'", "''") + "'"
     con.execute(f"COPY (SELECT * FROM customer_view) TO {quoted} (FORMAT parquet)")

@@ -22,15 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.data.schemas import INCOME_BANDS, LIFE_STAGES, PRODUCTS, REGIONS
 from src.features.customer_view import build_customer_view, data_dictionary
 
-DateLike = datetime | date | str | pd.Timestamp
-ExtraFeatures = Callable[[Path, pd.Timestamp, pd.Series], pd.DataFrame]
-"""(raw_dir, as_of, customer_ids) -> frame keyed by ``customer_id``; columns joined as features."""
+DateLike: TypeAlias = datetime | date | str | pd.Timestamp
+ExtraFeatures = Callable[[Catalog, pd.Timestamp, pd.Series], pd.DataFrame]
+"""(catalog, as_of, customer_ids) -> frame keyed by ``customer_id``; columns joined as features."""
 
 KEYS: tuple[str, ...] = ("customer_id", "as_of")
 CATEGORICAL: dict[str, tuple[str, ...]] = {
@@ -84,15 +86,14 @@ class AsOfPlan:
         }
 
 
-def data_period(raw_dir: Path | str) -> tuple[pd.Timestamp, pd.Timestamp]:
+def data_period(catalog: Catalog) -> tuple[pd.Timestamp, pd.Timestamp]:
     """(first day, last day) of the transactions: the span labels can come from.
 
     The last calendar day is treated as incomplete (a session running past midnight of the
     final simulated day leaves a few events there), so ``end`` is its midnight."""
-    import duckdb
-
-    path = str(Path(raw_dir) / "transactions.parquet").replace("'", "''")
-    lo, hi = duckdb.sql(f"SELECT min(ts), max(ts) FROM read_parquet('{path}')").fetchall()[0]
+    con = catalog.connect(("transactions",))
+    lo, hi = con.execute("SELECT min(ts), max(ts) FROM transactions").fetchall()[0]
+    con.close()
     return pd.Timestamp(lo).normalize(), pd.Timestamp(hi).normalize()
 
 
@@ -133,7 +134,7 @@ def plan_as_of_dates(
 
 
 def signup_labels(
-    raw_dir: Path | str,
+    catalog: Catalog,
     as_of: DateLike,
     window_days: int,
     customer_ids: Iterable[str],
@@ -141,8 +142,8 @@ def signup_labels(
 ) -> pd.DataFrame:
     """``label_<product>`` per customer: a PRODUCT_SIGNUP of it in [as_of, as_of + window)."""
     as_of = pd.Timestamp(as_of)
-    txn = pd.read_parquet(
-        Path(raw_dir) / "transactions.parquet",
+    txn = catalog.read(
+        "transactions",
         columns=["ts", "customer_id", "code", "product"],
         filters=[
             ("code", "==", "PRODUCT_SIGNUP"),
@@ -169,8 +170,8 @@ def detection_rule_features(rules_path: Path | str | None = None) -> ExtraFeatur
 
     rules = load_rules(rules_path)
 
-    def extra(raw_dir: Path, as_of: pd.Timestamp, customer_ids: pd.Series) -> pd.DataFrame:
-        events = stitched_events(raw_dir, as_of)
+    def extra(catalog: Catalog, as_of: pd.Timestamp, customer_ids: pd.Series) -> pd.DataFrame:
+        events = stitched_events(catalog, as_of)
         detections = detect(events, rules, until=as_of)
         wide = rule_features(detections, as_of, customer_ids, rules=rules, wide=True)
         flags = [c for c in wide.columns if c.endswith("__flag_7d")]
@@ -181,7 +182,7 @@ def detection_rule_features(rules_path: Path | str | None = None) -> ExtraFeatur
 
 
 def build_feature_table(
-    raw_dir: Path | str,
+    catalog: Catalog,
     as_of_dates: Iterable[DateLike],
     window_days: int = 30,
     products: Sequence[str] = PRODUCTS,
@@ -195,17 +196,16 @@ def build_feature_table(
     """
     from tqdm.auto import tqdm
 
-    raw_dir = Path(raw_dir)
     parts = []
     for as_of in tqdm(list(as_of_dates), desc="feature table", disable=not progress):
         as_of = pd.Timestamp(as_of)
-        view = build_customer_view(raw_dir, as_of)
+        view = build_customer_view(catalog, as_of)
         if drop_closed:
             view = view.loc[~view["is_closed"]]
         if extra is not None:
-            more = extra(raw_dir, as_of, view["customer_id"])
+            more = extra(catalog, as_of, view["customer_id"])
             view = view.merge(more, on="customer_id", how="left", validate="one_to_one")
-        labels = signup_labels(raw_dir, as_of, window_days, view["customer_id"], products)
+        labels = signup_labels(catalog, as_of, window_days, view["customer_id"], products)
         part = view.merge(labels, on="customer_id", how="left", validate="one_to_one")
         part.insert(1, "as_of", as_of)
         parts.append(part)

@@ -17,7 +17,6 @@ as of T never learns from a login at or after T. ``as_of=None`` means all histor
 
 from __future__ import annotations
 
-import contextlib
 import re
 from datetime import date, datetime
 from importlib import resources
@@ -25,6 +24,9 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+
+from src.data.catalog import Catalog
+from src.features.sql_templates import render_template
 
 RAW_TABLES: tuple[str, ...] = ("customers", "holdings", "clickstream", "transactions")
 """Raw tables the feature SQL reads, registered as views with these names."""
@@ -52,12 +54,19 @@ ALL_HISTORY = "9999-12-31 23:59:59"
 
 _AS_OF = re.compile(r"\$as_of\b")
 
-Source = Path | str | duckdb.DuckDBPyConnection
+Source = Catalog | duckdb.DuckDBPyConnection
+
+
+def sql_source(name: str) -> str:
+    """Text of ``src/features/sql/<name>.sql`` as written (shipped as package data): a Jinja
+    template whose repeated column blocks are loops (:mod:`src.features.sql_templates`)."""
+    return (resources.files("src.features") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
 
 
 def load_sql(name: str) -> str:
-    """Text of ``src/features/sql/<name>.sql`` (shipped as package data)."""
-    return (resources.files("src.features") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+    """The SQL of ``<name>.sql`` with its loops expanded from the current constants: plain
+    DuckDB SQL, ``$as_of`` left for :func:`render_sql`."""
+    return render_template(sql_source(name))
 
 
 def sql_files() -> list[str]:
@@ -95,26 +104,16 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def connect_raw(
-    raw_dir: Path | str,
+def connect_tables(
+    catalog: Catalog,
     con: duckdb.DuckDBPyConnection | None = None,
     tables: tuple[str, ...] = RAW_TABLES,
 ) -> duckdb.DuckDBPyConnection:
-    """Register ``<raw_dir>/<table>.parquet`` as temp views named after the tables."""
-    if con is None:
-        con = duckdb.connect()
-        # library code: no terminal progress output (inside Jupyter without ipywidgets it's off)
-        with contextlib.suppress(duckdb.InvalidInputException):
-            con.execute("SET enable_progress_bar = false")
-    raw_dir = Path(raw_dir)
-    for table in tables:
-        path = raw_dir / f"{table}.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"raw table {table!r} not found at {path}")
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM read_parquet({_quote(path)})"
-        )
-    return con
+    """A DuckDB connection with the catalog's validated source tables as views named after them.
+
+    The SQL stages read the contract's tables by name; only rows validation accepted are there.
+    """
+    return catalog.connect(tables, con)
 
 
 def register_stages(
@@ -144,7 +143,7 @@ def _drop_temp_object(con: duckdb.DuckDBPyConnection, name: str) -> None:
 def _connection(source: Source) -> duckdb.DuckDBPyConnection:
     if isinstance(source, duckdb.DuckDBPyConnection):
         return source  # raw views are expected to be registered already
-    return connect_raw(source, tables=IDENTITY_TABLES)
+    return connect_tables(source, tables=IDENTITY_TABLES)
 
 
 def _stage_frame(source: Source, stage: str, as_of: datetime | date | str | None) -> pd.DataFrame:
@@ -156,7 +155,7 @@ def _stage_frame(source: Source, stage: str, as_of: datetime | date | str | None
 def identity_map(source: Source, as_of: datetime | date | str | None = None) -> pd.DataFrame:
     """Device and cookie -> customer map from logins before ``as_of``; shared ones flagged.
 
-    ``source`` is the raw directory or a DuckDB connection with the raw views registered.
+    ``source`` is the catalog or a DuckDB connection with the source views registered.
     """
     return _stage_frame(source, "identity_map", as_of).sort_values(
         ["identifier_type", "identifier"], ignore_index=True
@@ -176,17 +175,15 @@ def stitched_events(source: Source, as_of: datetime | date | str | None = None) 
 
 
 def write_identity(
-    raw_dir: Path | str,
-    features_dir: Path | str,
+    catalog: Catalog,
     as_of: datetime | date | str | None = None,
 ) -> dict[str, Path]:
-    """Write ``identity_map``, ``session_map`` and ``stitched_events`` Parquet under ``features_dir``.
+    """Write the catalog's ``identity_map``, ``session_map`` and ``stitched_events`` as Parquet.
 
     DuckDB streams straight to Parquet (no pandas round trip), so this scales to the full bank.
     """
-    features_dir = Path(features_dir)
-    features_dir.mkdir(parents=True, exist_ok=True)
-    con = connect_raw(raw_dir, tables=IDENTITY_TABLES)
+    catalog.features_dir.mkdir(parents=True, exist_ok=True)
+    con = connect_tables(catalog, tables=IDENTITY_TABLES)
     register_stages(con, IDENTITY_STAGES, as_of)
     written: dict[str, Path] = {}
     for name, order in (
@@ -194,7 +191,7 @@ def write_identity(
         ("session_map", "session_id"),
         ("stitched_events", None),  # already ordered by its SQL
     ):
-        path = features_dir / f"{name}.parquet"
+        path = catalog.path(name)
         query = f"SELECT * FROM {name}" + (f" ORDER BY {order}" if order else "")
         con.execute(f"COPY ({query}) TO {_quote(path)} (FORMAT parquet)")
         written[name] = path

@@ -28,6 +28,8 @@ def to_spark_sql(sql: str, as_of: datetime | date | str | None = None) -> str:
     if as_of is not None:
         sql = render_sql(sql, as_of)
     for tree in sqlglot.parse(sql, read="duckdb"):
+        if tree is None:  # an empty statement (a trailing semicolon)
+            continue
         unknown = sorted({f.name for f in tree.find_all(exp.Anonymous)})
         duckdb_joins = sorted(
             {j.text("method") for j in tree.find_all(exp.Join)} & {"ASOF", "POSITIONAL"}

@@ -4,7 +4,8 @@ Every choice is sampled from VW's probability mass function and returned with th
 it was chosen with, so every decision can later be evaluated off-policy and learned from.
 It trains offline from the logged decisions (``exposures`` with ``logged_prob``, joined with the
 customer view as of the decision's day) and keeps learning online from rewards. It is saved to
-MLflow as a pyfunc (VW model file + feature spec + catalog as artifacts) and registered through
+MLflow as a pyfunc (VW model file + feature spec + catalog as artifacts, the ``src`` code as
+``code_paths`` so it loads without the repository) and registered through
 :func:`src.models.registry.register_and_promote`, scored by an off-policy value estimate.
 """
 
@@ -377,7 +378,7 @@ def log_bandit(
     import mlflow
     from mlflow.models import infer_signature
 
-    from src.models.tracking import pinned_requirements
+    from src.models.tracking import pinned_requirements, project_code_paths
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -416,6 +417,7 @@ def log_bandit(
             signature=signature,
             input_example=input_example,
             pip_requirements=pinned_requirements("vowpalwabbit"),
+            code_paths=project_code_paths(),  # loads without the repository (see tracking)
         )
         return info.model_uri  # models:/m-<id>: MLflow 3 logs models apart from run artifacts
 

@@ -10,12 +10,12 @@ The simulated checks of these estimates against the true values are in
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.models import ope
 from src.models.bandit import BanditConfig, logged_decisions, policy_probs
 from src.models.bandit_features import CustomerViews, slot_candidates
@@ -51,7 +51,7 @@ def reward_model(
 
 
 def held_out_scorer(
-    raw_dir: Path,
+    catalog: Catalog,
     views: CustomerViews,
     config: BanditConfig,
     start: pd.Timestamp,
@@ -64,8 +64,8 @@ def held_out_scorer(
     The log and the cross-fitted reward model are built once, so a challenger and the current
     champion are scored on exactly the same held-out window (the registry's promotion rule).
     """
-    offers = pd.read_parquet(Path(raw_dir) / "offers.parquet")
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    offers = catalog.read("offers")
+    exposures = catalog.read("exposures")
     log = logged_decisions(exposures, views, offers, config, start=start, end=end, responses=True)
     by_slot = slot_candidates(offers)
     candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]

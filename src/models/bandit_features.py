@@ -25,11 +25,12 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from src.data.catalog import Catalog
 
 SHARED_NAMESPACES = ("user", "time", "propensity", "rules", "history")
 ACTION_NAMESPACES = ("offer", "creative", "fatigue")
@@ -276,7 +277,7 @@ class CustomerViews:
 
 
 def build_views(
-    raw_dir: Path,
+    catalog: Catalog,
     dates: Iterable[pd.Timestamp | date | str],
     spec: FeatureSpec,
     progress: bool = False,
@@ -285,14 +286,14 @@ def build_views(
     from tqdm.auto import tqdm
 
     from src.features.customer_view import build_customer_view
-    from src.features.identity import connect_raw
+    from src.features.identity import connect_tables
 
-    con = connect_raw(raw_dir)
+    con = connect_tables(catalog)
     views = CustomerViews()
     for d in tqdm(list(dates), desc="customer views", disable=not progress):
         views.add(
             d,
-            build_customer_view(raw_dir, pd.Timestamp(d).to_pydatetime(), con=con),
+            build_customer_view(catalog, pd.Timestamp(d).to_pydatetime(), con=con),
             spec.context_columns,
         )
     con.close()

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.features.customer_view import build_customer_view
 from src.features.feature_table import model_matrix, view_feature_columns
 from src.models.metrics import binary_metrics
@@ -42,19 +42,16 @@ def weekly_snapshots(
 
 
 def exposure_rows(
-    raw_dir: Path | str, snapshots: Sequence[pd.Timestamp], progress: bool = False
+    catalog: Catalog, snapshots: Sequence[pd.Timestamp], progress: bool = False
 ) -> pd.DataFrame:
     """Exposures from the first snapshot on, each joined to the view as of its latest snapshot
     at or before the exposure's date; plus the offer's product, value and cost."""
     from tqdm.auto import tqdm
 
-    raw_dir = Path(raw_dir)
     snaps = sorted(pd.Timestamp(s) for s in snapshots)
-    exp = pd.read_parquet(raw_dir / "exposures.parquet")
+    exp = catalog.read("exposures")
     exp = exp.loc[exp["ts"] >= snaps[0]].copy()
-    offers = pd.read_parquet(raw_dir / "offers.parquet")[
-        ["offer_id", "product", "value_krw", "cost_krw"]
-    ]
+    offers = catalog.read("offers", columns=["offer_id", "product", "value_krw", "cost_krw"])
     exp = exp.merge(offers, on="offer_id", how="left")
     exp["snapshot"] = pd.Series(np.asarray(snaps, dtype="datetime64[us]"))[
         np.searchsorted(
@@ -68,7 +65,7 @@ def exposure_rows(
     for snap in tqdm(snaps, desc="cvr views", disable=not progress):
         sub = exp.loc[exp["snapshot"] == snap]
         if len(sub):
-            view = build_customer_view(raw_dir, snap)
+            view = build_customer_view(catalog, snap)
             parts.append(sub.merge(view, on="customer_id", how="inner"))
     return pd.concat(parts, ignore_index=True)
 

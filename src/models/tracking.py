@@ -9,6 +9,16 @@ The propensity model is logged as **one multi-output pyfunc**: input = raw featu
 customer-view columns, as ``build_customer_view`` returns them), output = one column of
 calibrated probabilities per product. One model, one version, one champion alias: serving
 scores every product in one call and the products can never be out of step.
+
+Every model is logged with the project's code (``code_paths=[<the src package>]``, see
+:func:`project_code_paths`), so a registered model loads where the repository is not
+importable (a serving container, a colleague's notebook). Why that and not a pure sklearn
+Pipeline with the ``mlflow.sklearn`` flavour: the propensity model's input is the customer view
+and its feature logic (``model_matrix``: closed vocabularies, derived per-product rates) is
+project code a ColumnTransformer would have to duplicate and keep in step; the bandit is a VW
+workspace that no sklearn flavour holds; and the baseline's log transform is a project function
+that would be pickled by reference anyway. Shipping the code keeps one implementation for
+training, serving and the logged model, for all three models (propensity, table, bandit).
 """
 
 from __future__ import annotations
@@ -108,17 +118,38 @@ def log_pyfunc(
         signature=infer_signature(example, output),
         input_example=example,
         pip_requirements=_requirements(),
+        code_paths=project_code_paths(),
     )
     return info.model_uri
 
 
+def project_code_paths() -> list[str]:
+    """The ``src`` package directory, for ``log_model(code_paths=...)``.
+
+    MLflow copies it into the model's ``code/`` directory (without ``__pycache__``) and, on
+    ``load_model``, puts that directory first on ``sys.path`` before unpickling, so the pickled
+    ``src.*`` classes resolve in a process without the repository. A process that has already
+    imported ``src`` (training, the endpoint) keeps its own copy: Python resolves submodules
+    through the imported package, not through ``sys.path``.
+    """
+    import src
+
+    return [str(Path(src.__file__).resolve().parent)]
+
+
+PROJECT_REQUIREMENTS = ("pydantic", "pydantic-settings", "pandera", "duckdb")
+"""Imported by the logged ``src`` modules when a model loads (measured: settings, the data
+schemas, the feature code), beside the model's own libraries."""
+
+
 def pinned_requirements(*packages: str) -> list[str]:
-    """``package==installed version`` for each: what a logged pyfunc needs to load (the project
-    itself must be importable too)."""
+    """``package==installed version`` for each: what a logged pyfunc needs to load (the
+    project's code travels with the model, see :func:`project_code_paths`)."""
     import importlib.metadata as md
 
     return [
-        f"{p}=={md.version(p)}" for p in ("mlflow", "pandas", "numpy", "cloudpickle", *packages)
+        f"{p}=={md.version(p)}"
+        for p in ("mlflow", "pandas", "numpy", "cloudpickle", *PROJECT_REQUIREMENTS, *packages)
     ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.data.schemas import PRODUCTS
 from src.features.feature_table import (
     AsOfPlan,
@@ -58,10 +59,13 @@ class PropensityRun:
 
 
 def plan_for(
-    raw_dir: Path, as_of: date | datetime | str | None, window_days: int = 30, embargo: bool = True
+    catalog: Catalog,
+    as_of: date | datetime | str | None,
+    window_days: int = 30,
+    embargo: bool = True,
 ) -> AsOfPlan:
     """The time split for a retraining on ``as_of``: only data before it (default: all data)."""
-    start, end = data_period(raw_dir)
+    start, end = data_period(catalog)
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())
     return plan_as_of_dates(start, end, window_days=window_days, embargo=embargo)
@@ -127,11 +131,11 @@ def run_propensity_training(
     config = config or PropensityConfig()
     products = list(products)
     timings: dict[str, float] = {}
-    plan = plan or plan_for(settings.raw_dir, as_of, window_days, embargo)
+    plan = plan or plan_for(settings.catalog, as_of, window_days, embargo)
     t0 = time.perf_counter()
     if table is None:
         table = build_feature_table(
-            settings.raw_dir, plan.dates, plan.window_days, products, extra=extra, progress=progress
+            settings.catalog, plan.dates, plan.window_days, products, extra=extra, progress=progress
         )
     timings["feature_table_s"] = time.perf_counter() - t0
     raw_columns = [
@@ -282,7 +286,7 @@ def run_cvr_training(
     from src.features.customer_view import build_customer_view
     from src.models import cvr
 
-    start, end = data_period(settings.raw_dir)
+    start, end = data_period(settings.catalog)
     if as_of:
         end = min(end, pd.Timestamp(as_of).normalize())
     snaps = cvr.weekly_snapshots(
@@ -294,17 +298,17 @@ def run_cvr_training(
         raise ValueError(f"need 3 weekly snapshots before {end:%Y-%m-%d}, have {len(snaps)}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    rows = cvr.exposure_rows(settings.raw_dir, snaps, progress=progress)
+    rows = cvr.exposure_rows(settings.catalog, snaps, progress=progress)
     rows = rows.loc[rows["ts"] < end]
     timings["exposure_rows_s"] = time.perf_counter() - t0
     test, val = rows["snapshot"] == snaps[-1], rows["snapshot"] == snaps[-2]
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    offers = settings.catalog.read("offers")
     t0 = time.perf_counter()
     model = cvr.train_cvr(rows.loc[~test & ~val], rows.loc[val], offers["offer_id"].tolist())
     timings["train_s"] = time.perf_counter() - t0
     metrics = cvr.evaluate_cvr(model, rows.loc[test])
     per_offer = cvr.per_offer_table(rows.loc[test], model.predict(rows.loc[test]))
-    view = build_customer_view(settings.raw_dir, snaps[-1])
+    view = build_customer_view(settings.catalog, snaps[-1])
     view = view.loc[~view["is_closed"]].reset_index(drop=True)
     report = cvr.segment_report(view, offers, model)
     summary = cvr.segment_product_summary(report)

@@ -23,7 +23,7 @@ import gc
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,6 +91,8 @@ def build_state(
     clock: Callable[[], datetime] | None = None,
 ) -> ServiceState:
     """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop)."""
+    if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
+        raise ValueError("serving settings without a customer view: call .resolved(settings)")
     store = CustomerStore.from_parquet(serving.view_path)
     policy = resolve_policy(serving, settings)
     flags = OnlineFlags()
@@ -181,7 +183,9 @@ def _split_cases(
     customers across the view (and a cold start) x times, channels, exposures, seen offers and
     online flags (rule columns of the bandit and others)."""
     n = len(engine.store)
-    positions: list[int | None] = sorted({round(i * (n - 1) / 15) for i in range(16)}) if n else []
+    positions: list[int | None] = (
+        [*sorted({round(i * (n - 1) / 15) for i in range(16)})] if n else []
+    )
     positions.append(None)
     columns = engine.eligibility_columns + bandit.context_columns
     rules = tuple(getattr(getattr(bandit.scorer, "spec", None), "rules", ()))
@@ -198,7 +202,7 @@ def _split_cases(
             (23 - k % 24, 6, 4, seen, flag_sets[1]),
             (12, 2, 1, seen, flag_sets[2]),
         ):
-            if not bandit.scorer.flags_supported(flags):
+            if bandit.scorer is None or not bandit.scorer.flags_supported(flags):
                 continue
             request = {
                 "hour": hour,
@@ -335,7 +339,7 @@ def _service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def _api_key_check(serving: ServingSettings) -> Callable[..., None]:
+def _api_key_check(serving: ServingSettings) -> Callable[..., Awaitable[None]]:
     header = APIKeyHeader(
         name=serving.api_key_header,
         auto_error=False,
@@ -356,7 +360,9 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
-_ERRORS = {401: {"model": ErrorDetail, "description": "API key missing or wrong"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "API key missing or wrong"}
+}
 
 
 def _v1_router(serving: ServingSettings) -> APIRouter:
@@ -467,7 +473,7 @@ class DecisionFastPath:
         self.handled = 0
 
     async def __call__(
-        self, app: FastAPI, scope: dict, receive: Callable, send: Callable
+        self, app: FastAPI, scope: MutableMapping[str, Any], receive: Callable, send: Callable
     ) -> Callable | None:
         """Answer the request and return None, or return the ``receive`` to hand it on with."""
         started = time.perf_counter()
@@ -547,7 +553,9 @@ class OfferSlotApp(FastAPI):
 
     fast_path: DecisionFastPath | None = None
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: Callable, send: Callable
+    ) -> None:
         fast = self.fast_path
         if (
             fast is not None
@@ -555,9 +563,10 @@ class OfferSlotApp(FastAPI):
             and scope["path"] == fast.route
             and scope["method"] == "POST"
         ):
-            receive = await fast(self, scope, receive, send)
-            if receive is None:
+            handed_on = await fast(self, scope, receive, send)
+            if handed_on is None:
                 return
+            receive = handed_on
         await super().__call__(scope, receive, send)
 
 

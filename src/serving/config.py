@@ -69,8 +69,12 @@ class ServingSettings(BaseSettings):
         """A copy with every path absolute and the defaults that depend on data filled in."""
         view = self.view_path and settings.resolve(self.view_path)
         if view is None:
-            found = sorted(settings.features_dir.glob("customer_view_*.parquet"))
-            view = found[-1] if found else settings.features_dir / "customer_view.parquet"
+            view = settings.catalog.latest("customer_view")
+            if view is None:
+                raise FileNotFoundError(
+                    f"no customer view in {settings.features_dir}: run `nextoffer build-view` "
+                    "or set NEXTOFFER_SERVING_VIEW_PATH"
+                )
         return self.model_copy(
             update={
                 "view_path": view,
@@ -219,7 +223,7 @@ def load_policy(path: Path) -> PolicyConfig:
 
 
 def resolve_policy(serving: ServingSettings, settings: Settings) -> PolicyConfig:
-    """The configured policy file, else default rules over the raw offer table."""
+    """The configured policy file, else default rules over the validated offer table."""
     if serving.policy_path is not None:
         return load_policy(serving.policy_path)
-    return policy_from_offers(pd.read_parquet(settings.raw_dir / "offers.parquet"))
+    return policy_from_offers(settings.catalog.read("offers"))

@@ -222,8 +222,12 @@ class DecisionEngine:
             nonlocal excluded
             if blocked:
                 excluded = {**excluded, **blocked}
-                allowed = [o for o in audience.eligible if o.offer_id not in blocked]
-                candidates = [c for c in audience.candidates if c["offer_id"] not in blocked]
+                allowed: Sequence[Offer] = [
+                    o for o in audience.eligible if o.offer_id not in blocked
+                ]
+                candidates: Sequence[dict[str, Any]] = [
+                    c for c in audience.candidates if c["offer_id"] not in blocked
+                ]
                 ids = tuple(o.offer_id for o in allowed)
             else:
                 allowed, candidates, ids = (

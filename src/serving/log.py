@@ -306,7 +306,7 @@ class SqliteDecisionLog:
 
     def submit_blocking(self, kind: str, record: Any) -> Any:
         """The same write from a thread without an event loop (tools, tests)."""
-        event, box = threading.Event(), {}
+        event, box = threading.Event(), dict[str, Any]()
 
         def done(result: Any, error: BaseException | None) -> None:
             box.update(result=result, error=error)

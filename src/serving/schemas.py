@@ -24,7 +24,7 @@ class RequestContext(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channel: Channel
+    channel: Channel  # type: ignore[valid-type]  # a Literal built from the vocabularies
     device: str | None = Field(None, max_length=64)
     page: str | None = Field(None, max_length=64)
     time: datetime | None = None

@@ -96,7 +96,7 @@ class OnlineDetector:
         self._since_sweep = 0
         self._seq = 0
         self._states: dict[tuple[str, int], _RuleState] = {}
-        self._counts: dict[tuple[Any, ...], deque[int]] = {}
+        self._counts: dict[tuple[Any, ...], deque[int]] = {}  # key[4]: the window in ns
         self._sessions: dict[str, tuple[int, int | None]] = {}
         self._heap: list[tuple[Any, ...]] = []
         self._needs_sessions = any(s.session_start is not None for r in self.rules for s in r.steps)
@@ -212,9 +212,9 @@ class OnlineDetector:
             ]
             if not st.cands and (st.block is None or st.block[0] < now):
                 del self._states[key]
-        for key in list(self._counts):
-            if self._counts[key][-1] < now - key[4]:
-                del self._counts[key]
+        for count_key in list(self._counts):
+            if self._counts[count_key][-1] < now - count_key[4]:
+                del self._counts[count_key]
         for cust in list(self._sessions):
             if now - self._sessions[cust][0] > SESSION_GAP_NS:
                 del self._sessions[cust]
@@ -248,6 +248,7 @@ class OnlineDetector:
         step = rule.steps[cand.step]
         limit = _INF if rule.within_ns is None else cand.anchor_ts + rule.within_ns
         if step.absent:
+            assert step.within_ns is not None  # rules.py refuses an absence without a window
             deadline = cand.ref + step.within_ns
             if deadline > limit:
                 return False
@@ -330,6 +331,7 @@ class OnlineDetector:
                 elif self._enter_step(rule, r, cust, c):
                     st.cands.append(c)
         if done:
+            assert st is not None  # a completed candidate lives in its rule state
             for c in done:
                 c.alive = False
                 self._emit(rule, st, cust, c, ts, eid, out)

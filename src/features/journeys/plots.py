@@ -7,7 +7,7 @@ headless code (scoring, tests) never touches a display backend.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -128,8 +128,8 @@ def plot_funnel(funnel_df: pd.DataFrame, ax: Axes | None = None, value: str = "c
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(8, 1 + 0.6 * funnel_df["step_no"].nunique()))
-    fig = ax.figure
+        _, ax = plt.subplots(figsize=(8, 1 + 0.6 * funnel_df["step_no"].nunique()))
+    fig = cast("Figure", ax.figure)
     segments = list(dict.fromkeys(funnel_df["segment"]))
     steps = funnel_df.drop_duplicates("step_no").sort_values("step_no")
     height = 0.8 / max(len(segments), 1)
@@ -162,8 +162,8 @@ def plot_top_paths(top_df: pd.DataFrame, ax: Axes | None = None, max_label: int 
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(9, 1 + 0.4 * len(top_df)))
-    fig = ax.figure
+        _, ax = plt.subplots(figsize=(9, 1 + 0.4 * len(top_df)))
+    fig = cast("Figure", ax.figure)
     labels = [
         p if len(p) <= max_label else "…" + p[-(max_label - 1) :]
         for p in top_df["path"].astype(str)
