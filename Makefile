@@ -39,8 +39,10 @@ lock: $(STAMP)  ## re-pin requirements.lock from pyproject.toml
 notebooks-sync: $(STAMP)  ## regenerate .ipynb from the paired py:percent files
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, the formatter's check and the import contracts (pyproject.toml)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) data/raw data/truth data/features data/rejects reports

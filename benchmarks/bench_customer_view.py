@@ -92,7 +92,7 @@ def _duckdb_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) ->
 
 
 def _pandas_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) -> None:
-    from src.features.customer_view_pandas import build_customer_view_pandas, load_tables
+    from benchmarks.harness.customer_view_pandas import build_customer_view_pandas, load_tables
 
     start = time.perf_counter()
     tables = load_tables(raw_dir)

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import NO_BANK, Report, write_report
+from benchmarks.harness.detection_reference import reference_detect
+from benchmarks.harness.detection_synthetic import synthetic_events as _synthetic
 from src.features.detection import OnlineDetector, detect, load_rules
 from src.features.detection.events import detection_keys, events_from_frame
-from src.features.detection.reference import reference_detect
 from src.features.detection.rules import CompiledRule
-from src.features.detection.synthetic import synthetic_events as _synthetic
 
 _MASK = (1 << 64) - 1
 

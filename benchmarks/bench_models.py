@@ -7,7 +7,7 @@ on both sides). So the benchmark simulates the same bank (customers, seed) over 
 days once and caches it next to the 90-day one: three training dates, every as_of with the full
 90-day look-back. The simulator's parameters are untouched — only the period is longer.
 
-The references on the test date (``evaluate``): ``oracle`` (true window probability),
+The references on the test date (``src.evaluation.propensity``): ``oracle`` (true window probability),
 ``oracle_organic`` (without the offers shown in the window), ``bayes_as_of`` (Monte Carlo over
 the simulator's dynamics from the full true state the day before as_of: the ceiling of any model
 scoring on as_of), ``need_frozen`` and ``static_only``. gap_to_oracle = gap_to_ceiling +
@@ -85,12 +85,14 @@ def _view_v1_auc(table, plan, config) -> dict[str, float]:
 def run_cvr(settings, weeks: int = CVR_WEEKS) -> dict[str, Any]:
     """CVR per offer on the last ``weeks`` weekly snapshots vs the oracle, and how well the
     segment x offer ROAS ranking matches the oracle's."""
+    from src.evaluation.cvr import oracle_comparison
     from src.models.train import run_cvr_training
 
     started = time.perf_counter()
     run = run_cvr_training(settings, track=False, progress=True, max_weeks=weeks)
+    comparison = oracle_comparison(settings, run, figures=False)
     total = time.perf_counter() - started
-    m, po = run.metrics, run.per_offer.astype(float)
+    m, po = comparison.metrics, comparison.per_offer.astype(float)
     return {
         "weeks": run.weeks,
         "seconds": round(total, 1),
@@ -117,7 +119,7 @@ def run_cvr(settings, weeks: int = CVR_WEEKS) -> dict[str, Any]:
             "median_auc_model": round(float(po["model_auc"].median()), 4),
             "median_auc_oracle": round(float(po["oracle_auc"].median()), 4),
         },
-        "segment_ranking": {k: round(v, 4) for k, v in run.ranking.items()},
+        "segment_ranking": {k: round(v, 4) for k, v in comparison.ranking.items()},
     }
 
 
@@ -131,6 +133,7 @@ def run(
     cvr_weeks: int = CVR_WEEKS,
 ) -> Report:
     """Feature table, training (all products), references, gaps, the v1 ablation and CVR."""
+    from src.evaluation.propensity import oracle_gaps
     from src.features.feature_table import build_feature_table
     from src.models.propensity import PropensityConfig
     from src.models.train import plan_for, run_propensity_training
@@ -157,9 +160,9 @@ def run(
         track=False,
         register=False,
         progress=True,
-        ceiling_paths=ceiling_paths,
     )
-    gaps = result.gaps.reindex(list(PRODUCTS))
+    comparison = oracle_gaps(settings, result, ceiling_paths=ceiling_paths, figures=False)
+    gaps = comparison.gaps.reindex(list(PRODUCTS))
     started = time.perf_counter()
     v1 = _view_v1_auc(table, plan, config)
     v1_s = time.perf_counter() - started
@@ -195,7 +198,7 @@ def run(
         "feature_table_s": round(feature_s, 1),
         "train_all_products_s": round(result.timings["train_s"], 1),
         "train_rows": int(table["as_of"].isin(plan.train).sum()),
-        "ceiling_s": round(result.timings.get("ceiling_s", float("nan")), 1),
+        "ceiling_s": round(comparison.timings.get("ceiling_s", float("nan")), 1),
         "best_iterations": {p: m.best_iteration for p, m in result.model.products.items()},
         "auc": _auc_table(
             gaps,
@@ -217,7 +220,7 @@ def run(
         **{f"{c}_auc": gaps[c].round(4).to_dict() for c in gap_cols},
         "max_gap_to_oracle_auc": round(float(gaps["gap_to_oracle"].max()), 4),
         "products_under_0_02": int((gaps["gap_to_oracle"] < 0.02).sum()),
-        "ece": result.metrics["ece"]
+        "ece": comparison.metrics["ece"]
         .unstack("scorer")[["model", "lgbm_raw", "logreg", "oracle"]]
         .reindex(list(PRODUCTS))
         .round(4)

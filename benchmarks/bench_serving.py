@@ -8,7 +8,7 @@ bandit PMF over 20 candidates, durable log write (group commit), response.
 
 Reference: ``mlflow models serve --env-manager local`` of the same propensity model, loaded
 with one customer row per request (MLflow's scoring server cannot look up features itself).
-Client: ``src.serving.loadgen`` (raw keep-alive HTTP/1.1), on the same machine.
+Client: ``benchmarks.harness.loadgen`` (raw keep-alive HTTP/1.1), on the same machine.
 
 Where the time goes: cProfile of the decision path in process (no HTTP), with the customer
 caches warm (every customer seen before, as in the load runs) and cold (first request of each
@@ -35,8 +35,8 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import Report, bank_params
+from benchmarks.harness.loadgen import load
 from src.serving.config import Cap, ServingSettings, policy_from_offers
-from src.serving.loadgen import load
 from src.serving.service import ServerProcess, free_port, serving_env
 
 
@@ -336,8 +336,8 @@ def run(
     goal_p99_ms: float = 10,
 ) -> Report:
     """Build a small bank with champion models under ``work_dir``, then measure."""
+    from benchmarks.harness.serving_fixtures import PROPENSITY_NAME, register_models, tiny_bank
     from src.models.tracking import serving_frame
-    from src.serving.fixtures import PROPENSITY_NAME, register_models, tiny_bank
 
     work_dir = Path(work_dir)
     if work_dir.exists() and not keep:

@@ -27,7 +27,9 @@
 # simulator's full true state the day before T, by Monte Carlo over its dynamics; off by default,
 # `ceiling_paths` > 0 turns it on) and **need_frozen** (the true need the day before T, frozen). Everything is logged to MLflow and the model is registered
 # as `challenger`; it becomes `champion` only if it beats the current one on the same test rows.
-# The logic is in `src/models/train.py`; `nextoffer retrain` runs this notebook with papermill.
+# The training is in `src/models/train.py` and reads no truth; the references come afterwards
+# from `src/evaluation/propensity.py` (only on a bank with a truth directory) and are added to the
+# same MLflow run. `nextoffer retrain` runs this notebook with papermill.
 
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
@@ -52,6 +54,7 @@ import pandas as pd
 from IPython.display import display
 
 from src.data.schemas import PRODUCTS
+from src.evaluation.propensity import has_truth, log_comparison, oracle_gaps
 from src.models.train import run_propensity_training, write_run_info
 from src.settings import Settings
 
@@ -66,10 +69,17 @@ if with_rule_features:
 
     extra = detection_rule_features()
 run = run_propensity_training(settings, as_of or None, chosen,  # config, window, embargo: settings.models
-                              extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None,
-                              ceiling_paths=ceiling_paths)
+                              extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None)
 print("time split:", run.plan.as_dict())
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
+
+# %%
+shown = run  # a real bank: the model next to the baseline only
+if has_truth(settings):  # the simulated bank: the oracle (and the ceilings) on the same test rows
+    shown = oracle_gaps(settings, run, ceiling_paths=ceiling_paths)
+    if run.run_id:
+        log_comparison(settings, run.run_id, shown)
+    print("timings (s):", {k: round(v, 1) for k, v in shown.timings.items()})
 
 # %% [markdown]
 # ## Held-out quality next to the baseline and the oracle
@@ -81,20 +91,20 @@ print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 # can close. Without it: `irreducible_gap` (oracle − need_frozen) and `learnable_gap`.
 
 # %%
-display(run.gaps.round(4))
-display(run.metrics.round(4))
+display(shown.gaps.round(4))
+display(shown.metrics.round(4))
 
 # %%
-run.figures["roc"]
+shown.figures["roc"]
 
 # %%
-run.figures["calibration"]
+shown.figures["calibration"]
 
 # %%
-run.figures["lift"]
+shown.figures["lift"]
 
 # %%
-run.figures["feature_importance"]
+shown.figures["feature_importance"]
 
 # %% [markdown]
 # ## Tracking and promotion

@@ -19,7 +19,8 @@
 # Every logged exposure (which offer, in which slot, to whom, clicked, converted) is a training
 # row, with the customer view as of the start of its week. One LightGBM over all offers predicts
 # P(convert | shown); the last week is the test, the week before stops the boosting. On the
-# simulated bank the oracle's true probability of the same exposures is the reference.
+# simulated bank the oracle's true probability of the same exposures is the reference (added
+# after training by `src/evaluation/cvr.py`; the training reads no truth).
 #
 # The segment report scores every customer for every offer on the last snapshot and adds up,
 # per life stage × income band: expected conversions, value, cost and ROAS — ranked. The logic
@@ -37,6 +38,8 @@ from pathlib import Path
 
 from IPython.display import display
 
+from src.evaluation.cvr import oracle_comparison
+from src.evaluation.propensity import has_truth
 from src.models.train import run_cvr_training, write_run_info
 from src.settings import Settings
 
@@ -44,6 +47,8 @@ settings = Settings.from_overrides(data_dir=data_dir, models={"cvr_step_days": s
 run = run_cvr_training(settings, as_of or None, out_dir=Path(out_dir) if out_dir else None)
 print("weeks:", run.weeks)
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
+# the simulated bank: the oracle's conversion probabilities on the same exposures and customers
+shown = oracle_comparison(settings, run) if has_truth(settings) else run
 
 # %% [markdown]
 # ## Held-out exposures
@@ -51,27 +56,27 @@ print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 # that has seen the answers, so a generous bar for "CVR per offer" alone.
 
 # %%
-display(run.metrics.round(4))
+display(shown.metrics.round(4))
 
 # %% [markdown]
 # Per offer: observed rate, the model's and the oracle's mean probability and AUC.
 
 # %%
-display(run.per_offer.astype(float).round(4))
+display(shown.per_offer.astype(float).round(4))
 
 # %% [markdown]
 # ## Segments ranked by ROAS (best offer per segment × product)
 
 # %%
-display(run.summary.head(20).round(3))
+display(shown.summary.head(20).round(3))
 
 # %%
-run.figures["segment_roas"]
+shown.figures["segment_roas"]
 
 # %%
-if "segment_conversions_vs_oracle" in run.figures:
-    display(run.figures["segment_conversions_vs_oracle"])
-    print("ranking vs oracle:", {k: round(v, 3) for k, v in run.ranking.items()})
+if shown is not run:
+    display(shown.figures["segment_conversions_vs_oracle"])
+    print("ranking vs oracle:", {k: round(v, 3) for k, v in shown.ranking.items()})
 
 # %%
 print("MLflow run:", run.run_id)

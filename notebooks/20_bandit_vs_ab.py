@@ -29,7 +29,8 @@
 #    is served, and is checked against the true value.
 #
 # Reward: the click (dense, immediate, what the A/B practice measures). The logic lives in
-# `src/models` (`policies.py`, `bandit.py`, `ab_test.py`, `ope.py`).
+# `src/models` (`bandit.py`, `ab_test.py`, `ope.py`, `bandit_eval.py`) and, for the simulation
+# that reads the truth, `src/evaluation/policies.py`.
 
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
@@ -47,8 +48,7 @@ register = False  # log the bandit to MLflow and register it (challenger / champ
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from src.models.bandit import BanditConfig
-from src.models.policies import (
+from src.evaluation.policies import (
     DIAGNOSTIC_POLICIES,
     ComparisonConfig,
     gap_report,
@@ -57,6 +57,7 @@ from src.models.policies import (
     plot_daily,
     run_comparison,
 )
+from src.models.bandit import BanditConfig
 from src.settings import Settings
 
 # parameters left at None take the settings' values (environment NEXTOFFER_BANDIT__<FIELD>, else defaults)
@@ -69,14 +70,14 @@ config = ComparisonConfig(
     seed=settings.bandit.seed, bandit=BanditConfig.of(settings.bandit),
     policies=("random", "ab_then_fix", "bandit", "oracle") + (DIAGNOSTIC_POLICIES if diagnostics else ()),
 )
-print(f"bank: {settings.raw_dir}\n{int(meta_days)} simulated days; offline log {config.train_days} days; "
+print(f"bank: {settings.catalog.data_dir}\n{int(meta_days)} simulated days; offline log {config.train_days} days; "
       f"A/B test {config.ab_test_days} days")
 
 # %% [markdown]
 # ## The run
 
 # %%
-result = run_comparison(settings.raw_dir, settings.truth_dir, config, progress=True)
+result = run_comparison(settings.catalog, settings.truth_dir, config, progress=True)
 print(f"offline training: {len(result.offline_log):,} logged decisions")
 result.summary.round(3)
 
@@ -151,7 +152,7 @@ result.ab
 
 # %%
 start = pd.Timestamp(settings.sim.start_date) + pd.Timedelta(days=config.train_days)
-ope_table = ope_check(settings.raw_dir, settings.truth_dir, result.offline_bandit, result.views, start,
+ope_table = ope_check(settings.catalog, settings.truth_dir, result.offline_bandit, result.views, start,
                       extra_policies={"ab_winners": result.ab["winner"].tolist()}, history=config.history)
 ope_table[["policy", "estimator", "value", "ci_low", "ci_high", "true_value", "rel_error_pct", "covered"]].round(4)
 
@@ -185,11 +186,11 @@ plt.show()
 # %%
 if register:
     from src.models.bandit import log_bandit, pyfunc_input_example, register_bandit
-    from src.models.policies import held_out_scorer
+    from src.models.bandit_eval import held_out_scorer
 
-    score = held_out_scorer(settings.raw_dir, result.views, config.bandit, start, history=config.history)
+    score = held_out_scorer(settings.catalog, result.views, config.bandit, start, history=config.history)
     candidate = score(result.bandit)
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet")
+    offers = settings.catalog.read("offers")
     uri = log_bandit(result.bandit, offers, metrics={"ope_dr_value": candidate}, tracking_uri=settings.tracking_uri,
                      artifact_location=str(settings.artifact_root),
                      input_example=pyfunc_input_example(result.offline_log, offers))

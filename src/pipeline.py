@@ -96,16 +96,19 @@ def run_detection(
 
 
 def run_training(settings: Settings, echo: Callable[[str], None] = print) -> None:
-    """Train the propensity models on held-out time, track the run, register and maybe promote."""
+    """Train the propensity models on held-out time, track the run, register and maybe promote.
+
+    The training reads no truth; on the simulated bank the demo then shows the oracle's AUC
+    next to the model's (``src.evaluation``), on a real bank only the model and the baseline.
+    """
+    from src.evaluation.propensity import has_truth, oracle_gaps
     from src.models.train import run_propensity_training
 
     result = run_propensity_training(settings, progress=False)
-    gaps = result.gaps
+    gaps = oracle_gaps(settings, result, figures=False).gaps if has_truth(settings) else result.gaps
     for product, row in gaps.iterrows():
-        echo(
-            f"      {product:<8} AUC {row['model']:.3f}  oracle {row['oracle']:.3f}  "
-            f"logreg {row['logreg']:.3f}"
-        )
+        oracle = f"  oracle {row['oracle']:.3f}" if "oracle" in row else ""
+        echo(f"      {product:<8} AUC {row['model']:.3f}{oracle}  logreg {row['logreg']:.3f}")
     if result.promotion is not None:
         outcome = "champion" if result.promotion.promoted else "challenger"
         echo(
@@ -148,8 +151,8 @@ def run_bandit_training(
         register_bandit,
         train_offline,
     )
+    from src.models.bandit_eval import held_out_scorer
     from src.models.bandit_features import build_views, default_feature_spec, view_schedule
-    from src.models.policies import held_out_scorer
 
     exposures = settings.catalog.read("exposures")
     offers = settings.catalog.read("offers")

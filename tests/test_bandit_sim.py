@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.evaluation.policies import (
+    ComparisonConfig,
+    gap_report,
+    ope_check,
+    run_comparison,
+    summarize,
+)
 from src.models.bandit import BanditConfig
-from src.models.policies import ComparisonConfig, gap_report, ope_check, run_comparison, summarize
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +27,7 @@ def comparison(small_bank):
         requests_per_customer_day=1.0,
         bandit=BanditConfig(epsilon=0.1),
     )
-    return run_comparison(small_bank.raw_dir, small_bank.truth_dir, config)
+    return run_comparison(small_bank.catalog, small_bank.truth_dir, config)
 
 
 def test_every_policy_sees_the_same_traffic(comparison):
@@ -120,7 +126,7 @@ def test_gap_report_splits_exploration_slots_and_weeks(comparison):
 def test_off_policy_estimates_bracket_the_truth(small_bank, comparison):
     start = pd.Timestamp(small_bank.sim.start_date) + pd.Timedelta(days=14)
     table = ope_check(
-        small_bank.raw_dir,
+        small_bank.catalog,
         small_bank.truth_dir,
         comparison.offline_bandit,
         comparison.views,

@@ -12,10 +12,10 @@ import pytest
 import sqlglot
 from factories import validated_catalog
 
+from benchmarks.harness.customer_view_pandas import build_customer_view_pandas, load_tables
 from src.data import schemas
 from src.data.catalog import Catalog
 from src.features import customer_view as cv
-from src.features.customer_view_pandas import build_customer_view_pandas, load_tables
 from src.features.identity import load_sql, sql_files
 from src.features.spark import spark_stages, to_spark_sql
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from benchmarks.harness.detection_synthetic import make_events, synthetic_events
 from src.features.detection import OnlineDetector, load_rules
 from src.features.detection.events import as_event, events_from_frame
-from src.features.detection.synthetic import make_events, synthetic_events
 
 RULES = {r.name: r for r in load_rules()}
 T0 = pd.Timestamp("2026-01-01")

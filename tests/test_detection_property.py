@@ -16,10 +16,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.harness.detection_reference import evaluate_all
+from benchmarks.harness.detection_synthetic import make_events
 from src.features.detection import load_rules, parse_rule
 from src.features.detection.events import detection_keys
-from src.features.detection.reference import evaluate_all
-from src.features.detection.synthetic import make_events
 
 TEST_RULES = """
 - name: a_then_b_not_c
@@ -130,7 +130,7 @@ def test_batch_online_reference_agree(case: tuple[pd.DataFrame, Any]) -> None:
 
 def test_random_streams_exercise_every_rule() -> None:
     """Guard against a vacuous property: a larger random stream fires every test rule."""
-    from src.features.detection.synthetic import synthetic_events
+    from benchmarks.harness.detection_synthetic import synthetic_events
 
     events = synthetic_events(15_000, customers=20, seed=3, days=10)
     res = evaluate_all(events, RULES)
@@ -145,8 +145,8 @@ def test_random_streams_exercise_every_rule() -> None:
 
 
 def test_batch_does_not_depend_on_row_order_or_index() -> None:
+    from benchmarks.harness.detection_synthetic import synthetic_events
     from src.features.detection import detect
-    from src.features.detection.synthetic import synthetic_events
 
     events = synthetic_events(5_000, customers=15, seed=11, days=10)
     want = detect(events, RULES)

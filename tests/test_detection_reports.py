@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.harness.detection_synthetic import make_events
 from src.features.detection import detect, funnel_report, load_rules, rule_features
-from src.features.detection.synthetic import make_events
 
 RULES = {r.name: r for r in load_rules()}
 T0 = pd.Timestamp("2026-01-01")

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from benchmarks.harness.detection_reference import evaluate_all
+from benchmarks.harness.detection_synthetic import make_events
 from src.features.detection import load_rules
 from src.features.detection.events import detection_keys
-from src.features.detection.reference import evaluate_all
-from src.features.detection.synthetic import make_events
 
 RULES = {r.name: r for r in load_rules()}
 T0 = pd.Timestamp("2026-01-01")

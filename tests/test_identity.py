@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks.harness.customer_view_pandas import identity_map_pandas, session_map_pandas
 from src.data.catalog import Catalog
 from src.data.schemas import StitchedEvents
 from src.features import identity
-from src.features.customer_view_pandas import identity_map_pandas, session_map_pandas
 
 CLICK_COLUMNS = [
     "event_id",

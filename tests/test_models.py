@@ -105,15 +105,58 @@ def test_pyfunc_takes_raw_view_rows_and_returns_calibrated_probabilities(trained
 
 
 def test_cvr_segment_report_ranks_by_roas(small_bank: Settings):
+    from src.evaluation.cvr import oracle_comparison
     from src.models.train import run_cvr_training
 
     run = run_cvr_training(small_bank, track=False, progress=False)
     rep = run.report
-    assert {"model", "oracle"} <= set(run.metrics.index)
+    assert "oracle" not in run.metrics.index and "oracle_roas" not in rep  # training reads no truth
     np.testing.assert_allclose(rep["roas"], rep["value_krw"] / rep["cost_krw"])
     assert rep["roas"].is_monotonic_decreasing
     assert (rep["expected_conversions"] <= rep["customers"]).all()
     assert run.summary.groupby(["segment", "product"]).size().max() == 1
+
+    compared = oracle_comparison(small_bank, run, figures=False)
+    assert {"model", "oracle"} <= set(compared.metrics.index)
+    pd.testing.assert_frame_equal(compared.metrics.loc[["model"]], run.metrics.loc[["model"]])
+    assert {"oracle_conversions", "oracle_roas"} <= set(compared.report.columns)
+    assert len(compared.report) == len(rep) and {"oracle_mean"} <= set(compared.per_offer)
+    assert -1 <= compared.ranking["spearman_roas"] <= 1
+
+
+def test_propensity_training_reads_no_truth_and_the_oracle_comes_after(
+    trained, small_bank: Settings, tmp_path: Path
+):
+    """Training on a data dir without truth (table and plan given: nothing else to read) gives
+    the model and the baseline; the evaluation adds the oracle to the same test rows."""
+    from src.evaluation.propensity import has_truth, oracle_gaps
+    from src.models.train import run_propensity_training
+
+    table, plan, _ = trained
+    blind = Settings(data_dir=tmp_path)
+    assert not has_truth(blind)
+    run = run_propensity_training(
+        blind,
+        products=["savings", "card"],
+        config=PropensityConfig(n_estimators=50),
+        table=table,
+        plan=plan,
+        track=False,
+        register=False,
+        progress=False,
+    )
+    assert set(run.metrics.index.get_level_values("scorer")) == {"model", "lgbm_raw", "logreg"}
+    assert list(run.gaps.columns) == ["model", "logreg"]
+    assert not (tmp_path / "truth").exists()
+
+    compared = oracle_gaps(small_bank, run, figures=False)
+    assert {"oracle", "need_frozen"} <= set(compared.metrics.index.get_level_values("scorer"))
+    pd.testing.assert_series_equal(compared.gaps["model"], run.gaps["model"])
+    np.testing.assert_allclose(
+        compared.gaps["gap_to_oracle"], compared.gaps["oracle"] - compared.gaps["model"]
+    )
+    with pytest.raises(FileNotFoundError):
+        oracle_gaps(blind, run)
 
 
 def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
@@ -208,7 +251,7 @@ def test_truth_state_rebuilds_the_stored_needs_and_the_ceiling_is_unbiased(small
     from src.data.schemas import PRODUCTS
     from src.data.synthetic import Oracle
     from src.data.synthetic import needs as N
-    from src.models.evaluate import bayes_as_of, truth_state
+    from src.evaluation.propensity import bayes_as_of, truth_state
 
     oracle = Oracle(small_bank.truth_dir, small_bank.raw_dir)
     day = oracle.days // 2

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def bank(small_bank: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The small bank's view as of its last day, plus champion models in a private registry."""
+    from benchmarks.harness.serving_fixtures import register_models
     from src.features.customer_view import build_customer_view
     from src.pipeline import default_as_of
-    from src.serving.fixtures import register_models
 
     work = tmp_path_factory.mktemp("serving")
     view_path = work / "customer_view.parquet"
@@ -347,7 +347,12 @@ class FlakySource:
 def test_registry_down_later_keeps_the_last_good_models_and_alias_change_swaps(
     bank: dict, tmp_path: Path
 ):
-    from src.serving.fixtures import PROPENSITY_NAME, ViewLogistic, log_propensity, register
+    from benchmarks.harness.serving_fixtures import (
+        PROPENSITY_NAME,
+        ViewLogistic,
+        log_propensity,
+        register,
+    )
 
     settings = bank["settings"]
     source = FlakySource(MlflowModelSource(settings.tracking_uri))

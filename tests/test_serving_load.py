@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks.harness.loadgen import run_load
 from src.serving.config import Cap, ServingSettings, policy_from_offers
-from src.serving.loadgen import run_load
 from src.serving.service import ServerProcess, serving_env
 from src.settings import Settings
 

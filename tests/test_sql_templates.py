@@ -13,12 +13,12 @@ import sqlglot
 from test_customer_view import T, random_bank, write_bank
 from typer.testing import CliRunner
 
+from benchmarks.harness import customer_view_pandas as cvp
+from benchmarks.harness.customer_view_pandas import build_customer_view_pandas, load_tables
 from src.cli import app
 from src.data.catalog import Catalog
 from src.features import customer_view as cv
-from src.features import customer_view_pandas as cvp
 from src.features import sql_templates
-from src.features.customer_view_pandas import build_customer_view_pandas, load_tables
 from src.features.identity import load_sql, register_stages, render_sql, sql_files, sql_source
 
 JINJA = re.compile(r"\{[{%#]|[}%#]\}")

@@ -3,8 +3,9 @@
 Each logged exposure is a row: the customer view as of the start of its week (a snapshot
 strictly before the exposure, so point-in-time), the offer, slot and channel; label
 ``convert`` (clicked and converted). One LightGBM classifier over all offers (offer id as a
-one-hot feature) is early-stopped on a later week and tested on the last one, next to the
-oracle's true P(click) x P(convert | click) of the same exposure.
+one-hot feature) is early-stopped on a later week and tested on the last one. On a simulated
+bank :mod:`src.evaluation.cvr` sets it next to the oracle's true P(click) x P(convert | click)
+of the same exposures (the optional ``oracle_p`` arguments here take those references).
 
 The logging policy mixes a uniform choice with a fixed prior that does not look at the
 customer, so plain exposure rows are an unbiased sample for every offer; ``logged_prob`` is
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -127,16 +127,6 @@ def train_cvr(
     return CvrModel(booster, offer_ids, int(booster.best_iteration_ or n_estimators))
 
 
-def oracle_convert(truth_dir: Path | str, raw_dir: Path | str, rows: pd.DataFrame) -> np.ndarray:
-    """True P(click) x P(convert | click) of each logged exposure (fatigue as logged)."""
-    from src.data.synthetic import Oracle
-
-    oracle = Oracle(Path(truth_dir), Path(raw_dir))
-    return oracle.expected(
-        rows["customer_id"], rows["offer_id"], rows["ts"], rows["channel"], metric="convert"
-    )
-
-
 def evaluate_cvr(
     model: CvrModel, test: pd.DataFrame, oracle_p: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -205,26 +195,6 @@ def segment_product_summary(report: pd.DataFrame) -> pd.DataFrame:
     return best.sort_values("roas", ascending=False, ignore_index=True)
 
 
-def oracle_conversion_matrix(
-    truth_dir: Path | str,
-    raw_dir: Path | str,
-    customer_ids: pd.Series,
-    offer_ids: Sequence[str],
-    at: pd.Timestamp,
-) -> pd.DataFrame:
-    """(customers x offers) true P(convert | shown in the app) at time ``at`` (no fatigue)."""
-    from src.data.synthetic import Oracle
-    from src.data.synthetic.oracle import ExposureHistory
-
-    oracle = Oracle(Path(truth_dir), Path(raw_dir))
-    out = {}
-    for o in offer_ids:
-        out[o] = oracle.expected(
-            customer_ids.to_numpy(), o, at, "app", metric="convert", history=ExposureHistory.empty()
-        )
-    return pd.DataFrame(out, index=customer_ids.index)
-
-
 def per_offer_table(
     test: pd.DataFrame, model_p: np.ndarray, oracle_p: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -258,29 +228,3 @@ def per_offer_table(
             row.update(oracle_mean=g["oracle"].mean(), oracle_auc=auc(g, "oracle"))
         rows[offer] = row
     return pd.DataFrame(rows).T.rename_axis("offer_id")
-
-
-def ranking_quality(report: pd.DataFrame, top: int = 10) -> dict[str, float]:
-    """How well the model's segment x offer ROAS ranking matches the oracle's (report rows with
-    ``oracle_roas``): Spearman correlation, overlap of the top ``top`` cells, and the oracle ROAS
-    of the model's top cells over the oracle's own top cells (1 = nothing lost)."""
-    from scipy.stats import spearmanr
-
-    r = report.dropna(subset=["roas", "oracle_roas"])
-    model_top = r.nlargest(top, "roas")
-    oracle_top = r.nlargest(top, "oracle_roas")
-    overlap = len(
-        set(zip(model_top["segment"], model_top["offer_id"], strict=False))
-        & set(zip(oracle_top["segment"], oracle_top["offer_id"], strict=False))
-    )
-    return {
-        "spearman_roas": float(spearmanr(r["roas"], r["oracle_roas"]).statistic),
-        f"top{top}_overlap": overlap / top,
-        f"top{top}_oracle_roas_captured": float(
-            model_top["oracle_roas"].mean() / oracle_top["oracle_roas"].mean()
-        ),
-        "conversions_ratio_model_to_oracle": float(
-            r["expected_conversions"].sum() / r["oracle_conversions"].sum()
-        ),
-        "cells": float(len(r)),
-    }

@@ -557,34 +557,7 @@ def evaluate_policy_file(
     )
 
 
-# --- ground truth on the simulator ------------------------------------------------------
-
-
-def oracle_rewards(
-    oracle,
-    log: pd.DataFrame,
-    candidates: list[list[str]],
-    metric: str = "click",
-    value_scale: float = 1.0,
-) -> np.ndarray:
-    """True expected reward of every candidate of every logged decision: (n, K), zero-padded.
-
-    Fatigue is the logged history's (the one-step counterfactual: only this decision changes).
-    """
-    width = max(len(c) for c in candidates)
-    rows = np.concatenate([np.full(len(c), i) for i, c in enumerate(candidates)])
-    k = np.concatenate([np.arange(len(c)) for c in candidates])
-    ids = np.array([o for c in candidates for o in c], dtype=object)
-    values = oracle.expected(
-        log["customer_id"].to_numpy()[rows],
-        ids,
-        log["ts"].to_numpy()[rows],
-        log["channel"].to_numpy()[rows],
-        metric=metric,
-    )
-    out = np.zeros((len(candidates), width))
-    out[rows, k] = values / (value_scale if metric == "value" else 1.0)
-    return out
+# --- against a known truth (tests; src.evaluation.policies on the simulator) -----------
 
 
 def true_value(target: np.ndarray, truth: np.ndarray) -> float:

@@ -1,9 +1,12 @@
 """One tracked propensity training run, end to end: what notebook 10 and the benchmark call.
 
 plan the time split -> feature table -> fit (LightGBM + calibration, logistic baseline) ->
-score the test date next to the oracle -> MLflow run (params, data window, code version,
+score the test date next to the baseline -> MLflow run (params, data window, code version,
 metrics, plots, tables, the pyfunc) -> register as challenger, promote if it beats the
 champion on the same test rows (mean AUC over products).
+
+Training never reads the simulator's truth: on a simulated bank the oracle and the ceilings
+are added afterwards by :mod:`src.evaluation.propensity` and :mod:`src.evaluation.cvr`.
 """
 
 from __future__ import annotations
@@ -29,14 +32,7 @@ from src.features.feature_table import (
     plan_as_of_dates,
     view_feature_columns,
 )
-from src.models.evaluate import (
-    ceiling_scores,
-    gap_summary,
-    metrics_table,
-    oracle_scores,
-    propensity_figures,
-    score_table,
-)
+from src.models.evaluate import gap_summary, metrics_table, propensity_figures, score_table
 from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
 from src.models.registry import PromotionResult, register_and_promote
 from src.settings import ModelSettings, Settings
@@ -129,14 +125,13 @@ def run_propensity_training(
     table: pd.DataFrame | None = None,
     plan: AsOfPlan | None = None,
     progress: bool = True,
-    ceiling_paths: int = 0,
 ) -> PropensityRun:
-    """Train, evaluate against the oracle (if the bank has a truth dir), track and register.
+    """Train, evaluate on the held-out test date against the logistic baseline, track, register.
 
     ``table``/``plan`` skip the feature build (benchmarks reuse one table). ``out_dir`` gets
-    the plots and metrics as files as well. ``ceiling_paths`` > 0 adds the Bayes-at-as_of
-    ceiling (``evaluate.ceiling_scores``, Monte Carlo with that many paths; minutes at 100k).
-    ``config``, ``window_days`` and ``embargo`` default to ``settings.models``.
+    the plots and metrics as files as well. ``config``, ``window_days`` and ``embargo``
+    default to ``settings.models``. The oracle and the ceilings of a simulated bank:
+    :func:`src.evaluation.propensity.oracle_gaps` on the returned run.
     """
     config = config or settings.models.propensity
     window_days = settings.models.window_days if window_days is None else window_days
@@ -158,25 +153,7 @@ def run_propensity_training(
     timings["train_s"] = time.perf_counter() - t0
 
     test = split_rows(table, plan, config.val_customer_share)["test"]
-    reference = None
-    if (settings.truth_dir / "meta.json").exists():
-        reference = oracle_scores(
-            settings.truth_dir, settings.raw_dir, test, products, plan.window_days
-        )
-        if ceiling_paths:
-            t0 = time.perf_counter()
-            reference.update(
-                ceiling_scores(
-                    settings.truth_dir,
-                    settings.raw_dir,
-                    test,
-                    products,
-                    plan.window_days,
-                    n_paths=ceiling_paths,
-                )
-            )
-            timings["ceiling_s"] = time.perf_counter() - t0
-    scores = score_table(model, test, products, reference)
+    scores = score_table(model, test, products)
     metrics = metrics_table(test, scores, products)
     gaps = gap_summary(metrics)
     figures = propensity_figures(model, test, scores, products)
@@ -237,13 +214,6 @@ def _track(
         )
         mlflow.log_dict(window, "data_window.json")
         log_metrics_frame(run.metrics)
-        mlflow.log_metrics(
-            {
-                f"{p}.gap_to_oracle_auc": float(v)
-                for p, v in run.gaps.get("gap_to_oracle", {}).items()
-                if np.isfinite(v)
-            }
-        )
         for p, m in run.model.products.items():
             mlflow.log_metric(f"{p}.best_iteration", m.best_iteration)
         mlflow.log_metrics(run.timings)
@@ -286,7 +256,8 @@ CVR_EXPERIMENT = "cvr"
 
 @dataclass
 class CvrRun:
-    """The CVR model, its held-out metrics, the segment report and the MLflow run."""
+    """The CVR model, its held-out metrics, the segment report and the MLflow run; the test
+    exposures, the scored view and the offers stay with it so an evaluation can reuse them."""
 
     model: object
     metrics: pd.DataFrame
@@ -297,7 +268,10 @@ class CvrRun:
     timings: dict[str, float]
     run_id: str | None = None
     per_offer: pd.DataFrame | None = None
-    ranking: dict[str, float] = field(default_factory=dict)
+    test_rows: pd.DataFrame | None = None
+    view: pd.DataFrame | None = None  # the customers of the segment report (last snapshot)
+    offers: pd.DataFrame | None = None
+    snapshot: pd.Timestamp | None = None
 
 
 def run_cvr_training(
@@ -311,7 +285,8 @@ def run_cvr_training(
     max_weeks: int | None = None,
 ) -> CvrRun:
     """Weekly snapshots up to ``as_of``: exposures of the last week test, the week before
-    validate, earlier weeks train; then the segment report on the last snapshot.
+    validate, earlier weeks train; then the segment report on the last snapshot. The oracle's
+    conversion probabilities of a simulated bank: :func:`src.evaluation.cvr.oracle_comparison`.
 
     ``max_weeks`` keeps only the latest snapshots (one customer view each: on a 100k bank a
     view is the cost, so the benchmark trains on the last few weeks). ``step_days`` defaults to
@@ -340,28 +315,11 @@ def run_cvr_training(
     t0 = time.perf_counter()
     model = cvr.train_cvr(rows.loc[~test & ~val], rows.loc[val], offers["offer_id"].tolist())
     timings["train_s"] = time.perf_counter() - t0
-    has_truth = (settings.truth_dir / "meta.json").exists()
-    oracle_p = (
-        cvr.oracle_convert(settings.truth_dir, settings.raw_dir, rows.loc[test])
-        if has_truth
-        else None
-    )
-    metrics = cvr.evaluate_cvr(model, rows.loc[test], oracle_p)
-    per_offer = cvr.per_offer_table(rows.loc[test], model.predict(rows.loc[test]), oracle_p)
+    metrics = cvr.evaluate_cvr(model, rows.loc[test])
+    per_offer = cvr.per_offer_table(rows.loc[test], model.predict(rows.loc[test]))
     view = build_customer_view(settings.catalog, snaps[-1])
     view = view.loc[~view["is_closed"]].reset_index(drop=True)
-    oracle_matrix = (
-        cvr.oracle_conversion_matrix(
-            settings.truth_dir,
-            settings.raw_dir,
-            view["customer_id"],
-            offers["offer_id"].tolist(),
-            snaps[-1] + pd.Timedelta(hours=12),
-        )
-        if has_truth
-        else None
-    )
-    report = cvr.segment_report(view, offers, model, oracle_matrix)
+    report = cvr.segment_report(view, offers, model)
     summary = cvr.segment_product_summary(report)
     weeks = {
         "train": [f"{s:%Y-%m-%d}" for s in snaps[:-2]],
@@ -369,10 +327,7 @@ def run_cvr_training(
         "test": [f"{snaps[-1]:%Y-%m-%d}"],
         "end": [f"{end:%Y-%m-%d}"],
     }
-    figures = {"segment_roas": _plot_roas(summary)}
-    if oracle_matrix is not None:
-        figures["segment_conversions_vs_oracle"] = _plot_vs_oracle(report)
-    ranking = cvr.ranking_quality(report) if oracle_matrix is not None else {}
+    figures = {"segment_roas": plot_roas(summary)}
     run = CvrRun(
         model,
         metrics,
@@ -382,7 +337,10 @@ def run_cvr_training(
         figures,
         timings,
         per_offer=per_offer,
-        ranking=ranking,
+        test_rows=rows.loc[test],
+        view=view,
+        offers=offers,
+        snapshot=snaps[-1],
     )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -421,7 +379,8 @@ def run_cvr_training(
     return run
 
 
-def _plot_roas(summary: pd.DataFrame, top: int = 20):
+def plot_roas(summary: pd.DataFrame, top: int = 20):
+    """The best segment x product cells by ROAS (oracle's ROAS marked if the summary has it)."""
     import matplotlib.pyplot as plt
 
     head = summary.head(top)[::-1]
@@ -436,21 +395,5 @@ def _plot_roas(summary: pd.DataFrame, top: int = 20):
         title="Best segment x product by ROAS",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _plot_vs_oracle(report: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.scatter(report["oracle_conversions"], report["expected_conversions"], s=8, alpha=0.6)
-    top = float(max(report["oracle_conversions"].max(), report["expected_conversions"].max()))
-    ax.plot([0, top], [0, top], "k:", lw=0.8)
-    ax.set(
-        xlabel="oracle expected conversions",
-        ylabel="model expected conversions",
-        title="Segment x offer: model vs oracle",
-    )
     fig.tight_layout()
     return fig

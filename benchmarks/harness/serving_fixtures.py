@@ -1,4 +1,4 @@
-"""Small, real inputs for the service's tests, demo and benchmark: a simulated bank, its view,
+"""Small, real inputs for the service's tests and benchmark: a simulated bank, its view,
 a bandit trained from its exposures, a propensity pyfunc, all registered in an MLflow registry.
 
 :class:`ViewLogistic` is a stand-in propensity model with the production contract (raw
@@ -8,6 +8,7 @@ training run; the real one comes from ``src.models.train`` and is served the sam
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,12 @@ def log_propensity(
     model: Any | None = None,
     experiment: str = "serving-fixtures",
 ) -> str:
-    """Log a propensity pyfunc (with signature) in a new run; its model URI."""
+    """Log a propensity pyfunc (with signature) in a new run; its model URI.
+
+    The stand-in is pickled with its code (this module is not on ``sys.path`` everywhere: a
+    notebook kernel, or the endpoint started from elsewhere, loads it like a production model).
+    """
+    import cloudpickle
     import mlflow
 
     from src.models.tracking import configure_mlflow, log_pyfunc
@@ -102,8 +108,13 @@ def log_propensity(
     model = model or ViewLogistic()
     columns = getattr(model, "raw_columns", None) or model.columns
     experiment_id = configure_mlflow(settings, experiment)
-    with mlflow.start_run(experiment_id=experiment_id):
-        return log_pyfunc(model, view, list(columns), wrapper=_pyfunc_class())
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id):
+            return log_pyfunc(model, view, list(columns), wrapper=_pyfunc_class())
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def train_bandit(settings: Settings, view_every_days: int = 7, seed: int = 0):

@@ -4,6 +4,9 @@ Each policy runs in its own :class:`~src.data.synthetic.BankEnvironment` with th
 all of them see the same requests and the same luck; only their choices (and the fatigue those
 choices cause) differ. Regret per decision = the oracle's best expected reward for that request
 minus the expected reward of the choice made, both under the policy's own fatigue state.
+
+:func:`ope_check` sets the off-policy estimates (the ones ``train-bandit`` promotes with,
+:mod:`src.models.bandit_eval`) against the true values the oracle knows.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from src.models.bandit import (
     policy_probs,
     train_offline,
 )
+from src.models.bandit_eval import bandit_view, reward_model
 from src.models.bandit_features import (
     CustomerViews,
     FatigueTracker,
@@ -406,18 +410,21 @@ def gap_report(steps: pd.DataFrame, ceiling: str = "oracle") -> dict[str, pd.Dat
 
 
 def run_comparison(
-    raw_dir: Path,
+    catalog: Catalog,
     truth_dir: Path,
     config: ComparisonConfig | None = None,
     spec: FeatureSpec | None = None,
     progress: bool = False,
 ) -> ComparisonResult:
-    """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions."""
+    """Simulate the policies of ``config`` on the same traffic; return steps, summary, A/B decisions.
+
+    The bandit's views and log come from the ``catalog`` (validated tables, as in production);
+    the oracle reads the simulator's truth beside the raw export it simulated."""
     from src.data.synthetic import BankEnvironment, Oracle
 
     config = config or ComparisonConfig()
     spec = spec or default_feature_spec()
-    oracle = Oracle(truth_dir, raw_dir)
+    oracle = Oracle(truth_dir, catalog.raw_dir)
     offers = oracle.offers
     sim_days = config.sim_days or oracle.days - config.train_days
     if config.train_days + sim_days > oracle.days:
@@ -429,7 +436,7 @@ def run_comparison(
     run_start = start + pd.Timedelta(days=config.train_days)
     run_end = run_start + pd.Timedelta(days=sim_days)
     views = build_views(
-        raw_dir, view_schedule(start, run_end, config.view_every_days), spec, progress=progress
+        catalog, view_schedule(start, run_end, config.view_every_days), spec, progress=progress
     )
 
     def env() -> BankEnvironment:
@@ -441,7 +448,7 @@ def run_comparison(
             requests_per_customer_day=config.requests_per_customer_day,
         )
 
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    exposures = catalog.read("exposures")
     history = (
         ResponseHistory.from_exposures(exposures, offers, before=run_start)
         if config.history
@@ -518,39 +525,35 @@ def run_comparison(
     return ComparisonResult(steps, summarize(steps), ab, bandit, offline, log, views, config)
 
 
-def _bandit_view(log: pd.DataFrame, history: bool) -> pd.DataFrame:
-    """The log as the bandit sees it: the reward model uses the customer's past responses, a
-    bandit trained without ``|history`` must not be handed them."""
-    if history:
-        return log
-    return log.assign(
-        context=[{k: v for k, v in c.items() if k != "responses"} for c in log["context"]]
-    )
-
-
-def reward_model(
-    log: pd.DataFrame, offers: pd.DataFrame, candidates: list[list[str]], seed: int = 0
+def oracle_rewards(
+    oracle,
+    log: pd.DataFrame,
+    candidates: list[list[str]],
+    metric: str = "click",
+    value_scale: float = 1.0,
 ) -> np.ndarray:
-    """The direct method's cross-fitted q(x, a) on a logged-decision frame (:func:`logged_decisions`):
-    context, the offer, its recent exposures and the customer's evidence about its product."""
-    from src.models import ope
+    """True expected reward of every candidate of every logged decision: (n, K), zero-padded.
 
-    contexts = log["context"].tolist()
-    product = offers.set_index("offer_id")["product"].astype(str).to_dict()
-    return ope.fit_reward_model(
-        ope.context_frame(contexts),
-        candidates,
-        log["action"].to_numpy(int),
-        log["reward"].to_numpy(float),
-        seen=[c.get("seen", {}) for c in contexts],
-        seed=seed,
-        offer_features=ope.product_features(contexts, product),
-        segment=[c.get("life_stage") for c in contexts],
+    Fatigue is the logged history's (the one-step counterfactual: only this decision changes).
+    """
+    width = max(len(c) for c in candidates)
+    rows = np.concatenate([np.full(len(c), i) for i, c in enumerate(candidates)])
+    k = np.concatenate([np.arange(len(c)) for c in candidates])
+    ids = np.array([o for c in candidates for o in c], dtype=object)
+    values = oracle.expected(
+        log["customer_id"].to_numpy()[rows],
+        ids,
+        log["ts"].to_numpy()[rows],
+        log["channel"].to_numpy()[rows],
+        metric=metric,
     )
+    out = np.zeros((len(candidates), width))
+    out[rows, k] = values / (value_scale if metric == "value" else 1.0)
+    return out
 
 
 def ope_check(
-    raw_dir: Path,
+    catalog: Catalog,
     truth_dir: Path,
     bandit: ContextualBandit,
     views: CustomerViews,
@@ -571,9 +574,9 @@ def ope_check(
     from src.data.synthetic import Oracle
     from src.models import ope
 
-    oracle = Oracle(truth_dir, raw_dir)
+    oracle = Oracle(truth_dir, catalog.raw_dir)
     offers = oracle.offers
-    exposures = pd.read_parquet(Path(raw_dir) / "exposures.parquet")
+    exposures = catalog.read("exposures")
     log = logged_decisions(
         exposures, views, offers, bandit.config, start=start, end=end, responses=True
     )
@@ -585,11 +588,9 @@ def ope_check(
         log["reward"].to_numpy(float),
     )
     q = reward_model(log, offers, candidates, seed=seed)
-    truth = ope.oracle_rewards(
-        oracle, log, candidates, bandit.config.reward, bandit.config.value_scale
-    )
+    truth = oracle_rewards(oracle, log, candidates, bandit.config.reward, bandit.config.value_scale)
     targets = {
-        "bandit": policy_probs(bandit, _bandit_view(log, history), offers),
+        "bandit": policy_probs(bandit, bandit_view(log, history), offers),
         "uniform": ope.uniform_policy(log, candidates),
     }
     for name, preferred in (extra_policies or {}).items():
@@ -646,43 +647,3 @@ def plot_daily(steps: pd.DataFrame):
     )
     fig.tight_layout()
     return fig
-
-
-def held_out_scorer(
-    catalog: Catalog,
-    views: CustomerViews,
-    config: BanditConfig,
-    start: pd.Timestamp,
-    end: pd.Timestamp | None = None,
-    seed: int = 0,
-    history: bool = False,
-) -> Callable[[Any], float]:
-    """DR value of a bandit (object or MLflow model URI) on the logged decisions in [start, end).
-
-    The log and the cross-fitted reward model are built once, so a challenger and the current
-    champion are scored on exactly the same held-out window (the registry's promotion rule).
-    """
-    from src.models import ope
-
-    offers = catalog.read("offers")
-    exposures = catalog.read("exposures")
-    log = logged_decisions(exposures, views, offers, config, start=start, end=end, responses=True)
-    by_slot = slot_candidates(offers)
-    candidates = [[str(c["offer_id"]) for c in by_slot[s]] for s in log["slot"]]
-    action, prob, reward = (
-        log["action"].to_numpy(int),
-        log["prob"].to_numpy(float),
-        log["reward"].to_numpy(float),
-    )
-    q = reward_model(log, offers, candidates, seed=seed)
-
-    def score(model: Any) -> float:
-        if isinstance(model, str):
-            import mlflow.pyfunc
-
-            model = mlflow.pyfunc.load_model(model).unwrap_python_model().bandit
-        target = policy_probs(model, _bandit_view(log, history), offers)
-        table = ope.estimate(action, prob, reward, target, q).set_index("estimator")
-        return float(table.loc["dr", "value"])
-
-    return score

@@ -3,7 +3,8 @@
 Two jobs: the baseline the DuckDB SQL is benchmarked against, and an independent
 implementation to cross-check it (a test asserts both views are equal). It is written the way
 a data scientist would write it in a notebook — filters, groupby, merge, unstack — not tuned
-and not deliberately slow. The semantics are those of ``sql/*.sql``; see their headers.
+and not deliberately slow. The semantics are those of ``src/features/sql/*.sql``; see their
+headers.
 """
 
 from __future__ import annotations
