@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: demo test bench bench-quick lab lock notebooks-sync lint clean
+.PHONY: demo test test-fast bench bench-quick lab lock notebooks-sync lint clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: $(STAMP)  ## simulate a small bank, validate it, build the customer view
 
 test: $(STAMP)  ## the whole test suite, notebooks included (small data)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## the suite without the tests marked slow (notebooks, CLI end to end, load)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)  ## benchmarks at full size; JSON under benchmarks/results/
 	$(PY) -m benchmarks.run
@@ -43,6 +46,7 @@ lint: $(STAMP)  ## ruff, the formatter's check and the import contracts (pyproje
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) data/raw data/truth data/features data/rejects reports

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import Report, bank_params
+from benchmarks.common import Report, bank_params, trusted_catalog
 from src.models.bandit import BanditConfig, ContextualBandit, logged_decisions, predict_frame
 from src.models.bandit_features import (
     build_views,
@@ -39,13 +39,14 @@ def run(
     """Train on up to ``max_examples`` logged decisions; time ``decisions`` choices over the
     whole catalog."""
     raw_dir = Path(raw_dir)
+    catalog = trusted_catalog(raw_dir.parent)
     spec = default_feature_spec()
     config = BanditConfig(seed=seed)
-    offers = pd.read_parquet(raw_dir / "offers.parquet")
-    exposures = pd.read_parquet(raw_dir / "exposures.parquet")
+    offers = catalog.read("offers")
+    exposures = catalog.read("exposures")
     start = exposures["ts"].min().normalize()
     end = start + pd.Timedelta(days=log_days)
-    views = build_views(raw_dir, [start, start + pd.Timedelta(days=7)], spec)
+    views = build_views(catalog, [start, start + pd.Timedelta(days=7)], spec)
     log = logged_decisions(exposures[exposures["ts"] < end], views, offers, config).head(
         max_examples
     )

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from benchmarks.common import Report, bank_params
+from benchmarks.common import Report, bank_params, trusted_catalog
 
 RAW_TABLES = ("customers", "holdings", "clickstream", "transactions")
 GIB = 1024**3
@@ -74,8 +74,9 @@ def _peak_rss_bytes() -> int:
 def _duckdb_child(raw_dir: str, as_of: str, out: str | None, queue: mp.Queue) -> None:
     from src.features.customer_view import build_customer_view
 
+    catalog = trusted_catalog(Path(raw_dir).parent)
     start = time.perf_counter()
-    view = build_customer_view(raw_dir, as_of)
+    view = build_customer_view(catalog, as_of)
     seconds = time.perf_counter() - start
     threads = duckdb.sql("SELECT current_setting('threads')").fetchall()[0][0]
     if out:

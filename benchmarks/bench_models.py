@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Report, bank_params
+from benchmarks.common import Report, bank_params, trusted_catalog
 from src.data.schemas import PRODUCTS
 
 MODEL_DAYS = 180
@@ -144,11 +144,10 @@ def run(
         raise ValueError("expects <data>/raw and <data>/truth side by side")
     data_dir, simulation = long_bank(raw_dir, days)
     settings = Settings(data_dir=data_dir)
-    plan = plan_for(settings.raw_dir, None, embargo=embargo)
+    catalog = trusted_catalog(data_dir)
+    plan = plan_for(catalog, None, embargo=embargo)
     started = time.perf_counter()
-    table = build_feature_table(
-        settings.raw_dir, plan.dates, plan.window_days, PRODUCTS, progress=True
-    )
+    table = build_feature_table(catalog, plan.dates, plan.window_days, PRODUCTS, progress=True)
     feature_s = time.perf_counter() - started
     config = PropensityConfig()
     result = run_propensity_training(

@@ -1,6 +1,6 @@
 """Bandit vs A/B-then-fix on simulated banks: hyper-parameters tuned on one bank, reported on another.
 
-Notebook 20's comparison (:func:`src.models.policies.run_comparison`): the bandit is trained
+Notebook 20's comparison (:func:`src.evaluation.policies.run_comparison`): the bandit is trained
 offline on the bank's logged decisions of the first ``train_days``, then random, A/B-then-fix,
 the bandit (learning online) and the oracle serve the same request stream for the rest of the
 period; figures are on expected reward (the true click probability of each choice).
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Report, bank_params
-from src.models.policies import (
+from src.data.catalog import Catalog
+from src.evaluation.policies import (
     DIAGNOSTIC_POLICIES,
     ComparisonConfig,
     gap_report,
@@ -46,6 +47,7 @@ POLICIES = ("random", "ab_then_fix", "bandit", "oracle")
 
 def ensure_bank(work_dir: Path, customers: int, days: int, seed: int) -> Path:
     """A simulated bank under ``work_dir`` (cached while its config is unchanged); its data dir."""
+    from src.data.loaders import validate_raw
     from src.data.synthetic import SimConfig, simulate
 
     config = SimConfig(customers=customers, days=days, seed=seed)
@@ -55,12 +57,15 @@ def ensure_bank(work_dir: Path, customers: int, days: int, seed: int) -> Path:
         meta.exists() and json.loads(meta.read_text())["config"] == config.model_dump(mode="json")
     ):
         simulate(config, data / "raw", data / "truth", progress=False)
+        validate_raw(Catalog(data))  # small enough to go through the contract as production does
+    elif not Catalog(data).validated_dir.exists():
+        validate_raw(Catalog(data))
     return data
 
 
 def _compare(data: Path, config: ComparisonConfig, progress: bool = False):
     started = time.perf_counter()
-    result = run_comparison(data / "raw", data / "truth", config, progress=progress)
+    result = run_comparison(Catalog(data), data / "truth", config, progress=progress)
     return result, time.perf_counter() - started
 
 

@@ -346,7 +346,7 @@ def run(
     settings, view_path = tiny_bank(work_dir, customers=customers, days=days, seed=seed)
     settings = settings.model_copy(update={"mlruns_dir": work_dir / "mlruns"})
     versions = register_models(settings, view_path)
-    offers = pd.read_parquet(settings.raw_dir / "offers.parquet").assign(slot="home_banner")
+    offers = settings.catalog.read("offers").assign(slot="home_banner")
     policy_path = work_dir / "bench_policy.json"
     policy_path.write_text(
         policy_from_offers(offers, channel_cap=Cap(), offer_cap=Cap()).model_dump_json(indent=1)

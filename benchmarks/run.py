@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Report, bank_params, timed, write_report
-from src.settings import Settings
+from benchmarks.common import Report, bank_params, timed, trusted_catalog, write_report
+from src.settings import Settings, SimSettings
 
 BENCHMARKS = (
     "simulator",
@@ -38,9 +38,9 @@ def simulated_events(raw_dir: Path, at_least: int) -> tuple[Any, dict[str, Any]]
     Whole customers, so every rule sees complete histories; the full 100k bank (46M events) would
     not fit in memory as a pandas frame next to the detections.
     """
-    from src.features.identity import IDENTITY_STAGES, connect_raw, register_stages
+    from src.features.identity import IDENTITY_STAGES, register_stages
 
-    con = connect_raw(raw_dir)
+    con = trusted_catalog(Path(raw_dir).parent).connect()
     register_stages(con, IDENTITY_STAGES, None)
     con.execute(
         "CREATE TEMP TABLE per_customer AS SELECT customer_id, count(*) AS n FROM stitched_events "
@@ -66,7 +66,7 @@ def simulated_events(raw_dir: Path, at_least: int) -> tuple[Any, dict[str, Any]]
 
 def main(argv: list[str] | None = None) -> None:
     # the demo bank's size and seed (the field defaults, not this environment's NEXTOFFER_*)
-    demo = {k: Settings.model_fields[k].default for k in ("customers", "days", "seed")}
+    demo = SimSettings().model_dump(include={"customers", "days", "seed"})
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)

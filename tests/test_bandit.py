@@ -211,6 +211,7 @@ def test_fatigue_tracker_window_is_strictly_before():
     assert t.counts("C1", pd.Timestamp("2026-01-12 09:00")) == (2, {"A": 1, "B": 1})
 
 
+@pytest.mark.slow
 def test_pyfunc_is_logged_with_a_signature_and_an_input_example(tmp_path):
     import mlflow
 

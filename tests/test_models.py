@@ -104,6 +104,7 @@ def test_pyfunc_takes_raw_view_rows_and_returns_calibrated_probabilities(trained
     assert ((got >= 0) & (got <= 1)).all().all()
 
 
+@pytest.mark.slow
 def test_cvr_segment_report_ranks_by_roas(small_bank: Settings):
     from src.evaluation.cvr import oracle_comparison
     from src.models.train import run_cvr_training
@@ -159,6 +160,7 @@ def test_propensity_training_reads_no_truth_and_the_oracle_comes_after(
         oracle_gaps(blind, run)
 
 
+@pytest.mark.slow
 def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
     from src.models.retrain import RetrainError, retrain
 

@@ -171,6 +171,7 @@ def test_unknown_policy_and_format(tmp_path):
         ope.read_log(tmp_path / "log.json")
 
 
+@pytest.mark.slow
 def test_direct_method_with_aligned_offer_features_values_a_selective_policy():
     """The reward depends on the customer's evidence about *the offer's* product; a selective
     (greedy) policy picks the offers where it is high. DM must get its value within the issue's

@@ -6,12 +6,14 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from src.cli import app
 from src.settings import Settings
 
 
+@pytest.mark.slow
 def test_demo_builds_the_view_and_says_where(tmp_path: Path):
     result = CliRunner().invoke(  # its own registry: the demo registers the first versions
         app,
@@ -39,6 +41,7 @@ def copy_bank(bank: Settings, data_dir: Path) -> None:
     shutil.copytree(bank.resolve(bank.data_dir), data_dir, dirs_exist_ok=True)
 
 
+@pytest.mark.slow
 def test_train_bandit_promotes_only_a_better_bandit(small_bank: Settings, tmp_path: Path):
     """A second bandit trained on the same log is scored against the champion on the same
     held-out days; the registry records the comparison either way."""

@@ -39,6 +39,7 @@ def _log(value: float, artifact_root: Path) -> str:
         return mlflow.pyfunc.log_model(name="model", python_model=Constant(value)).model_uri
 
 
+@pytest.mark.slow
 def test_first_becomes_champion_worse_stays_challenger_better_is_promoted(
     tracking: str, tmp_path: Path
 ):
@@ -96,6 +97,7 @@ def test_first_becomes_champion_worse_stays_challenger_better_is_promoted(
     assert [t["outcome"] for t in trail] == ["promoted", "kept_champion", "promoted"]
 
 
+@pytest.mark.slow
 def test_lower_is_better_and_unscorable_champion(tracking: str, tmp_path: Path):
     name = "toy-loss"
     register_and_promote(

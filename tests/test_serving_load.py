@@ -123,6 +123,7 @@ def _assert_caps(decisions: pd.DataFrame) -> None:
     assert per_offer.max() <= OFFER_CAP.per_week
 
 
+@pytest.mark.slow
 def test_kill_9_mid_load_loses_nothing_acknowledged_and_never_exceeds_a_cap(setup: dict):
     customers = setup["customers"]
     acks = Acks()

@@ -226,6 +226,7 @@ def test_bad_feature_columns_are_named():
     assert unseen.filter(like="segment_").sum(axis=1).iloc[0] == 0  # unseen level: all zeros
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_file_is_compared_with_the_champion(campaign_csv: Path):
     from src.models.tabular import train_table
 

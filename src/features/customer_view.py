@@ -4,7 +4,7 @@ The view is ``sql/customer_view.sql`` run by DuckDB over the raw Parquet files, 
 identity stitching stages (anonymous events count for the customer their session resolves to).
 T is a parameter; only events strictly before T, holdings open at T and customers who joined
 before T enter. :func:`data_dictionary` documents every column in the order the SQL returns it;
-``customer_view_pandas`` computes the same table with plain pandas (baseline and cross-check).
+``benchmarks/harness/customer_view_pandas.py`` computes the same table with plain pandas (baseline and cross-check).
 """
 
 from __future__ import annotations
