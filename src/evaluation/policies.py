@@ -488,16 +488,24 @@ def run_comparison(
             trained(truth_spec, truth_extra)[0], seed=config.seed, name="bandit_true_need"
         )
 
+    def bandit_policy(e) -> Policy:
+        assert bandit is not None  # trained above: "bandit" is among the policies
+        return BanditPolicy(bandit, seed=config.seed)
+
+    def frozen_bandit_policy(e) -> Policy:
+        assert offline is not None  # trained above: "bandit_frozen" is among the policies
+        return BanditPolicy(
+            offline.copy(), seed=config.seed, learn_online=False, name="bandit_frozen"
+        )
+
     makers: dict[str, Callable[[Any], Policy]] = {
         "random": lambda e: UniformPolicy(seed=config.seed),
         "ab_then_fix": lambda e: ABTestThenFixPolicy(
             run_start + pd.Timedelta(days=config.ab_test_days), alpha=config.alpha, seed=config.seed
         ),
-        "bandit": lambda e: BanditPolicy(bandit, seed=config.seed),
+        "bandit": bandit_policy,
         "oracle": lambda e: OraclePolicy(e, metric=config.bandit.reward),
-        "bandit_frozen": lambda e: BanditPolicy(
-            offline.copy(), seed=config.seed, learn_online=False, name="bandit_frozen"
-        ),
+        "bandit_frozen": frozen_bandit_policy,
         "bandit_true_need": true_need_bandit,
         "greedy_true_need": lambda e: TrueNeedGreedyPolicy(oracle),
     }

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,27 @@ def oracle_scores(
     }
 
 
-def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class HoldingDueDays:
+    """The due days that schedule the need pushes (``needs.push_logits``), customers in order."""
+
+    n: int
+    savings_maturity_day: np.ndarray
+    auto_transfer_end_day: np.ndarray
+
+
+class TruthState(TypedDict):
+    """:func:`truth_state`: the simulator's need state of every customer at the end of a day."""
+
+    customer_id: np.ndarray
+    stage: np.ndarray
+    static: np.ndarray
+    walk: np.ndarray
+    event: np.ndarray
+    pop: HoldingDueDays
+
+
+def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> TruthState:
     """The simulator's full need state at the end of ``last_day``, rebuilt from the truth files.
 
     need = sigmoid(static + walk + event + push) (``synthetic.needs``): static comes from the
@@ -76,8 +96,6 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
     replaying the days: an innovation of more than 1.25 logits (10 walk sigmas; a jump is 2.5)
     is an event. Customers in the traits' order.
     """
-    from types import SimpleNamespace
-
     from src.data.schemas import INCOME_BANDS, LIFE_STAGES, PRODUCTS
     from src.data.synthetic import needs as N
 
@@ -108,20 +126,23 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
         days = np.full(len(ids), 1 << 30, dtype=np.int64)
         days[ids.get_indexer(h["customer_id"].astype(str))] = (h[col] - start).dt.days.to_numpy()
         due[kind] = days
-    pop = SimpleNamespace(
+    pop = HoldingDueDays(
         n=len(ids), savings_maturity_day=due["savings"], auto_transfer_end_day=due["auto_transfer"]
     )
     stored = np.load(truth_dir / "needs.npy", mmap_mode="r")
-    walk = event = None
+    walk: np.ndarray | None = None
+    event: np.ndarray | None = None
     for d in range(last_day + 1):
         need = np.clip(np.asarray(stored[d], np.float64), 1e-7, 1 - 1e-7)
         rest = np.log(need / (1 - need)) - static - N.push_logits(pop, d)
-        if d == 0:
+        if walk is None or event is None:  # day 0: no previous day, all of it is the walk
             walk, event = rest, np.zeros_like(rest)
             continue
         jump = rest - (N.WALK_RHO * walk + N.EVENT_DECAY * event) > 1.25
         event = N.EVENT_DECAY * event + N.EVENT_JUMP * jump
         walk = rest - event
+    if walk is None or event is None:
+        raise ValueError(f"last_day must be a day of the simulation (>= 0), got {last_day}")
     return {
         "customer_id": ids.to_numpy(),
         "stage": stage,
@@ -133,7 +154,7 @@ def truth_state(truth_dir: Path | str, raw_dir: Path | str, last_day: int) -> di
 
 
 def bayes_as_of(
-    state: dict[str, np.ndarray],
+    state: TruthState,
     first_day: int,
     window_days: int,
     n_paths: int = 32,

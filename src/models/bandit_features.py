@@ -59,6 +59,11 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def _float_or_none(value: Any) -> float | None:
+    """``float(value)``, or None for a missing value (what ``_missing`` says is missing)."""
+    return None if _missing(value) else float(value)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which context columns become which VW features.
@@ -82,7 +87,9 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        # field name -> value of that field's type (tuples of names, the optional age column)
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
     @property
     def context_columns(self) -> tuple[str, ...]:
@@ -129,11 +136,11 @@ def _shared_line(context: Mapping[str, Any], spec: FeatureSpec) -> str:
     if spec.age_column and not _missing(context.get(spec.age_column)):
         user.append(f"age_band={int(context[spec.age_column]) // 10 * 10}")
     for col in spec.numeric:
-        value = context.get(col)
-        if _missing(value):
+        number = _float_or_none(context.get(col))
+        if number is None:
             user.append(f"{col}_null")
-        elif float(value) != 0.0:
-            user.append(f"{col}:{_num(math.log1p(max(float(value), 0.0)))}")
+        elif number != 0.0:
+            user.append(f"{col}:{_num(math.log1p(max(number, 0.0)))}")
     parts = ["shared |user " + " ".join(user)]
     time = []
     if not _missing(context.get("hour")):
@@ -155,12 +162,11 @@ def _shared_line(context: Mapping[str, Any], spec: FeatureSpec) -> str:
     flags = []
     for col in spec.rules:
         value = context.get(col)
-        if _missing(value) or value is False or float(value) == 0.0:
+        number = None if value is False else _float_or_none(value)
+        if number is None or number == 0.0:
             continue
         flags.append(
-            _token(col)
-            if value is True or float(value) == 1.0
-            else f"{_token(col)}:{_num(float(value))}"
+            _token(col) if value is True or number == 1.0 else f"{_token(col)}:{_num(number)}"
         )
     if flags:
         parts.append("|rules " + " ".join(flags))
@@ -303,7 +309,8 @@ def build_views(
 def view_schedule(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
     """As-of dates from ``start`` to before ``end`` every ``every_days`` days (start included)."""
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-    out, d = [], start
+    out: list[pd.Timestamp] = []
+    d = start
     while d < end or not out:
         out.append(d)
         d += pd.Timedelta(days=every_days)

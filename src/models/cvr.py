@@ -29,6 +29,7 @@ from src.data.catalog import Catalog
 from src.features.customer_view import build_customer_view
 from src.features.feature_table import model_matrix, view_feature_columns
 from src.models.metrics import binary_metrics
+from src.models.propensity import positive_proba
 
 SEGMENT: tuple[str, ...] = ("life_stage", "income_band")
 
@@ -88,7 +89,7 @@ class CvrModel:
     best_iteration: int
 
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict_proba(cvr_matrix(rows, self.offer_ids))[:, 1]
+        return positive_proba(self.booster, cvr_matrix(rows, self.offer_ids))
 
 
 def train_cvr(

@@ -106,7 +106,8 @@ def lift_table(
 PLOT_SCORERS = ("model", "logreg", "oracle", "need_frozen")
 
 
-def _grid(n: int) -> tuple[plt.Figure, np.ndarray]:
+def _grid(n: int) -> tuple[plt.Figure, np.flatiter[np.ndarray]]:
+    """A figure with at least ``n`` panels and its axes in reading order (unused ones hidden)."""
     cols = min(3, n)
     rows_ = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.6 * rows_), squeeze=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -29,6 +30,21 @@ from src.features.feature_table import AsOfPlan, feature_columns, label_column, 
 from src.settings import PropensityConfig
 
 
+class ProbaModel(Protocol):
+    """A fitted classifier on the model matrix: (rows, 2) class probabilities."""
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+
+
+def positive_proba(booster: lgb.LGBMClassifier, X: pd.DataFrame) -> np.ndarray:
+    """P(class 1) of a binary booster on dense rows."""
+    proba = booster.predict_proba(X)
+    # LightGBM annotates the sparse outputs of ``pred_contrib`` too; plain probabilities of
+    # a binary classifier on a DataFrame are always one dense (rows, 2) array.
+    assert isinstance(proba, np.ndarray)
+    return proba[:, 1]
+
+
 @dataclass
 class ProductModel:
     """One product's booster, its calibration map and the baseline on the same rows."""
@@ -36,18 +52,18 @@ class ProductModel:
     product: str
     booster: lgb.LGBMClassifier
     calibrated: CalibratedClassifierCV | None
-    baseline: object
+    baseline: ProbaModel
     best_iteration: int
     calibration: str
     fit_seconds: float
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         if self.calibrated is None:
-            return self.booster.predict_proba(X)[:, 1]
+            return positive_proba(self.booster, X)
         return self.calibrated.predict_proba(X)[:, 1]
 
     def predict_uncalibrated(self, X: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict_proba(X)[:, 1]
+        return positive_proba(self.booster, X)
 
     def predict_baseline(self, X: pd.DataFrame) -> np.ndarray:
         return self.baseline.predict_proba(X)[:, 1]
@@ -157,7 +173,7 @@ def fit_product(
         calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=method).fit(
             X_val, y_val
         )
-        raw, cal = booster.predict_proba(X_val)[:, 1], calibrated.predict_proba(X_val)[:, 1]
+        raw, cal = positive_proba(booster, X_val), calibrated.predict_proba(X_val)[:, 1]
         if np.corrcoef(raw, cal)[0, 1] < 0:  # Platt on a handful of positives can flip the ranking
             calibrated, method = None, "none (calibration map decreasing)"
     baseline = (

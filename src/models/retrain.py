@@ -116,7 +116,10 @@ def _attach(settings: Settings, step: StepResult) -> None:
     """Log the executed notebook (and its JSON) to the run it created."""
     import mlflow
 
+    run_id = step.run_id
+    if run_id is None:
+        raise ValueError(f"step {step.name!r} created no MLflow run to attach its notebook to")
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    client.log_artifact(step.run_id, str(step.notebook), "notebook")
-    client.set_tag(step.run_id, "retrain.notebook", step.notebook.name)
+    client.log_artifact(run_id, str(step.notebook), "notebook")
+    client.set_tag(run_id, "retrain.notebook", step.notebook.name)

@@ -24,12 +24,18 @@ training, serving and the logged model, for all three models (propensity, table,
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+
+# by name: ``mlflow.pyfunc`` is a LazyLoader attribute of ``mlflow`` that mypy cannot see
+# through, so ``mlflow.pyfunc.PythonModel`` is no valid type there; the base class below loads
+# the module on import either way.
+from mlflow.pyfunc import PythonModel
 
 from src.settings import Settings
 
@@ -86,7 +92,7 @@ def serving_frame(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+class PropensityPyfunc(PythonModel):
     """Raw feature rows -> calibrated probability per product (one column each)."""
 
     def __init__(self, model: Any) -> None:
@@ -104,7 +110,7 @@ def log_pyfunc(
     example_rows: pd.DataFrame,
     raw_columns: list[str],
     name: str = "model",
-    wrapper: type[mlflow.pyfunc.PythonModel] = PropensityPyfunc,
+    wrapper: Callable[[Any], PythonModel] = PropensityPyfunc,
 ) -> str:
     """Log ``model`` (has ``predict_proba(rows) -> frame``) with signature and input example
     in the active run; its model URI."""

@@ -193,6 +193,8 @@ def _track(
     experiment_id = configure_mlflow(settings, EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id) as active:
         window = run.plan.as_dict()
+        test_dates = window["test"]
+        assert isinstance(test_dates, list)  # as_dict: each split is a list of date strings
         mlflow.log_params(
             {
                 **config.model_dump(),
@@ -209,7 +211,7 @@ def _track(
             {
                 **code_version(settings.root),
                 "data_dir": str(settings.resolve(settings.data_dir)),
-                "as_of_test": window["test"][-1],
+                "as_of_test": test_dates[-1],
             }
         )
         mlflow.log_dict(window, "data_window.json")

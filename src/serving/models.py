@@ -252,7 +252,7 @@ class VwScorer:
         self, part: CustomerPart, request: tuple[Any, ...], flags: Sequence[str]
     ) -> str:
         """The shared line of (customer part, (hour, weekday, channel, exposures_7d), flags)."""
-        segs = dict(part.segments)
+        segs: dict[str, str | None] = dict(part.segments)  # None: no such segment this time
         segs["time"] = self._time(request)
         on = [f for f in flags if f in self._rule_columns]
         if on:
@@ -526,6 +526,8 @@ class ModelManager:
         return self.current
 
     def _load(self, kind: str, name: str, version: str) -> Any:
+        if self.source is None:  # _refresh skips every model when there is no source
+            raise RuntimeError(f"no model source to load the {kind} model {name} v{version} from")
         model = self.source.load(name, version)
         if kind == "propensity":
             return score_view(model, self.store, version)

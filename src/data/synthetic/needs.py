@@ -12,6 +12,7 @@ probabilities derived from them are exactly the probabilities the labels were dr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -93,7 +94,19 @@ def advance(state: NeedState, stage: np.ndarray, rng: np.random.Generator) -> Ne
     return NeedState(walk=walk.astype(np.float32), event=event.astype(np.float32))
 
 
-def push_logits(pop: Population, day: int) -> np.ndarray:
+class DueDays(Protocol):
+    """What :func:`push_logits` reads: a :class:`Population`, or the due days rebuilt from the
+    truth files (``src.evaluation.propensity.truth_state``)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def savings_maturity_day(self) -> np.ndarray: ...
+    @property
+    def auto_transfer_end_day(self) -> np.ndarray: ...
+
+
+def push_logits(pop: DueDays, day: int) -> np.ndarray:
     """Scheduled pushes: money coming free soon makes customers think about where to put it."""
     push = np.zeros((pop.n, len(PRODUCTS)), dtype=np.float32)
     to_maturity = pop.savings_maturity_day - day
