@@ -25,24 +25,9 @@ from src.data.schemas import (
     TXN_CHANNELS,
     TXN_CODES,
 )
+from src.features.detection.events import EVENT_FIELDS
 
-STITCHED_COLUMNS = (
-    "event_id",
-    "ts",
-    "customer_id",
-    "source",
-    "channel",
-    "session_id",
-    "page",
-    "action",
-    "dwell_seconds",
-    "referrer",
-    "code",
-    "amount",
-    "currency",
-    "product",
-    "amount_krw",
-)
+STITCHED_COLUMNS = EVENT_FIELDS  # the stitched stream the detectors read
 _HOT_PAGES = {
     "fx_remit_input": 6.0,
     "signup_step1": 4.0,
