@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, read_report
-from src.settings import Settings
+from src.settings import SimSettings
 
 Row = tuple[str, str, str]
 
@@ -320,7 +320,7 @@ def render_policies(results_dir: Path) -> str:
     b, ab = pol["bandit"], pol["ab_then_fix"]
     what = "clicks" if params["reward"] == "click" else params["reward"]
     lift_goal, share_goal = 15, 90
-    demo = {k: Settings.model_fields[k].default for k in ("customers", "days", "seed")}
+    demo = SimSettings().model_dump(include={"customers", "days", "seed"})
     which = "the demo bank" if all(bank[k] == v for k, v in demo.items()) else "a bank"
     text = (
         f"`benchmarks/bench_policies.py` runs it on {which} ({bank['customers']:,} customers, "
