@@ -25,8 +25,10 @@
 # the same rows and, on the simulated bank, with the **oracle** (the true probability the labels
 # were drawn from), **bayes_as_of** (the honest ceiling: the expected window probability given the
 # simulator's full true state the day before T, by Monte Carlo over its dynamics; off by default,
-# `ceiling_paths` > 0 turns it on) and **need_frozen** (the true need the day before T, frozen). Everything is logged to MLflow and the model is registered
-# as `challenger`; it becomes `champion` only if it beats the current one on the same test rows.
+# `ceiling_paths` > 0 turns it on) and **need_frozen** (the true need the day before T, frozen). Everything is logged to MLflow. With `register = True` (what
+# `nextoffer retrain` passes; off by default so running this notebook by hand never moves the
+# champion) the model is registered as `challenger`; it becomes `champion` only if it beats the
+# current one on the same test rows.
 # The training is in `src/models/train.py` and reads no truth; the references come afterwards
 # from `src/evaluation/propensity.py` (only on a bank with a truth directory) and are added to the
 # same MLflow run. `nextoffer retrain` runs this notebook with papermill.
@@ -41,7 +43,7 @@ learning_rate = None  # models.learning_rate
 num_leaves = None  # models.num_leaves
 min_child_samples = None  # models.min_child_samples
 calibration = None  # models.calibration: "sigmoid" (Platt) or "isotonic" (needs 200+ validation positives)
-register = True  # register the model and run the champion/challenger comparison
+register = False  # register the model and run the champion/challenger comparison (`retrain` sets True)
 with_rule_features = False  # add the detection rules' features (slower: detection per date)
 ceiling_paths = 0  # > 0: Monte Carlo paths for the bayes_as_of ceiling (minutes on a large bank)
 run_info_path = ""  # where to write {run_id, model_uri, ...} as JSON (set by `retrain`)
@@ -50,6 +52,7 @@ out_dir = ""  # also write plots and tables here (set by `retrain`)
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
@@ -72,6 +75,7 @@ run = run_propensity_training(settings, as_of or None, chosen,  # config, window
                               extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None)
 print("time split:", run.plan.as_dict())
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
+plt.close("all")  # the run's figures are shown one per cell below, not all at once here
 
 # %%
 shown = run  # a real bank: the model next to the baseline only
@@ -80,6 +84,7 @@ if has_truth(settings):  # the simulated bank: the oracle (and the ceilings) on 
     if run.run_id:
         log_comparison(settings, run.run_id, shown)
     print("timings (s):", {k: round(v, 1) for k, v in shown.timings.items()})
+plt.close("all")
 
 # %% [markdown]
 # ## Held-out quality next to the baseline and the oracle
@@ -95,16 +100,16 @@ display(shown.gaps.round(4))
 display(shown.metrics.round(4))
 
 # %%
-shown.figures["roc"]
+display(shown.figures["roc"])
 
 # %%
-shown.figures["calibration"]
+display(shown.figures["calibration"])
 
 # %%
-shown.figures["lift"]
+display(shown.figures["lift"])
 
 # %%
-shown.figures["feature_importance"]
+display(shown.figures["feature_importance"])
 
 # %% [markdown]
 # ## Tracking and promotion

@@ -36,6 +36,7 @@ out_dir = ""  # set by `retrain`
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 from IPython.display import display
 
 from src.evaluation.cvr import oracle_comparison
@@ -49,6 +50,7 @@ print("weeks:", run.weeks)
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 # the simulated bank: the oracle's conversion probabilities on the same exposures and customers
 shown = oracle_comparison(settings, run) if has_truth(settings) else run
+plt.close("all")  # the figures are shown in their own cells below
 
 # %% [markdown]
 # ## Held-out exposures
@@ -71,7 +73,7 @@ display(shown.per_offer.astype(float).round(4))
 display(shown.summary.head(20).round(3))
 
 # %%
-shown.figures["segment_roas"]
+display(shown.figures["segment_roas"])
 
 # %%
 if shown is not run:

@@ -86,6 +86,7 @@ def retrain(
             "as_of": stamp,
             "run_info_path": str(info_path),
             "out_dir": str(out / name),
+            "register": True,  # only retrain registers: the notebooks default to False
         }
         params.update((parameters or {}).get(name, {}))
         started = time.perf_counter()
