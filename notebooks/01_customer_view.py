@@ -72,7 +72,11 @@ identities.groupby(["identifier_type", "is_shared"]).size().unstack(fill_value=0
     ax=axes[1], stacked=True
 )
 axes[1].set_title("Identifiers linked through logins")
+axes[1].set_xlabel("identifier type")
 axes[1].set_ylabel("identifiers")
+axes[1].tick_params(axis="x", labelrotation=0)
+axes[1].legend(title="shared by customers", fontsize=8)
+axes[0].set_ylabel("attribution")
 plt.tight_layout()
 print(f"shared identifiers (not merged): {int(identities['is_shared'].sum()):,}")
 
@@ -89,12 +93,19 @@ dictionary.head(20)
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
 view.boxplot(column="age", by="life_stage", ax=axes[0], grid=False)
 axes[0].set_title("Age by life stage")
-axes[0].set_xlabel("")
+axes[0].set_xlabel("life stage")
+axes[0].set_ylabel("age")
+axes[0].tick_params(axis="x", labelrotation=30, labelsize=8)
 holdings = view[[c for c in view.columns if c.startswith("n_") and "currencies" not in c]]
 (holdings > 0).mean().sort_values().plot.barh(ax=axes[1], color="tab:green")
 axes[1].set_title("Share of customers holding ...")
+axes[1].set_xlabel("share of customers")
+axes[1].set_ylabel("holding")
+axes[1].xaxis.set_major_formatter("{x:.0%}")
 view["days_to_savings_maturity"].dropna().plot.hist(bins=30, ax=axes[2], color="tab:orange")
 axes[2].set_title("Days to savings maturity")
+axes[2].set_xlabel("days to maturity")
+axes[2].set_ylabel("customers")
 plt.suptitle("")
 plt.tight_layout()
 
@@ -111,6 +122,8 @@ ax.set_xticks(range(len(page_groups)), page_groups)
 ax.set_yticks(range(len(pv)), pv.index)
 fig.colorbar(image, ax=ax, label="page views per customer, 30 days")
 ax.set_title("Product page views by life stage")
+ax.set_xlabel("page group")
+ax.set_ylabel("life stage")
 plt.tight_layout()
 
 # %%
@@ -119,6 +132,7 @@ txn = view[txn_cols].sum().sort_values()
 txn.index = [c.removeprefix("txn_").removesuffix("_cnt_30d").upper() for c in txn.index]
 ax = txn.plot.barh(figsize=(7, 4), color="tab:purple", title="Transactions by code, last 30 days")
 ax.set_xlabel("transactions")
+ax.set_ylabel("transaction code")
 
 # %% [markdown]
 # ## Contact eligibility

@@ -31,6 +31,7 @@ segment = "life_stage"  # customer column to split funnels by
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from src.features import journeys
 from src.features.detection import (
@@ -70,6 +71,7 @@ per_day = (detections.assign(day=detections["fired_at"].dt.floor("D"))
            .groupby(["day", "rule"]).size().unstack(fill_value=0))
 ax = per_day.plot(figsize=(10, 3.5), title="Detections per day by rule")
 ax.set_ylabel("detections")
+ax.set_xlabel("day")
 detections.groupby(["rule", "kind"]).size().rename("detections").to_frame()
 
 # %% [markdown]
@@ -98,7 +100,10 @@ for ax, rule in zip(axes, rules):
     steps = report.groupby(["step", "step_name"])["customers"].sum()
     ax.bar([f"{i}. {name}" for i, name in steps.index], steps.values, color="tab:blue")
     ax.set_title(rule.name, fontsize=9)
+    ax.set_xlabel("rule step")
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+axes[0].set_ylabel("customers reaching the step")
+fig.suptitle("Rule step funnels (all segments)")
 plt.tight_layout()
 funnel_report(events, rules[0], customers=customers, by=segment, until=until).head(10)
 
@@ -128,9 +133,17 @@ journeys.customer_journey(sessions, busiest).head(10)
 
 # %%
 around = journeys.paths_around(sessions, target_page, before=path_steps, after=path_steps)
-fig = journeys.plot_top_paths(journeys.top_paths(around, k=10))
-fig.suptitle(f"Top paths through {target_page}")
-journeys.sankey_figure(around, title=f"Paths through {target_page}")
+journeys.plot_top_paths(journeys.top_paths(around, k=10), title=f"Top paths through {target_page}")
+plt.show()
+
+# %% [markdown]
+# The same paths as a Sankey: interactive (plotly) and, below it, a static drawing of the same
+# flows that survives HTML and PDF exports (plotly's JSON output is not rendered there).
+
+# %%
+display(journeys.sankey_figure(around, title=f"Paths through {target_page}"))
+journeys.sankey_static(around, title=f"Paths through {target_page} (static)")
+plt.show()
 
 # %% [markdown]
 # ## Start-to-end paths
@@ -146,8 +159,8 @@ journeys.start_to_end_paths(table, k=10)
 
 # %%
 to_error = journeys.paths_to(sessions, "error", before=path_steps)
-fig = journeys.plot_top_paths(to_error.head(10))
-fig.suptitle("Paths into the error page")
+journeys.plot_top_paths(to_error.head(10), title="Paths into the error page")
+plt.show()
 to_error.head(10)
 
 # %% [markdown]
@@ -158,11 +171,12 @@ to_error.head(10)
 loan_steps = ["loan_main", "loan_limit_inquiry", "loan_limit_result", "loan_apply_step1",
               "loan_apply_done"]
 loan_funnel = journeys.funnel(sessions, loan_steps, by=segment, customers=customers)
-journeys.plot_funnel(loan_funnel)
+journeys.plot_funnel(loan_funnel, title="Loan funnel by segment")
+plt.show()
 loan_funnel.head(12)
 
 # %%
 signup_steps = ["signup_step1", "signup_step2", "signup_step3", "signup_done"]
 signup_funnel = journeys.funnel(sessions, signup_steps, by=segment, customers=customers)
-journeys.plot_funnel(signup_funnel)
+journeys.plot_funnel(signup_funnel, title="Signup funnel by segment")
 plt.show()

@@ -125,6 +125,8 @@ gaps["by_slot"].round(1)
 
 # %%
 fig = plot_comparison(result.steps)
+fig.axes[0].set_ylabel("cumulative expected reward")
+fig.axes[1].set_ylabel("cumulative regret")
 plt.show()
 
 # %%
@@ -173,7 +175,8 @@ for i, (policy, g) in enumerate(ope_table.groupby("policy", sort=False)):
     for xi, name in zip(x, g["estimator"]):
         ax.annotate(name, (xi, g["ci_low"].min()), fontsize=7, ha="center", va="top")
 ax.set_xticks(range(ope_table["policy"].nunique()), ope_table["policy"].unique())
-ax.set(title="off-policy estimates (95% CI) vs true value (line)", ylabel="value per decision")
+ax.set(title="off-policy estimates (95% CI) vs true value (line)", xlabel="policy",
+       ylabel="value per decision")
 plt.show()
 
 # %% [markdown]

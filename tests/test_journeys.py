@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -28,8 +24,10 @@ from src.features.journeys import (
     plot_top_paths,
     sankey_figure,
     sankey_links,
+    sankey_static,
     session_table,
     sessionize,
+    shorten_paths,
     start_to_end_paths,
     top_paths,
 )
@@ -604,4 +602,40 @@ def test_plot_functions_return_figures() -> None:
     top = top_paths(paths_around(_path_stream(), "transfer_input", 2, 2), k=3)
     fig = plot_top_paths(top)
     assert len(fig.axes[0].patches) == 3
+    plt.close(fig)
+
+
+def test_shortened_path_labels_keep_both_ends_and_stay_distinct() -> None:
+    a = "home > " + " > ".join(["account"] * 20) + " > transfer_input"
+    b = "login > " + " > ".join(["account"] * 20) + " > transfer_input"
+    labels = shorten_paths([a, b, "home > fx_main"], max_label=40)
+    assert all(len(label) <= 45 for label in labels)
+    assert labels[0].startswith("home") and labels[0].endswith("transfer_input")
+    assert labels[1].startswith("login") and labels[1].endswith("transfer_input")
+    assert labels[2] == "home > fx_main"
+    assert len(set(labels)) == 3
+    # same start and end, different middle: numbered rather than merged
+    mid = " > ".join(["account"] * 10)
+    c, d = (f"home > {mid} > {page} > {mid} > transfer_input" for page in ("loan", "fx"))
+    same_ends = shorten_paths([c, d], max_label=30)
+    assert len(set(same_ends)) == 2 and same_ends[0].startswith("#1 ")
+
+
+def test_plots_have_titles_and_axis_labels() -> None:
+    ev, customers = _funnel_stream()
+    fig = plot_funnel(funnel(ev, STEPS, by="life_stage", customers=customers))
+    ax = fig.axes[0]
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() == "step"
+    plt.close(fig)
+    around = paths_around(_path_stream(), "transfer_input", 2, 2)
+    fig = plot_top_paths(top_paths(around, k=3), title="top")
+    ax = fig.axes[0]
+    assert ax.get_title() == "top" and ax.get_xlabel() and ax.get_ylabel() == "path"
+    plt.close(fig)
+    fig = sankey_static(around, title="around transfer_input")
+    ax = fig.axes[0]
+    assert ax.get_title() == "around transfer_input" and ax.get_xlabel() and ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["step -2", "step -1", "step 0"]
+    # one band per link with a value
+    assert len(ax.collections) == len(sankey_links(around))
     plt.close(fig)

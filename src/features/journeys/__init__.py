@@ -19,6 +19,8 @@ from src.features.journeys.plots import (
     plot_top_paths,
     sankey_figure,
     sankey_links,
+    sankey_static,
+    shorten_paths,
 )
 from src.features.journeys.sessions import (
     attribution_summary,
@@ -42,6 +44,8 @@ __all__ = [
     "plot_top_paths",
     "sankey_figure",
     "sankey_links",
+    "sankey_static",
+    "shorten_paths",
     "session_table",
     "sessionize",
     "start_to_end_paths",

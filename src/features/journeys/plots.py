@@ -7,6 +7,7 @@ headless code (scoring, tests) never touches a display backend.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -119,7 +120,12 @@ def sankey_figure(
     return fig
 
 
-def plot_funnel(funnel_df: pd.DataFrame, ax: Axes | None = None, value: str = "count") -> Figure:
+def plot_funnel(
+    funnel_df: pd.DataFrame,
+    ax: Axes | None = None,
+    value: str = "count",
+    title: str | None = "Funnel by segment",
+) -> Figure:
     """Horizontal funnel bars, one series per segment, labelled with conversion.
 
     ``value="count"`` draws units reaching each step; ``"conv_from_first"`` draws the share of
@@ -127,6 +133,7 @@ def plot_funnel(funnel_df: pd.DataFrame, ax: Axes | None = None, value: str = "c
     """
     import matplotlib.pyplot as plt
 
+    own = ax is None
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 1 + 0.6 * funnel_df["step_no"].nunique()))
     fig = cast("Figure", ax.figure)
@@ -146,34 +153,161 @@ def plot_funnel(funnel_df: pd.DataFrame, ax: Axes | None = None, value: str = "c
         ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
     ax.set_yticks(y0, [f"{n}. {s}" for n, s in zip(steps["step_no"], steps["step"], strict=True)])
     ax.invert_yaxis()
-    ax.set_xlabel("share of step 1" if value == "conv_from_first" else value)
+    ax.set_xlabel(
+        "share of step 1"
+        if value == "conv_from_first"
+        else "units reaching the step"
+        if value == "count"
+        else value
+    )
+    ax.set_ylabel("step")
+    if title:
+        ax.set_title(title)
     ax.margins(x=0.15)
     if len(segments) > 1:
         ax.legend(title="segment", fontsize=8)
+    if own:
+        fig.tight_layout()
     return fig
 
 
-def plot_top_paths(top_df: pd.DataFrame, ax: Axes | None = None, max_label: int = 70) -> Figure:
+def _elide_middle(path: str, max_label: int) -> str:
+    """Whole steps from both ends around ``…`` (the first step and as many of the last as fit);
+    characters from both ends if even that is too long."""
+    steps = path.split(SEP)
+    if len(steps) > 2:
+        for k in range(len(steps) - 2, 0, -1):
+            label = SEP.join([steps[0], "…", *steps[-k:]])
+            if len(label) <= max_label:
+                return label
+    keep = max(max_label - 1, 2)
+    head = keep // 3
+    return path[:head] + "…" + path[len(path) - (keep - head) :]
+
+
+def shorten_paths(paths: Sequence[str], max_label: int = 70) -> list[str]:
+    """Labels of at most ``max_label`` characters that keep distinct paths distinct.
+
+    A long path keeps both ends (where it starts and the part nearest the target or exit) and
+    loses its middle to ``…``. If two shortened labels still coincide, every label is numbered
+    (``#1 ...``) by its position so no two bars read the same.
+    """
+    out = []
+    for p in paths:
+        out.append(p if len(p) <= max_label else _elide_middle(p, max_label))
+    if len(set(out)) < len(out):
+        out = [f"#{i} {label}" for i, label in enumerate(out, start=1)]
+    return out
+
+
+def plot_top_paths(
+    top_df: pd.DataFrame,
+    ax: Axes | None = None,
+    max_label: int = 70,
+    title: str | None = "Most frequent paths",
+) -> Figure:
     """Horizontal bars of :func:`top_paths`-like output (``path``, ``count``, ``share``).
 
-    The most frequent path is on top; long paths are shortened from the left, keeping the end
-    of the path (the part nearest the target or exit) readable.
+    The most frequent path is on top; long paths lose their middle (see :func:`shorten_paths`),
+    so the start and the end of each path stay readable and distinct paths stay distinct.
     """
     import matplotlib.pyplot as plt
 
+    own = ax is None
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 1 + 0.4 * len(top_df)))
+        _, ax = plt.subplots(figsize=(9, 1.2 + 0.4 * len(top_df)))
     fig = cast("Figure", ax.figure)
-    labels = [
-        p if len(p) <= max_label else "…" + p[-(max_label - 1) :]
-        for p in top_df["path"].astype(str)
-    ]
+    labels = shorten_paths(top_df["path"].astype(str).tolist(), max_label)
     y = np.arange(len(top_df))
     bars = ax.barh(y, top_df["count"].to_numpy(dtype=float))
     if "share" in top_df.columns:
         ax.bar_label(bars, labels=[f"{s:.1%}" for s in top_df["share"]], padding=3, fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("count")
+    ax.set_xlabel("count (label: share)" if "share" in top_df.columns else "count")
+    ax.set_ylabel("path")
+    if title:
+        ax.set_title(title)
     ax.margins(x=0.12)
+    if own:
+        fig.tight_layout()
+    return fig
+
+
+def sankey_static(
+    paths_df: pd.DataFrame,
+    max_steps: int = 6,
+    weight: str | None = None,
+    min_value: float = 0,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """The flows of :func:`sankey_figure` drawn with matplotlib (a static image for exports).
+
+    One column of nodes per step, node height proportional to the units through it, one band
+    per link with width proportional to its value. Same inputs and link filter as
+    :func:`sankey_figure`, so both show the same flows.
+    """
+    import matplotlib.pyplot as plt
+
+    links = sankey_links(paths_df, max_steps=max_steps, weight=weight)
+    links = links.loc[links["value"] > min_value].reset_index(drop=True)
+
+    def step_of(node: str) -> str:
+        return node.split(":", 1)[0].removeprefix("step ")
+
+    def page_of(node: str) -> str:
+        return node.split(": ", 1)[1] if ": " in node else node
+
+    nodes = sorted(
+        set(links["source"]) | set(links["target"]),
+        key=lambda s: (int(step_of(s)), s),
+    )
+    steps = sorted({int(step_of(n)) for n in nodes})
+    own = ax is None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(8, 2.2 * len(steps)), 6))
+    fig = cast("Figure", ax.figure)
+    out_flow = links.groupby("source")["value"].sum()
+    in_flow = links.groupby("target")["value"].sum()
+    size = {n: max(float(out_flow.get(n, 0)), float(in_flow.get(n, 0))) for n in nodes}
+    column = {s: [n for n in nodes if int(step_of(n)) == s] for s in steps}
+    total = max((sum(size[n] for n in col) for col in column.values()), default=1.0) or 1.0
+    gap = 0.02 * total
+    width = 0.06
+    top: dict[str, float] = {}
+    for x, s in enumerate(steps):
+        col = sorted(column[s], key=lambda n: -size[n])
+        y = 0.0
+        for n in col:
+            top[n] = y
+            ax.add_patch(plt.Rectangle((x - width / 2, -y - size[n]), width, size[n], color="0.35"))
+            ax.text(x + width, -y - size[n] / 2, page_of(n), va="center", fontsize=7)
+            y += size[n] + gap
+    x_of = {n: steps.index(int(step_of(n))) for n in nodes}
+    out_used = dict.fromkeys(nodes, 0.0)
+    in_used = dict.fromkeys(nodes, 0.0)
+    cmap = plt.get_cmap("tab20")
+    t = np.linspace(0, 1, 30)
+    smooth = (1 - np.cos(np.pi * t)) / 2
+    for i, link in links.sort_values(["source", "value"], ascending=[True, False]).iterrows():
+        s, d, v = link["source"], link["target"], float(link["value"])
+        y0 = -top[s] - out_used[s]
+        y1 = -top[d] - in_used[d]
+        out_used[s] += v
+        in_used[d] += v
+        xs = x_of[s] + width / 2 + (x_of[d] - x_of[s] - width) * t
+        upper = y0 + (y1 - y0) * smooth
+        ax.fill_between(xs, upper, upper - v, color=cmap(i % 20), alpha=0.45, lw=0)
+    ax.set_xticks(range(len(steps)), [f"step {s}" for s in steps])
+    ax.set_xlim(-0.3, len(steps) - 0.4)
+    ax.set_ylim(-(total + gap * (max(len(c) for c in column.values()) if column else 1)), gap)
+    ax.set_yticks([])
+    ax.set_xlabel("step (0 = target page)" if "target" in paths_df.columns else "step")
+    ax.set_ylabel("units (band height ∝ count)")
+    ax.set_title(title or "Paths between steps")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if own:
+        fig.tight_layout()
     return fig
