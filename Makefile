@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: demo test test-fast bench bench-quick lab lock notebooks-sync lint clean
+.PHONY: demo test test-fast bench bench-quick kernel lab lock notebooks-sync lint clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ bench-quick: $(STAMP)  ## the same benchmarks at a small size, to check they run
 	$(PY) -m benchmarks.run --customers 2000 --days 60 --detection-events 200000 \
 		--only simulator customer_view detection --out /tmp/nextoffer-bench-quick
 
-lab: $(STAMP)  ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+# `make lab LAB_IP=0.0.0.0` in a container; as root (id -u = 0) jupyter needs --allow-root.
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+KERNEL_NAME ?= nextoffer
+LAB_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
+
+kernel: $(STAMP)  ## register this venv as the Jupyter kernel "nextoffer" (JupyterHub, VS Code)
+	$(PY) -m ipykernel install --user --name $(KERNEL_NAME) --display-name "Python (nextoffer)"
+
+lab: kernel  ## JupyterLab on the notebooks (LAB_IP, LAB_PORT, LAB_ARGS)
+	$(VENV)/bin/jupyter lab notebooks/ --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_ROOT) $(LAB_ARGS)
 
 lock: $(STAMP)  ## re-pin requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import jupytext
@@ -12,6 +15,22 @@ import pytest
 from src.settings import PACKAGE_ROOT, Settings
 
 NOTEBOOKS = sorted((PACKAGE_ROOT / "notebooks").glob("*.py"))
+
+# Figures each executed notebook must show as images (a notebook missing here needs none):
+# 10: roc, calibration, lift, importance; 11: segment ROAS and the conversions vs the oracle.
+MIN_IMAGES = {
+    "01_customer_view": 5,
+    "02_detection_and_journeys": 7,
+    "10_train_propensity": 4,
+    "11_train_cvr": 2,
+    "20_bandit_vs_ab": 3,
+}
+
+
+def _image_outputs(notebook: nbformat.NotebookNode) -> int:
+    return sum(
+        "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
+    )
 
 
 def _code_cells(notebook: nbformat.NotebookNode) -> list[str]:
@@ -38,7 +57,12 @@ def test_has_parameters_cell(script: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_under_papermill(script: Path, small_bank: Settings, tmp_path: Path):
+def test_runs_under_papermill(
+    script: Path, small_bank: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Runs without errors and shows its figures as images (so the kernel's inline backend is
+    in charge: nothing imported by a notebook may switch matplotlib's backend)."""
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # as in a user's kernel: inline by default
     executed = tmp_path / f"{script.stem}.ipynb"
     papermill.execute_notebook(
         str(script.with_suffix(".ipynb")),
@@ -51,6 +75,18 @@ def test_runs_under_papermill(script: Path, small_bank: Settings, tmp_path: Path
     result = nbformat.read(executed, as_version=4)
     errors = [o for c in result.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    images = _image_outputs(result)
+    assert images >= MIN_IMAGES.get(script.stem, 0), (
+        f"{script.name}: {images} image outputs, expected at least {MIN_IMAGES.get(script.stem)}"
+    )
+    figures_as_text = [
+        o
+        for c in result.cells
+        for o in c.get("outputs", [])
+        if "<Figure size" in str(o.get("data", {}).get("text/plain", ""))
+        and "image/png" not in o.get("data", {})
+    ]
+    assert not figures_as_text, f"{script.name}: a figure printed as text, not drawn"
 
 
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
@@ -69,3 +105,20 @@ def test_papermill_sees_every_parameter(script: Path):
     seen = papermill.inspect_notebook(str(script.with_suffix(".ipynb")))
     assert "data_dir" in seen
     assert sorted(assigned) == sorted(seen)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_lab_registers_the_kernel_and_binds_from_variables():
+    """`make lab` (dry run) registers the named kernel first and works as root in a container."""
+    out = subprocess.run(
+        ["make", "-n", "lab", "LAB_IP=0.0.0.0", "LAB_PORT=9999"],
+        cwd=PACKAGE_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    install = out.index("ipykernel install --user --name nextoffer")
+    lab = out.index("jupyter lab notebooks/")
+    assert install < lab
+    assert "--ip=0.0.0.0 --port=9999" in out[lab:]
+    assert ("--allow-root" in out) == (os.geteuid() == 0)
