@@ -34,7 +34,12 @@ from src.features.feature_table import (
 )
 from src.models.evaluate import gap_summary, metrics_table, propensity_figures, score_table
 from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
-from src.models.registry import PromotionResult, register_and_promote
+from src.models.registry import (
+    PairedComparison,
+    PromotionResult,
+    paired_bootstrap_auc,
+    register_and_promote,
+)
 from src.settings import ModelSettings, Settings
 
 EXPERIMENT = "propensity"
@@ -101,6 +106,36 @@ def champion_scorer(rows: pd.DataFrame, raw_columns: list[str], products: Sequen
         return mean_auc(_Preds(preds), rows, products)
 
     return score
+
+
+def champion_comparison(
+    model,
+    rows: pd.DataFrame,
+    raw_columns: list[str],
+    products: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+):
+    """``compare_champion`` for the registry: the candidate ``model`` and the champion pyfunc
+    on the same test rows, mean AUC compared by a seeded paired bootstrap
+    (:func:`src.models.registry.paired_bootstrap_auc`)."""
+    from src.models.tracking import serving_frame
+
+    def compare(uri: str) -> PairedComparison:
+        import mlflow
+
+        champion = mlflow.pyfunc.load_model(uri).predict(serving_frame(rows, raw_columns))
+        candidate = model.predict_proba(rows)
+        labels = {p: rows[label_column(p)].to_numpy(int) for p in products}
+        return paired_bootstrap_auc(
+            labels,
+            {p: np.asarray(candidate[p], float) for p in products if p in candidate},
+            {p: np.asarray(champion[p], float) for p in products if p in champion},
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+
+    return compare
 
 
 class _Preds:
@@ -234,6 +269,10 @@ def _track(
                 candidate_score=score,
                 score_champion=champion_scorer(run.test_rows, run.model.raw_columns, products),
                 tracking_uri=settings.tracking_uri,
+                compare_champion=champion_comparison(
+                    run.model, run.test_rows, run.model.raw_columns, products
+                ),
+                min_gain=settings.models.min_auc_gain,
             )
             mlflow.set_tags(
                 {
