@@ -344,3 +344,35 @@ def test_retrain_cli_exits_1_on_stale_data(small_bank: Settings, tmp_path: Path)
     assert out.exit_code == 1
     assert late in out.output and f"{last:%Y-%m-%d}" in out.output and "at most 5" in out.output
     assert "Traceback" not in out.output
+
+
+@pytest.mark.slow
+def test_retraining_the_same_model_keeps_the_champion(trained, tmp_path: Path):
+    """The same model trained twice on the same rows: effect 0, not significant, so the second
+    version stays challenger; the comparison is on the version's tags."""
+    from src.models.train import MODEL_NAME, run_propensity_training
+
+    table, plan, _ = trained
+    settings = Settings(data_dir=tmp_path)
+    runs = [
+        run_propensity_training(
+            settings,
+            products=["savings", "card"],
+            config=PropensityConfig(n_estimators=30),
+            table=table,
+            plan=plan,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    second = runs[1].promotion
+    assert second is not None and not second.promoted and second.comparison is not None
+    assert second.comparison.effect == pytest.approx(0.0, abs=1e-9)
+    tags = (
+        mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
+        .get_model_version(MODEL_NAME, second.version)
+        .tags
+    )
+    assert tags["promotion.outcome"] == "kept_champion"
+    assert float(tags["promotion.p_value"]) >= 0.05
+    assert {"promotion.effect", "promotion.ci_low", "promotion.ci_high"} <= set(tags)
