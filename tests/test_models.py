@@ -376,3 +376,16 @@ def test_retraining_the_same_model_keeps_the_champion(trained, tmp_path: Path):
     assert tags["promotion.outcome"] == "kept_champion"
     assert float(tags["promotion.p_value"]) >= 0.05
     assert {"promotion.effect", "promotion.ci_low", "promotion.ci_high"} <= set(tags)
+    # what a reviewer needs on the run: a name, the as_of and window, lineage, AUC CIs
+    run = mlflow.get_run(runs[1].run_id)
+    as_of = f"{max(plan.test):%Y-%m-%d}"
+    assert run.info.run_name == f"propensity {as_of}" and run.data.params["as_of"] == as_of
+    assert run.data.params["data_window_start"] < run.data.params["data_window_end"]
+    assert (
+        run.data.params["train_rows_sha256"]
+        == mlflow.get_run(runs[0].run_id).data.params["train_rows_sha256"]
+    )
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["propensity_train"]
+    m = run.data.metrics
+    assert m["mean_auc_ci_low"] <= m["mean_auc"] <= m["mean_auc_ci_high"]
+    assert m["savings.auc_ci_low"] < m["savings.auc_ci_high"]
