@@ -389,3 +389,10 @@ def test_retraining_the_same_model_keeps_the_champion(trained, tmp_path: Path):
     m = run.data.metrics
     assert m["mean_auc_ci_low"] <= m["mean_auc"] <= m["mean_auc_ci_high"]
     assert m["savings.auc_ci_low"] < m["savings.auc_ci_high"]
+    from src.models.retrain import promotion_outcome  # what `nextoffer retrain` prints
+
+    line = promotion_outcome(
+        mlflow.MlflowClient(tracking_uri=settings.tracking_uri), run.info.run_id
+    )
+    assert line is not None and line.startswith(f"{MODEL_NAME} v{second.version} -> kept_champion")
+    assert "p=" in line and "95% CI" in line
