@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from src.settings import BanditSettings, Settings
+from src.settings import BanditSettings, ModelSettings, Settings
 
 app = typer.Typer(
     name="nextoffer",
@@ -218,20 +218,31 @@ def retrain(
             help="Train with data strictly before this date (the day the scheduler runs).",
         ),
     ],
+    max_staleness_days: Annotated[
+        int | None,
+        typer.Option(
+            "--max-staleness-days",
+            help="Refuse an --as-of more than this many days after the last event; "
+            f"default: models.max_staleness_days ({ModelSettings().max_staleness_days}).",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retrain with papermill: the propensity and CVR notebooks, executed copies under reports/."""
-    from src.models.retrain import RetrainError
+    from src.models.retrain import RetrainError, StaleDataError
     from src.models.retrain import retrain as run_retrain
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, models={"max_staleness_days": max_staleness_days})
     try:
         result = run_retrain(settings, as_of)
-    except RetrainError as error:  # names the failing step and its executed notebook
+    except (RetrainError, StaleDataError) as error:  # one-line reason, then the notebook
         typer.echo(str(error), err=True)
         raise typer.Exit(code=1) from error
     for step in result.steps:
         typer.echo(f"{step.name:<22} {step.seconds:>7.1f}s  run {step.run_id}  {step.notebook}")
+        promotion = step.info.get("promotion")
+        if promotion:
+            typer.echo(f"{'':<22} {promotion}")
 
 
 @app.command("train-bandit")

@@ -160,6 +160,18 @@ class ModelSettings(PropensityConfig):
     cvr_step_days: int = Field(
         7, ge=1, description="CVR: days between snapshots (one week of exposures each)."
     )
+    max_staleness_days: int = Field(
+        3,
+        ge=0,
+        description="Retrain: refuse an as_of more than this many days after the last event "
+        "(a stopped data feed is an error, not a silent retrain on old data).",
+    )
+    min_auc_gain: float = Field(
+        0.002,
+        ge=0.0,
+        description="Promotion: the candidate's mean AUC must beat the champion's by at least "
+        "this much on the same test rows (and significantly: paired bootstrap, p < 0.05).",
+    )
 
     @property
     def propensity(self) -> PropensityConfig:

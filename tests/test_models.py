@@ -177,7 +177,13 @@ def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
         ]
     )
     bad = nbformat.v4.new_notebook(
-        cells=[ok.cells[0], nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+        cells=[
+            ok.cells[0],
+            nbformat.v4.new_code_cell(
+                "def split():\n    raise ValueError('period too short for a time split: ' + 'x' * 600)\n"
+                "split()"
+            ),
+        ]
     )
     for nb in (ok, bad):
         nb.metadata["kernelspec"] = {
@@ -212,6 +218,32 @@ def test_retrain_names_the_failing_step(small_bank: Settings, tmp_path: Path):
             log_to_mlflow=False,
         )
     assert err.value.step == "bad" and err.value.notebook.exists()
+    reason, where = str(err.value).splitlines()
+    assert reason.startswith("retrain step 'bad' failed: ValueError: period too short")
+    assert reason.endswith("x" * 600)  # the whole message, not cut at 500 characters
+    assert where == f"executed notebook: {err.value.notebook}"
+    assert "Traceback" not in str(err.value) and "split()" not in str(err.value)
+    assert "\x1b[" not in str(err.value)  # no ANSI colour codes from the kernel
+
+
+def test_retrain_refuses_stale_data(small_bank: Settings, tmp_path: Path):
+    from src.features.feature_table import data_period
+    from src.models.retrain import StaleDataError, check_staleness, retrain
+
+    _, last = data_period(small_bank.catalog)
+    assert small_bank.models.max_staleness_days == 3
+    assert check_staleness(small_bank, last + pd.Timedelta(days=3)) == last
+    late = last + pd.Timedelta(days=4)
+    with pytest.raises(StaleDataError) as err:
+        retrain(small_bank, late, notebooks=["none"], out_dir=tmp_path, log_to_mlflow=False)
+    assert f"{late:%Y-%m-%d}" in str(err.value) and f"{last:%Y-%m-%d}" in str(err.value)
+    assert not any(tmp_path.iterdir())  # refused before any notebook ran
+    strict = small_bank.model_copy(
+        update={"models": small_bank.models.model_copy(update={"max_staleness_days": 0})}
+    )
+    with pytest.raises(StaleDataError, match="at most 0"):
+        check_staleness(strict, last + pd.Timedelta(days=1))
+    check_staleness(small_bank, late, max_days=4)  # the CLI option overrides the setting
 
 
 @pytest.mark.skipif(not BANK_MARKETING.exists(), reason="UCI Bank Marketing data not present")
@@ -296,3 +328,71 @@ def test_gap_summary_splits_the_gap_to_the_oracle_exactly():
     assert g["gap_to_oracle"] == pytest.approx(
         g["gap_to_ceiling"] + g["drift_gap"] + g["offers_gap"]
     )
+
+
+def test_retrain_cli_exits_1_on_stale_data(small_bank: Settings, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from src.cli import app
+    from src.features.feature_table import data_period
+
+    _, last = data_period(small_bank.catalog)
+    late = f"{last + pd.Timedelta(days=10):%Y-%m-%d}"
+    data_dir = str(small_bank.resolve(small_bank.data_dir))
+    args = ["retrain", "--as-of", late, "--data-dir", data_dir, "--max-staleness-days", "5"]
+    out = CliRunner().invoke(app, args, env={"NEXTOFFER_REPORTS_DIR": str(tmp_path)})
+    assert out.exit_code == 1
+    assert late in out.output and f"{last:%Y-%m-%d}" in out.output and "at most 5" in out.output
+    assert "Traceback" not in out.output
+
+
+@pytest.mark.slow
+def test_retraining_the_same_model_keeps_the_champion(trained, tmp_path: Path):
+    """The same model trained twice on the same rows: effect 0, not significant, so the second
+    version stays challenger; the comparison is on the version's tags."""
+    from src.models.train import MODEL_NAME, run_propensity_training
+
+    table, plan, _ = trained
+    settings = Settings(data_dir=tmp_path)
+    runs = [
+        run_propensity_training(
+            settings,
+            products=["savings", "card"],
+            config=PropensityConfig(n_estimators=30),
+            table=table,
+            plan=plan,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    second = runs[1].promotion
+    assert second is not None and not second.promoted and second.comparison is not None
+    assert second.comparison.effect == pytest.approx(0.0, abs=1e-9)
+    tags = (
+        mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
+        .get_model_version(MODEL_NAME, second.version)
+        .tags
+    )
+    assert tags["promotion.outcome"] == "kept_champion"
+    assert float(tags["promotion.p_value"]) >= 0.05
+    assert {"promotion.effect", "promotion.ci_low", "promotion.ci_high"} <= set(tags)
+    # what a reviewer needs on the run: a name, the as_of and window, lineage, AUC CIs
+    run = mlflow.get_run(runs[1].run_id)
+    as_of = f"{max(plan.test):%Y-%m-%d}"
+    assert run.info.run_name == f"propensity {as_of}" and run.data.params["as_of"] == as_of
+    assert run.data.params["data_window_start"] < run.data.params["data_window_end"]
+    assert (
+        run.data.params["train_rows_sha256"]
+        == mlflow.get_run(runs[0].run_id).data.params["train_rows_sha256"]
+    )
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["propensity_train"]
+    m = run.data.metrics
+    assert m["mean_auc_ci_low"] <= m["mean_auc"] <= m["mean_auc_ci_high"]
+    assert m["savings.auc_ci_low"] < m["savings.auc_ci_high"]
+    from src.models.retrain import promotion_outcome  # what `nextoffer retrain` prints
+
+    line = promotion_outcome(
+        mlflow.MlflowClient(tracking_uri=settings.tracking_uri), run.info.run_id
+    )
+    assert line is not None and line.startswith(f"{MODEL_NAME} v{second.version} -> kept_champion")
+    assert "p=" in line and "95% CI" in line

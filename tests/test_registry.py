@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
-from src.models.registry import CHALLENGER, CHAMPION, promotion_trail, register_and_promote
+from src.models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    paired_bootstrap_auc,
+    promotion_trail,
+    register_and_promote,
+)
 
 
 class Constant(mlflow.pyfunc.PythonModel):
@@ -129,3 +136,82 @@ def test_lower_is_better_and_unscorable_champion(tracking: str, tmp_path: Path):
         tracking_uri=tracking,
     )
     assert lower.promoted
+
+
+def _scores(n: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and a score that separates them by ``signal`` (plus noise)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, y * signal + rng.normal(size=n)
+
+
+def test_paired_bootstrap_auc_matches_sklearn_and_is_seeded():
+    from sklearn.metrics import roc_auc_score
+
+    y, a = _scores(2000, 1.0, 1)
+    b = np.round(a + np.random.default_rng(2).normal(scale=0.8, size=len(a)), 1)  # with ties
+    out = paired_bootstrap_auc({"p": y}, {"p": a}, {"p": b}, n_resamples=200, seed=3)
+    assert out.candidate_score == pytest.approx(roc_auc_score(y, a))
+    assert out.champion_score == pytest.approx(roc_auc_score(y, b))
+    assert out.effect > 0 and out.ci_low <= out.effect <= out.ci_high and out.p_value < 0.05
+    assert out == paired_bootstrap_auc({"p": y}, {"p": a}, {"p": b}, n_resamples=200, seed=3)
+
+
+@pytest.mark.slow
+def test_promotion_needs_a_real_margin_and_significance(tracking: str, tmp_path: Path):
+    """A candidate better by a tiny effect is kept as challenger; a clearly better one is
+    promoted; the version's tags hold effect, CI and p-value."""
+    name = "toy-margin"
+    y, champion = _scores(3000, 1.0, 5)
+    noise = np.random.default_rng(6).normal(scale=1e-3, size=len(y))
+    tiny = champion + noise  # same ranking up to a hair: effect ~ 0
+    clearly = champion + y * 1.0  # twice the signal on the same rows
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+
+    def compare(candidate):
+        return lambda uri: paired_bootstrap_auc({"p": y}, {"p": candidate}, {"p": champion})
+
+    register_and_promote(
+        _log(0.7, tmp_path / "art"),
+        name,
+        metric="mean_auc",
+        candidate_score=0.7,
+        score_champion=None,
+        tracking_uri=tracking,
+    )
+    kept = register_and_promote(
+        _log(0.7, tmp_path / "art"),
+        name,
+        metric="mean_auc",
+        candidate_score=0.700035,
+        score_champion=None,
+        compare_champion=compare(tiny),
+        min_gain=0.002,
+        tracking_uri=tracking,
+    )
+    assert not kept.promoted and kept.comparison is not None
+    assert abs(kept.comparison.effect) < 0.002
+    tags = client.get_model_version(name, kept.version).tags
+    assert tags["promotion.outcome"] == "kept_champion"
+    assert float(tags["promotion.effect"]) == pytest.approx(kept.comparison.effect)
+    assert float(tags["promotion.p_value"]) == pytest.approx(kept.comparison.p_value)
+    assert float(tags["promotion.min_gain"]) == 0.002
+    assert "gain below 0.002" in tags["promotion.reason"]
+
+    better = register_and_promote(
+        _log(0.8, tmp_path / "art"),
+        name,
+        metric="mean_auc",
+        candidate_score=0.8,
+        score_champion=None,
+        compare_champion=compare(clearly),
+        min_gain=0.002,
+        tracking_uri=tracking,
+    )
+    assert better.promoted and better.comparison is not None
+    tags = client.get_model_version(name, better.version).tags
+    assert tags["promotion.outcome"] == "promoted"
+    effect, p = float(tags["promotion.effect"]), float(tags["promotion.p_value"])
+    assert effect > 0.002 and p < 0.05
+    assert float(tags["promotion.ci_low"]) > 0 < float(tags["promotion.ci_high"])
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == better.version

@@ -4,10 +4,14 @@ Each notebook runs with ``data_dir``, ``as_of`` (plus its own parameters) and wr
 JSON with its MLflow run id (``run_info_path``) — no scrapbook needed. The executed notebooks
 stay under ``reports/<as_of>/`` and are logged as artifacts of their run, so the run shows
 the code, outputs and plots that produced the model. A failing notebook stops the sequence
-with :class:`RetrainError` naming the step and the executed notebook to read; the CLI turns
-it into exit status 1. Suggested cron line (nightly at 02:30, for the data up to today)::
+with :class:`RetrainError`: one line with the step and the reason (the failing cell's exception
+type and message, no traceback), then the executed notebook to read on its own line; the CLI
+prints it and exits 1. Before any notebook runs, :class:`StaleDataError` refuses an ``as_of``
+more than ``models.max_staleness_days`` after the last event in the validated tables (a feed
+that stopped must not turn into a silent retrain on old data). Suggested cron line (nightly at
+02:30, for the data up to today; ``mkdir -p`` so the log has a folder on a fresh deploy)::
 
-    30 2 * * * cd /opt/nextoffer && .venv/bin/nextoffer retrain --as-of "$(date +\%F)" >> reports/retrain.log 2>&1
+    30 2 * * * cd /opt/nextoffer && mkdir -p reports && .venv/bin/nextoffer retrain --as-of "$(date +\%F)" >> reports/retrain.log 2>&1
 """
 
 from __future__ import annotations
@@ -27,15 +31,57 @@ from src.settings import Settings
 DEFAULT_NOTEBOOKS: tuple[str, ...] = ("10_train_propensity", "11_train_cvr")
 
 
+def failure_reason(cause: BaseException) -> str:
+    """One line: the failing cell's exception type and message (papermill's
+    ``PapermillExecutionError`` carries them as ``ename``/``evalue``; its ``str`` is the whole
+    traceback), else the exception's own type and first line."""
+    ename = getattr(cause, "ename", None)
+    evalue = getattr(cause, "evalue", None)
+    if ename is None:
+        ename, evalue = type(cause).__name__, str(cause)
+    lines = [line.strip() for line in str(evalue or "").splitlines() if line.strip()]
+    message = " ".join(lines)
+    return f"{ename}: {message}" if message else str(ename)
+
+
 class RetrainError(RuntimeError):
-    """A retraining step failed; ``step`` names it, ``notebook`` is the executed copy to read."""
+    """A retraining step failed; ``step`` names it, ``notebook`` is the executed copy to read,
+    ``reason`` is the one-line cause. ``str()``: the reason line, then the notebook line."""
 
     def __init__(self, step: str, notebook: Path, cause: BaseException) -> None:
         self.step, self.notebook, self.cause = step, notebook, cause
+        self.reason = failure_reason(cause)
         super().__init__(
-            f"retrain step {step!r} failed ({type(cause).__name__}: {str(cause).strip()[:500]}); "
-            f"executed notebook: {notebook}"
+            f"retrain step {step!r} failed: {self.reason}\nexecuted notebook: {notebook}"
         )
+
+
+class StaleDataError(ValueError):
+    """``as_of`` is too far past the last event: the data feed looks stopped."""
+
+    def __init__(self, as_of: pd.Timestamp, last_event: pd.Timestamp, max_days: int) -> None:
+        self.as_of, self.last_event, self.max_days = as_of, last_event, max_days
+        days = (as_of.normalize() - last_event.normalize()).days
+        super().__init__(
+            f"stale data: --as-of {as_of:%Y-%m-%d} is {days} days after the last event "
+            f"({last_event:%Y-%m-%d}); at most {max_days} allowed "
+            "(models.max_staleness_days / --max-staleness-days)"
+        )
+
+
+def check_staleness(
+    settings: Settings, as_of: date | datetime | str, max_days: int | None = None
+) -> pd.Timestamp:
+    """The last event day in the validated tables; raise :class:`StaleDataError` if ``as_of``
+    is more than ``max_days`` (default ``models.max_staleness_days``) after it."""
+    from src.features.feature_table import data_period
+
+    max_days = settings.models.max_staleness_days if max_days is None else max_days
+    _, last = data_period(settings.catalog)
+    stamp = pd.Timestamp(as_of).normalize()
+    if (stamp - last).days > max_days:
+        raise StaleDataError(stamp, last, max_days)
+    return last
 
 
 @dataclass
@@ -66,11 +112,14 @@ def retrain(
     parameters: dict[str, dict[str, Any]] | None = None,
     kernel_name: str = "python3",
     log_to_mlflow: bool = True,
+    max_staleness_days: int | None = None,
 ) -> RetrainResult:
     """Run ``notebooks/<name>.ipynb`` in order for ``as_of``; executed copies under
-    ``<out_dir or reports_dir>/<as_of>/``. ``parameters`` adds per-notebook parameters."""
+    ``<out_dir or reports_dir>/<as_of>/`` (created). ``parameters`` adds per-notebook
+    parameters. Refuses stale data first (:func:`check_staleness`)."""
     import papermill
 
+    check_staleness(settings, as_of, max_staleness_days)
     stamp = f"{pd.Timestamp(as_of):%Y-%m-%d}"
     out = Path(out_dir or settings.resolve(settings.reports_dir)) / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -124,3 +173,22 @@ def _attach(settings: Settings, step: StepResult) -> None:
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
     client.log_artifact(run_id, str(step.notebook), "notebook")
     client.set_tag(run_id, "retrain.notebook", step.notebook.name)
+    step.info.setdefault("promotion", promotion_outcome(client, run_id))
+
+
+def promotion_outcome(client: Any, run_id: str) -> str | None:
+    """``<model> v<version> -> promoted|kept_champion: <reason>`` for the version the run
+    registered (its ``registered_version`` tag), or None when it registered none."""
+    from src.models.registry import TAG_PREFIX
+
+    run = client.get_run(run_id)
+    version = run.data.tags.get("registered_version")
+    if not version:
+        return None
+    for mv in client.search_model_versions(f"run_id = '{run_id}'"):
+        if str(mv.version) == str(version):
+            tags = client.get_model_version(mv.name, mv.version).tags or {}
+            outcome = tags.get(TAG_PREFIX + "outcome", "?")
+            reason = tags.get(TAG_PREFIX + "reason", "")
+            return f"{mv.name} v{version} -> {outcome}: {reason}"
+    return None

@@ -34,7 +34,12 @@ from src.features.feature_table import (
 )
 from src.models.evaluate import gap_summary, metrics_table, propensity_figures, score_table
 from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
-from src.models.registry import PromotionResult, register_and_promote
+from src.models.registry import (
+    PairedComparison,
+    PromotionResult,
+    paired_bootstrap_auc,
+    register_and_promote,
+)
 from src.settings import ModelSettings, Settings
 
 EXPERIMENT = "propensity"
@@ -103,6 +108,76 @@ def champion_scorer(rows: pd.DataFrame, raw_columns: list[str], products: Sequen
     return score
 
 
+def champion_comparison(
+    model,
+    rows: pd.DataFrame,
+    raw_columns: list[str],
+    products: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+):
+    """``compare_champion`` for the registry: the candidate ``model`` and the champion pyfunc
+    on the same test rows, mean AUC compared by a seeded paired bootstrap
+    (:func:`src.models.registry.paired_bootstrap_auc`)."""
+    from src.models.tracking import serving_frame
+
+    def compare(uri: str) -> PairedComparison:
+        import mlflow
+
+        champion = mlflow.pyfunc.load_model(uri).predict(serving_frame(rows, raw_columns))
+        candidate = model.predict_proba(rows)
+        labels = {p: rows[label_column(p)].to_numpy(int) for p in products}
+        return paired_bootstrap_auc(
+            labels,
+            {p: np.asarray(candidate[p], float) for p in products if p in candidate},
+            {p: np.asarray(champion[p], float) for p in products if p in champion},
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+
+    return compare
+
+
+def auc_confidence_intervals(
+    model, rows: pd.DataFrame, products: Sequence[str], n_resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """95% bootstrap CIs (seeded, rows resampled) of each product's AUC and of the mean AUC,
+    as MLflow metrics ``<product>.auc_ci_low/high`` and ``mean_auc_ci_low/high``."""
+    preds = model.predict_proba(rows)
+    labels = {p: rows[label_column(p)].to_numpy(int) for p in products if p in preds}
+    out: dict[str, float] = {}
+    for key, keys in [(p, [p]) for p in labels] + [("mean", list(labels))]:
+        scores = {p: np.asarray(preds[p], float) for p in keys}
+        # against a constant scorer (AUC 0.5 on every resample): the effect is AUC - 0.5
+        flat = {p: np.zeros(len(rows)) for p in keys}
+        cmp = paired_bootstrap_auc(
+            {p: labels[p] for p in keys}, scores, flat, n_resamples=n_resamples, seed=seed
+        )
+        if cmp.n_rows:
+            name = "mean_auc" if key == "mean" else f"{key}.auc"
+            out[f"{name}_ci_low"] = cmp.ci_low + 0.5
+            out[f"{name}_ci_high"] = cmp.ci_high + 0.5
+    return out
+
+
+def _log_training_input(train_rows: pd.DataFrame | None) -> None:
+    """Dataset lineage: the training rows as an MLflow input (``from_pandas`` digest) plus a
+    sha256 of their content as a param, so two runs on the same rows show the same digest."""
+    if train_rows is None:
+        return
+    import hashlib
+
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    digest = hashlib.sha256(
+        pd.util.hash_pandas_object(train_rows, index=True).to_numpy().tobytes()
+    ).hexdigest()
+    dataset = from_pandas(train_rows.reset_index(drop=True), name="propensity_train")
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_params({"train_rows": len(train_rows), "train_rows_sha256": digest[:16]})
+
+
 class _Preds:
     def __init__(self, frame: pd.DataFrame) -> None:
         self.frame = frame
@@ -152,12 +227,15 @@ def run_propensity_training(
     model = train_propensity(table, plan, products, config, raw_columns, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
 
-    test = split_rows(table, plan, config.val_customer_share)["test"]
+    splits = split_rows(table, plan, config.val_customer_share)
+    test = splits["test"]
     scores = score_table(model, test, products)
     metrics = metrics_table(test, scores, products)
     gaps = gap_summary(metrics)
     figures = propensity_figures(model, test, scores, products)
     run = PropensityRun(plan, model, metrics, gaps, figures, test, timings)
+    run.extra["train_rows"] = splits["train"]
+    run.extra["as_of"] = "" if not as_of else f"{pd.Timestamp(as_of):%Y-%m-%d}"
     if out_dir is not None:
         _write_local(run, Path(out_dir))
     if track:
@@ -191,10 +269,21 @@ def _track(
     )
 
     experiment_id = configure_mlflow(settings, EXPERIMENT)
-    with mlflow.start_run(experiment_id=experiment_id) as active:
-        window = run.plan.as_dict()
-        test_dates = window["test"]
-        assert isinstance(test_dates, list)  # as_dict: each split is a list of date strings
+    window = run.plan.as_dict()
+    test_dates = window["test"]
+    assert isinstance(test_dates, list)  # as_dict: each split is a list of date strings
+    as_of = run.extra.get("as_of") or test_dates[-1]
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"propensity {as_of}") as active:
+        window_start = min(run.plan.dates)
+        window_end = max(run.plan.dates) + pd.Timedelta(days=run.plan.window_days)
+        mlflow.log_params(
+            {
+                "as_of": as_of,
+                "data_window_start": f"{window_start:%Y-%m-%d}",
+                "data_window_end": f"{window_end:%Y-%m-%d}",
+            }
+        )
+        _log_training_input(run.extra.get("train_rows"))
         mlflow.log_params(
             {
                 **config.model_dump(),
@@ -221,6 +310,7 @@ def _track(
         mlflow.log_metrics(run.timings)
         score = mean_auc(run.model, run.test_rows, products)
         mlflow.log_metric("mean_auc", score)
+        mlflow.log_metrics(auc_confidence_intervals(run.model, run.test_rows, products))
         mlflow.log_text(run.metrics.to_csv(), "tables/metrics.csv")
         mlflow.log_text(run.gaps.to_csv(), "tables/auc_gap.csv")
         log_figures(run.figures)
@@ -234,6 +324,10 @@ def _track(
                 candidate_score=score,
                 score_champion=champion_scorer(run.test_rows, run.model.raw_columns, products),
                 tracking_uri=settings.tracking_uri,
+                compare_champion=champion_comparison(
+                    run.model, run.test_rows, run.model.raw_columns, products
+                ),
+                min_gain=settings.models.min_auc_gain,
             )
             mlflow.set_tags(
                 {
