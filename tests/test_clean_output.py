@@ -107,3 +107,38 @@ def test_demo_prints_neither_warning(tmp_path: Path):
     assert "registered nextoffer-bandit" in out.stdout
     assert SKLEARN_FOLDS not in text
     assert "causes it to be serialized using CloudPickle" not in text
+
+
+def test_retrain_kernels_print_no_tcp_warning(
+    small_bank: Settings, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+):
+    """papermill's kernel talks IPC: ipykernel's "running over TCP without encryption" warning
+    (on the kernel's stderr, i.e. the terminal's) is gone."""
+    import nbformat
+
+    from src.models.retrain import retrain
+
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "data_dir = ''\nas_of = ''\nrun_info_path = ''\nout_dir = ''",
+                metadata={"tags": ["parameters"]},
+            ),
+            nbformat.v4.new_code_cell("print('ran')"),
+        ]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, tmp_path / "notebooks" / "quiet.ipynb")
+    settings = small_bank.model_copy(update={"root": tmp_path})
+    retrain(
+        settings, "2026-02-01", notebooks=["quiet"], out_dir=tmp_path / "r", log_to_mlflow=False
+    )
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.out + captured.err
+    assert (tmp_path / "r" / "2026-02-01" / "quiet.ipynb").exists()
