@@ -446,6 +446,28 @@ def to_spark_sql(
     typer.echo(transpile(load_sql(name)))
 
 
+@app.command("data-dictionary")
+def data_dictionary(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write to this file (default: print).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md (Markdown) or html.")] = "md",
+) -> None:
+    """The customer view's data dictionary (every column: meaning, window, source, unit),
+    generated from the same constants as the SQL."""
+    from src.features.data_dictionary import render
+
+    if fmt not in ("md", "html"):
+        raise typer.BadParameter("md or html", param_hint="--format")
+    text = render(fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"data dictionary ({fmt}) -> {out}")
+
+
 @app.command()
 def demo(
     customers: CustomersOpt = None,

@@ -108,7 +108,12 @@ def run_training(settings: Settings, echo: Callable[[str], None] = print) -> Non
     gaps = oracle_gaps(settings, result, figures=False).gaps if has_truth(settings) else result.gaps
     for product, row in gaps.iterrows():
         oracle = f"  oracle {row['oracle']:.3f}" if "oracle" in row else ""
-        echo(f"      {product:<8} AUC {row['model']:.3f}{oracle}  logreg {row['logreg']:.3f}")
+        fitted = result.model.products.get(str(product))
+        calibration = f"  calibration {fitted.calibration}" if fitted is not None else ""
+        echo(
+            f"      {product:<8} AUC {row['model']:.3f}{oracle}  logreg {row['logreg']:.3f}"
+            f"{calibration}"
+        )
     if result.promotion is not None:
         outcome = "champion" if result.promotion.promoted else "challenger"
         echo(

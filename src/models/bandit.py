@@ -354,7 +354,11 @@ def log_bandit(
     import mlflow
     from mlflow.models import infer_signature
 
-    from src.models.tracking import pinned_requirements, project_code_paths
+    from src.models.tracking import (
+        pinned_requirements,
+        project_code_paths,
+        quiet_cloudpickle_notice,
+    )
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -386,15 +390,16 @@ def log_bandit(
         signature = None
         if input_example is not None:
             signature = infer_signature(input_example, predict_frame(bandit, offers, input_example))
-        info = mlflow.pyfunc.log_model(
-            name="bandit",
-            python_model=_pyfunc_class()(),
-            artifacts={"model": str(model), "meta": str(meta), "offers": str(offer_file)},
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=pinned_requirements("vowpalwabbit"),
-            code_paths=project_code_paths(),  # loads without the repository (see tracking)
-        )
+        with quiet_cloudpickle_notice():  # the pickle is our wrapper only (see tracking)
+            info = mlflow.pyfunc.log_model(
+                name="bandit",
+                python_model=_pyfunc_class()(),
+                artifacts={"model": str(model), "meta": str(meta), "offers": str(offer_file)},
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=pinned_requirements("vowpalwabbit"),
+                code_paths=project_code_paths(),  # loads without the repository (see tracking)
+            )
         return info.model_uri  # models:/m-<id>: MLflow 3 logs models apart from run artifacts
 
 

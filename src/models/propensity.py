@@ -127,6 +127,19 @@ class _ArrayModel:
         return self.model.predict_proba(X.to_numpy(float))
 
 
+CALIBRATION_FOLDS = 5
+"""Stratified folds of ``CalibratedClassifierCV`` on the validation rows (sklearn's default)."""
+
+CALIBRATION_MIN_PER_CLASS = 2 * CALIBRATION_FOLDS
+"""Fewest validation positives (and negatives) to calibrate on. Below it the product keeps the
+booster's own probabilities (``calibration == "none (...)"``): with fewer rows of a class than
+folds sklearn warns and fits per-fold maps on folds without a single positive, and a Platt map
+on a handful of positives is noise (it can even flip the ranking, see below). The raw booster
+output is already a log-loss-fitted probability, so "no map" is the honest fallback; the
+reason is recorded in ``ProductModel.calibration``, logged to MLflow as the
+``<product>.calibration`` param and printed in the demo's per-product line."""
+
+
 def fit_product(
     product: str,
     X_train: pd.DataFrame,
@@ -135,7 +148,8 @@ def fit_product(
     y_val: np.ndarray,
     config: PropensityConfig,
 ) -> ProductModel:
-    """Boost with early stopping on validation, then calibrate the frozen booster there."""
+    """Boost with early stopping on validation, then calibrate the frozen booster there
+    (no calibration if validation holds fewer than ``CALIBRATION_MIN_PER_CLASS`` of a class)."""
     started = time.perf_counter()
     booster = lgb.LGBMClassifier(
         n_estimators=config.n_estimators,
@@ -163,16 +177,20 @@ def fit_product(
         else None,
     )
     best = int(booster.best_iteration_ or config.n_estimators) if has_val else config.n_estimators
-    calibrated, method = None, "none"
-    if has_val:
+    n_pos, n_neg = int(y_val.sum()), int(len(y_val) - y_val.sum())
+    calibrated, method = None, f"none ({n_pos} validation positives, {n_neg} negatives)"
+    if has_val and min(n_pos, n_neg) < CALIBRATION_MIN_PER_CLASS:
+        fewer = "positives" if n_pos <= n_neg else "negatives"
+        method = f"none ({min(n_pos, n_neg)} validation {fewer} < {CALIBRATION_MIN_PER_CLASS})"
+    elif has_val:
         method = (
             "isotonic"
             if config.calibration == "isotonic" and y_val.sum() >= config.isotonic_min_positives
             else "sigmoid"
         )
-        calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=method).fit(
-            X_val, y_val
-        )
+        calibrated = CalibratedClassifierCV(
+            FrozenEstimator(booster), method=method, cv=CALIBRATION_FOLDS
+        ).fit(X_val, y_val)
         raw, cal = positive_proba(booster, X_val), calibrated.predict_proba(X_val)[:, 1]
         if np.corrcoef(raw, cal)[0, 1] < 0:  # Platt on a handful of positives can flip the ranking
             calibrated, method = None, "none (calibration map decreasing)"

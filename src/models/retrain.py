@@ -142,6 +142,14 @@ def retrain(
         try:
             if not source.exists():
                 raise FileNotFoundError(source)
+            import os
+            import tempfile
+
+            from traitlets.config import Config
+
+            # IPC, not TCP, to the kernel: over TCP ipykernel warns on stderr on every run that
+            # the channel is unencrypted. Sockets under the temp dir, removed at kernel shutdown.
+            ipc = Path(tempfile.gettempdir()) / f"nextoffer-kernel-{os.getpid()}"
             papermill.execute_notebook(
                 str(source),
                 str(executed),
@@ -149,6 +157,7 @@ def retrain(
                 cwd=str(source_dir),
                 kernel_name=kernel_name,
                 progress_bar=False,
+                config=Config({"KernelManager": {"transport": "ipc", "ip": str(ipc)}}),
             )
         except (
             Exception
