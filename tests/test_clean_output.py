@@ -107,6 +107,7 @@ def test_demo_prints_neither_warning(tmp_path: Path):
     assert "registered nextoffer-bandit" in out.stdout
     assert SKLEARN_FOLDS not in text
     assert "causes it to be serialized using CloudPickle" not in text
+    assert "Warning" not in text, "the demo's output carries a warning"  # any kind, not just those
 
 
 def test_retrain_kernels_print_no_tcp_warning(

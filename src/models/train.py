@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -173,8 +174,12 @@ def _log_training_input(train_rows: pd.DataFrame | None) -> None:
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(train_rows, index=True).to_numpy().tobytes()
     ).hexdigest()
-    dataset = from_pandas(train_rows.reset_index(drop=True), name="propensity_train")
-    mlflow.log_input(dataset, context="training")
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values in a serving schema; this
+        # schema only describes the logged training rows (lineage), never a model's input
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        dataset = from_pandas(train_rows.reset_index(drop=True), name="propensity_train")
+        mlflow.log_input(dataset, context="training")  # the schema is inferred here
     mlflow.log_params({"train_rows": len(train_rows), "train_rows_sha256": digest[:16]})
 
 
