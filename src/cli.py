@@ -6,12 +6,15 @@ Subcommands are thin: they parse options into the settings object and call funct
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from src.data.catalog import TableNotValidated
 from src.settings import BanditSettings, ModelSettings, Settings
 
 app = typer.Typer(
@@ -27,6 +30,17 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory (default: data/).")
 ]
+
+
+@contextmanager
+def _exit_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Expected failures (bad input, a step not run yet) as their message and exit 1, without a
+    traceback: the message already names what to fix."""
+    try:
+        yield
+    except errors as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
 
 
 def _settings(
@@ -175,7 +189,8 @@ def build_view(
     from src.pipeline import run_customer_view
 
     settings = _settings(data_dir=data_dir)
-    result = run_customer_view(settings, as_of=as_of)
+    with _exit_on(TableNotValidated):
+        result = run_customer_view(settings, as_of=as_of)
     for name, path in result.items():
         typer.echo(f"{name:<16} {path}")
 
@@ -200,11 +215,8 @@ def detect(
     from src.pipeline import run_detection
 
     settings = _settings(data_dir=data_dir)
-    try:
+    with _exit_on(RuleError, TableNotValidated):
         paths = run_detection(settings, as_of=as_of, rules_path=rules)
-    except RuleError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(code=1) from error
     for name, path in paths.items():
         typer.echo(f"{name:<16} {path}")
 
@@ -235,7 +247,11 @@ def retrain(
     settings = _settings(data_dir=data_dir, models={"max_staleness_days": max_staleness_days})
     try:
         result = run_retrain(settings, as_of)
-    except (RetrainError, StaleDataError) as error:  # one-line reason, then the notebook
+    except (
+        RetrainError,
+        StaleDataError,
+        TableNotValidated,
+    ) as error:  # one-line reason, then the notebook
         typer.echo(str(error), err=True)
         raise typer.Exit(code=1) from error
     for step in result.steps:
@@ -260,7 +276,8 @@ def train_bandit(
     from src.pipeline import run_bandit_training
 
     settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
-    result = run_bandit_training(settings)
+    with _exit_on(TableNotValidated):
+        result = run_bandit_training(settings)
     typer.echo(
         f"trained on {result.train_decisions:,} logged decisions; held out "
         f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
