@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks.common import Report, bank_params, trusted_catalog
 from src.data.schemas import PRODUCTS
+from src.models.evaluate import GAP_SCORERS
 
 MODEL_DAYS = 180
 CEILING_PATHS = 32
@@ -199,18 +200,7 @@ def run(
         "train_rows": int(table["as_of"].isin(plan.train).sum()),
         "ceiling_s": round(comparison.timings.get("ceiling_s", float("nan")), 1),
         "best_iterations": {p: m.best_iteration for p, m in result.model.products.items()},
-        "auc": _auc_table(
-            gaps,
-            [
-                "model",
-                "logreg",
-                "oracle",
-                "oracle_organic",
-                "bayes_as_of",
-                "need_frozen",
-                "static_only",
-            ],
-        ),
+        "auc": _auc_table(gaps, list(GAP_SCORERS)),
         "auc_view_v1": v1,
         "auc_gain_over_view_v1": {
             p: round(float(gaps.loc[p, "model"] - v1[p]), 4) for p in PRODUCTS

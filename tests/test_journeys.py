@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.data.schemas import StitchedEvents
+from src.features.detection.events import EVENT_FIELDS
 from src.features.journeys import (
     SESSION_START,
     attribution_summary,
@@ -33,23 +34,7 @@ from src.features.journeys import (
 )
 
 T0 = pd.Timestamp("2026-01-05 09:00")
-COLUMNS = [
-    "event_id",
-    "ts",
-    "customer_id",
-    "source",
-    "channel",
-    "session_id",
-    "page",
-    "action",
-    "dwell_seconds",
-    "referrer",
-    "code",
-    "amount",
-    "currency",
-    "product",
-    "amount_krw",
-]
+COLUMNS = list(EVENT_FIELDS)  # the stitched stream the journeys read
 
 
 class Stream:

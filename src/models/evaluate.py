@@ -52,6 +52,18 @@ def metrics_table(
     return out
 
 
+GAP_SCORERS: tuple[str, ...] = (
+    "model",
+    "logreg",
+    "oracle",
+    "oracle_organic",
+    "bayes_as_of",
+    "need_frozen",
+    "static_only",
+)
+"""The model, its baseline and the references (present on a simulated bank), in report order."""
+
+
 def gap_summary(metrics: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     """Per product: model, baseline and reference values of ``metric`` and the gaps.
 
@@ -62,16 +74,7 @@ def gap_summary(metrics: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     by ``need_frozen`` (learnable / irreducible) is kept for comparison with earlier runs.
     """
     wide = metrics[metric].unstack("scorer")
-    refs = (
-        "model",
-        "logreg",
-        "oracle",
-        "oracle_organic",
-        "bayes_as_of",
-        "need_frozen",
-        "static_only",
-    )
-    out = pd.DataFrame({c: wide[c] for c in refs if c in wide})
+    out = pd.DataFrame({c: wide[c] for c in GAP_SCORERS if c in wide})
     if "oracle" in out:
         out["gap_to_oracle"] = out["oracle"] - out["model"]
         out["baseline_gap"] = out["oracle"] - out["logreg"]
