@@ -46,7 +46,7 @@ lab: kernel  ## JupyterLab on the notebooks (LAB_IP, LAB_PORT, LAB_ARGS)
 	$(VENV)/bin/jupyter lab notebooks/ --ip=$(LAB_IP) --port=$(LAB_PORT) $(LAB_ROOT) $(LAB_ARGS)
 
 lock: $(STAMP)  ## re-pin requirements.lock from pyproject.toml
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra dev --extra spark --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
 
 notebooks-sync: $(STAMP)  ## regenerate .ipynb from the paired py:percent files

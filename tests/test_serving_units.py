@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from src.serving.caps import ContactCaps
+from src.contact.caps import ContactCaps
+from src.contact.eligibility import customer_block, exclusions, offer_block
 from src.serving.config import Cap, Offer, PolicyConfig, load_policy
-from src.serving.eligibility import customer_block, exclusions, offer_block
 from src.serving.engine import draw, epsilon_greedy
 from src.serving.log import DecisionRecord, RewardRecord, SqliteDecisionLog, read_log
 

@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from src.serving.caps import ContactCaps
+from src.contact.caps import ContactCaps
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
 from src.serving.customers import CustomerStore, OnlineFlags
 from src.serving.engine import DecisionEngine, bandit_context, naive_ns

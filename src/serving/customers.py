@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ELIGIBILITY_COLUMNS: tuple[str, ...] = ("is_closed", "is_accident_reported")
-
 
 class CustomerStore:
     """The customer view in memory: ``position(customer_id)`` and ``row(position, columns)``."""

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from src.serving.caps import ContactCaps, Usage
+from src.contact.caps import ContactCaps, Usage
+from src.contact.eligibility import exclusions, needed_columns
 from src.serving.config import Offer, PolicyConfig
 from src.serving.customers import CustomerStore, OnlineFlags
-from src.serving.eligibility import exclusions, needed_columns
 from src.serving.log import DecisionRecord
 from src.serving.models import ModelManager, ModelSet, normalized_pmf
 from src.serving.schemas import DecisionRequest

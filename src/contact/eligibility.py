@@ -13,8 +13,10 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from src.serving.config import Offer, PolicyConfig
-from src.serving.customers import ELIGIBILITY_COLUMNS
+from src.contact.policy import Offer, PolicyConfig
+
+# customer-level blocks read from the view (besides consent per channel)
+ELIGIBILITY_COLUMNS: tuple[str, ...] = ("is_closed", "is_accident_reported")
 
 _OPS = {
     "eq": operator.eq,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from src.serving.config import PolicyConfig
+from src.contact.policy import PolicyConfig
 
 WEEK_DAYS = 7
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""Outbound campaigns: who, when, what, how, where and why (see the README)."""
