@@ -8,9 +8,19 @@ the transaction's own currency.
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
-import pandera.pandas as pa
-from pandera.typing import Series
+
+# pandera imports pyspark.pandas when pyspark is installed (the `spark` extra), and pyspark 4.x
+# warns on import that it does not fully support pandas 3; nothing here uses pandas-on-Spark
+# (the Spark engine uses Spark SQL and Arrow), so that one notice is silenced at its source.
+with warnings.catch_warnings():
+    warnings.filterwarnings(
+        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+    )
+    import pandera.pandas as pa
+    from pandera.typing import Series
 
 # Controlled vocabularies. A value outside these lists is bad input, not a new category.
 PRODUCTS: tuple[str, ...] = ("loan", "savings", "fund", "card", "fx", "pension")
