@@ -7,6 +7,7 @@ MLflow registry is shared by the module; apps are created per test (``create_app
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -491,7 +492,10 @@ def _check_operation(op, failures: list[tuple]) -> None:
     from hypothesis import HealthCheck, given, settings
 
     @settings(
-        max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        max_examples=100 if os.environ.get("CI") else 25,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
     )
     @given(case=op.as_strategy())
     def check(case) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -63,6 +64,7 @@ from src.serving.log import (
 from src.serving.metrics import FailureLog, ServiceMetrics, service_metrics
 from src.serving.models import BanditModel, MlflowModelSource, ModelManager, ModelSource
 from src.serving.schemas import (
+    CUSTOMER_ID_PATTERN,
     DecisionRequest,
     DecisionResponse,
     EventRequest,
@@ -74,6 +76,7 @@ from src.serving.schemas import (
 from src.settings import Settings
 
 log = logging.getLogger("nextoffer.serving")
+_CANONICAL_ID = re.compile(CUSTOMER_ID_PATTERN.rstrip("$").replace("+", "{1,64}") + "$")
 ROUTES = ("/v1/decisions", "/v1/rewards", "/v1/events", "/healthz", "/readyz", "/metrics")
 _DEFAULT_SOURCE: Any = object()
 GC_THRESHOLDS = (
@@ -113,6 +116,14 @@ def build_state(
     if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
         raise ValueError("serving settings without a customer view: call .resolved(settings)")
     store = CustomerStore.from_parquet(serving.view_path)
+    unreachable = sum(1 for c in store.index if not _CANONICAL_ID.fullmatch(c))
+    if unreachable:
+        log.warning(
+            "%d customer ids of the view are not in the API's canonical form (%s, at most 64): "
+            "no request can name them",
+            unreachable,
+            CUSTOMER_ID_PATTERN,
+        )
     policy = resolve_policy(serving, settings)
     flags = OnlineFlags()
     caps = ContactCaps(policy)
@@ -329,6 +340,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.max_body = serving.max_body_bytes
+    app.metrics = metrics
     keys = ApiKeys(serving)
     if serving.protect_ops:
         app.ops_keys = keys
@@ -770,6 +782,7 @@ class OfferSlotApp(FastAPI):
     fast_path: DecisionFastPath | None = None
     ops_keys: ApiKeys | None = None
     max_body: int | None = None
+    metrics: ServiceMetrics | None = None
 
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Callable, send: Callable
@@ -782,10 +795,12 @@ class OfferSlotApp(FastAPI):
                 and keys.caller(scope["headers"]) != "internal"
             ):
                 await _send_json(send, 401, {"detail": "the internal API key is required"})
+                self._count(scope["path"], 401)
                 return
             if self.max_body is not None:
                 limited = await _limit_body(scope, receive, send, self.max_body)
                 if limited is None:
+                    self._count(scope["path"], 413)
                     return
                 receive = limited
         fast = self.fast_path
@@ -800,6 +815,12 @@ class OfferSlotApp(FastAPI):
                 return
             receive = handed_on
         await super().__call__(scope, receive, send)
+
+    def _count(self, path: str, status: int) -> None:
+        """Requests answered here, before the metrics middleware, are counted all the same."""
+        if self.metrics is not None:
+            route = path if path in ROUTES else "other"
+            self.metrics.requests.labels(route, str(status)).inc()
 
 
 def _ops_router(metrics: ServiceMetrics) -> APIRouter:
