@@ -94,9 +94,12 @@ def _json_number(value: Any) -> Any:
     return value
 
 
+# a round decimal bound (about 2**62): a JSON writer's shortest form of a float at or below it
+# never parses above it (2**62 itself prints as 4611686018427388000, past 2**62)
+ID_MAX = 4 * 10**18
 # (Field before the validator: the bounds stay in the published schema)
 # an id as JSON Schema means an integer: 7 or 7.0, not 7.5, "7" or true
-Id62 = Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_json_number)]
+EventId = Annotated[int, Field(ge=0, le=ID_MAX), BeforeValidator(_json_number)]
 
 
 class RequestContext(BaseModel):
@@ -196,7 +199,7 @@ class EventRequest(BaseModel):
 
     model_config = _STRICT
 
-    event_id: Id62
+    event_id: EventId
     ts: Time = Field(
         description="Event time; naive: the service's local time. At most the configured skew "
         "past the server's clock (422 otherwise)."
@@ -204,7 +207,7 @@ class EventRequest(BaseModel):
     customer_id: str | None = Field(None, min_length=1, max_length=64, pattern=CUSTOMER_ID_PATTERN)
     source: Literal["click", "txn"]
     channel: str = Field(max_length=32)
-    session_id: Id62 | None = None
+    session_id: EventId | None = None
     page: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=32)
     dwell_seconds: Number | None = Field(None, ge=0, le=1e7)
