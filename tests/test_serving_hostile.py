@@ -182,6 +182,52 @@ def test_non_finite_numbers_property(tmp_path_factory: pytest.TempPathFactory, c
 _HOSTILE_APPS: dict[str, TestClient] = {}
 
 
+def _json_like() -> st.SearchStrategy[bytes]:
+    """Bytes near JSON: valid documents with raw tokens spliced in, truncated or mis-encoded."""
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+    )
+    docs = st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+    spliced = st.tuples(docs, st.sampled_from(NON_FINITE + ["-", "1e", '"\\ud800"', "\x00"])).map(
+        lambda t: json.dumps(t[0]).replace("null", t[1], 1).encode()
+    )
+    return st.one_of(
+        st.binary(max_size=200),
+        docs.map(lambda d: json.dumps(d).encode()),
+        spliced,
+        docs.map(lambda d: json.dumps(d).encode("utf-16")),
+        docs.map(lambda d: json.dumps(d).encode()[:-1]),
+    )
+
+
+@given(raw=_json_like(), path=st.sampled_from(["/v1/decisions", "/v1/rewards", "/v1/events"]))
+@settings(
+    max_examples=300 if os.environ.get("CI") else 60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_arbitrary_bytes_never_get_a_5xx(tmp_path_factory: pytest.TempPathFactory, raw, path):
+    """Whatever the body: a documented 4xx (or a 200 for what happens to be valid), JSON."""
+    app = _HOSTILE_APPS.get("raw")
+    if app is None:
+        app = _HOSTILE_APPS["raw"] = TestClient(_app(tmp_path_factory.mktemp("raw")))
+        app.__enter__()
+    r = _post(app, path, raw)
+    assert r.status_code in (200, 404, 409, 413, 422), (raw, r.status_code, r.text[:200])
+    r.json()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _close_property_app():
     yield
@@ -217,6 +263,27 @@ def test_strict_types_where_the_api_means_numbers_and_times(
     with TestClient(_app(tmp_path, fast_path=fast_path)) as client:
         r = _post(client, path, _with_token(body, field, json.dumps(value)))
     assert r.status_code == 422 and ("body", *field) in _locs(r), r.text
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_lone_surrogates_are_a_422_naming_the_field(tmp_path: Path, fast_path: bool):
+    """JSON may escape a lone surrogate; no UTF-8 text (nor the log) can hold one. Today: a 500
+    (the 422 naming it could not be encoded), or a valid-looking decision that cannot be logged."""
+    cases = [
+        ("/v1/decisions", DECISION, ("customer_id",)),
+        ("/v1/decisions", DECISION, ("context", "device")),
+        ("/v1/decisions", DECISION, ("context", "page")),
+        ("/v1/rewards", REWARD, ("decision_id",)),
+        ("/v1/events", EVENT, ("channel",)),
+        ("/v1/events", EVENT, ("code",)),
+    ]
+    with TestClient(_app(tmp_path, fast_path=fast_path)) as client:
+        for path, body, field in cases:
+            for token in ('"\\ud800"', '"ok\\udfff"'):
+                r = _post(client, path, _with_token(body, field, token))
+                assert r.status_code == 422 and ("body", *field) in _locs(r), (field, r.text)
+        extra = _post(client, "/v1/decisions", json.dumps(DECISION)[:-1] + ', "\\ud800": 1}')
+        assert extra.status_code == 422, extra.text
 
 
 @pytest.mark.parametrize(

@@ -372,6 +372,7 @@ def _echo(value: Any) -> Any:
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else _NO_ECHO
     if isinstance(value, str):
+        value = value.encode("utf-8", "replace").decode()  # lone surrogates -> "?"
         return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "..."
     return _NO_ECHO
 
@@ -388,7 +389,7 @@ def safe_errors(errors: Any) -> list[dict[str, Any]]:
         item: dict[str, Any] = {
             "type": str(error.get("type", "value_error"))[:MAX_ECHO],
             "loc": loc,
-            "msg": str(error.get("msg", ""))[:200],
+            "msg": str(error.get("msg", ""))[:200].encode("utf-8", "replace").decode(),
         }
         echo = _echo(error.get("input"))
         if echo is not _NO_ECHO:

@@ -71,6 +71,17 @@ def canonical_customer_id(value: Any) -> str:
     return str(value)
 
 
+def _utf8(value: str) -> str:
+    """JSON may escape a lone surrogate (``"\\ud800"``); no UTF-8 text holds one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]  # free text of a request, storable as UTF-8
+
 Time = Annotated[
     datetime,
     BeforeValidator(_iso_time),
@@ -108,8 +119,8 @@ class RequestContext(BaseModel):
     model_config = _STRICT
 
     channel: Channel  # type: ignore[valid-type]  # a Literal built from the vocabularies
-    device: str | None = Field(None, max_length=64)
-    page: str | None = Field(None, max_length=64)
+    device: Text | None = Field(None, max_length=64)
+    page: Text | None = Field(None, max_length=64)
     time: Time | None = None
 
 
@@ -178,7 +189,7 @@ RewardKind = Literal["click", "conversion"]
 class RewardRequest(BaseModel):
     model_config = _STRICT
 
-    decision_id: str = Field(min_length=1, max_length=64)
+    decision_id: str = Field(min_length=1, max_length=64, pattern=CUSTOMER_ID_PATTERN)
     kind: RewardKind
     value_krw: Number | None = Field(
         None, ge=0, le=1e12, description="Margin of a conversion, if known."
@@ -206,16 +217,16 @@ class EventRequest(BaseModel):
     )
     customer_id: str | None = Field(None, min_length=1, max_length=64, pattern=CUSTOMER_ID_PATTERN)
     source: Literal["click", "txn"]
-    channel: str = Field(max_length=32)
+    channel: Text = Field(max_length=32)
     session_id: EventId | None = None
-    page: str | None = Field(None, max_length=64)
-    action: str | None = Field(None, max_length=32)
+    page: Text | None = Field(None, max_length=64)
+    action: Text | None = Field(None, max_length=32)
     dwell_seconds: Number | None = Field(None, ge=0, le=1e7)
-    referrer: str | None = Field(None, max_length=32)
-    code: str | None = Field(None, max_length=32)
+    referrer: Text | None = Field(None, max_length=32)
+    code: Text | None = Field(None, max_length=32)
     amount: Number | None = Field(None, ge=0, le=1e15)
-    currency: str | None = Field(None, max_length=8)
-    product: str | None = Field(None, max_length=32)
+    currency: Text | None = Field(None, max_length=8)
+    product: Text | None = Field(None, max_length=32)
     amount_krw: Number | None = Field(None, ge=0, le=1e18)
 
 
