@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler
@@ -428,7 +428,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 # --- API keys -----------------------------------------------------------------------------------
 
-Caller = str  # "internal" | "client" | "anonymous"
+Caller = Literal["internal", "client", "anonymous"]
 
 
 class ApiKeys:
