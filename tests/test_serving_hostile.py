@@ -757,3 +757,49 @@ def _fuzz(op, mode, failures: list[tuple]) -> None:
         check()
     except Unsatisfiable:  # negative data for an operation without inputs (GET /healthz)
         assert mode.value == "negative", op.label
+
+
+# --- a real server ----------------------------------------------------------------------------
+
+
+def test_a_real_server_answers_hostile_bodies_on_one_kept_alive_connection(tmp_path: Path):
+    """Over uvicorn, not the test client: NaN, 1e999, bad UTF-8 and an oversized body are
+    answered (no 500, no reset) and the same keep-alive connection serves the next request; the
+    server's own log file is 0600 too."""
+    import http.client
+
+    from src.serving.service import ServerProcess, serving_env
+
+    settings, view_path, policy_path = _bank(tmp_path)
+    serving = ServingSettings(
+        view_path=view_path,
+        policy_path=policy_path,
+        log_path=tmp_path / "log" / "decisions.sqlite",
+        propensity_model=None,
+        bandit_model=None,
+    )
+    log_file = tmp_path / "server.log"
+    with ServerProcess(serving_env(settings, serving)).start(log_file=log_file) as server:
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        bodies = [
+            (b'{"customer_id": NaN, "slot": "home_banner", "context": {"channel": "app"}}', 422),
+            (_with_token(REWARD, ("value_krw",), "1e999").encode(), 422),
+            (
+                b'{"customer_id": "C\xff", "slot": "home_banner", "context": {"channel": "app"}}',
+                422,
+            ),
+            (b"{" + b" " * 100_000 + b"}", 413),
+            (json.dumps(DECISION).encode(), 200),
+        ]
+        for body, status in bodies:
+            path = "/v1/rewards" if b"kind" in body else "/v1/decisions"
+            con.request("POST", path, body, {"Content-Type": "application/json"})
+            response = con.getresponse()
+            answer = response.read()
+            assert response.status == status, (body[:60], response.status, answer[:200])
+            json.loads(answer)
+            if status == 413:  # the unread body cannot be skipped: the server closes, by design
+                con.close()
+                con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        con.close()
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600

@@ -98,7 +98,11 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 120.0, log_file: Path | None = None) -> Self:
         self.log_file = log_file
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = (  # 0600 like the decision log: a server log may name customers
+            os.fdopen(os.open(log_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600), "ab")
+            if log_file
+            else subprocess.DEVNULL
+        )
         self.proc = subprocess.Popen(
             [
                 sys.executable,
