@@ -95,6 +95,46 @@ class ServingSettings(Section):
     seed: int | None = Field(
         None, description="Seeds the exploration draws (tests); default: OS entropy."
     )
+    # -- hostile input and privacy (issue 15) --
+    max_body_bytes: int = Field(
+        16_384,
+        ge=256,
+        description="Largest request body accepted (413 above); a decision request is ~150 bytes.",
+    )
+    internal_api_key: SecretStr | None = Field(
+        None,
+        description="Key of internal callers (same header): only they see why offers were "
+        "excluded and whether a customer id is known; also accepted wherever api_key is.",
+    )
+    protect_ops: bool = Field(
+        False,
+        description="/metrics, /docs, /redoc and /openapi.json need the internal API key.",
+    )
+    event_max_skew_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="An event stamped more than this past the server's clock is a 422 (it would "
+        "move the detector's clock forward for its partition).",
+    )
+    event_partitions: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Online detector clocks: customers are hashed into this many partitions, "
+        "each with its own event-time clock.",
+    )
+    error_log_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A failure with the same cause is logged (with its traceback) at most once "
+        "per interval; the repeats are counted in the next line and in metrics.",
+    )
+
+    @model_validator(mode="after")
+    def _ops_need_a_key(self) -> Self:
+        if self.protect_ops and self.internal_api_key is None:
+            raise ValueError("protect_ops needs internal_api_key (the key that opens them)")
+        return self
 
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""

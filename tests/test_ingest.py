@@ -456,10 +456,14 @@ def test_example_bank_end_to_end(tmp_path: Path):
     assert run.promotion is not None and run.promotion.promoted
 
     serving = ServingSettings(
-        view_path=view_path, log_path=tmp_path / "log.sqlite", seed=1, bandit_model=None
+        view_path=view_path,
+        log_path=tmp_path / "log.sqlite",
+        seed=1,
+        bandit_model=None,
+        internal_api_key="internal",  # an internal caller: cold_start is disclosed
     )
     open_ = view.loc[~view["is_closed"] & ~view["is_accident_reported"], "customer_id"]
-    with TestClient(create_app(settings, serving)) as client:
+    with TestClient(create_app(settings, serving), headers={"X-API-Key": "internal"}) as client:
         for customer_id in [*open_.head(3), "NEW-CUSTOMER"]:
             r = client.post(
                 "/v1/decisions",

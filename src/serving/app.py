@@ -8,6 +8,15 @@ without models — it then decides with the configured fallback order and says s
 Failure contract: a valid request never gets a 5xx. A decision that fails inside the engine, or
 cannot be logged, is answered with "show nothing" and the reason, never with an error; the only
 5xx left is a reward that cannot be made durable (503: the client must retry, or it is lost).
+Failures are logged once per cause and interval (:class:`~src.serving.metrics.FailureLog`).
+
+Hostile input: every malformed body is a 422 naming the field, never a 500 — non-finite numbers
+(``NaN``, ``Infinity``, ``1e999``) anywhere, bodies that are not UTF-8 JSON, times that would
+overflow; a 422 echoes at most a short prefix of what it refuses (:func:`safe_errors`); bodies
+over ``max_body_bytes`` get a 413 before they are read. The API key is read the same way on
+every path (:class:`ApiKeys`: a key header sent twice counts as no key). Callers without the
+internal key get decisions without reasons (``DecisionResponse.explained``); ``protect_ops``
+puts ``/metrics`` and the API docs behind the internal key.
 
 Hot path: a valid ``POST /v1/decisions`` is answered by :class:`DecisionFastPath` in front of
 FastAPI (same handler, same body; anything else goes through the route), the engine reuses what
@@ -21,30 +30,41 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic_core import to_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.contact.caps import ContactCaps
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
 from src.serving.customers import CustomerStore, OnlineFlags
 from src.serving.engine import DecisionEngine, bandit_context, naive_ns
-from src.serving.events import EventProcessor
-from src.serving.log import DecisionLog, DecisionRecord, RewardRecord, SqliteDecisionLog
-from src.serving.metrics import ServiceMetrics, service_metrics
+from src.serving.events import EventProcessor, EventTimeError
+from src.serving.log import (
+    DecisionLog,
+    DecisionRecord,
+    LogHealth,
+    RewardRecord,
+    SqliteDecisionLog,
+)
+from src.serving.metrics import FailureLog, ServiceMetrics, service_metrics
 from src.serving.models import BanditModel, MlflowModelSource, ModelManager, ModelSource
 from src.serving.schemas import (
+    CUSTOMER_ID_PATTERN,
     DecisionRequest,
     DecisionResponse,
     EventRequest,
@@ -56,6 +76,7 @@ from src.serving.schemas import (
 from src.settings import Settings
 
 log = logging.getLogger("nextoffer.serving")
+_CANONICAL_ID = re.compile(CUSTOMER_ID_PATTERN.rstrip("$").replace("+", "{1,64}") + "$")
 ROUTES = ("/v1/decisions", "/v1/rewards", "/v1/events", "/healthz", "/readyz", "/metrics")
 _DEFAULT_SOURCE: Any = object()
 GC_THRESHOLDS = (
@@ -81,6 +102,7 @@ class ServiceState:
     metrics: ServiceMetrics
     started_at: float
     counters: dict[tuple[str, ...], Any] = field(default_factory=dict)  # metric children by labels
+    failures: FailureLog = field(default_factory=lambda: FailureLog(log, 60.0))
 
 
 def build_state(
@@ -94,6 +116,14 @@ def build_state(
     if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
         raise ValueError("serving settings without a customer view: call .resolved(settings)")
     store = CustomerStore.from_parquet(serving.view_path)
+    unreachable = sum(1 for c in store.index if not _CANONICAL_ID.fullmatch(c))
+    if unreachable:
+        log.warning(
+            "%d customer ids of the view are not in the API's canonical form (%s, at most 64): "
+            "no request can name them",
+            unreachable,
+            CUSTOMER_ID_PATTERN,
+        )
     policy = resolve_policy(serving, settings)
     flags = OnlineFlags()
     caps = ContactCaps(policy)
@@ -137,7 +167,15 @@ def build_state(
         store.as_of,
         n,
     )
-    events = EventProcessor(serving.rules_dir, flags, policy.mark_ttl_hours)
+    events = EventProcessor(
+        serving.rules_dir,
+        flags,
+        policy.mark_ttl_hours,
+        timezone=serving.timezone,
+        max_skew_seconds=serving.event_max_skew_seconds,
+        partitions=serving.event_partitions,
+        clock=clock,
+    )
     return ServiceState(
         serving,
         policy,
@@ -150,6 +188,7 @@ def build_state(
         decision_log,
         metrics,
         time.time(),
+        failures=FailureLog(log, serving.error_log_interval_seconds, metrics.failures),
     )
 
 
@@ -300,13 +339,136 @@ def create_app(
         description="Next best offer decisions, rewards and behaviour events.",
         lifespan=lifespan,
     )
+    app.max_body = serving.max_body_bytes
+    app.metrics = metrics
+    keys = ApiKeys(serving)
+    if serving.protect_ops:
+        app.ops_keys = keys
     use_fast_path = serving.fast_path if fast_path is None else fast_path
     if use_fast_path:
-        app.fast_path = DecisionFastPath(serving, metrics)
+        app.fast_path = DecisionFastPath(serving, metrics, keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.include_router(_v1_router(serving))
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(_v1_router(serving, keys))
     app.include_router(_ops_router(metrics))
     return app
+
+
+# --- errors: never a 500 for bad input, never a large echo ------------------------------------
+
+MAX_ERRORS = 10  # errors listed in one 422
+MAX_ECHO = 64  # characters of a refused value (or a field name) a 422 repeats
+_NO_ECHO: Any = object()
+
+
+def _echo(value: Any) -> Any:
+    """What a 422 may repeat of a refused value: short scalars; a long string cut to
+    :data:`MAX_ECHO` characters; nothing of a non-finite number, a list or an object."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else _NO_ECHO
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else _NO_ECHO
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace").decode()  # lone surrogates -> "?"
+        return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "..."
+    return _NO_ECHO
+
+
+def safe_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors as published (type, loc, msg, a short input), bounded in count and size
+    whatever the body was: JSON-serializable even for NaN inputs."""
+    out = []
+    for error in list(errors)[:MAX_ERRORS]:
+        loc = [
+            part if isinstance(part, int) else _echo(str(part))
+            for part in list(error.get("loc", ()))[:8]
+        ]
+        item: dict[str, Any] = {
+            "type": str(error.get("type", "value_error"))[:MAX_ECHO],
+            "loc": loc,
+            "msg": str(error.get("msg", ""))[:200].encode("utf-8", "replace").decode(),
+        }
+        echo = _echo(error.get("input"))
+        if echo is not _NO_ECHO:
+            item["input"] = echo
+        out.append(item)
+    return out
+
+
+# 422s of requests the schema accepts, refused for what only the server knows (its clock, the log)
+SEMANTIC_422 = frozenset({"event_time_too_late", "no_offer"})
+
+
+def unprocessable(loc: tuple[str | int, ...], msg: str, kind: str) -> RequestValidationError:
+    """A 422 naming ``loc`` raised from inside a handler (same shape as the body's)."""
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    errors = error.errors() if isinstance(error, RequestValidationError) else []
+    return Response(
+        to_json({"detail": safe_errors(errors)}), status_code=422, media_type="application/json"
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """FastAPI's 400 "error parsing the body" (a body that is not UTF-8, or nested too deep for
+    the JSON parser) is a 422 like every other malformed body; the rest as FastAPI answers."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400:
+        return await _validation_error(
+            request,
+            unprocessable(("body",), "the body is not valid UTF-8 JSON", "json_invalid"),
+        )
+    return await http_exception_handler(request, error)
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+Caller = Literal["internal", "client", "anonymous"]
+
+
+class ApiKeys:
+    """Who is calling, read the same way on every path (fast path, routes, ops endpoints).
+
+    The key is the value of the API key header; a request carrying that header more than once is
+    treated as carrying no key (proxies and frameworks disagree on which copy wins).
+    ``internal``: the internal key; ``client``: the client key; else ``anonymous``."""
+
+    def __init__(self, serving: ServingSettings) -> None:
+        self.header = serving.api_key_header.lower().encode("latin-1")
+        self.client = serving.api_key.get_secret_value().encode() if serving.api_key else None
+        self.internal = (
+            serving.internal_api_key.get_secret_value().encode()
+            if serving.internal_api_key
+            else None
+        )
+        self.v1_open = self.client is None  # no client key configured: /v1 needs no key
+
+    def key(self, headers: Any) -> bytes | None:
+        """The key of raw ASGI headers (names lower-case), None if absent or sent twice."""
+        found = None
+        for name, value in headers:
+            if name == self.header:
+                if found is not None:
+                    return None
+                found = value
+        return found
+
+    def caller(self, headers: Any) -> Caller:
+        key = self.key(headers)
+        if key is not None:
+            if self.internal is not None and secrets.compare_digest(key, self.internal):
+                return "internal"
+            if self.client is not None and secrets.compare_digest(key, self.client):
+                return "client"
+        return "anonymous"
+
+    def may_use_v1(self, caller: Caller) -> bool:
+        return self.v1_open or caller != "anonymous"
 
 
 async def _refresh_models(state: ServiceState) -> None:
@@ -333,26 +495,24 @@ async def _poll(state: ServiceState) -> None:
             now = state.engine.now()
             state.caps.prune(now.toordinal())
             state.flags.prune(naive_ns(now))
-        except Exception:
-            log.exception("model poll failed")
+        except Exception as error:
+            state.failures.failure("model_poll", error, "model poll failed")
 
 
 def _service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def _api_key_check(serving: ServingSettings) -> Callable[..., Awaitable[None]]:
+def _api_key_check(serving: ServingSettings, keys: ApiKeys) -> Callable[..., Awaitable[None]]:
     header = APIKeyHeader(
         name=serving.api_key_header,
         auto_error=False,
-        description="Required when the service is started with an API key.",
+        description="Required when the service is started with an API key; sent once.",
     )
-    expected = serving.api_key.get_secret_value().encode() if serving.api_key else None
 
-    async def check(key: str | None = Security(header)) -> None:  # async: no threadpool hop
-        if expected is not None and (
-            key is None or not secrets.compare_digest(key.encode(), expected)
-        ):
+    async def check(request: Request, key: str | None = Security(header)) -> None:
+        # async: no threadpool hop; the raw headers, not ``key``: a duplicate header is no key
+        if not keys.may_use_v1(keys.caller(request.scope["headers"])):
             raise HTTPException(401, detail="missing or wrong API key")
 
     return check
@@ -363,24 +523,29 @@ class ErrorDetail(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorDetail, "description": "API key missing or wrong"}
+    401: {"model": ErrorDetail, "description": "API key missing, wrong or sent twice"}
+}
+_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorDetail, "description": "Body larger than the configured limit"}
 }
 
 
-def _v1_router(serving: ServingSettings) -> APIRouter:
+def _v1_router(serving: ServingSettings, keys: ApiKeys) -> APIRouter:
     protected = serving.api_key is not None  # no key configured: no check, nothing in the spec
     router = APIRouter(
         prefix="/v1",
-        dependencies=[Depends(_api_key_check(serving))] if protected else [],
-        responses=_ERRORS if protected else {},
+        dependencies=[Depends(_api_key_check(serving, keys))] if protected else [],
+        responses={**_TOO_LARGE, **(_ERRORS if protected else {})},
     )
 
     @router.post(
         "/decisions", response_model=DecisionResponse, summary="Choose the offer for a slot"
     )
     async def decide(body: DecisionRequest, request: Request) -> Response:
+        explain = keys.caller(request.scope["headers"]) == "internal"
         return Response(
-            content=await _decision(_service(request), body), media_type="application/json"
+            content=await _decision(_service(request), body, explain),
+            media_type="application/json",
         )
 
     @router.post(
@@ -389,6 +554,10 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
         summary="Record a click or conversion",
         responses={
             404: {"model": ErrorDetail, "description": "Unknown decision id"},
+            409: {
+                "model": ErrorDetail,
+                "description": "A reward of this kind is stored with a different value",
+            },
             503: {"model": ErrorDetail, "description": "Log unavailable: retry"},
         },
     )
@@ -403,7 +572,7 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
         try:
             outcome = await state.log.append_reward(record)
         except Exception as error:
-            log.exception("reward for %s could not be logged", body.decision_id)
+            state.failures.failure("reward_log", error, "a reward could not be logged")
             state.metrics.log_failures.labels("reward").inc()
             raise HTTPException(
                 503, detail="reward log unavailable; retry", headers={"Retry-After": "1"}
@@ -411,6 +580,16 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
         state.metrics.rewards.labels(body.kind, outcome).inc()
         if outcome == "unknown_decision":
             raise HTTPException(404, detail="unknown decision_id")
+        if outcome == "conflict":
+            raise HTTPException(
+                409, detail=f"a {body.kind} with a different value_krw is stored for this decision"
+            )
+        if outcome == "no_offer":
+            raise unprocessable(
+                ("body", "decision_id"),
+                "this decision showed no offer: nothing to reward",
+                "no_offer",
+            )
         return RewardResponse(
             decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored"
         )
@@ -420,7 +599,10 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
     )
     async def event(body: EventRequest, request: Request) -> EventResponse:
         state = _service(request)
-        late, actions = state.events.process(body)
+        try:
+            late, actions = state.events.process(body)
+        except EventTimeError as error:
+            raise unprocessable(("body", "ts"), str(error), "event_time_too_late") from None
         tz = state.engine.tz
         for a in actions:
             state.metrics.detections.labels(a.rule).inc()
@@ -430,25 +612,26 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
     return router
 
 
-async def _decision(state: ServiceState, body: DecisionRequest) -> bytes:
+async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = False) -> bytes:
     """The body of ``POST /v1/decisions`` (the route and :class:`DecisionFastPath` share it):
-    decide, make the decision durable, count it; never raises for a valid request."""
+    decide, make the decision durable, count it; never raises for a valid request.
+    ``explain``: the caller may see reasons (internal key)."""
     engine = state.engine
     try:
         record = engine.decide(body)
-    except Exception:
-        log.exception("decision failed for customer %s", body.customer_id)
+    except Exception as error:
+        state.failures.failure("decide", error, "a decision failed inside the engine")
         record = engine.without_offer(body, "internal_error")
     try:
         await state.log.append_decision(record)
-    except Exception:
-        log.exception("decision %s could not be logged", record.decision_id)
+    except Exception as error:
+        state.failures.failure("decision_log", error, "a decision could not be logged")
         state.metrics.log_failures.labels("decision").inc()
         if record.offer_id:
             state.caps.release(record.customer_id, record.channel, record.day, record.offer_id)
         record = engine.without_offer(body, "log_unavailable", base=record)
     _count_decision(state, record)
-    return decision_json(record, engine)
+    return decision_json(record, engine, explain)
 
 
 FAST_PATH_MAX_BODY = 16_384  # bytes; a decision request is ~150
@@ -466,9 +649,9 @@ class DecisionFastPath:
 
     route = "/v1/decisions"
 
-    def __init__(self, serving: ServingSettings, metrics: ServiceMetrics) -> None:
-        self.key_header = serving.api_key_header.lower().encode()
-        self.expected = serving.api_key.get_secret_value().encode() if serving.api_key else None
+    def __init__(self, serving: ServingSettings, metrics: ServiceMetrics, keys: ApiKeys) -> None:
+        self.keys = keys
+        self.max_body = min(FAST_PATH_MAX_BODY, serving.max_body_bytes)
         self.latency = metrics.latency.labels(self.route)
         self.ok = metrics.requests.labels(self.route, "200")
         self.validate = DecisionRequest.model_validate_json
@@ -482,25 +665,17 @@ class DecisionFastPath:
         state = getattr(app.state, "service", None)
         if state is None:
             return receive
-        length = key = None
+        length = None
         json_body = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"content-type":
                 json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
-            elif name == self.key_header:
-                key = value
-        if (
-            not json_body
-            or length is None
-            or not length.isdigit()
-            or int(length) > FAST_PATH_MAX_BODY
-        ):
+        if not json_body or length is None or not length.isdigit() or int(length) > self.max_body:
             return receive
-        if self.expected is not None and (
-            key is None or not secrets.compare_digest(key, self.expected)
-        ):
+        caller = self.keys.caller(scope["headers"])
+        if not self.keys.may_use_v1(caller):
             return receive
         message = await receive()
         if message["type"] != "http.request":
@@ -518,7 +693,7 @@ class DecisionFastPath:
             request = self.validate(body)
         except ValueError:
             return _replay(body, receive)
-        content = await _decision(state, request)
+        content = await _decision(state, request, caller == "internal")
         await send(
             {
                 "type": "http.response.start",
@@ -536,6 +711,54 @@ class DecisionFastPath:
         return None
 
 
+async def _limit_body(
+    scope: MutableMapping[str, Any], receive: Callable, send: Callable, limit: int
+) -> Callable | None:
+    """413 for a body over ``limit`` bytes, before it is read when it declares its length (a
+    chunked body is read up to the limit, then replayed); returns the ``receive`` to go on with,
+    or None once answered."""
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+            break
+    if length is not None:
+        if length.isdigit() and int(length) <= limit:
+            return receive
+        await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+        return None
+    if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        return receive
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return _replay(b"".join(chunks), receive)
+
+
+async def _send_json(send: Callable, status: int, body: Any) -> None:
+    content = to_json(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
 def _replay(body: bytes, receive: Callable) -> Callable:
     """A ``receive`` that hands out ``body`` again, then whatever the client sends next."""
     replayed = False
@@ -550,14 +773,37 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
+OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
 class OfferSlotApp(FastAPI):
-    """The FastAPI app, with :class:`DecisionFastPath` in front of the decision route."""
+    """The FastAPI app, with :class:`DecisionFastPath` in front of the decision route and, with
+    ``protect_ops``, the internal key in front of :data:`OPS_PATHS`."""
 
     fast_path: DecisionFastPath | None = None
+    ops_keys: ApiKeys | None = None
+    max_body: int | None = None
+    metrics: ServiceMetrics | None = None
 
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Callable, send: Callable
     ) -> None:
+        if scope["type"] == "http":
+            keys = self.ops_keys
+            if (
+                keys is not None
+                and scope["path"] in OPS_PATHS
+                and keys.caller(scope["headers"]) != "internal"
+            ):
+                await _send_json(send, 401, {"detail": "the internal API key is required"})
+                self._count(scope["path"], 401)
+                return
+            if self.max_body is not None:
+                limited = await _limit_body(scope, receive, send, self.max_body)
+                if limited is None:
+                    self._count(scope["path"], 413)
+                    return
+                receive = limited
         fast = self.fast_path
         if (
             fast is not None
@@ -571,6 +817,12 @@ class OfferSlotApp(FastAPI):
             receive = handed_on
         await super().__call__(scope, receive, send)
 
+    def _count(self, path: str, status: int) -> None:
+        """Requests answered here, before the metrics middleware, are counted all the same."""
+        if self.metrics is not None:
+            route = path if path in ROUTES else "other"
+            self.metrics.requests.labels(route, str(status)).inc()
+
 
 def _ops_router(metrics: ServiceMetrics) -> APIRouter:
     router = APIRouter()
@@ -582,7 +834,7 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
     @router.get(
         "/readyz",
         response_model=Health,
-        summary="Readiness: view, policy and log loaded",
+        summary="Readiness: view, policy and log loaded, and the log takes writes",
         responses={503: {"model": Health}},
     )
     async def readyz(request: Request) -> Any:
@@ -590,6 +842,14 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
         if state is None:
             return Response(
                 Health(status="starting").model_dump_json(),
+                status_code=503,
+                media_type="application/json",
+            )
+        problem = await state.log.health() if isinstance(state.log, LogHealth) else None
+        if problem is not None:
+            state.failures.failure("readyz", None, "not ready: %s", problem)
+            return Response(
+                Health(status="not_ready", detail={"log": problem}).model_dump_json(),
                 status_code=503,
                 media_type="application/json",
             )
@@ -636,10 +896,11 @@ def _count_decision(state: ServiceState, record: DecisionRecord) -> None:
             metrics.exclusions.labels(reason.split(":", 1)[0]).inc()
 
 
-def decision_json(record: DecisionRecord, engine: DecisionEngine) -> bytes:
+def decision_json(record: DecisionRecord, engine: DecisionEngine, explain: bool = True) -> bytes:
     """The :class:`DecisionResponse` body, built directly and serialized once by pydantic-core's
     encoder (validating our own output through the response model again would double the cost;
-    the schemathesis test checks the body against the published schema)."""
+    the schemathesis test checks the body against the published schema). ``explain`` False:
+    without the ranking, the exclusions and the cold-start flag (see DecisionResponse)."""
     offers = engine.offers
     prob = dict(zip(record.candidates, record.pmf, strict=True))
     ranked = sorted(record.candidates, key=lambda o: (-prob[o], -(record.scores.get(o) or 0.0)))
@@ -666,14 +927,19 @@ def decision_json(record: DecisionRecord, engine: DecisionEngine) -> bytes:
                 "probability": prob[o],
             }
             for o in ranked
-        ],
-        "excluded": [{"offer_id": o, "reason": r} for o, r in record.excluded.items()],
+        ]
+        if explain
+        else [],
+        "excluded": [{"offer_id": o, "reason": r} for o, r in record.excluded.items()]
+        if explain
+        else [],
         "model_versions": record.model_versions,
-        "cold_start": record.cold_start,
+        "cold_start": record.cold_start if explain else None,
         "fallback": record.fallback,
         "fallback_reason": record.fallback_reason,
         "created_at": datetime.fromisoformat(record.created_at)
         .replace(tzinfo=engine.tz)
         .isoformat(),
+        "explained": explain,
     }
     return to_json(body)

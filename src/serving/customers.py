@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from src.serving.schemas import canonical_customer_id
+
 
 class CustomerStore:
     """The customer view in memory: ``position(customer_id)`` and ``row(position, columns)``."""
@@ -26,7 +28,9 @@ class CustomerStore:
             raise ValueError("the customer view has no customer_id column")
         self.frame = view.reset_index(drop=True)
         self.as_of = as_of
-        self.index: dict[str, int] = {str(c): i for i, c in enumerate(self.frame["customer_id"])}
+        self.index: dict[str, int] = {  # the API's canonical form (schemas.canonical_customer_id)
+            canonical_customer_id(c): i for i, c in enumerate(self.frame["customer_id"])
+        }
         self._lists: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
 

@@ -4,14 +4,30 @@ Detections become flags the decision path reads (:class:`~src.serving.customers.
 ``rule_<name>`` for every detection and ``mark_<product>`` for a ``mark_offer`` action (with
 ``from_page: true`` the product is the one the page belongs to). The detector is the same
 :class:`~src.features.detection.OnlineDetector` the batch parity tests check.
+
+Event time is the client's word, so it is bounded and its reach is limited:
+
+- an event stamped more than ``max_skew`` past the server's clock is refused
+  (:class:`EventTimeError`, a 422 naming ``ts``): it would fire every pending timeout and make
+  every later event "late";
+- the detector's clock is kept per partition: customers are hashed (CRC-32 of the id) into
+  ``partitions`` detectors, each with its own event-time clock, so one customer's (or one
+  producer's) clock skew only affects the customers of its partition, never everyone. Rules are
+  per customer, so partitioning by customer changes no detection. An event without a customer
+  moves no clock (it cannot match a rule);
+- an aware time is converted to the service's local time first (event times are naive local
+  time, as in the data).
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from src.data.schemas import KRW_REFERENCE_RATES, PRODUCTS
 from src.features.detection import Detection, Event, OnlineDetector, load_rules
@@ -25,6 +41,15 @@ def _ns(when: datetime) -> int:
     if when.tzinfo is not None:
         when = when.replace(tzinfo=None)  # event times are naive local time, as in the data
     return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+class EventTimeError(ValueError):
+    """An event time the detector must not take (too far past the server's clock)."""
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """The detector partition of a customer: stable across processes and restarts."""
+    return zlib.crc32(customer_id.encode()) % partitions
 
 
 def _time(ns: int) -> datetime:
@@ -53,16 +78,44 @@ def flags_of(detection: Detection, pages: dict[int, str | None]) -> list[str]:
 
 
 class EventProcessor:
-    """The online detector behind a lock (events may arrive from several handler tasks)."""
+    """Online detectors, one per customer partition, behind a lock (events may arrive from
+    several handler tasks). ``clock``: aware "now" of the server; ``max_skew_seconds``: how far
+    past it an event may be stamped."""
 
-    def __init__(self, rules_dir: Path | None, flags: OnlineFlags, ttl_hours: float) -> None:
-        self.detector = OnlineDetector(load_rules(rules_dir))
+    def __init__(
+        self,
+        rules_dir: Path | None,
+        flags: OnlineFlags,
+        ttl_hours: float,
+        *,
+        timezone: str = "Asia/Seoul",
+        max_skew_seconds: float = 300.0,
+        partitions: int = 64,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        rules = load_rules(rules_dir)
+        self.detectors = [OnlineDetector(rules) for _ in range(partitions)]
         self.flags = flags
         self.ttl_ns = int(ttl_hours * 3600 * 1e9)
+        self.tz = ZoneInfo(timezone)
+        self.max_skew = timedelta(seconds=max_skew_seconds)
+        self.clock = clock or (lambda: datetime.now(self.tz))
         self._lock = threading.Lock()
+
+    def local_time(self, ts: datetime) -> datetime:
+        """The event's naive local time; raises :class:`EventTimeError` past the allowed skew."""
+        when = ts.astimezone(self.tz).replace(tzinfo=None) if ts.tzinfo is not None else ts
+        latest = self.clock().astimezone(self.tz).replace(tzinfo=None) + self.max_skew
+        if when > latest:
+            raise EventTimeError(
+                f"event time {when.isoformat()} (local) is more than "
+                f"{self.max_skew.total_seconds():g} s past the server's clock"
+            )
+        return when
 
     def process(self, request: EventRequest) -> tuple[bool, list[TriggeredAction]]:
         """(late, actions) for one event; flags are set before returning."""
+        when = self.local_time(request.ts)
         amount_krw = request.amount_krw
         if (
             amount_krw is None
@@ -73,7 +126,7 @@ class EventProcessor:
         nan = float("nan")
         event = Event(
             event_id=request.event_id,
-            ts=_ns(request.ts),
+            ts=_ns(when),
             customer_id=request.customer_id,
             source=request.source,
             channel=request.channel,
@@ -88,10 +141,13 @@ class EventProcessor:
             product=request.product,
             amount_krw=nan if amount_krw is None else float(amount_krw),
         )
+        if request.customer_id is None:
+            return False, []  # matches no rule, and moves no partition's clock
+        detector = self.detectors[partition_of(request.customer_id, len(self.detectors))]
         with self._lock:
-            late_before = self.detector.late_events
-            detections = self.detector.process(event)
-            late = self.detector.late_events > late_before
+            late_before = detector.late_events
+            detections = detector.process(event)
+            late = detector.late_events > late_before
         pages = {request.event_id: request.page}
         out = []
         for d in detections:
@@ -109,7 +165,7 @@ class EventProcessor:
 
     def state_size(self) -> int:
         with self._lock:
-            return self.detector.state_size()
+            return sum(d.state_size() for d in self.detectors)
 
 
 def _plain(action: Any) -> dict[str, Any] | None:

@@ -13,7 +13,17 @@ atomic, durable transaction), so the writer needs the GIL back only a few times 
 (every SQLite step releases it, and each time the writer waits for the event loop to let go).
 
 :class:`DecisionLog` is the interface; a PostgreSQL backend implements the same four methods
-(``append_decision``, ``append_reward``, ``recent_contacts``, ``close``) with the same meaning.
+(``append_decision``, ``append_reward``, ``recent_contacts``, ``close``) with the same meaning,
+and :class:`LogHealth` (``/readyz``).
+
+Faults of the embedded file (the service must never acknowledge a row that is not in the file a
+restart will read): the file's identity (device, inode) is checked after every commit and
+before the writes are acknowledged — a deleted or replaced log file fails the batch and every
+later one, so decisions show nothing and rewards get a 503 instead of vanishing with the
+unlinked inode. :meth:`SqliteDecisionLog.health` (``/readyz``) says not ready, and why, when the
+file is gone or replaced, not writable by its owner, the disk is (nearly) full, the last write
+failed, or a heartbeat commit fails. New log files are created 0600 (SQLite gives its ``-wal``
+and ``-shm`` files the database file's mode).
 """
 
 from __future__ import annotations
@@ -21,19 +31,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 from pydantic_core import to_json
 
-RewardOutcome = Literal["stored", "duplicate", "unknown_decision"]
+RewardOutcome = Literal["stored", "duplicate", "conflict", "no_offer", "unknown_decision"]
+"""What :meth:`DecisionLog.append_reward` did (the HTTP answer in brackets):
+
+- ``stored``: the first reward of its (decision, kind), now durable (200, stored true);
+- ``duplicate``: the same (decision, kind) was stored before with the same ``value_krw``
+  (None equals None; values compare as stored doubles): an idempotent retry, nothing written
+  (200, stored false);
+- ``conflict``: the same (decision, kind) was stored before with a different ``value_krw``; the
+  first value stands, nothing written (409);
+- ``no_offer``: the decision showed nothing (``offer_id`` is NULL): nothing could be clicked or
+  bought, nothing written (422 naming ``decision_id``);
+- ``unknown_decision``: no such decision in the log (404).
+"""
+LOG_FILE_MODE = 0o600
+MIN_FREE_BYTES = 4 * 1024 * 1024  # less free space on the log's file system: not ready
+FAILURE_MEMORY_SECONDS = 10.0  # a failed write keeps the log not ready this long without traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +102,40 @@ class RewardRecord:
 
 
 class DecisionLog(Protocol):
-    """What the service needs from a log backend (SQLite here, PostgreSQL later)."""
+    """What the service needs from a log backend (SQLite here, PostgreSQL in ``log_postgres``).
+
+    Every backend keeps the same semantics:
+
+    - a decision is acknowledged (``append_decision`` returns) only once it is durable;
+    - rewards are keyed by (decision_id, kind): at most one click and one conversion per decision,
+      the first value stands. ``append_reward`` checks, in this order and atomically with the
+      write (one transaction): the decision exists (else ``unknown_decision``), it showed an offer
+      (else ``no_offer``), no reward of that kind is stored (else ``duplicate`` if the stored
+      ``value_krw`` equals the new one, ``conflict`` if not); only then is it stored
+      (``stored``). See :data:`RewardOutcome` for the HTTP answers;
+    - a write that cannot be made durable raises (the service then shows nothing, or answers a
+      reward with 503); it never returns as if written.
+    """
 
     async def append_decision(self, record: DecisionRecord) -> None:
         """Return once the decision is durable; raise if it could not be written."""
 
     async def append_reward(self, record: RewardRecord) -> RewardOutcome:
-        """Store a reward once per (decision, kind); say whether it was new."""
+        """Store a reward once per (decision, kind); say what happened (:data:`RewardOutcome`)."""
 
     def recent_contacts(self, since_day: int) -> Iterable[tuple[str, str, str, int]]:
         """(customer_id, channel, offer_id, day) of every decision that showed an offer since a day."""
 
     def close(self) -> None:
         """Flush what is queued and release the backend."""
+
+
+@runtime_checkable
+class LogHealth(Protocol):
+    """A log backend that can say whether it can take writes now (``/readyz``)."""
+
+    async def health(self) -> str | None:
+        """None when writes can be made durable now; else why not (one line, for operators)."""
 
 
 SCHEMA = """
@@ -124,6 +172,7 @@ CREATE TABLE IF NOT EXISTS rewards (
     received_at TEXT NOT NULL,
     PRIMARY KEY (decision_id, kind)
 );
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 _DECISION_COLUMNS = 23
@@ -174,6 +223,8 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in WAL mode with the schema in place (autocommit; transactions explicit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # created 0600: decisions name customers
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, LOG_FILE_MODE))
     con = sqlite3.connect(
         path,
         isolation_level=None,
@@ -277,6 +328,9 @@ class SqliteDecisionLog:
     ) -> None:
         self.path = Path(path)
         self._con = connect(self.path, synchronous)
+        self._identity = _identity(self.path)
+        self._broken: str | None = None  # the file was deleted or replaced: refuse every write
+        self._last_error: tuple[float, str] | None = None  # (monotonic time, error) of a failure
         self._max_batch = max_batch
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Job | _Batch | None] = queue.SimpleQueue()
@@ -317,6 +371,64 @@ class SqliteDecisionLog:
         if box["error"] is not None:
             raise box["error"]
         return box["result"]
+
+    async def health(self) -> str | None:
+        """Why the log cannot take writes now, or None (see the module docstring)."""
+        if self._closed:
+            return "decision log closed"
+        problem = self._file_problem()
+        if problem is not None:
+            return problem
+        last = self._last_error
+        if last is not None and time.monotonic() - last[0] < FAILURE_MEMORY_SECONDS:
+            return f"decision log: the last write failed: {last[1]}"
+        try:
+            await asyncio.wait_for(self._submit("heartbeat", time.time()), 5.0)
+        except TimeoutError:
+            return "decision log: the writer did not commit a heartbeat within 5 s"
+        except Exception as error:  # noqa: BLE001 - the reason is the answer
+            return f"decision log: a heartbeat commit failed: {_one_line(error)}"
+        return None
+
+    def _file_problem(self) -> str | None:
+        if self._broken is not None:
+            return self._broken
+        try:
+            st = os.stat(self.path)
+        except OSError as error:
+            return f"decision log file {self.path} is not accessible: {_one_line(error)}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return self._mark_broken()
+        if not st.st_mode & stat.S_IWUSR:
+            return f"decision log file {self.path} is read-only (mode {stat.S_IMODE(st.st_mode):o})"
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        free = fs.f_bavail * fs.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"disk of the decision log {self.path.parent} is full ({free} bytes free)"
+        return None
+
+    def _mark_broken(self) -> str:
+        """The file the connection writes to is no longer the one at ``path`` (deleted, or
+        replaced): rows written now would be lost at restart, so no write is accepted again."""
+        self._broken = (
+            f"decision log file {self.path} was deleted or replaced while open: writes are "
+            "refused (restore the file or restart with a new log)"
+        )
+        return self._broken
+
+    def _check_identity(self) -> None:
+        if self._broken is None:
+            try:
+                same = _identity(self.path) == self._identity
+            except OSError:
+                same = False
+            if not same:
+                self._mark_broken()
+        if self._broken is not None:
+            raise LogFileLost(self._broken)
 
     # -- reads -------------------------------------------------------------------------------------
     def recent_contacts(self, since_day: int) -> list[tuple[str, str, str, int]]:
@@ -368,6 +480,8 @@ class SqliteDecisionLog:
         con = self._con
         in_transaction = False
         try:
+            if self._broken is not None:
+                raise LogFileLost(self._broken)
             if len(jobs) <= ROWS_PER_STATEMENT and all(kind == "decision" for kind, _ in jobs):
                 # one INSERT in autocommit mode is its own atomic, durable transaction: one SQLite
                 # step (one GIL release) instead of BEGIN, INSERT, COMMIT
@@ -381,19 +495,28 @@ class SqliteDecisionLog:
                     if kind == "decision":
                         rows.append(_decision_row(record))
                         results.append(None)
+                    elif kind == "heartbeat":
+                        con.execute("INSERT OR REPLACE INTO heartbeat VALUES (1, ?)", (record,))
+                        results.append(None)
                     else:
                         self._insert(con, rows)  # a reward may refer to a decision of this batch
                         results.append(self._reward(con, record))
                 self._insert(con, rows)
                 con.execute("COMMIT")
+                in_transaction = False
+            self._check_identity()  # committed to the file a restart reads, or not acknowledged
         except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
             if in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("ROLLBACK")
             self.stats.failures += 1
+            if any(kind != "heartbeat" for kind, _ in jobs):
+                self._last_error = (time.monotonic(), _one_line(error))
             for item in items:
                 _notify(item, None, error)
             return
+        if any(kind != "heartbeat" for kind, _ in jobs):
+            self._last_error = None
         self.stats.commits += 1
         self.stats.writes += len(jobs)
         self.stats.last_batch = len(jobs)
@@ -415,18 +538,39 @@ class SqliteDecisionLog:
 
     @staticmethod
     def _reward(con: sqlite3.Connection, r: RewardRecord) -> RewardOutcome:
-        if (
-            con.execute(
-                "SELECT 1 FROM decisions WHERE decision_id = ?", (r.decision_id,)
-            ).fetchone()
-            is None
-        ):
+        """The checks of :class:`DecisionLog`, inside the writer's transaction."""
+        decision = con.execute(
+            "SELECT offer_id FROM decisions WHERE decision_id = ?", (r.decision_id,)
+        ).fetchone()
+        if decision is None:
             return "unknown_decision"
-        cur = con.execute(
-            "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?)",
+        if decision[0] is None:
+            return "no_offer"
+        stored = con.execute(
+            "SELECT value_krw FROM rewards WHERE decision_id = ? AND kind = ?",
+            (r.decision_id, r.kind),
+        ).fetchone()
+        if stored is not None:
+            return "duplicate" if stored[0] == r.value_krw else "conflict"
+        con.execute(
+            "INSERT INTO rewards VALUES (?, ?, ?, ?)",
             (r.decision_id, r.kind, r.value_krw, r.received_at),
         )
-        return "stored" if cur.rowcount == 1 else "duplicate"
+        return "stored"
+
+
+class LogFileLost(OSError):
+    """The log file was deleted or replaced under the open connection."""
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:300]
 
 
 def _size(item: _Job | _Batch) -> int:

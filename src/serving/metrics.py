@@ -3,7 +3,11 @@ so two apps in one test process do not share counters)."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,6 +30,7 @@ class ServiceMetrics:
     log_batch: Histogram
     log_commit: Histogram
     log_failures: Counter
+    failures: Counter
 
 
 def service_metrics() -> ServiceMetrics:
@@ -94,4 +99,57 @@ def service_metrics() -> ServiceMetrics:
             ["kind"],
             registry=r,
         ),
+        failures=Counter(
+            f"{p}failures",
+            "Failures inside the service by cause (code path and exception type)",
+            ["cause"],
+            registry=r,
+        ),
     )
+
+
+class FailureLog:
+    """Failures logged once per cause and interval, not a traceback per request.
+
+    The first failure of a cause (a code path plus the exception's type) is logged with its
+    traceback; repeats within ``interval`` seconds are only counted, and the next report says how
+    many there were. Every failure is also counted in ``counter`` (labels: the cause), so the
+    rate is visible in metrics even while the log is quiet. Causes are a small fixed set (code
+    paths x exception types), so the state is bounded."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float,
+        counter: Counter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.counter = counter
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._repeats: dict[str, int] = {}
+
+    def failure(self, where: str, error: BaseException | None, message: str, *args: Any) -> bool:
+        """Count one failure at ``where``; log it if its cause was quiet for ``interval``.
+        Returns whether it was logged."""
+        cause = f"{where}:{type(error).__name__}" if error is not None else where
+        if self.counter is not None:
+            self.counter.labels(cause).inc()
+        now = self.clock()
+        last = self._last.get(cause)
+        if last is not None and now - last < self.interval:
+            self._repeats[cause] = self._repeats.get(cause, 0) + 1
+            return False
+        repeats = self._repeats.pop(cause, 0)
+        self._last[cause] = now
+        if repeats:
+            message += f" ({repeats} more since the last report of this cause)"
+        first = last is None
+        self.logger.error(
+            message + ("" if first or error is None else f": {type(error).__name__}: {error}"),
+            *args,
+            exc_info=error if first else None,
+        )
+        return True

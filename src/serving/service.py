@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
+
+from pydantic import SecretStr
 
 from src.serving.config import ServingSettings
 from src.settings import Settings
@@ -95,7 +98,11 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 120.0, log_file: Path | None = None) -> Self:
         self.log_file = log_file
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = (  # 0600 like the decision log: a server log may name customers
+            os.fdopen(os.open(log_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600), "ab")
+            if log_file
+            else subprocess.DEVNULL
+        )
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -188,11 +195,14 @@ def run_demo(
 
     Uses the demo's customer view and whatever champions the registry holds (the fallback order
     if none). Returns the decisions it printed."""
+    internal = settings.serving.internal_api_key or SecretStr(secrets.token_hex(16))
     serving = settings.serving.model_copy(
         update={
-            "log_path": settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite"
+            "log_path": settings.resolve(settings.data_dir) / "serving" / "demo_decisions.sqlite",
+            "internal_api_key": internal,  # the demo shows reasons: it calls as an internal caller
         }
     )
+    headers = {serving.api_key_header: internal.get_secret_value()}
     view = serving.resolved(settings).view_path
     import pandas as pd
 
@@ -213,6 +223,7 @@ def run_demo(
                     "slot": "home_banner",
                     "context": {"channel": "app", "page": "home"},
                 },
+                headers,
             )
             if status != 200:
                 echo(f"      decision for {customer_id}: HTTP {status}")
@@ -230,7 +241,9 @@ def run_demo(
             )
             if d["offer"] and i % 2 == 0:
                 status, r = post_json(
-                    server.url + "/v1/rewards", {"decision_id": d["decision_id"], "kind": "click"}
+                    server.url + "/v1/rewards",
+                    {"decision_id": d["decision_id"], "kind": "click"},
+                    headers,
                 )
                 echo(
                     f"      {'':>12}     reward click -> HTTP {status} stored={r.get('stored') if status == 200 else '-'}"
