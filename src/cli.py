@@ -397,28 +397,110 @@ def evaluate_policy(
     log: Annotated[
         Path,
         typer.Argument(
-            help="Decision log (Parquet or CSV): action, prob, "
-            "reward and candidates (comma-separated) or slot."
+            help="Decision log (Parquet or CSV): action, prob, reward; optionally decision_id, "
+            "customer_id, slot, position, candidates (comma-separated) and context columns."
         ),
     ],
     policy: Annotated[
         list[str],
         typer.Option(
             "--policy",
-            help="uniform | constant:OF07,OF14 | model:<mlflow uri>; repeat to compare several.",
+            help="uniform | constant:OF07,OF14 | model:<mlflow uri> | file:<probabilities "
+            "file, long (decision_id, action, prob) or wide (decision_id + one column per "
+            "offer)>; repeat to compare several.",
         ),
     ] = ["uniform"],  # noqa: B006 - typer needs a literal default
+    candidates: Annotated[
+        Path | None,
+        typer.Option(
+            "--candidates",
+            help="CSV/Parquet of the offers eligible per slot (slot, offer_id). Without it "
+            "and without a candidates column they are derived from the logged actions "
+            "(with a warning).",
+        ),
+    ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="Context column(s) for the reward model (repeat or comma-separate); none by "
+            "default. Ids and timestamps are refused.",
+        ),
+    ] = None,
+    positions: Annotated[
+        str,
+        typer.Option(
+            "--positions",
+            help="With a position column: per-position (one estimate per position) or "
+            "independent (the slate's value, positions assumed independent).",
+        ),
+    ] = "per-position",
+    reward_model: Annotated[
+        bool,
+        typer.Option(
+            "--reward-model/--no-reward-model", help="Fit the reward model (DM, DR, SNDR, DR-OS)."
+        ),
+    ] = True,
+    n_bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap replicates (percentile intervals).")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Reward-model folds and bootstrap.")] = 0,
+    reward_range: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-range",
+            help="LO,HI: the possible rewards (default [min(0, min r), max(1, max r)]).",
+        ),
+    ] = None,
     alpha: Annotated[float, typer.Option(help="1 - confidence level of the intervals.")] = 0.05,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Also write the estimates and diagnostics to this JSON file."),
+    ] = None,
 ) -> None:
-    """Off-policy estimates (IPS, SNIPS, DM, DR) of policies' value from a logged decision file."""
-    from src.models.ope import evaluate_policy_file
+    """Off-policy estimates (IPS, SNIPS, DM, DR, SNDR, DR-OS) of policies' value on a decision
+    log, with diagnostics (max weight, effective sample size, mass on unlogged actions)."""
+    import json
+
+    from src.models.ope import LogError, PolicyError
+    from src.models.ope_log import evaluate
 
     try:
-        table = evaluate_policy_file(log, {name: name for name in policy}, alpha=alpha)
-    except (ValueError, FileNotFoundError) as error:  # the message names the file and field
+        lo_hi = None
+        if reward_range is not None:
+            parts = [p.strip() for p in reward_range.split(",")]
+            if len(parts) != 2:
+                raise LogError(f"--reward-range {reward_range!r}: want LO,HI (e.g. 0,1)")
+            try:
+                lo_hi = (float(parts[0]), float(parts[1]))
+            except ValueError as error:
+                raise LogError(f"--reward-range {reward_range!r}: want two numbers") from error
+        report = evaluate(
+            log,
+            {name: name for name in policy},
+            candidates=candidates,
+            context=context or [],
+            reward_model=reward_model,
+            positions=positions,
+            alpha=alpha,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            reward_range=lo_hi,
+        )
+    except (LogError, PolicyError, ValueError, FileNotFoundError) as error:  # names the field
         typer.echo(str(error), err=True)
         raise typer.Exit(code=1) from error
-    typer.echo(table.to_string(index=False))
+    typer.echo(report.to_text())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "info": report.info,
+            "estimates": report.estimates.to_dict("records"),
+            "diagnostics": report.diagnostics.to_dict("records"),
+            "warnings": report.warnings,
+        }
+        out.write_text(json.dumps(payload, indent=2, default=str))
+        typer.echo(f"report -> {out}")
 
 
 @app.command()
