@@ -145,7 +145,8 @@ def read_candidates_file(path: Path | str) -> dict[str, list[str]]:
     """
     table = _read_table(Path(path), "candidates file")
     name = Path(path).name
-    offer_col = "offer_id" if "offer_id" in table.columns else "action"
+    offer_col = "action" if "action" in table.columns else "offer_id"
+    offer_col = "offer_id" if "offer_id" in table.columns else offer_col
     missing = [c for c in ("slot", offer_col) if c not in table.columns]
     if missing:
         raise LogError(

@@ -117,6 +117,12 @@ def _from_long(log: DecisionLog, table: pd.DataFrame, name: str) -> np.ndarray:
             f"{name}: {len(unknown):,} row(s) name a decision that is not in the log, first "
             f"{file_keys[unknown[0]]!r} (file row {int(unknown[0])})"
         )
+    absent = np.flatnonzero(np.bincount(row, minlength=log.n) == 0)
+    if len(absent):
+        raise PolicyError(
+            f"{name}: no probabilities for {len(absent):,} decision(s) of the log, first "
+            f"{log.row_label(int(absent[0]))}"
+        )
     prob = pd.to_numeric(table["prob"], errors="coerce").to_numpy(float)
     bad = np.flatnonzero(np.isnan(prob) | (prob < 0) | (prob > 1))
     if len(bad):
