@@ -266,18 +266,87 @@ def train_bandit(
     held_out_share: Annotated[
         float | None,
         typer.Option(
-            help="Share of the logged days held out to score the bandit (doubly robust); "
-            f"default: bandit.held_out_share ({BanditSettings().held_out_share})."
+            help="Share of the log (latest by time) held out to score the bandit (doubly "
+            f"robust); default: bandit.held_out_share ({BanditSettings().held_out_share})."
         ),
     ] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            "--log",
+            help="Train from this decision log (Parquet/CSV: action, prob, reward, context "
+            "columns, candidates or slot, ts) instead of the simulated bank's exposures.",
+        ),
+    ] = None,
+    actions: Annotated[
+        Path | None,
+        typer.Option(
+            "--actions",
+            help="With --log: the action catalog (offer_id, optional slot, feature columns).",
+        ),
+    ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option("--context", help="With --log: context column(s) (repeat or comma-separate)."),
+    ] = None,
+    action_features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--action-features", help="With --log: catalog column(s) that describe an action."
+        ),
+    ] = None,
+    pair_features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pair-features",
+            help="With --log: per-(context, action) column(s): offer -> number per row (JSON "
+            "object) or a list aligned with the row's candidates.",
+        ),
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option("--candidates", help="With --log: offers eligible per slot (slot, offer_id)."),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option("--time-col", help="With --log: the time column (default ts/timestamp)."),
+    ] = None,
+    register: Annotated[
+        str,
+        typer.Option("--register", help="With --log: registered model name."),
+    ] = "nextoffer-log-bandit",
+    no_register: Annotated[
+        bool, typer.Option("--no-register", help="With --log: report only, register nothing.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="With --log: reward-model folds.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Train the content bandit from the logged exposures; register it, promote only if better."""
+    """Train the content bandit from logged decisions (the bank's exposures, or any log with
+    --log/--actions); score it off-policy on held-out time; register only if it is better."""
+    settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
+    if log is not None or actions is not None:
+        if log is None or actions is None:
+            typer.echo("train-bandit: --log and --actions go together", err=True)
+            raise typer.Exit(code=1)
+        _train_bandit_on_log(
+            settings,
+            log,
+            actions,
+            context=context or [],
+            action_features=action_features or [],
+            pair_features=pair_features or [],
+            candidates=candidates,
+            time_col=time_col,
+            register=None if no_register else register,
+            seed=seed,
+            progress=not quiet,
+        )
+        return
     from src.pipeline import run_bandit_training
 
-    settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
     with _exit_on(TableNotValidated):
-        result = run_bandit_training(settings)
+        result = run_bandit_training(settings, progress=not quiet)
     typer.echo(
         f"trained on {result.train_decisions:,} logged decisions; held out "
         f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
@@ -287,6 +356,38 @@ def train_bandit(
     typer.echo(
         f"{result.promotion.name} v{result.promotion.version} -> {outcome}: {result.promotion.reason}"
     )
+
+
+def _train_bandit_on_log(settings: Settings, log: Path, actions: Path, **options: Any) -> None:
+    """``train-bandit --log``: the generic log path (:mod:`src.models.bandit_log`)."""
+    from src.models.bandit import BanditConfig
+    from src.models.bandit_log import run_log_training
+    from src.models.ope import LogError, PolicyError
+
+    try:
+        result = run_log_training(
+            log,
+            actions,
+            config=BanditConfig.of(settings.bandit),
+            held_out_share=settings.bandit.held_out_share,
+            tracking_uri=settings.tracking_uri,
+            artifact_location=settings.artifact_root.as_uri(),
+            echo=typer.echo,
+            **options,
+        )
+    except (LogError, PolicyError, ValueError, FileNotFoundError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(result.report.to_text())
+    champion = (
+        f", champion {result.champion_value:.5f}" if result.champion_value is not None else ""
+    )
+    typer.echo(
+        f"\nheld out {result.held_out_decisions:,} decisions ({result.split}): logging policy "
+        f"{result.logged_value:.5f}, uniform (DR) {result.uniform_value:.5f}, bandit (DR) "
+        f"{result.value:.5f}{champion}"
+    )
+    typer.echo(result.registered)
 
 
 @app.command("train-table")
