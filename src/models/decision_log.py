@@ -101,7 +101,7 @@ class DecisionLog:
         """(n, K) True where the candidate was logged at least once in the row's slot (or in the
         whole log without slots): the target's mass elsewhere is invisible to IPS."""
         offer_code = {str(o): j for j, o in enumerate(self.offers)}
-        chosen = np.array([offer_code[a] for a in self.frame["action"]], dtype=np.int64)
+        chosen = self.frame["action"].map(offer_code).to_numpy(np.int64)
         slot = (
             pd.factorize(self.frame["slot"].astype(str))[0]
             if "slot" in self.frame

@@ -322,13 +322,15 @@ def fit_q(
     seed: int = 0,
     threads: int | None = 1,
     chunk: int = 500_000,
+    max_train: int = 300_000,
 ) -> np.ndarray:
     """Cross-fitted q(x, a) for every row's candidates, (n, K) float32, zero-padded.
 
     Gradient-boosted trees on the named context, the offer (a categorical feature, not a one-hot:
     80 offers x a million rows stay small), the offer's in-fold mean reward and the position;
-    predicted per candidate column in chunks. Each decision's q comes from the fold that did not
-    see it, so DR keeps its unbiasedness.
+    predicted once per distinct (context, position, candidate set) and candidate. Each decision's
+    q comes from the fold that did not see it, so DR keeps its unbiasedness; each fold's model
+    learns from at most ``max_train`` of the other rows.
     """
     import sklearn.ensemble  # noqa: F401  (load its OpenMP runtime first)
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -378,6 +380,8 @@ def fit_q(
             train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
             if len(test) == 0 or len(train) == 0:
                 continue
+            if len(train) > max_train:  # enough to learn offer x context effects
+                train = np.sort(np.random.default_rng(seed + f).choice(train, max_train, False))
             y = reward[train]
             counts = np.bincount(chosen[train], minlength=n_offers)
             sums = np.bincount(chosen[train], weights=y, minlength=n_offers)
@@ -397,11 +401,20 @@ def fit_q(
                 def predict(X_: np.ndarray, m: Any = model) -> np.ndarray:
                     return m.predict(X_)
 
+            # one prediction per distinct (context, position, candidate set) in the fold: a
+            # log's context is mostly categories, so a million rows are a few thousand contexts
+            key = np.hstack([ctx[test], pos[test], log.set_id[test, None].astype(float)])
+            _, first, inverse = np.unique(
+                np.nan_to_num(key, nan=-1e300), axis=0, return_index=True, return_inverse=True
+            )
+            reps = test[first]
+            q_unique = np.zeros((len(reps), log.width), dtype=np.float32)
             for k in range(log.width):
-                rows = test[log.n_candidates[test] > k]
-                for start in range(0, len(rows), chunk):
-                    part = rows[start : start + chunk]
-                    q[part, k] = predict(design(part, codes[part, k], rate))
+                at = np.flatnonzero(log.n_candidates[reps] > k)
+                for start in range(0, len(at), chunk):
+                    part = at[start : start + chunk]
+                    q_unique[part, k] = predict(design(reps[part], codes[reps[part], k], rate))
+            q[test] = q_unique[inverse.ravel()]
     return q
 
 
