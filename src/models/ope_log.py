@@ -350,8 +350,7 @@ def fit_q(
     )
     n_offers = len(log.offers)
     offer_is_cat = n_offers <= 250
-    codes = log.codes()
-    chosen = codes[np.arange(n), log.action]
+    chosen = log.sets[log.set_id, log.action]
     reward = log.reward
     binary = bool(np.isin(reward, (0.0, 1.0)).all())
     n_ctx = ctx.shape[1]
@@ -413,7 +412,8 @@ def fit_q(
                 at = np.flatnonzero(log.n_candidates[reps] > k)
                 for start in range(0, len(at), chunk):
                     part = at[start : start + chunk]
-                    q_unique[part, k] = predict(design(reps[part], codes[reps[part], k], rate))
+                    offer = log.sets[log.set_id[reps[part]], k]
+                    q_unique[part, k] = predict(design(reps[part], offer, rate))
             q[test] = q_unique[inverse.ravel()]
     return q
 
@@ -692,6 +692,20 @@ def _policies(
     return out
 
 
+def _precheck(log: DecisionLog, specs: Mapping[str, PolicySpec]) -> None:
+    """The cheap checks of every policy spec (syntax, constant ids, the file's existence)."""
+    for spec in specs.values():
+        if callable(spec) or spec == "uniform" or spec.startswith("model:"):
+            continue
+        if spec.startswith("constant:"):
+            constant_target(log, [s.strip() for s in spec.split(":", 1)[1].split(",") if s.strip()])
+        elif spec.startswith("file:"):
+            if not Path(spec.split(":", 1)[1]).exists():
+                raise PolicyError(f"no policy file at {spec.split(':', 1)[1]}")
+        else:
+            target_of(log, spec, spec)  # raises: unknown policy
+
+
 def evaluate(
     log: pd.DataFrame | Path | str | DecisionLog,
     policies: PolicySpec | Sequence[PolicySpec] | Mapping[str, PolicySpec] = "uniform",
@@ -741,10 +755,10 @@ def evaluate(
         )
     ctx_cols = [c.strip() for col in context for c in str(col).split(",") if c.strip()]
     ctx = context_columns(dlog.frame, ctx_cols, max_categories) if ctx_cols else None
+    _precheck(dlog, specs)  # a typo in a policy fails before the reward model is fitted
     q = None
     if reward_model:
         q = fit_q(dlog, ctx, categorical_context(dlog.frame, ctx_cols), seed=seed)
-    targets = {name: target_of(dlog, spec, name) for name, spec in specs.items()}
     has_pos = "position" in dlog.frame.columns
     if has_pos:
         pos_values = dlog.frame["position"].to_numpy()
@@ -764,9 +778,11 @@ def evaluate(
         parts = [(None, np.arange(dlog.n), 1.0)]
     logged = dlog.logged_mask()
     frames, diags, warnings = [], [], list(dlog.warnings)
-    for name, target in targets.items():
+    for name, spec in specs.items():
+        target = target_of(dlog, spec, name)  # one (n, K) matrix at a time
         for position, rows, scale in parts:
-            sub = dlog.subset(rows)
+            whole = len(rows) == dlog.n
+            sub = dlog if whole else dlog.subset(rows)
             groups = sub.groups()
             if has_pos and positions == "independent" and groups is None:
                 groups = sub.frame["decision_id"].to_numpy()
@@ -774,8 +790,8 @@ def evaluate(
                 sub.action,
                 sub.prob,
                 sub.reward,
-                target[rows],
-                q[rows] if q is not None else None,
+                target if whole else target[rows],
+                (q if whole else q[rows]) if q is not None else None,
                 groups=groups,
                 reward_range=lo_hi,
                 alpha=alpha,
@@ -785,7 +801,11 @@ def evaluate(
             )
             frame = frame[frame["estimator"].isin(estimators)].reset_index(drop=True)
             frame.insert(0, "policy", name)
-            d: dict[str, Any] = dict(diagnostics(sub, target[rows], logged[rows]))
+            d: dict[str, Any] = dict(
+                diagnostics(
+                    sub, target if whole else target[rows], logged if whole else logged[rows]
+                )
+            )
             d = {"policy": name, **d}
             if position is not None:
                 frame.insert(1, "position", position)
