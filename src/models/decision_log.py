@@ -100,8 +100,7 @@ class DecisionLog:
     def logged_mask(self) -> np.ndarray:
         """(n, K) True where the candidate was logged at least once in the row's slot (or in the
         whole log without slots): the target's mass elsewhere is invisible to IPS."""
-        offer_code = {str(o): j for j, o in enumerate(self.offers)}
-        chosen = self.frame["action"].map(offer_code).to_numpy(np.int64)
+        chosen = pd.Index(self.offers).get_indexer(self.frame["action"].to_numpy(object))
         slot = (
             pd.factorize(self.frame["slot"].astype(str))[0]
             if "slot" in self.frame
@@ -206,8 +205,7 @@ def build_log(
             )
         keys = list(per_slot)
         raw_sets = [per_slot[k] for k in keys]
-        set_of_slot = {k: i for i, k in enumerate(keys)}
-        set_id = slots.map(set_of_slot).to_numpy(np.int64)
+        set_id = pd.Index(keys).get_indexer(slots.to_numpy(object))
         source = "file"
     elif "candidates" in frame.columns:
         bad = frame["candidates"].isna()
@@ -242,7 +240,7 @@ def build_log(
         )
         keys = list(per_slot)
         raw_sets = [per_slot[k] for k in keys]
-        set_id = slots.map({k: i for i, k in enumerate(keys)}).to_numpy(np.int64)
+        set_id = pd.Index(keys).get_indexer(slots.to_numpy(object))
         source = "derived"
     offers = np.array(sorted({o for s in raw_sets for o in s}), dtype=object)
     code = {o: j for j, o in enumerate(offers)}
@@ -255,7 +253,8 @@ def build_log(
     where = np.full((len(raw_sets), len(offers) + 1), -1, dtype=np.int64)
     for i, s in enumerate(raw_sets):
         where[i, [code[o] for o in s]] = np.arange(len(s))
-    act_code = frame["action"].map(code).fillna(len(offers)).to_numpy(np.int64)
+    act_code = pd.Index(offers).get_indexer(frame["action"].to_numpy(object))
+    act_code[act_code < 0] = len(offers)
     action = where[set_id, act_code]
     bad = np.flatnonzero(action < 0)
     if len(bad):

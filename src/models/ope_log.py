@@ -74,6 +74,11 @@ def uniform_target(log: DecisionLog) -> np.ndarray:
 def constant_target(log: DecisionLog, preferred: Sequence[str]) -> np.ndarray:
     """Always the first of ``preferred`` among the row's candidates. An id that is no candidate
     anywhere, or a row with none of them, is an error (never a silent uniform)."""
+    return _constant_sets(log, preferred)[log.set_id]
+
+
+def _constant_sets(log: DecisionLog, preferred: Sequence[str]) -> np.ndarray:
+    """:func:`constant_target` per candidate set (checks included)."""
     preferred = [str(p) for p in preferred]
     if not preferred:
         raise PolicyError("constant: needs at least one offer id, e.g. constant:OF07")
@@ -103,7 +108,7 @@ def constant_target(log: DecisionLog, preferred: Sequence[str]) -> np.ndarray:
                 f"{len(rows):,} decision(s), first {log.row_label(int(rows[0]))}; list an offer "
                 "for every slot (e.g. constant:OF03,OF11)"
             )
-    return per_set[log.set_id]
+    return per_set
 
 
 def _from_long(log: DecisionLog, table: pd.DataFrame, name: str) -> np.ndarray:
@@ -618,7 +623,7 @@ def diagnostics(
     """Weights and support of a target on a log (see the module docstring)."""
     w = target[np.arange(log.n), log.action] / log.prob
     logged = log.logged_mask() if logged is None else logged
-    unlogged = (target * ~logged).sum(axis=1)
+    unlogged = np.zeros(log.n) if logged.all() else np.where(logged, 0.0, target).sum(axis=1)
     return {
         "n": log.n,
         "max_weight": float(w.max()),
@@ -698,7 +703,7 @@ def _precheck(log: DecisionLog, specs: Mapping[str, PolicySpec]) -> None:
         if callable(spec) or spec == "uniform" or spec.startswith("model:"):
             continue
         if spec.startswith("constant:"):
-            constant_target(log, [s.strip() for s in spec.split(":", 1)[1].split(",") if s.strip()])
+            _constant_sets(log, [s.strip() for s in spec.split(":", 1)[1].split(",") if s.strip()])
         elif spec.startswith("file:"):
             if not Path(spec.split(":", 1)[1]).exists():
                 raise PolicyError(f"no policy file at {spec.split(':', 1)[1]}")
