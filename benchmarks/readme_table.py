@@ -258,6 +258,33 @@ def _policies(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _ope(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    s = r["steps"]
+    figure = (
+        f"IPS/SNIPS + diagnostics, 2 policies: {s['ips_snips']['seconds']:.1f} s, "
+        f"{s['ips_snips']['peak_rss_mb'] / 1024:.1f} GB peak"
+    )
+    if "reward_model" in s:
+        figure += (
+            f"; with the reward model (DM, DR, SNDR, DR-OS) {s['reward_model']['seconds']:.0f} s, "
+            f"{s['reward_model']['peak_rss_mb'] / 1024:.1f} GB peak"
+        )
+    return [
+        (
+            f"off-policy evaluation, {r['rows']:,} decisions × {r['actions']} candidates",
+            figure,
+            f"closed-form numpy IPS/SNIPS on arrays in memory: {r['closed_form_ips_snips_s']:.3f} s;"
+            f" reading the log alone {s['read_only']['peak_rss_mb'] / 1024:.1f} GB peak",
+        ),
+        (
+            f"bandit (VW) from a generic log, {r['train_candidates']} candidates",
+            f"{r['train_examples_per_s']:,} examples/s training end to end",
+            f"VW alone on the same examples: {r['train_vw_only_examples_per_s']:,} examples/s",
+        ),
+    ]
+
+
 ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("simulator", _simulator),
     ("customer_view", _customer_view),
@@ -267,6 +294,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("bandit", _bandit),
     ("serving", _serving),
     ("policies", _policies),
+    ("ope", _ope),
 )
 # the README's order: propensity, UCI, then CVR (which lives in models.json)
 _ORDER = ("simulator", "customer view", "detection", "propensity,", "propensity on", "CVR")

@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serving",
     "uci_bank_marketing",
     "policies",
+    "ope",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         help="skip notebook 20's diagnostic policies on the report bank",
     )
     parser.add_argument(
+        "--ope-rows", type=int, default=1_000_000, help="decisions in the generated OPE log"
+    )
+    parser.add_argument(
+        "--ope-actions", type=int, default=80, help="candidates per decision in the OPE log"
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, choices=BENCHMARKS, help="run only these benchmarks"
     )
     args = parser.parse_args(argv)
@@ -174,6 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             diagnostics=args.policies_diagnostics,
         )
 
+    def bench_ope() -> Report:
+        from benchmarks import bench_ope
+
+        return bench_ope.run(rows=args.ope_rows, actions=args.ope_actions, seed=args.seed)
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -183,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "serving": bench_serving,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
+        "ope": bench_ope,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

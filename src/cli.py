@@ -266,18 +266,87 @@ def train_bandit(
     held_out_share: Annotated[
         float | None,
         typer.Option(
-            help="Share of the logged days held out to score the bandit (doubly robust); "
-            f"default: bandit.held_out_share ({BanditSettings().held_out_share})."
+            help="Share of the log (latest by time) held out to score the bandit (doubly "
+            f"robust); default: bandit.held_out_share ({BanditSettings().held_out_share})."
         ),
     ] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            "--log",
+            help="Train from this decision log (Parquet/CSV: action, prob, reward, context "
+            "columns, candidates or slot, ts) instead of the simulated bank's exposures.",
+        ),
+    ] = None,
+    actions: Annotated[
+        Path | None,
+        typer.Option(
+            "--actions",
+            help="With --log: the action catalog (offer_id, optional slot, feature columns).",
+        ),
+    ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option("--context", help="With --log: context column(s) (repeat or comma-separate)."),
+    ] = None,
+    action_features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--action-features", help="With --log: catalog column(s) that describe an action."
+        ),
+    ] = None,
+    pair_features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pair-features",
+            help="With --log: per-(context, action) column(s): offer -> number per row (JSON "
+            "object) or a list aligned with the row's candidates.",
+        ),
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option("--candidates", help="With --log: offers eligible per slot (slot, offer_id)."),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option("--time-col", help="With --log: the time column (default ts/timestamp)."),
+    ] = None,
+    register: Annotated[
+        str,
+        typer.Option("--register", help="With --log: registered model name."),
+    ] = "nextoffer-log-bandit",
+    no_register: Annotated[
+        bool, typer.Option("--no-register", help="With --log: report only, register nothing.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="With --log: reward-model folds.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Train the content bandit from the logged exposures; register it, promote only if better."""
+    """Train the content bandit from logged decisions (the bank's exposures, or any log with
+    --log/--actions); score it off-policy on held-out time; register only if it is better."""
+    settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
+    if log is not None or actions is not None:
+        if log is None or actions is None:
+            typer.echo("train-bandit: --log and --actions go together", err=True)
+            raise typer.Exit(code=1)
+        _train_bandit_on_log(
+            settings,
+            log,
+            actions,
+            context=context or [],
+            action_features=action_features or [],
+            pair_features=pair_features or [],
+            candidates=candidates,
+            time_col=time_col,
+            register=None if no_register else register,
+            seed=seed,
+            progress=not quiet,
+        )
+        return
     from src.pipeline import run_bandit_training
 
-    settings = _settings(data_dir=data_dir, bandit={"held_out_share": held_out_share})
     with _exit_on(TableNotValidated):
-        result = run_bandit_training(settings)
+        result = run_bandit_training(settings, progress=not quiet)
     typer.echo(
         f"trained on {result.train_decisions:,} logged decisions; held out "
         f"{result.held_out_decisions:,}: logged policy {result.logged_policy_value:.4f}, "
@@ -287,6 +356,38 @@ def train_bandit(
     typer.echo(
         f"{result.promotion.name} v{result.promotion.version} -> {outcome}: {result.promotion.reason}"
     )
+
+
+def _train_bandit_on_log(settings: Settings, log: Path, actions: Path, **options: Any) -> None:
+    """``train-bandit --log``: the generic log path (:mod:`src.models.bandit_log`)."""
+    from src.models.bandit import BanditConfig
+    from src.models.bandit_log import run_log_training
+    from src.models.ope import LogError, PolicyError
+
+    try:
+        result = run_log_training(
+            log,
+            actions,
+            config=BanditConfig.of(settings.bandit),
+            held_out_share=settings.bandit.held_out_share,
+            tracking_uri=settings.tracking_uri,
+            artifact_location=settings.artifact_root.as_uri(),
+            echo=typer.echo,
+            **options,
+        )
+    except (LogError, PolicyError, ValueError, FileNotFoundError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(result.report.to_text())
+    champion = (
+        f", champion {result.champion_value:.5f}" if result.champion_value is not None else ""
+    )
+    typer.echo(
+        f"\nheld out {result.held_out_decisions:,} decisions ({result.split}): logging policy "
+        f"{result.logged_value:.5f}, uniform (DR) {result.uniform_value:.5f}, bandit (DR) "
+        f"{result.value:.5f}{champion}"
+    )
+    typer.echo(result.registered)
 
 
 @app.command("train-table")
@@ -397,28 +498,110 @@ def evaluate_policy(
     log: Annotated[
         Path,
         typer.Argument(
-            help="Decision log (Parquet or CSV): action, prob, "
-            "reward and candidates (comma-separated) or slot."
+            help="Decision log (Parquet or CSV): action, prob, reward; optionally decision_id, "
+            "customer_id, slot, position, candidates (comma-separated) and context columns."
         ),
     ],
     policy: Annotated[
         list[str],
         typer.Option(
             "--policy",
-            help="uniform | constant:OF07,OF14 | model:<mlflow uri>; repeat to compare several.",
+            help="uniform | constant:OF07,OF14 | model:<mlflow uri> | file:<probabilities "
+            "file, long (decision_id, action, prob) or wide (decision_id + one column per "
+            "offer)>; repeat to compare several.",
         ),
     ] = ["uniform"],  # noqa: B006 - typer needs a literal default
+    candidates: Annotated[
+        Path | None,
+        typer.Option(
+            "--candidates",
+            help="CSV/Parquet of the offers eligible per slot (slot, offer_id). Without it "
+            "and without a candidates column they are derived from the logged actions "
+            "(with a warning).",
+        ),
+    ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="Context column(s) for the reward model (repeat or comma-separate); none by "
+            "default. Ids and timestamps are refused.",
+        ),
+    ] = None,
+    positions: Annotated[
+        str,
+        typer.Option(
+            "--positions",
+            help="With a position column: per-position (one estimate per position) or "
+            "independent (the slate's value, positions assumed independent).",
+        ),
+    ] = "per-position",
+    reward_model: Annotated[
+        bool,
+        typer.Option(
+            "--reward-model/--no-reward-model", help="Fit the reward model (DM, DR, SNDR, DR-OS)."
+        ),
+    ] = True,
+    n_bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap replicates (percentile intervals).")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Reward-model folds and bootstrap.")] = 0,
+    reward_range: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-range",
+            help="LO,HI: the possible rewards (default [min(0, min r), max(1, max r)]).",
+        ),
+    ] = None,
     alpha: Annotated[float, typer.Option(help="1 - confidence level of the intervals.")] = 0.05,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Also write the estimates and diagnostics to this JSON file."),
+    ] = None,
 ) -> None:
-    """Off-policy estimates (IPS, SNIPS, DM, DR) of policies' value from a logged decision file."""
-    from src.models.ope import evaluate_policy_file
+    """Off-policy estimates (IPS, SNIPS, DM, DR, SNDR, DR-OS) of policies' value on a decision
+    log, with diagnostics (max weight, effective sample size, mass on unlogged actions)."""
+    import json
+
+    from src.models.ope import LogError, PolicyError
+    from src.models.ope_log import evaluate
 
     try:
-        table = evaluate_policy_file(log, {name: name for name in policy}, alpha=alpha)
-    except (ValueError, FileNotFoundError) as error:  # the message names the file and field
+        lo_hi = None
+        if reward_range is not None:
+            parts = [p.strip() for p in reward_range.split(",")]
+            if len(parts) != 2:
+                raise LogError(f"--reward-range {reward_range!r}: want LO,HI (e.g. 0,1)")
+            try:
+                lo_hi = (float(parts[0]), float(parts[1]))
+            except ValueError as error:
+                raise LogError(f"--reward-range {reward_range!r}: want two numbers") from error
+        report = evaluate(
+            log,
+            {name: name for name in policy},
+            candidates=candidates,
+            context=context or [],
+            reward_model=reward_model,
+            positions=positions,
+            alpha=alpha,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            reward_range=lo_hi,
+        )
+    except (LogError, PolicyError, ValueError, FileNotFoundError) as error:  # names the field
         typer.echo(str(error), err=True)
         raise typer.Exit(code=1) from error
-    typer.echo(table.to_string(index=False))
+    typer.echo(report.to_text())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "info": report.info,
+            "estimates": report.estimates.to_dict("records"),
+            "diagnostics": report.diagnostics.to_dict("records"),
+            "warnings": report.warnings,
+        }
+        out.write_text(json.dumps(payload, indent=2, default=str))
+        typer.echo(f"report -> {out}")
 
 
 @app.command()

@@ -134,7 +134,10 @@ class BanditTrainingResult:
 
 
 def run_bandit_training(
-    settings: Settings, held_out_share: float | None = None, echo: Callable[[str], None] = print
+    settings: Settings,
+    held_out_share: float | None = None,
+    echo: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> BanditTrainingResult:
     """Train the content bandit off-policy from the bank's logged exposures, score it, register it.
 
@@ -170,10 +173,10 @@ def run_bandit_training(
         raise ValueError(f"{days} logged day(s): too few to train a bandit and hold some out")
     split = end - pd.Timedelta(days=held_out_days)
     spec, config = default_feature_spec(), BanditConfig.of(settings.bandit)
-    views = build_views(settings.catalog, view_schedule(start, end, 7), spec)
+    views = build_views(settings.catalog, view_schedule(start, end, 7), spec, progress=progress)
     log = logged_decisions(exposures, views, offers, config, end=split)
     bandit = ContextualBandit(config, spec)
-    train_offline(bandit, log, offers)
+    train_offline(bandit, log, offers, progress=progress)
     score = held_out_scorer(settings.catalog, views, config, start=split, seed=config.seed)
     value = score(bandit)
     held_out = logged_decisions(exposures, views, offers, config, start=split)

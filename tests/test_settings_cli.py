@@ -76,7 +76,7 @@ def test_cli_options_override_the_environment(monkeypatch, tmp_path):
     assert (seen[0].sim.customers, seen[0].sim.days) == (50, 9)
     assert seen[0].data_dir == tmp_path
 
-    def train(settings: Settings) -> SimpleNamespace:
+    def train(settings: Settings, **_: object) -> SimpleNamespace:  # progress=... from the CLI
         seen.append(settings)
         promotion = SimpleNamespace(promoted=True, name="b", version=1, reason="r")
         return SimpleNamespace(

@@ -283,11 +283,13 @@ def predict_frame(
     """Choose for every row (context columns + ``candidates``); the pyfunc's ``predict``."""
     if "candidates" not in rows.columns:
         raise ValueError("model input needs a 'candidates' column (offer ids per row)")
-    catalog = offers.set_index("offer_id", drop=False)
+    # an offer eligible in several slots has one row per slot in the catalog: one candidate
+    catalog = offers.drop_duplicates("offer_id").set_index("offer_id", drop=False)
     out = []
     for _, row in rows.iterrows():
         ids = row["candidates"]
         ids = [s.strip() for s in ids.split(",")] if isinstance(ids, str) else [str(s) for s in ids]
+        ids = list(dict.fromkeys(i for i in ids if i))
         unknown = [i for i in ids if i not in catalog.index]
         if unknown:
             raise ValueError(f"unknown candidate offer(s) {unknown}")

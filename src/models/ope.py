@@ -46,7 +46,17 @@ _NOT_CONTEXT = {
     "responses",
 }
 
-PolicyFn = Callable[[pd.DataFrame, list[list[str]]], np.ndarray]
+PolicyFn = Callable[[pd.DataFrame, list[list[str]]], Any]
+
+
+class LogError(ValueError):
+    """A decision log, candidates file or context column that cannot be evaluated as given;
+    the message names the file, the field and the record."""
+
+
+class PolicyError(ValueError):
+    """A target policy that cannot be evaluated as given (an offer id that is no candidate, a
+    probability file that misses decisions or does not sum to 1); the message names it."""
 
 
 def _terms(
@@ -368,17 +378,22 @@ def uniform_policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray
 
 
 def constant_policy(preferred: Sequence[str]) -> PolicyFn:
-    """Always the first of ``preferred`` that is a candidate (e.g. each slot's A/B winner);
-    uniform when none is."""
+    """Always the first of ``preferred`` that is a candidate (e.g. each slot's A/B winner).
+
+    A row with none of them is an error naming it: evaluating it as uniform under the
+    constant's name would report a different policy's value."""
     preferred = [str(p) for p in preferred]
 
     def policy(log: pd.DataFrame, candidates: list[list[str]]) -> np.ndarray:
-        out = uniform_policy(log, candidates)
+        out = np.zeros((len(candidates), max(len(c) for c in candidates)))
         for i, c in enumerate(candidates):
             hit = next((p for p in preferred if p in c), None)
-            if hit is not None:
-                out[i] = 0.0
-                out[i, c.index(hit)] = 1.0
+            if hit is None:
+                raise PolicyError(
+                    f"constant:{','.join(preferred)}: none of these offers is a candidate at "
+                    f"row {i} (candidates {c[:10]})"
+                )
+            out[i, c.index(hit)] = 1.0
         return out
 
     return policy
@@ -423,50 +438,54 @@ def parse_policy(spec: str | PolicyFn) -> PolicyFn:
 
 
 def read_log(path: Path | str) -> pd.DataFrame:
-    """A decision log from Parquet or CSV, validated: ``action``, ``prob`` in (0, 1], numeric
-    ``reward``; candidates from a ``candidates`` column (comma-separated offer ids) or else the
-    actions seen in the row's ``slot`` (or in the whole log)."""
+    """A decision log from Parquet or CSV, validated (:func:`validate_log`)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no decision log at {path}")
+        raise LogError(f"no decision log at {path}")
     if path.suffix.lower() in (".parquet", ".pq"):
         log = pd.read_parquet(path)
     elif path.suffix.lower() == ".csv":
         log = pd.read_csv(path)
     else:
-        raise ValueError(f"{path.name}: the log must be .parquet or .csv")
+        raise LogError(f"{path.name}: the log must be .parquet or .csv")
+    return validate_log(log, path.name)
+
+
+def validate_log(log: pd.DataFrame, name: str = "log") -> pd.DataFrame:
+    """``action``, ``prob`` in (0, 1], numeric ``reward``; optional ``customer_id`` without
+    gaps. Errors name the column, how many rows and the first one."""
     missing = [c for c in LOG_COLUMNS if c not in log.columns]
     if missing:
-        raise ValueError(
-            f"{path.name}: missing column(s) {missing}; a log needs {list(LOG_COLUMNS)}"
-        )
+        raise LogError(f"{name}: missing column(s) {missing}; a log needs {list(LOG_COLUMNS)}")
     if log.empty:
-        raise ValueError(f"{path.name}: the log has no rows")
+        raise LogError(f"{name}: the log has no rows")
+    log = log.reset_index(drop=True).copy()
     for field in ("prob", "reward"):
         values = pd.to_numeric(log[field], errors="coerce")
         bad = values.isna()
         if bad.any():
-            raise ValueError(
-                f"{path.name}: column '{field}' has non-numeric or empty values in "
+            raise LogError(
+                f"{name}: column '{field}' has non-numeric or empty values in "
                 f"{int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])}"
             )
         log[field] = values.astype(float)
     bad = (log["prob"] <= 0) | (log["prob"] > 1)
     if bad.any():
-        raise ValueError(
-            f"{path.name}: column 'prob' must be in (0, 1]; {int(bad.sum())} row(s) are not, "
+        raise LogError(
+            f"{name}: column 'prob' must be in (0, 1]; {int(bad.sum())} row(s) are not, "
             f"first at row {int(np.flatnonzero(bad)[0])}"
         )
     if log["action"].isna().any():
-        raise ValueError(f"{path.name}: column 'action' has empty values")
+        raise LogError(
+            f"{name}: column 'action' has empty values, first at row "
+            f"{int(np.flatnonzero(log['action'].isna())[0])}"
+        )
     log["action"] = log["action"].astype(str)
-    if (
-        "customer_id" in log.columns
-    ):  # optional; when given, every decision's customer clusters the intervals
+    if "customer_id" in log.columns:  # optional; clusters the intervals by customer
         bad = log["customer_id"].isna()
         if bad.any():
-            raise ValueError(
-                f"{path.name}: column 'customer_id' has empty values in {int(bad.sum())} row(s), "
+            raise LogError(
+                f"{name}: column 'customer_id' has empty values in {int(bad.sum())} row(s), "
                 f"first at row {int(np.flatnonzero(bad)[0])}"
             )
         log["customer_id"] = log["customer_id"].astype(str)
@@ -498,38 +517,18 @@ def evaluate_log(
     n_bootstrap: int = 0,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Every estimator for every policy on one log (a validated frame, see :func:`read_log`)."""
-    candidates = log_candidates(log)
-    action = np.array([c.index(a) for a, c in zip(log["action"], candidates, strict=False)])
-    groups = (
-        log["customer_id"].to_numpy() if "customer_id" in log.columns else None
-    )  # intervals per customer
-    prob, reward = log["prob"].to_numpy(float), log["reward"].to_numpy(float)
-    q = None
-    if reward_model:
-        seen = (
-            [json.loads(s) if isinstance(s, str) else (s or {}) for s in log["seen"]]
-            if "seen" in log
-            else None
-        )
-        q = fit_reward_model(context_frame(log), candidates, action, reward, seen=seen, seed=seed)
-    frames = []
-    for name, spec in policies.items():
-        target = parse_policy(spec)(log, candidates)
-        frame = estimate(
-            action,
-            prob,
-            reward,
-            target,
-            q,
-            alpha=alpha,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            groups=groups,
-        )
-        frame.insert(0, "policy", name)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    """Every estimator for every policy on one log: the estimates table of
+    :func:`src.models.ope_log.evaluate` (which also gives diagnostics and warnings)."""
+    from src.models.ope_log import evaluate
+
+    return evaluate(
+        log,
+        dict(policies),
+        reward_model=reward_model,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    ).estimates
 
 
 def evaluate_policy_file(
@@ -541,19 +540,20 @@ def evaluate_policy_file(
     n_bootstrap: int = 0,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """``nextoffer evaluate-policy``: read a log (Parquet/CSV), estimate the policy's value.
-
-    ``policy``: ``uniform``, ``constant:<offer ids in preference order>``, ``model:<mlflow uri>``,
-    a callable ``(log, candidates) -> (n, K)``, or a mapping of several by name.
-    """
-    log = read_log(path)
+    """A log file (Parquet/CSV) and ``uniform``, ``constant:<offer ids>``, ``model:<uri>``,
+    ``file:<path>``, a callable, or a mapping of several by name -> the estimates table."""
     policies = (
         dict(policy)
         if isinstance(policy, Mapping)
         else {str(policy) if isinstance(policy, str) else "policy": policy}
     )
     return evaluate_log(
-        log, policies, reward_model=reward_model, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed
+        read_log(path),
+        policies,
+        reward_model=reward_model,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
     )
 
 
