@@ -527,8 +527,39 @@ def run(
     enq, capped = enqueue(p, ctx, run_id, batch_size, progress)
     due = now or (p.frame["send_at"].max() if len(p.frame) else ctx.as_of)
     sent = dispatch(ctx.db, spec.campaign_id, adapter, due, progress)
+    if spec.reward is not None:
+        pend_rewards(spec, ctx)
     suppressed = int(p.frame["reason"].notna().sum())
     return RunResult(p.step.step_id, enq, capped, suppressed, sent)
+
+
+def pend_rewards(spec: CampaignSpec, ctx: Context) -> int:
+    """Reserve the reward of every sent message (idempotent, so a crash between a send's mark
+    and its reservation is repaired by the next run); returns the rewards refused by budget."""
+    from src.campaigns.ledger import RewardLedger
+
+    reward = spec.reward
+    assert reward is not None
+    ledger = RewardLedger(ctx.db.store, {spec.campaign_id: reward.budget_krw})
+    sent = ctx.db.frame(
+        "SELECT message_id, customer_id, sent_at FROM campaign_outbox "
+        "WHERE campaign_id = ? AND status = 'sent' ORDER BY sent_at, message_id",
+        (spec.campaign_id,),
+        ["message_id", "customer_id", "sent_at"],
+    )
+    refused = 0
+    for row in sent.itertuples():
+        at = datetime.fromisoformat(str(row.sent_at))
+        reason = ledger.pend(
+            spec.campaign_id,
+            str(row.customer_id),
+            str(row.message_id),
+            reward.amount_krw,
+            at,
+            reward.expires_days,
+        )
+        refused += reason is not None
+    return refused
 
 
 def _seg_ids(p: Plan) -> pd.Index:
