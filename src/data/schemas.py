@@ -123,6 +123,9 @@ class Customers(pa.DataFrameModel):
     consent_sms: Series[bool]
     consent_messenger: Series[bool]
     consent_email: Series[bool]
+    # advertising push/SMS between 21:00 and 08:00 needs this separate consent (Korean rule);
+    # optional so exports that predate it still validate (absent = no night-time consent)
+    consent_night: Series[bool] | None
     accident_reported_at: Series[pd.Timestamp] = pa.Field(nullable=True)
     closed_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 
