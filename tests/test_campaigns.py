@@ -241,6 +241,8 @@ def test_caps_are_shared_across_campaigns(ctx: engine.Context) -> None:
     a = make_spec(campaign_id="ca", holdout={"share": 0.0})
     b = make_spec(campaign_id="cb", holdout={"share": 0.0})
     ra = engine.run(a, ctx, SimulatedChannel(), require_approval=False)
+    dry = engine.funnel(engine.plan(b, ctx), ctx)  # the dry run sees the charges (no charge)
+    assert dry["to_contact"] == 0 and dry["funnel"]["after holdout"] == ra.enqueued
     rb = engine.run(b, ctx, SimulatedChannel(), require_approval=False)
     assert ra.enqueued > 0 and rb.enqueued == 0 and rb.capped == ra.enqueued
     assert set(ctx.db.decisions("cb")["reason"].dropna()) >= {"cap_offer_day"}

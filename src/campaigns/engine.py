@@ -23,7 +23,7 @@ from src.campaigns.gate import GATE_ORDER, assign_arms, gate
 from src.campaigns.segments import SegmentBuilder, SegmentError
 from src.campaigns.spec import CampaignSpec, SpecError, Step, sha256_json
 from src.campaigns.state import CampaignDB, message_id
-from src.contact.caps import ContactCaps
+from src.contact.caps import WEEK_DAYS
 from src.contact.policy import PolicyConfig, policy_from_offers
 from src.contact.store import Charge
 from src.data.catalog import Catalog
@@ -202,12 +202,7 @@ def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[st
         remaining -= n
         steps.append((f"after {code}", remaining))
     to_contact = frame[frame["reason"].isna()]
-    caps = ContactCaps(ctx.policy)
-    capped = 0
-    for cid, row in to_contact.iterrows():
-        usage = ctx.db.store.usage(str(cid), row["channel"], _day(row["send_at"]))
-        if caps.blocked(usage, row["channel"], [p.step.offer_id]):
-            capped += 1
+    capped = int(fatigued(to_contact, p.step.offer_id, ctx).sum())
     remaining -= capped
     steps.append(("after fatigue", remaining))
     offer = next((o for o in ctx.policy.offers if o.offer_id == p.step.offer_id), None)
@@ -239,6 +234,40 @@ def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[st
             "cost_krw": cost,
             "roas": expected * value / cost if cost > 0 else None,
         }
+    return out
+
+
+def fatigued(to_contact: pd.DataFrame, offer_id: str, ctx: Context) -> pd.Series:
+    """Who a contact now would put over a cap, as the store stands (one bulk read, no charge):
+    the same rules as :meth:`ContactCaps.blocked`, vectorised."""
+    out = pd.Series(False, index=to_contact.index)
+    if to_contact.empty:
+        return out
+    days = to_contact["send_at"].map(_day)
+    rows = ctx.db.store.charges(int(days.min()) - WEEK_DAYS + 1, int(days.max()))
+    if not rows:
+        return out
+    charges = pd.DataFrame(rows, columns=["customer_id", "channel", "offer_id", "day"])
+    policy = ctx.policy
+    for day, group in to_contact.groupby(days):
+        week = charges[(charges["day"] > day - WEEK_DAYS) & (charges["day"] <= day)]
+        today = week[week["day"] == day]
+        for channel, cg in group.groupby("channel"):
+            ids = cg.index
+            cap = policy.cap_for(str(channel))
+            oc = policy.offer_cap
+            counts = {
+                (cap.per_day, "ch_day"): today[today["channel"] == channel]["customer_id"],
+                (cap.per_week, "ch_week"): week[week["channel"] == channel]["customer_id"],
+                (oc.per_day, "of_day"): today[today["offer_id"] == offer_id]["customer_id"],
+                (oc.per_week, "of_week"): week[week["offer_id"] == offer_id]["customer_id"],
+            }
+            hit = np.zeros(len(ids), dtype=bool)
+            for (limit, _), customers in counts.items():
+                if limit is not None:
+                    n = customers.value_counts().reindex(ids.astype(str)).fillna(0).to_numpy()
+                    hit |= n >= limit
+            out.loc[ids] = hit
     return out
 
 
@@ -442,6 +471,7 @@ def dispatch(
     now: datetime,
     progress: bool = False,
     on_sent: Callable[[dict[str, Any]], None] | None = None,
+    batch_size: int = 100,
 ) -> int:
     """Hand pending messages due by ``now`` to the adapter; mark each sent on its ack. An
     undeliverable messenger message goes to its SMS fallback under the same id (one message,
@@ -465,30 +495,30 @@ def dispatch(
         cols,
     )
     sent = 0
-    for msg in tqdm(pending.to_dict("records"), disable=not progress, desc="send"):
-        message = {"campaign_id": campaign_id, **msg}
-        ack = adapter.send(message)
-        channel = msg["channel"]
-        if ack.status == "undeliverable" and msg["fallback"]:
-            channel = msg["fallback"]
-            ack = adapter.send({**message, "channel": channel})
-        status = "sent" if ack.status == "accepted" else "failed"
-        with db.store.transaction() as tx:
-            tx.execute(
-                "UPDATE campaign_outbox SET status = ?, provider_id = ?, sent_channel = ?, sent_at = ?, "
-                "attempts = attempts + 1 WHERE message_id = ? AND status = 'pending'",
-                (
-                    status,
-                    ack.provider_id,
-                    channel,
-                    pd.Timestamp(now).isoformat(),
-                    msg["message_id"],
-                ),
-            )
-        if status == "sent":
-            sent += 1
-            if on_sent is not None:
+    records = pending.to_dict("records")
+    at = pd.Timestamp(now).isoformat()
+    for start in tqdm(range(0, len(records), batch_size), disable=not progress, desc="send"):
+        marks = []
+        for msg in records[start : start + batch_size]:
+            message = {"campaign_id": campaign_id, **msg}
+            ack = adapter.send(message)
+            channel = msg["channel"]
+            if ack.status == "undeliverable" and msg["fallback"]:
+                channel = msg["fallback"]
+                ack = adapter.send({**message, "channel": channel})
+            status = "sent" if ack.status == "accepted" else "failed"
+            marks.append((status, ack.provider_id, channel, at, msg["message_id"]))
+            if status == "sent" and on_sent is not None:
                 on_sent({**message, "channel": channel})
+        # acknowledged sends are marked together; a crash before this commit resends them
+        # under the same idempotency key, which the provider acknowledges without delivering
+        with db.store.transaction() as tx:
+            tx.executemany(
+                "UPDATE campaign_outbox SET status = ?, provider_id = ?, sent_channel = ?, "
+                "sent_at = ?, attempts = attempts + 1 WHERE message_id = ? AND status = 'pending'",
+                marks,
+            )
+        sent += sum(m[0] == "sent" for m in marks)
     return sent
 
 
@@ -526,7 +556,7 @@ def run(
             )
     enq, capped = enqueue(p, ctx, run_id, batch_size, progress)
     due = now or (p.frame["send_at"].max() if len(p.frame) else ctx.as_of)
-    sent = dispatch(ctx.db, spec.campaign_id, adapter, due, progress)
+    sent = dispatch(ctx.db, spec.campaign_id, adapter, due, progress, batch_size=batch_size)
     if spec.reward is not None:
         pend_rewards(spec, ctx)
     suppressed = int(p.frame["reason"].notna().sum())

@@ -117,15 +117,9 @@ def gate(
     mark(~consented, f"no_consent_{step.channel}")
 
     # quiet hours, in the customer's zone (campaign zone when the view has none)
-    tz_campaign = ZoneInfo(spec.when.timezone)
-    local = send_at.reindex(members.index)
-    zones = members.get("timezone", None)
-    local_customer = [
-        _to_zone(t, tz_campaign, zones.iloc[i] if zones is not None else None)
-        for i, t in enumerate(local)
-    ]
-    hours = np.array([t.hour for t in local_customer])
     q = spec.quiet_hours
+    local = pd.to_datetime(send_at.reindex(members.index))
+    hours, shift_to_morning = _local_hours(local, members, spec.when.timezone, q.end_hour)
     night = (
         in_quiet_hours(hours, q.start_hour, q.end_hour)
         & channel.isin(NIGHT_CHANNELS).to_numpy()
@@ -137,22 +131,16 @@ def gate(
     )
     if q.action == "drop":
         mark(night, "quiet_hours_dropped")
-        send_local = local_customer
+        send_local = local
     else:
-        send_local = [
-            next_morning(t, q.end_hour) if night[i] else t for i, t in enumerate(local_customer)
-        ]
+        send_local = local.where(~night, local + shift_to_morning)
     mark(arm == "control", "holdout")
     frame = pd.DataFrame(
         {
             "arm": arm,
             "reason": reason,
             "channel": channel,
-            "send_at": pd.Series(
-                [t.astimezone(tz_campaign).replace(tzinfo=None) for t in send_local],
-                index=members.index,
-                dtype="datetime64[us]",
-            ),
+            "send_at": send_local.astype("datetime64[us]"),
             "requeued": night if q.action == "requeue" else np.zeros(n, dtype=bool),
         },
         index=members.index,
@@ -160,9 +148,27 @@ def gate(
     return GateResult(frame)
 
 
-def _to_zone(t: pd.Timestamp, tz_campaign: ZoneInfo, zone: str | None) -> datetime:
-    aware = pd.Timestamp(t).to_pydatetime().replace(tzinfo=tz_campaign)
-    return aware.astimezone(ZoneInfo(zone)) if zone else aware
+def _local_hours(
+    local: pd.Series, members: pd.DataFrame, campaign_zone: str, end_hour: int
+) -> tuple[np.ndarray, pd.Series]:
+    """The customer's local hour of each send (campaign-zone times), and the shift that moves a
+    night send to the next ``end_hour``:00 in the customer's zone (vectorised per zone)."""
+    zones = (
+        members["timezone"].fillna(campaign_zone)
+        if "timezone" in members
+        else pd.Series(campaign_zone, index=members.index)
+    )
+    hours = np.zeros(len(local), dtype=np.int64)
+    shift = pd.Series(pd.Timedelta(0), index=local.index)
+    for zone, rows in zones.groupby(zones).groups.items():
+        at = local.loc[rows]
+        there = at.dt.tz_localize(ZoneInfo(campaign_zone)).dt.tz_convert(ZoneInfo(str(zone)))
+        pos = local.index.get_indexer(rows)
+        hours[pos] = there.dt.hour.to_numpy()
+        morning = there.dt.normalize() + pd.Timedelta(hours=end_hour)
+        morning = morning.where(morning > there, morning + pd.Timedelta(days=1))
+        shift.loc[rows] = (morning - there).to_numpy()
+    return hours, shift
 
 
 def _consent(members: pd.DataFrame, channel: str, policy: PolicyConfig) -> pd.Series:

@@ -180,6 +180,16 @@ class SQLContactStore:
         )
         return None
 
+    def charges(self, first_day: int, last_day: int) -> list[tuple[Any, ...]]:
+        """(customer_id, channel, offer_id, day) of every charge in the days (bulk reads, e.g. a
+        campaign's dry run over a whole audience)."""
+        with self.transaction() as tx:
+            return tx.fetchall(
+                "SELECT customer_id, channel, offer_id, day FROM contact_charges "
+                "WHERE day >= ? AND day <= ?",
+                (first_day, last_day),
+            )
+
     def release(self, contact_id: str) -> None:
         with self.transaction() as tx:
             tx.execute("DELETE FROM contact_charges WHERE contact_id = ?", (contact_id,))
