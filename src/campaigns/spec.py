@@ -141,7 +141,7 @@ class Reward(_Model):
     kind: Literal["cashback", "coupon", "lucky_box"] = "cashback"
     amount_krw: float = Field(gt=0)
     budget_krw: float = Field(gt=0)
-    on: Literal["click", "convert"] = "convert"
+    event: Literal["click", "convert"] = Field("convert", description="The qualifying event.")
     expires_days: int = Field(14, ge=1)
 
 
