@@ -113,3 +113,29 @@ def test_concurrent_charges_never_exceed_the_cap(store: SQLContactStore, tmp_pat
         t.join()
     assert sum(r is None for r in results) == 2
     assert store.usage("C9", "push", 100).channel_day == 2
+
+
+def test_batch_charges_match_one_by_one(store: SQLContactStore, tmp_path: Path) -> None:
+    """charge_many_in gives each charge the verdict charge_in would have, in order."""
+    import random
+
+    rng = random.Random(3)
+    charges = [
+        Charge(
+            f"b{i % 37}",  # some ids repeat: idempotent within and across batches
+            f"C{rng.randint(0, 4)}",
+            rng.choice(["push", "sms"]),
+            rng.choice(["A", "B"]),
+            100 + rng.randint(0, 9),
+            "batch",
+        )
+        for i in range(60)
+    ]
+    one = SQLContactStore(tmp_path / "one.sqlite")
+    expected = [one.try_charge(c, POLICY) for c in charges]
+    with store.transaction() as tx:
+        got = store.charge_many_in(tx, charges[:30], POLICY)
+    with store.transaction() as tx:
+        got += store.charge_many_in(tx, charges[30:], POLICY)
+    assert got == expected and any(r is not None for r in got)
+    one.close()

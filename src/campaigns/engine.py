@@ -398,20 +398,30 @@ def enqueue(
         with ctx.db.store.transaction() as tx:
             done = ctx.db.existing_messages(tx, mids)
             decisions, outbox = [], []
-            for (cid, row), mid in zip(chunk.iterrows(), mids, strict=True):
+            rows = list(zip(chunk.index, chunk.to_dict("records"), mids, strict=True))
+            todo = [
+                (cid, row, mid)
+                for cid, row, mid in rows
+                if _no_reason(row["reason"]) and mid not in done
+            ]
+            charges = [
+                Charge(mid, str(cid), row["channel"], step.offer_id, _day(row["send_at"]),
+                       spec.campaign_id)
+                for cid, row, mid in todo
+            ]  # fmt: skip
+            verdict = dict(
+                zip(
+                    [mid for _, _, mid in todo],
+                    ctx.db.store.charge_many_in(tx, charges, ctx.policy),
+                    strict=True,
+                )
+            )
+            for cid, row, mid in rows:
                 reason = row["reason"]
-                if reason is None or (isinstance(reason, float) and np.isnan(reason)):
+                if _no_reason(reason):
                     if mid in done:
                         continue
-                    charge = Charge(
-                        mid,
-                        str(cid),
-                        row["channel"],
-                        step.offer_id,
-                        _day(row["send_at"]),
-                        spec.campaign_id,
-                    )
-                    reason = ctx.db.store.charge_in(tx, charge, ctx.policy)
+                    reason = verdict[mid]
                     if reason is None:
                         content = (
                             _render(step.content, members.loc[cid, fields])
@@ -420,34 +430,17 @@ def enqueue(
                         )
                         fallback = step.fallback if row["channel"] == step.channel else None
                         outbox.append(
-                            (
-                                mid,
-                                spec.campaign_id,
-                                step.step_id,
-                                str(cid),
-                                row["channel"],
-                                fallback,
-                                step.offer_id,
-                                content,
-                                row["send_at"].isoformat(),
-                                "pending",
-                            )
-                        )
+                            (mid, spec.campaign_id, step.step_id, str(cid), row["channel"],
+                             fallback, step.offer_id, content, row["send_at"].isoformat(),
+                             "pending")
+                        )  # fmt: skip
                         enq += 1
                     else:
                         capped += 1
                 decisions.append(
-                    (
-                        spec.campaign_id,
-                        step.step_id,
-                        str(cid),
-                        row["arm"],
-                        reason,
-                        row["channel"],
-                        mid if reason is None else None,
-                        run_id,
-                    )
-                )
+                    (spec.campaign_id, step.step_id, str(cid), row["arm"], reason,
+                     row["channel"], mid if reason is None else None, run_id)
+                )  # fmt: skip
             if outbox:
                 tx.executemany(
                     "INSERT INTO campaign_outbox (message_id, campaign_id, step_id, customer_id, channel, "
@@ -462,6 +455,10 @@ def enqueue(
                     decisions,
                 )
     return enq, capped
+
+
+def _no_reason(reason: Any) -> bool:
+    return reason is None or (isinstance(reason, float) and np.isnan(reason))
 
 
 def dispatch(
