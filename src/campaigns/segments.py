@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlglot
 from sqlglot import exp
@@ -127,7 +128,8 @@ class SegmentBuilder:
         self.catalog = catalog
         self.as_of = pd.Timestamp(as_of)
         self.view = view
-        self.known = pd.Index(view["customer_id"].astype(str))
+        # object-dtype ids: hash lookups (arrow-backed strings' isin loops in Python)
+        self.known = pd.Index(np.asarray(view["customer_id"].astype(str), dtype=object))
 
     def build(self, segment: Segment) -> Built:
         if segment.rule is not None:
@@ -185,7 +187,8 @@ class SegmentBuilder:
         scores = scores[scores["product"] == model.product]
         if scores.empty:
             raise SegmentError(f"model segment: no scores for product {model.product!r}")
-        scores = scores[scores["customer_id"].astype(str).isin(self.known)]
+        ids = pd.Index(np.asarray(scores["customer_id"].astype(str), dtype=object))
+        scores = scores[self.known.get_indexer(ids) >= 0]
         if model.top_k is not None:
             scores = scores.sort_values(["score", "customer_id"], ascending=[False, True]).head(
                 model.top_k
@@ -206,7 +209,7 @@ class SegmentBuilder:
         ids = frame["customer_id"].str.strip()
         rows = ids.index + 2  # header is line 1
         malformed = ~ids.str.match(ID_PATTERN)
-        unknown = ~malformed & ~ids.isin(self.known)
+        unknown = ~malformed & (self.known.get_indexer(np.asarray(ids, dtype=object)) < 0)
         problems = tuple(
             [
                 f"upload {path} line {r}: malformed id {v!r}"
