@@ -405,3 +405,22 @@ def _outbox_rows(path: Path) -> int:
             con.close()
     except sqlite3.Error:
         return 0
+
+
+def test_arbitration_priority_then_expected_value(ctx: engine.Context) -> None:
+    low = make_spec(campaign_id="low", priority=1, holdout={"share": 0.0})
+    high = make_spec(campaign_id="high", priority=5, holdout={"share": 0.0})
+    assert [s.campaign_id for s in engine.arbitrate([low, high], ctx)] == ["high", "low"]
+    # same priority: the higher expected value (an offer worth more, same scores) goes first
+    view = ctx.members
+    scores = pd.DataFrame({"customer_id": view["customer_id"], "product": "savings", "score": 0.1})
+    cheap = make_spec(campaign_id="cheap", why={"value_krw": 1000})
+    rich = make_spec(campaign_id="rich", why={"value_krw": 90000})
+    assert [s.campaign_id for s in engine.arbitrate([cheap, rich], ctx, scores)] == [
+        "rich",
+        "cheap",
+    ]
+    results = engine.run_many([low, high], ctx, SimulatedChannel(), require_approval=False)
+    assert results["high"].enqueued > 0 and results["low"].enqueued == 0
+    reasons = set(ctx.db.decisions("low")["reason"].dropna())
+    assert "cap_offer_day" in reasons

@@ -591,3 +591,43 @@ def pend_rewards(spec: CampaignSpec, ctx: Context) -> int:
 
 def _seg_ids(p: Plan) -> pd.Index:
     return pd.Index(p.frame.index)
+
+
+def expected_value(spec: CampaignSpec, ctx: Context, scores: pd.DataFrame | None) -> float:
+    """Expected value per contact of a campaign's first step, net of the channel's and the
+    reward's cost: mean score of its audience x offer value - costs (0 without scores)."""
+    step = spec.steps[0]
+    offer = next((o for o in ctx.policy.offers if o.offer_id == step.offer_id), None)
+    if scores is None or offer is None:
+        return -step.cost
+    p = plan(spec, ctx)
+    reached = p.frame.index[p.frame["reason"].isna()]
+    s = scores[scores["product"] == offer.product].set_index("customer_id")["score"]
+    rate = float(s.reindex(reached.astype(str)).fillna(0.0).mean()) if len(reached) else 0.0
+    value = spec.why.value_krw if spec.why.value_krw is not None else offer.value_krw
+    reward = spec.reward.amount_krw if spec.reward else 0.0
+    return rate * (value - reward) - step.cost
+
+
+def arbitrate(
+    specs: list[CampaignSpec], ctx: Context, scores: pd.DataFrame | None = None
+) -> list[CampaignSpec]:
+    """The order in which competing campaigns take customers' capped contacts: priority first,
+    then expected value net of channel and reward cost, then id (deterministic)."""
+    ev = {s.campaign_id: expected_value(s, ctx, scores) for s in specs}
+    return sorted(specs, key=lambda s: (-s.priority, -ev[s.campaign_id], s.campaign_id))
+
+
+def run_many(
+    specs: list[CampaignSpec],
+    ctx: Context,
+    adapter: DeliveryAdapter,
+    scores: pd.DataFrame | None = None,
+    require_approval: bool = True,
+) -> dict[str, RunResult]:
+    """Run competing campaigns in arbitration order: a loser's customers get the cap reason
+    (``cap_offer_day``, ``cap_channel_day``, ...) in its decisions."""
+    return {
+        s.campaign_id: run(s, ctx, adapter, require_approval=require_approval)
+        for s in arbitrate(specs, ctx, scores)
+    }
