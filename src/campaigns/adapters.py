@@ -4,6 +4,7 @@ resend after a crash (sent, not yet marked) is acknowledged without a second del
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -80,6 +81,77 @@ class SimulatedChannel:
             return Ack("undeliverable", key)
         self.delivered.setdefault(key, dict(message))
         return Ack("accepted", key)
+
+    def close(self) -> None:
+        pass
+
+
+class WebhookAdapter:
+    """POSTs each message as JSON to a provider's URL with the message id in the
+    ``Idempotency-Key`` header; retries connection errors, timeouts, 429 and 5xx with
+    exponential backoff. 2xx = accepted; 410 = undeliverable on this channel (the sender falls
+    back); any other 4xx is a permanent failure (raised: the message stays pending, nothing is
+    marked)."""
+
+    def __init__(
+        self,
+        url: str,
+        retries: int = 4,
+        backoff_s: float = 0.2,
+        timeout_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        import time
+
+        self.url = url
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
+        self._sleep = sleep or time.sleep
+
+    def send(self, message: Mapping[str, Any]) -> Ack:
+        import urllib.error
+        import urllib.request
+
+        key = str(message["message_id"])
+        body = json.dumps(dict(message), default=str, ensure_ascii=False).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(
+                self.url,
+                data=body,
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": key,
+                    **self.headers,
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer = response.read()
+                    provider_id = key
+                    if answer:
+                        with contextlib.suppress(ValueError, AttributeError):
+                            provider_id = str(json.loads(answer).get("id", key))
+                    return Ack("accepted", provider_id)
+            except urllib.error.HTTPError as error:
+                if error.code == 410:
+                    return Ack("undeliverable", key)
+                if error.code != 429 and error.code < 500:
+                    raise RuntimeError(
+                        f"webhook {self.url}: message {key} refused with HTTP {error.code}"
+                    ) from error
+                last = error
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                last = error
+            if attempt < self.retries:
+                self._sleep(self.backoff_s * 2**attempt)
+        raise RuntimeError(
+            f"webhook {self.url}: message {key} not acknowledged after {self.retries + 1} tries: {last}"
+        )
 
     def close(self) -> None:
         pass
