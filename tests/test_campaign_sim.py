@@ -120,6 +120,7 @@ def test_answer_records_responses_for_waves_and_report(small_bank, tmp_path: Pat
     rep = report(spec, db, drawn["converted"])
     s1 = rep["steps"].set_index("step_id").loc["s1"]
     assert int(s1["delivered"]) == int((drawn["delivered"] & drawn["contacted"]).sum())
+    assert int(s1["sent_without_receipt"]) == int(s1["sent"]) - int(s1["delivered"])
     assert rep["lift"].n_control == int((seg["arm"] == "control").sum())
     # the wave: delivered at s1 and not converted
     p2 = engine.plan(spec, ctx, "s2")

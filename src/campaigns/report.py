@@ -93,6 +93,11 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
         }
         for event in ("delivered", "opened", "clicked", "converted"):
             row[event] = int((e["event"] == event).sum())
+        # sends reconciled against receipts: acknowledged by the provider, never receipted
+        receipted = set(e.loc[e["event"] == "delivered", "message_id"])
+        row["sent_without_receipt"] = int(
+            ((o["status"] == "sent") & ~o["message_id"].isin(receipted)).sum()
+        )
         step = next(s for s in spec.steps if s.step_id == step_id)
         row["cost_krw"] = row["sent"] * step.cost
         rows.append(row)
