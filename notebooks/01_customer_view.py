@@ -37,13 +37,9 @@ from src.settings import Settings
 
 settings = Settings(data_dir=data_dir) if data_dir else Settings()
 catalog = settings.catalog  # validated tables: run `nextoffer validate` first
-con = connect_tables(
-    catalog, tables=("customers", "holdings", "clickstream", "transactions", "offers", "exposures")
-)
+con = connect_tables(catalog, tables=("customers", "holdings", "clickstream", "transactions", "offers", "exposures"))
 last_ts = con.sql("SELECT max(ts) FROM clickstream").fetchall()[0][0]
-as_of_ts = (
-    pd.Timestamp(as_of) if as_of else pd.Timestamp(last_ts).normalize() + pd.Timedelta(days=1)
-)
+as_of_ts = pd.Timestamp(as_of) if as_of else pd.Timestamp(last_ts).normalize() + pd.Timedelta(days=1)
 print(f"validated tables: {catalog.validated_dir}\nview as of: {as_of_ts:%Y-%m-%d}")
 
 # %% [markdown]
@@ -143,14 +139,8 @@ ax.set_ylabel("transaction code")
 # Consent per channel and the exclusion flags the scoring endpoint will apply.
 
 # %%
-flags = [
-    "consent_push",
-    "consent_sms",
-    "consent_messenger",
-    "consent_email",
-    "is_accident_reported",
-    "is_closed",
-]
+flags = ["consent_push", "consent_sms", "consent_messenger", "consent_email",
+         "is_accident_reported", "is_closed"]
 view[flags].mean().rename("share of customers").to_frame().style.format("{:.1%}")
 
 # %% [markdown]
@@ -169,9 +159,7 @@ if (settings.truth_dir / "meta.json").exists():
     for ax, product in zip(axes, ["loan", "fx", "fund", "savings"]):
         need = oracle.need(view["customer_id"].to_numpy(), product, day_before)
         bins = pd.qcut(need, 5, labels=["q1", "q2", "q3", "q4", "q5"], duplicates="drop")
-        view.groupby(bins, observed=True)[f"pv_{product}_30d"].mean().plot.bar(
-            ax=ax, color="tab:red"
-        )
+        view.groupby(bins, observed=True)[f"pv_{product}_30d"].mean().plot.bar(ax=ax, color="tab:red")
         ax.set_title(f"{product}: page views by true need")
         ax.set_xlabel("true need quintile")
     axes[0].set_ylabel("page views, 30 days")
@@ -186,19 +174,11 @@ else:
 # %%
 earlier = build_customer_view(catalog, as_of_ts - pd.Timedelta(days=7))
 busiest = view.sort_values("page_views_30d", ascending=False)["customer_id"].iloc[0]
-columns = [
-    "sessions_7d",
-    "sessions_30d",
-    "page_views_30d",
-    "days_since_last_session",
-    "days_to_card_payment",
-    "days_to_savings_maturity",
-]
+columns = ["sessions_7d", "sessions_30d", "page_views_30d", "days_since_last_session",
+           "days_to_card_payment", "days_to_savings_maturity"]
 pd.concat(
     {
-        f"as of {as_of_ts - pd.Timedelta(days=7):%Y-%m-%d}": earlier.set_index("customer_id").loc[
-            busiest, columns
-        ],
+        f"as of {as_of_ts - pd.Timedelta(days=7):%Y-%m-%d}": earlier.set_index("customer_id").loc[busiest, columns],
         f"as of {as_of_ts:%Y-%m-%d}": view.set_index("customer_id").loc[busiest, columns],
     },
     axis=1,

@@ -35,12 +35,7 @@ from IPython.display import display
 
 from src.features import journeys
 from src.features.detection import (
-    OnlineDetector,
-    detect,
-    events_from_frame,
-    funnel_report,
-    load_rules,
-    rule_features,
+    OnlineDetector, detect, events_from_frame, funnel_report, load_rules, rule_features,
 )
 from src.features.detection.events import detections_frame
 from src.features.identity import stitched_events
@@ -49,10 +44,8 @@ from src.settings import Settings
 settings = Settings(data_dir=data_dir) if data_dir else Settings()
 events = stitched_events(settings.catalog)  # validated tables: run `nextoffer validate` first
 customers = settings.catalog.read("customers")
-print(
-    f"{len(events):,} events of {events['customer_id'].nunique():,} customers, "
-    f"{events['ts'].min():%Y-%m-%d} .. {events['ts'].max():%Y-%m-%d}"
-)
+print(f"{len(events):,} events of {events['customer_id'].nunique():,} customers, "
+      f"{events['ts'].min():%Y-%m-%d} .. {events['ts'].max():%Y-%m-%d}")
 journeys.attribution_summary(events)
 
 # %% [markdown]
@@ -64,15 +57,8 @@ journeys.attribution_summary(events)
 # %%
 rules = load_rules()
 pd.DataFrame(
-    [
-        {
-            "rule": r.name,
-            "kind": r.kind,
-            "steps": " → ".join(s.name for s in r.steps),
-            "action": r.action,
-        }
-        for r in rules
-    ]
+    [{"rule": r.name, "kind": r.kind, "steps": " → ".join(s.name for s in r.steps),
+      "action": r.action} for r in rules]
 )
 
 # %% [markdown]
@@ -81,12 +67,8 @@ pd.DataFrame(
 # %%
 until = events["ts"].max()
 detections = detect(events, rules, until=until)
-per_day = (
-    detections.assign(day=detections["fired_at"].dt.floor("D"))
-    .groupby(["day", "rule"])
-    .size()
-    .unstack(fill_value=0)
-)
+per_day = (detections.assign(day=detections["fired_at"].dt.floor("D"))
+           .groupby(["day", "rule"]).size().unstack(fill_value=0))
 ax = per_day.plot(figsize=(10, 3.5), title="Detections per day by rule")
 ax.set_ylabel("detections")
 ax.set_xlabel("day")
@@ -103,16 +85,10 @@ fired = online.process_many(events_from_frame(events))
 fired += online.tick(until)
 online_frame = detections_frame(fired)
 key = ["customer_id", "rule", "kind", "anchor_at", "fired_at"]
-same = (
-    online_frame[key]
-    .sort_values(key)
-    .reset_index(drop=True)
-    .equals(detections[key].sort_values(key).reset_index(drop=True))
-)
-print(
-    f"batch {len(detections):,} detections, online {len(online_frame):,}; identical: {same}; "
-    f"online state at the end: {online.state_size():,} partial matches"
-)
+same = (online_frame[key].sort_values(key).reset_index(drop=True)
+        .equals(detections[key].sort_values(key).reset_index(drop=True)))
+print(f"batch {len(detections):,} detections, online {len(online_frame):,}; identical: {same}; "
+      f"online state at the end: {online.state_size():,} partial matches")
 
 # %% [markdown]
 # ### Step funnels per rule, by segment
@@ -192,13 +168,8 @@ to_error.head(10)
 # Loan: limit inquiry → result → application steps → done, within one session.
 
 # %%
-loan_steps = [
-    "loan_main",
-    "loan_limit_inquiry",
-    "loan_limit_result",
-    "loan_apply_step1",
-    "loan_apply_done",
-]
+loan_steps = ["loan_main", "loan_limit_inquiry", "loan_limit_result", "loan_apply_step1",
+              "loan_apply_done"]
 loan_funnel = journeys.funnel(sessions, loan_steps, by=segment, customers=customers)
 journeys.plot_funnel(loan_funnel, title="Loan funnel by segment")
 plt.show()

@@ -37,21 +37,13 @@
 data_dir = ""  # empty: the project's data/ directory
 as_of = ""  # retraining date: only data before it is used (empty: all data)
 products = ""  # comma-separated (empty: all products)
-window_days = (
-    None  # models.window_days: label window (shortened automatically on a bank too short for it)
-)
-embargo = (
-    None  # models.embargo: every training label window closes before the test date (False leaks)
-)
+window_days = None  # models.window_days: label window (shortened automatically on a bank too short for it)
+embargo = None  # models.embargo: every training label window closes before the test date (False leaks)
 learning_rate = None  # models.learning_rate
 num_leaves = None  # models.num_leaves
 min_child_samples = None  # models.min_child_samples
-calibration = (
-    None  # models.calibration: "sigmoid" (Platt) or "isotonic" (needs 200+ validation positives)
-)
-register = (
-    False  # register the model and run the champion/challenger comparison (`retrain` sets True)
-)
+calibration = None  # models.calibration: "sigmoid" (Platt) or "isotonic" (needs 200+ validation positives)
+register = False  # register the model and run the champion/challenger comparison (`retrain` sets True)
 with_rule_features = False  # add the detection rules' features (slower: detection per date)
 ceiling_paths = 0  # > 0: Monte Carlo paths for the bayes_as_of ceiling (minutes on a large bank)
 run_info_path = ""  # where to write {run_id, model_uri, ...} as JSON (set by `retrain`)
@@ -70,31 +62,17 @@ from src.models.train import run_propensity_training, write_run_info
 from src.settings import Settings
 
 # parameters left at None take the settings' values (environment NEXTOFFER_MODELS__<FIELD>, else defaults)
-settings = Settings.from_overrides(
-    data_dir=data_dir,
-    models=dict(
-        window_days=window_days,
-        embargo=embargo,
-        learning_rate=learning_rate,
-        num_leaves=num_leaves,
-        min_child_samples=min_child_samples,
-        calibration=calibration,
-    ),
-)
+settings = Settings.from_overrides(data_dir=data_dir, models=dict(
+    window_days=window_days, embargo=embargo, learning_rate=learning_rate, num_leaves=num_leaves,
+    min_child_samples=min_child_samples, calibration=calibration))
 chosen = [p.strip() for p in products.split(",") if p.strip()] or list(PRODUCTS)
 extra = None
 if with_rule_features:
     from src.features.feature_table import detection_rule_features
 
     extra = detection_rule_features()
-run = run_propensity_training(
-    settings,
-    as_of or None,
-    chosen,  # config, window, embargo: settings.models
-    extra=extra,
-    register=register,
-    out_dir=Path(out_dir) if out_dir else None,
-)
+run = run_propensity_training(settings, as_of or None, chosen,  # config, window, embargo: settings.models
+                              extra=extra, register=register, out_dir=Path(out_dir) if out_dir else None)
 print("time split:", run.plan.as_dict())
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 plt.close("all")  # the run's figures are shown one per cell below, not all at once here
@@ -141,12 +119,6 @@ print("MLflow run:", run.run_id, "\nmodel:", run.model_uri)
 if run.promotion is not None:
     print(run.promotion)
 if run_info_path:
-    write_run_info(
-        run_info_path,
-        notebook="10_train_propensity",
-        run_id=run.run_id,
-        model_uri=run.model_uri,
-        experiment_id=run.extra.get("experiment_id"),
-        plan=run.plan.as_dict(),
-        promotion=None if run.promotion is None else run.promotion.__dict__,
-    )
+    write_run_info(run_info_path, notebook="10_train_propensity", run_id=run.run_id, model_uri=run.model_uri,
+                   experiment_id=run.extra.get("experiment_id"), plan=run.plan.as_dict(),
+                   promotion=None if run.promotion is None else run.promotion.__dict__)

@@ -61,25 +61,17 @@ from src.models.bandit import BanditConfig
 from src.settings import Settings
 
 # parameters left at None take the settings' values (environment NEXTOFFER_BANDIT__<FIELD>, else defaults)
-settings = Settings.from_overrides(
-    data_dir=data_dir,
-    bandit=dict(exploration=exploration, epsilon=epsilon, learning_rate=learning_rate, seed=seed),
-)
+settings = Settings.from_overrides(data_dir=data_dir, bandit=dict(
+    exploration=exploration, epsilon=epsilon, learning_rate=learning_rate, seed=seed))
 meta_days = pd.read_json(settings.truth_dir / "meta.json", typ="series")["days"]
 train = min(train_days, int(meta_days) // 2)
 config = ComparisonConfig(
-    train_days=train,
-    sim_days=sim_days or None,
-    ab_test_days=min(ab_test_days, (int(meta_days) - train) // 2),
-    seed=settings.bandit.seed,
-    bandit=BanditConfig.of(settings.bandit),
-    policies=("random", "ab_then_fix", "bandit", "oracle")
-    + (DIAGNOSTIC_POLICIES if diagnostics else ()),
+    train_days=train, sim_days=sim_days or None, ab_test_days=min(ab_test_days, (int(meta_days) - train) // 2),
+    seed=settings.bandit.seed, bandit=BanditConfig.of(settings.bandit),
+    policies=("random", "ab_then_fix", "bandit", "oracle") + (DIAGNOSTIC_POLICIES if diagnostics else ()),
 )
-print(
-    f"bank: {settings.catalog.data_dir}\n{int(meta_days)} simulated days; offline log {config.train_days} days; "
-    f"A/B test {config.ab_test_days} days"
-)
+print(f"bank: {settings.catalog.data_dir}\n{int(meta_days)} simulated days; offline log {config.train_days} days; "
+      f"A/B test {config.ab_test_days} days")
 
 # %% [markdown]
 # ## The run
@@ -96,10 +88,8 @@ result.summary.round(3)
 
 # %%
 summary = result.summary
-print(
-    f"bandit: {summary.loc['bandit', 'pct_of_oracle']:.1f} % of the oracle (goal >= 90 %), "
-    f"{summary.loc['bandit', 'lift_vs_ab_pct']:+.1f} % vs A/B-then-fix (goal >= +15 %)"
-)
+print(f"bandit: {summary.loc['bandit', 'pct_of_oracle']:.1f} % of the oracle (goal >= 90 %), "
+      f"{summary.loc['bandit', 'lift_vs_ab_pct']:+.1f} % vs A/B-then-fix (goal >= +15 %)")
 
 # %% [markdown]
 # ## Where the gap to the oracle goes
@@ -164,18 +154,9 @@ result.ab
 
 # %%
 start = pd.Timestamp(settings.sim.start_date) + pd.Timedelta(days=config.train_days)
-ope_table = ope_check(
-    settings.catalog,
-    settings.truth_dir,
-    result.offline_bandit,
-    result.views,
-    start,
-    extra_policies={"ab_winners": result.ab["winner"].tolist()},
-    history=config.history,
-)
-ope_table[
-    ["policy", "estimator", "value", "ci_low", "ci_high", "true_value", "rel_error_pct", "covered"]
-].round(4)
+ope_table = ope_check(settings.catalog, settings.truth_dir, result.offline_bandit, result.views, start,
+                      extra_policies={"ab_winners": result.ab["winner"].tolist()}, history=config.history)
+ope_table[["policy", "estimator", "value", "ci_low", "ci_high", "true_value", "rel_error_pct", "covered"]].round(4)
 
 # %% [markdown]
 # Goal: every estimate within 5 % of the true value. The direct method's reward model is
@@ -194,11 +175,8 @@ for i, (policy, g) in enumerate(ope_table.groupby("policy", sort=False)):
     for xi, name in zip(x, g["estimator"]):
         ax.annotate(name, (xi, g["ci_low"].min()), fontsize=7, ha="center", va="top")
 ax.set_xticks(range(ope_table["policy"].nunique()), ope_table["policy"].unique())
-ax.set(
-    title="off-policy estimates (95% CI) vs true value (line)",
-    xlabel="policy",
-    ylabel="value per decision",
-)
+ax.set(title="off-policy estimates (95% CI) vs true value (line)", xlabel="policy",
+       ylabel="value per decision")
 plt.show()
 
 # %% [markdown]
@@ -213,25 +191,11 @@ if register:
     from src.models.bandit import log_bandit, pyfunc_input_example, register_bandit
     from src.models.bandit_eval import held_out_scorer
 
-    score = held_out_scorer(
-        settings.catalog, result.views, config.bandit, start, history=config.history
-    )
+    score = held_out_scorer(settings.catalog, result.views, config.bandit, start, history=config.history)
     candidate = score(result.bandit)
     offers = settings.catalog.read("offers")
-    uri = log_bandit(
-        result.bandit,
-        offers,
-        metrics={"ope_dr_value": candidate},
-        tracking_uri=settings.tracking_uri,
-        artifact_location=str(settings.artifact_root),
-        input_example=pyfunc_input_example(result.offline_log, offers),
-    )
-    print(
-        register_bandit(
-            uri,
-            "nextoffer-bandit",
-            candidate,
-            score_champion=score,
-            tracking_uri=settings.tracking_uri,
-        )
-    )
+    uri = log_bandit(result.bandit, offers, metrics={"ope_dr_value": candidate}, tracking_uri=settings.tracking_uri,
+                     artifact_location=str(settings.artifact_root),
+                     input_example=pyfunc_input_example(result.offline_log, offers))
+    print(register_bandit(uri, "nextoffer-bandit", candidate, score_champion=score,
+                          tracking_uri=settings.tracking_uri))

@@ -28,7 +28,7 @@
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory (a validated bank)
 work_dir = ""  # empty: a temporary copy (the notebook never writes into data_dir)
-seed = 0  # the bank's answers
+answer_seed = 0  # the draws of the bank's answers to the messages
 
 # %%
 import shutil
@@ -129,11 +129,13 @@ print("rerun:", camps.run(spec, adapter=channel, step_id="s1"))
 # %%
 seg = camps.db.segment(spec.campaign_id)
 arms = seg.set_index("customer_id")["arm"]
-eff = campaign_effects(settings.truth_dir, pd.Index(arms.index), "savings", "push", 12, seed=seed)
+eff = campaign_effects(
+    settings.truth_dir, pd.Index(arms.index), "savings", "push", 12, seed=answer_seed
+)
 out = camps.db.outbox(spec.campaign_id)
 drawn, events = draw_responses(
     eff, arms, out[(out["step_id"] == "s1") & (out["status"] == "sent")],
-    f"{as_of:%Y-%m-%d}T12:10:00", seed=seed,
+    f"{as_of:%Y-%m-%d}T12:10:00", seed=answer_seed,
 )  # fmt: skip
 camps.db.record_events(events)
 print(camps.run(spec, adapter=channel, step_id="s2"))
