@@ -285,6 +285,46 @@ def _ope(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _campaigns(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    dry = r["dry_run"]
+    sizes = sorted(dry, key=int)
+    rows = [
+        (
+            "campaign dry run, rule + model segment, "
+            + " / ".join(_k(int(n)) for n in sizes)
+            + " customers",
+            " / ".join(
+                f"{dry[n]['seconds']:.1f} s ({dry[n]['peak_rss_mb']:,.0f} MB peak)" for n in sizes
+            ),
+            "—",
+        )
+    ]
+    out = {o["engine"]: o for o in r["outbox"]}
+    if "sqlite" in out:
+        base = out["sqlite"]
+        pg = out.get("postgresql")
+        rows.append(
+            (
+                f"campaign outbox (cap charge + outbox row per transaction batch, ack marks), {base['sent']:,} messages",
+                f"SQLite {base['messages_per_s']:,.0f} msg/s",
+                f"PostgreSQL {pg['messages_per_s']:,.0f} msg/s ({pg['messages_per_s'] / base['messages_per_s']:.2f}×)"
+                if pg
+                else "PostgreSQL not measured",
+            )
+        )
+    lift = r["lift_vs_truth"]
+    rows.append(
+        (
+            f"campaign ITT lift vs the simulator's true lift, {_k(lift['customers'])} customers",
+            f"95 % interval covered the truth in {lift['coverage']:.0%} of {len(lift['runs'])} runs; "
+            f"mean error {lift['mean_abs_error_pp']:.2f} pp (half-width {lift['mean_ci_half_width_pp']:.2f} pp)",
+            "the oracle",
+        )
+    )
+    return rows
+
+
 ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("simulator", _simulator),
     ("customer_view", _customer_view),
@@ -295,6 +335,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("serving", _serving),
     ("policies", _policies),
     ("ope", _ope),
+    ("campaigns", _campaigns),
 )
 # the README's order: propensity, UCI, then CVR (which lives in models.json)
 _ORDER = ("simulator", "customer view", "detection", "propensity,", "propensity on", "CVR")

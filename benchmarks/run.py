@@ -28,6 +28,7 @@ BENCHMARKS = (
     "uci_bank_marketing",
     "policies",
     "ope",
+    "campaigns",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -186,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_ope.run(rows=args.ope_rows, actions=args.ope_actions, seed=args.seed)
 
+    def bench_campaigns() -> Report:
+        from benchmarks import bench_campaigns
+
+        return bench_campaigns.run(data_root / "campaigns")
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
         "ope": bench_ope,
+        "campaigns": bench_campaigns,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

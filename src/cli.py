@@ -688,6 +688,136 @@ def demo(
     run_demo(settings, echo=typer.echo)
 
 
+# -- campaigns: who, when, what, how, where and why ------------------------------------------
+campaign_app = typer.Typer(
+    help="Outbound campaigns: validate, dry-run, approve, run, report, why.", no_args_is_help=True
+)
+app.add_typer(campaign_app, name="campaign")
+SpecArg = Annotated[Path, typer.Argument(help="Campaign spec (YAML).")]
+CampaignAsOfOpt = Annotated[
+    datetime | None, typer.Option("--as-of", help="View date (default: the newest view).")
+]
+StepOpt = Annotated[str | None, typer.Option("--step", help="Step id (default: the first).")]
+
+
+def _campaign_errors() -> Any:
+    from src.campaigns.engine import ApprovalError
+    from src.campaigns.segments import SegmentError
+    from src.campaigns.spec import SpecError
+    from src.contact.store import StoreUnavailable
+
+    return _exit_on(SpecError, SegmentError, ApprovalError, StoreUnavailable, TableNotValidated)
+
+
+def _campaigns(data_dir: Path | None, as_of: datetime | None) -> Any:
+    from src.campaigns.api import Campaigns
+    from src.data.catalog import as_of_stamp
+
+    settings = _settings(data_dir=data_dir)
+    if as_of is None:
+        latest = settings.catalog.latest("customer_view")
+        if latest is None:
+            raise typer.BadParameter(
+                "no customer view: run `nextoffer build-view`", param_hint="--as-of"
+            )
+        as_of = datetime.fromisoformat(latest.stem.removeprefix("customer_view_"))
+    as_of_stamp(as_of)
+    return Campaigns(settings, as_of)
+
+
+@campaign_app.command("validate")
+def campaign_validate(
+    spec: SpecArg, as_of: CampaignAsOfOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    """Check a spec: fields, steps, channel rules, offers, template fields, the segment."""
+    from src.campaigns.spec import SpecError, load_spec
+
+    with _campaign_errors():
+        parsed = load_spec(spec)
+        problems = _campaigns(data_dir, as_of).validate(parsed)
+        if problems:
+            raise SpecError(f"{spec}: " + "; ".join(problems))
+    typer.echo(f"{parsed.campaign_id}: valid ({len(parsed.steps)} step(s))")
+
+
+@campaign_app.command("dry-run")
+def campaign_dry_run(
+    spec: SpecArg, as_of: CampaignAsOfOpt = None, step: StepOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    """The audience funnel (segment, each exclusion, consent, quiet hours, holdout, fatigue)
+    and the expected conversions, cost and ROAS; saved as JSON beside the campaign store."""
+    import json
+
+    with _campaign_errors():
+        c = _campaigns(data_dir, as_of)
+        result = c.dry_run(spec, step)
+    for stage, n in result["funnel"].items():
+        typer.echo(f"{stage:>28}: {n}")
+    for key in ("requeued_quiet_hours", "expected_conversions", "cost_krw", "roas"):
+        if key in result:
+            typer.echo(f"{key:>28}: {result[key]}")
+    out = c.settings.campaigns_dir / result["campaign_id"] / "dry_run.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    typer.echo(f"funnel -> {out}")
+
+
+@campaign_app.command("approve")
+def campaign_approve(
+    spec: SpecArg,
+    user: Annotated[str, typer.Option("--user", help="Approver (not the spec's owner).")],
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Approve the content-hashed bundle (spec, segment version, caps, holdout)."""
+    with _campaign_errors():
+        h = _campaigns(data_dir, as_of).approve(spec, user)
+    typer.echo(f"approved by {user}: bundle {h[:16]}")
+
+
+@campaign_app.command("run")
+def campaign_run(
+    spec: SpecArg,
+    as_of: CampaignAsOfOpt = None,
+    step: StepOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Enqueue an approved step into the outbox (with its cap charges) and deliver it."""
+    with _campaign_errors():
+        result = _campaigns(data_dir, as_of).run(spec, step_id=step, progress=True)
+    typer.echo(
+        f"step {result.step_id}: enqueued {result.enqueued}, capped {result.capped}, "
+        f"suppressed {result.suppressed}, sent {result.sent}"
+    )
+
+
+@campaign_app.command("report")
+def campaign_report(
+    spec: SpecArg, as_of: CampaignAsOfOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    """Per step and channel: members, suppressed, capped, sent and responses; reasons."""
+    with _campaign_errors():
+        rep = _campaigns(data_dir, as_of).report(spec)
+    typer.echo(rep["steps"].to_string(index=False))
+    typer.echo(rep["reasons"].to_string(index=False))
+
+
+@campaign_app.command("why")
+def campaign_why(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    customer: Annotated[str, typer.Argument(help="Customer id.")],
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Why a customer was (not) contacted, per step."""
+    with _campaign_errors():
+        table = _campaigns(data_dir, as_of).why(campaign, customer)
+    if table.empty:
+        typer.echo(f"{customer}: not in any run of campaign {campaign!r}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(table.to_string(index=False))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -257,6 +257,21 @@ class BanditSettings(BanditParams):
     )
 
 
+class CampaignSettings(Section):
+    """The outbound sender (``nextoffer campaign ...``)."""
+
+    store_url: str | None = Field(
+        None,
+        description="Contact store + campaign tables: a SQLite path or postgresql:// URL; "
+        "default: SQLite at <data_dir>/campaigns/campaigns.sqlite.",
+    )
+    store_schema: str | None = Field(None, description="PostgreSQL schema of the tables.")
+    outbox_path: Path | None = Field(
+        None, description="JSONL delivery file; default: <data_dir>/campaigns/outbox.jsonl."
+    )
+    batch_size: int = Field(500, ge=1, description="Messages charged per transaction.")
+
+
 STALE_ENV = ("NEXTOFFER_SEED", "NEXTOFFER_CUSTOMERS", "NEXTOFFER_DAYS", "NEXTOFFER_START_DATE")
 
 
@@ -314,6 +329,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
+    campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -375,6 +391,11 @@ class Settings(BaseSettings):
     def truth_dir(self) -> Path:
         """The simulator's hidden truth (latent needs, true probabilities); never a model input."""
         return self.resolve(self.data_dir) / "truth"
+
+    @property
+    def campaigns_dir(self) -> Path:
+        """The outbound sender's state (contact store, outbox file) when not configured."""
+        return self.resolve(self.data_dir) / "campaigns"
 
     @property
     def features_dir(self) -> Path:

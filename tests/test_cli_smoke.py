@@ -182,3 +182,41 @@ def test_train_table(bank: dict[str, str], tmp_path: Path) -> None:
         "--drop", "customer_id", "--time-col", "joined_at", "--folds", "3", env=env,
     )  # fmt: skip
     assert "AUC" in out or "auc" in out
+
+
+def test_campaign(bank: dict[str, str], tmp_path: Path) -> None:
+    """campaign validate -> dry-run -> approve (the author may not) -> run -> report -> why."""
+    d = ["--data-dir", bank["data_dir"], "--as-of", bank["as_of"]]
+    if not Path(bank["data_dir"], "features", f"customer_view_{bank['as_of']}.parquet").exists():
+        run("build-view", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
+    spec = tmp_path / "lunch.yaml"
+    spec.write_text(
+        "campaign_id: lunch\nowner: alice\nwho: {rule: 'age BETWEEN 30 AND 39'}\n"
+        "when: {at: '2026-02-05T12:00:00'}\nholdout: {share: 0.2}\n"
+        "steps: [{step_id: s1, channel: push, offer_id: OF02, content: 'For you at {age}'}]\n"
+    )
+    assert "valid" in run("campaign", "validate", str(spec), *d)
+    out = run("campaign", "dry-run", str(spec), *d)
+    assert "after holdout" in out and "after fatigue" in out
+    refused = CliRunner().invoke(app, ["campaign", "approve", str(spec), "--user", "alice", *d])
+    assert refused.exit_code == 1 and "another user" in refused.output
+    assert "Traceback" not in refused.output
+    assert "approved by bob" in run("campaign", "approve", str(spec), "--user", "bob", *d)
+    out = run("campaign", "run", str(spec), *d)
+    assert "sent" in out
+    assert "s1" in run("campaign", "report", str(spec), *d)
+    view = pd.read_parquet(
+        Path(bank["data_dir"], "features", f"customer_view_{bank['as_of']}.parquet")
+    )
+    member = view.loc[view["age"].between(30, 39), "customer_id"].iloc[0]
+    why = run("campaign", "why", "lunch", member, *d)
+    assert "s1" in why and (
+        "contacted" in why
+        or "holdout" in why
+        or "no_consent" in why
+        or "product_held" in why
+        or "accident" in why
+        or "closed" in why
+    )
+    outbox = Path(bank["data_dir"], "campaigns", "outbox.jsonl")
+    assert outbox.exists()

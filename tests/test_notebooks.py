@@ -28,6 +28,7 @@ MIN_IMAGES = {
     "10_train_propensity": 4,
     "11_train_cvr": 2,
     "20_bandit_vs_ab": 3,
+    "30_campaigns": 2,
 }
 
 

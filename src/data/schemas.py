@@ -133,6 +133,10 @@ class Customers(pa.DataFrameModel):
     consent_sms: Series[bool]
     consent_messenger: Series[bool]
     consent_email: Series[bool]
+    # advertising push/SMS between 21:00 and 08:00 needs this separate consent (Korean rule);
+    # optional and nullable so exports that predate it still validate: absent or null = no
+    # night-time consent on record (the campaign gate fails closed)
+    consent_night: Series[pd.BooleanDtype] | None = pa.Field(nullable=True)
     accident_reported_at: Series[pd.Timestamp] = pa.Field(nullable=True)
     closed_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 

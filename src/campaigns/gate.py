@@ -1,0 +1,181 @@
+"""The contact gate over a whole audience: one reason code per customer not contacted.
+
+The same checks as the offer slot (``src.contact.eligibility``), vectorised over a segment and
+in a fixed order (the first failing one is the reason): global control, closed account, accident
+report, product held, campaign exclusions, consent for the channel (messenger falls back to SMS
+when only SMS is consented), quiet hours (advertising push/SMS at night without night-time
+consent: requeued to the morning or dropped), then the campaign holdout. Fatigue caps are
+charged later, per message, against the shared contact store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from src.campaigns.spec import CONSENT_CHANNEL, CampaignSpec, Step
+from src.contact.policy import PolicyConfig
+
+NIGHT_CHANNELS = ("push", "sms", "lms")
+#: the funnel's steps in gate order (reasons); "contact" rows remain
+GATE_ORDER: tuple[str, ...] = (
+    "global_control",
+    "closed_account",
+    "accident_report",
+    "product_held",
+    "campaign_exclusion",
+    "no_consent",
+    "quiet_hours_dropped",
+    "holdout",
+)
+
+
+def hash_unit(ids: pd.Series | pd.Index, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per id from a salted sha256: stable across runs and machines."""
+    out = np.empty(len(ids), dtype=np.float64)
+    prefix = salt.encode() + b":"
+    for i, cid in enumerate(ids):
+        digest = hashlib.sha256(prefix + str(cid).encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64
+    return out
+
+
+def assign_arms(ids: pd.Index, spec: CampaignSpec) -> pd.Series:
+    """``global_control`` / ``control`` / ``treatment`` for every segment member (ITT arms)."""
+    arm = np.full(len(ids), "treatment", dtype=object)
+    if spec.holdout.share > 0:
+        arm[hash_unit(ids, spec.salt) < spec.holdout.share] = "control"
+    if spec.holdout.global_share > 0:
+        arm[hash_unit(ids, spec.holdout.global_salt) < spec.holdout.global_share] = "global_control"
+    return pd.Series(arm, index=ids, name="arm")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Per customer: arm, reason (None = to contact), channel and when to send (local)."""
+
+    frame: pd.DataFrame  # index customer_id: arm, reason, channel, send_at
+
+
+def in_quiet_hours(hour: np.ndarray | int, start: int, end: int) -> np.ndarray:
+    """Local hour inside [start, end) wrapping midnight (21-8: 21..23 and 0..7)."""
+    h = np.asarray(hour)
+    if start > end:
+        return np.asarray((h >= start) | (h < end))
+    return np.asarray((h >= start) & (h < end))
+
+
+def next_morning(local: datetime, end_hour: int) -> datetime:
+    """The first ``end_hour``:00 after a night-time ``local`` time."""
+    morning = local.replace(hour=end_hour, minute=0, second=0, microsecond=0)
+    return morning if morning > local else morning + timedelta(days=1)
+
+
+def gate(
+    spec: CampaignSpec,
+    step: Step,
+    members: pd.DataFrame,
+    arms: pd.Series,
+    policy: PolicyConfig,
+    send_at: pd.Series,
+    excluded: pd.Index | None = None,
+) -> GateResult:
+    """Apply the gate to ``members`` (view rows indexed by customer_id, ``consent_night`` and
+    optionally ``timezone`` columns); ``send_at`` is each member's planned local send time in
+    the campaign's time zone."""
+    n = len(members)
+    reason = pd.Series([None] * n, index=members.index, dtype=object)
+
+    def mark(mask: np.ndarray | pd.Series, code: str) -> None:
+        m = np.asarray(mask, dtype=bool) & reason.isna().to_numpy()
+        reason[m] = code
+
+    arm = arms.reindex(members.index).fillna("treatment")
+    mark(arm == "global_control", "global_control")
+    mark(members.get("is_closed", False), "closed_account")
+    mark(members.get("is_accident_reported", False), "accident_report")
+    offer = next((o for o in policy.offers if o.offer_id == step.offer_id), None)
+    if offer is not None:
+        held = policy.held_columns.get(offer.product)
+        if held and held in members:
+            mark(members[held].fillna(0) > 0, "product_held")
+    if excluded is not None and len(excluded):
+        mark(members.index.isin(excluded), "campaign_exclusion")
+
+    channel = pd.Series(step.channel, index=members.index, dtype=object)
+    consented = _consent(members, step.channel, policy)
+    if step.fallback is not None:
+        fallback_ok = _consent(members, step.fallback, policy)
+        use_fallback = ~consented & fallback_ok
+        channel[use_fallback] = step.fallback
+        consented = consented | fallback_ok
+    mark(~consented, f"no_consent_{step.channel}")
+
+    # quiet hours, in the customer's zone (campaign zone when the view has none)
+    q = spec.quiet_hours
+    local = pd.to_datetime(send_at.reindex(members.index))
+    hours, shift_to_morning = _local_hours(local, members, spec.when.timezone, q.end_hour)
+    night = (
+        in_quiet_hours(hours, q.start_hour, q.end_hour)
+        & channel.isin(NIGHT_CHANNELS).to_numpy()
+        & (step.kind == "advertising")
+        & ~members.get("consent_night", pd.Series(False, index=members.index))
+        .fillna(False)
+        .astype(bool)
+        .to_numpy()
+    )
+    if q.action == "drop":
+        mark(night, "quiet_hours_dropped")
+        send_local = local
+    else:
+        send_local = local.where(~night, local + shift_to_morning)
+    mark(arm == "control", "holdout")
+    frame = pd.DataFrame(
+        {
+            "arm": arm,
+            "reason": reason,
+            "channel": channel,
+            "send_at": send_local.astype("datetime64[us]"),
+            "requeued": night if q.action == "requeue" else np.zeros(n, dtype=bool),
+        },
+        index=members.index,
+    )
+    return GateResult(frame)
+
+
+def _local_hours(
+    local: pd.Series, members: pd.DataFrame, campaign_zone: str, end_hour: int
+) -> tuple[np.ndarray, pd.Series]:
+    """The customer's local hour of each send (campaign-zone times), and the shift that moves a
+    night send to the next ``end_hour``:00 in the customer's zone (vectorised per zone)."""
+    zones = (
+        members["timezone"].fillna(campaign_zone)
+        if "timezone" in members
+        else pd.Series(campaign_zone, index=members.index)
+    )
+    hours = np.zeros(len(local), dtype=np.int64)
+    shift = pd.Series(pd.Timedelta(0), index=local.index)
+    for zone, rows in zones.groupby(zones).groups.items():
+        at = local.loc[rows]
+        there = at.dt.tz_localize(ZoneInfo(campaign_zone)).dt.tz_convert(ZoneInfo(str(zone)))
+        pos = local.index.get_indexer(rows)
+        hours[pos] = there.dt.hour.to_numpy()
+        morning = there.dt.normalize() + pd.Timedelta(hours=end_hour)
+        morning = morning.where(morning > there, morning + pd.Timedelta(days=1))
+        shift.loc[rows] = (morning - there).to_numpy()
+    return hours, shift
+
+
+def _consent(members: pd.DataFrame, channel: str, policy: PolicyConfig) -> pd.Series:
+    base = CONSENT_CHANNEL.get(channel, channel)
+    column = policy.consent_by_channel.get(base, f"consent_{base}")
+    if column is None:  # in-app: shown inside a session the customer opened
+        return pd.Series(True, index=members.index)
+    if column not in members:
+        return pd.Series(False, index=members.index)  # fail closed: no consent on record
+    return members[column].fillna(False).astype(bool)

@@ -1,0 +1,187 @@
+"""What a campaign did: the funnel per step and channel, and its lift against the holdout.
+
+Lift is intention-to-treat: every segment member counts in the arm the salted hash gave them,
+whether or not they were capped, suppressed or delivered, so the comparison stays randomised.
+It is measured on the goal (conversions), never on opens (the control cannot open). A sample
+ratio check flags an assignment that does not match the configured holdout share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from src.campaigns.spec import CampaignSpec
+from src.campaigns.state import CampaignDB
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Lift:
+    """Treatment minus control conversion rate (ITT) with a 95 % normal interval."""
+
+    n_treatment: int
+    n_control: int
+    rate_treatment: float
+    rate_control: float
+    lift: float
+    ci_low: float
+    ci_high: float
+    incremental_conversions: float
+    srm_p_value: float
+
+
+def itt_lift(arms: pd.Series, converted: pd.Series, control_share: float) -> Lift:
+    """``arms``: customer -> treatment/control (global control excluded); ``converted``:
+    customer -> bool (missing = did not convert)."""
+    arms = arms[arms.isin(["treatment", "control"])]
+    y = converted.reindex(arms.index).fillna(False).astype(float)
+    t, c = y[arms == "treatment"], y[arms == "control"]
+    nt, nc = len(t), len(c)
+    pt = float(t.mean()) if nt else float("nan")
+    pc = float(c.mean()) if nc else float("nan")
+    se = math.sqrt(pt * (1 - pt) / max(nt, 1) + pc * (1 - pc) / max(nc, 1))
+    lift = pt - pc
+    return Lift(
+        nt,
+        nc,
+        pt,
+        pc,
+        lift,
+        lift - Z95 * se,
+        lift + Z95 * se,
+        lift * nt,
+        srm_p_value(nt, nc, control_share),
+    )
+
+
+def srm_p_value(n_treatment: int, n_control: int, control_share: float) -> float:
+    """Chi-square (1 df) p-value of the observed split against the configured share."""
+    n = n_treatment + n_control
+    if n == 0 or not 0 < control_share < 1:
+        return float("nan")
+    exp_c, exp_t = n * control_share, n * (1 - control_share)
+    chi2 = (n_control - exp_c) ** 2 / exp_c + (n_treatment - exp_t) ** 2 / exp_t
+    return math.erfc(math.sqrt(chi2 / 2))
+
+
+def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
+    """Per step and channel: eligible, suppressed by reason, capped, sent and responses."""
+    dec = db.decisions(spec.campaign_id)
+    out = db.outbox(spec.campaign_id)
+    ev = db.events(spec.campaign_id)
+    rows: list[dict[str, Any]] = []
+    for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
+        reasons = d["reason"].fillna("contacted")
+        o = out[(out["step_id"] == step_id) & (out["channel"] == channel)]
+        e = ev[ev["message_id"].isin(o["message_id"])]
+        row: dict[str, Any] = {
+            "step_id": step_id,
+            "channel": channel,
+            "members": len(d),
+            "control": int((d["arm"] != "treatment").sum()),
+            "capped": int(reasons.str.startswith("cap_").sum()),
+            "suppressed": int(
+                (~reasons.isin(["contacted"]) & ~reasons.str.startswith("cap_")).sum()
+            ),
+            "sent": int((o["status"] == "sent").sum()),
+        }
+        for event in ("delivered", "opened", "clicked", "converted"):
+            row[event] = int((e["event"] == event).sum())
+        # sends reconciled against receipts: acknowledged by the provider, never receipted
+        receipted = set(e.loc[e["event"] == "delivered", "message_id"])
+        row["sent_without_receipt"] = int(
+            ((o["status"] == "sent") & ~o["message_id"].isin(receipted)).sum()
+        )
+        step = next(s for s in spec.steps if s.step_id == step_id)
+        row["cost_krw"] = row["sent"] * step.cost
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reasons_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
+    """How many members each reason kept from each step."""
+    dec = db.decisions(spec.campaign_id)
+    return (
+        dec.assign(reason=dec["reason"].fillna("contacted"))
+        .groupby(["step_id", "reason"])
+        .size()
+        .rename("customers")
+        .reset_index()
+    )
+
+
+def report(
+    spec: CampaignSpec,
+    db: CampaignDB,
+    converted: pd.Series | None = None,
+    value_krw: float = 0.0,
+    rewards_paid_krw: float = 0.0,
+) -> dict[str, Any]:
+    """The steps table, reasons, and (given conversions of every segment member) the ITT lift,
+    incremental conversions, cost and ROAS."""
+    steps = step_table(spec, db)
+    out: dict[str, Any] = {
+        "campaign_id": spec.campaign_id,
+        "steps": steps,
+        "reasons": reasons_table(spec, db),
+    }
+    if converted is not None:
+        seg = db.segment(spec.campaign_id).set_index("customer_id")["arm"]
+        lift = itt_lift(seg, converted, spec.holdout.share)
+        cost = float(steps["cost_krw"].sum()) + rewards_paid_krw if len(steps) else rewards_paid_krw
+        out["lift"] = lift
+        out["cost_krw"] = cost
+        out["incremental_value_krw"] = lift.incremental_conversions * value_krw
+        out["roas"] = lift.incremental_conversions * value_krw / cost if cost > 0 else None
+    return out
+
+
+def plot_report(rep: dict[str, Any]) -> Any:
+    """Funnel per step and the lift with its interval (titles, labelled axes)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps: pd.DataFrame = rep["steps"]
+    cols = ["members", "sent", "delivered", "opened", "clicked", "converted"]
+    if len(steps):
+        agg = steps.groupby("step_id")[cols].sum()
+        agg.T.plot.bar(ax=axes[0])
+    axes[0].set_title(f"{rep['campaign_id']}: funnel per step")
+    axes[0].set_xlabel("stage")
+    axes[0].set_ylabel("customers")
+    lift = rep.get("lift")
+    if lift is not None:
+        axes[1].errorbar(
+            [0],
+            [lift.lift * 100],
+            yerr=[[(lift.lift - lift.ci_low) * 100], [(lift.ci_high - lift.lift) * 100]],
+            fmt="o",
+            capsize=6,
+        )
+        axes[1].axhline(0, color="grey", lw=0.8)
+        axes[1].set_xticks([0], ["ITT lift"])
+    axes[1].set_title("conversion lift vs holdout (95 % CI)")
+    axes[1].set_ylabel("percentage points")
+    fig.tight_layout()
+    return fig
+
+
+def conversions_from_transactions(
+    transactions: pd.DataFrame, product: str, start: pd.Timestamp, window_days: int
+) -> pd.Series:
+    """customer -> converted: a signup of ``product`` within the window after ``start``."""
+    end = start + pd.Timedelta(days=window_days)
+    t = transactions
+    hit = t[
+        (t["code"] == "PRODUCT_SIGNUP")
+        & (t["product"] == product)
+        & (t["ts"] >= start)
+        & (t["ts"] < end)
+    ]
+    return pd.Series(True, index=pd.Index(np.unique(hit["customer_id"].astype(str))))

@@ -1,0 +1,271 @@
+"""A campaign as a YAML file: who (segment), when, what (offer, content, reward), how (channel),
+where (slot) and why (the goal it is measured on).
+
+Marketers compose campaigns from these parts without new code; everything a run depends on is
+in the spec (plus the data it names), so its content hash is what an approval signs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Channel = Literal["push", "sms", "lms", "messenger", "email", "app"]
+#: default cost of one message (KRW), used for expected cost and ROAS
+CHANNEL_COST_KRW: dict[str, float] = {
+    "push": 0.0,
+    "sms": 9.0,
+    "lms": 30.0,
+    "messenger": 8.0,
+    "email": 1.0,
+    "app": 0.0,
+}
+#: channels whose consent column in the view is another channel's (LMS is a long SMS)
+CONSENT_CHANNEL: dict[str, str] = {"lms": "sms"}
+Condition = Literal[
+    "delivered",
+    "opened",
+    "not_opened",
+    "clicked",
+    "not_clicked",
+    "converted",
+    "not_converted",
+]
+
+
+class SpecError(ValueError):
+    """A campaign spec that cannot run; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Segment(_Model):
+    """Exactly one of: ``rule`` (a SQL condition over the customer view; ``detected('rule',
+    days)`` for a rule detection in the last days), ``model`` (top-k / threshold on scores),
+    ``upload`` (a CSV of customer ids), or a set operation over segments."""
+
+    rule: str | None = None
+    model: ModelSegment | None = None
+    upload: Path | None = None
+    allow_unknown_ids: bool = Field(
+        False, description="upload: exclude unknown ids (reported) instead of failing."
+    )
+    union: tuple[Segment, ...] | None = None
+    intersect: tuple[Segment, ...] | None = None
+    minus: tuple[Segment, Segment] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [
+            k
+            for k in ("rule", "model", "upload", "union", "intersect", "minus")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "a segment needs exactly one of rule, model, upload, union, intersect, minus"
+                f" (got {given or 'none'})"
+            )
+        return self
+
+
+class ModelSegment(_Model):
+    """Top-k or a threshold on the propensity score of ``product`` (``scores_{as_of}``)."""
+
+    product: str
+    top_k: int | None = Field(None, ge=1)
+    threshold: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.top_k is None) == (self.threshold is None):
+            raise ValueError("model segment: give exactly one of top_k, threshold")
+        return self
+
+
+class When(_Model):
+    """One-off ``at`` a local time, ``cron`` (recurring) or ``trigger`` (a detection rule)."""
+
+    at: datetime | None = None
+    cron: str | None = None
+    trigger: str | None = None
+    trigger_delay_minutes: int = Field(0, ge=0)
+    timezone: str = "Asia/Seoul"
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if sum(x is not None for x in (self.at, self.cron, self.trigger)) != 1:
+            raise ValueError("when: give exactly one of at, cron, trigger")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"when.cron: {self.cron!r} is not a 5-field cron expression")
+        return self
+
+
+class Step(_Model):
+    """One message: channel, offer, content; later steps follow an earlier one (waves)."""
+
+    step_id: str
+    channel: Channel
+    offer_id: str
+    content: str = ""
+    kind: Literal["advertising", "informational"] = "advertising"
+    fallback: Channel | None = Field(
+        None, description="messenger -> sms: one logical message, one cap charge."
+    )
+    cost_krw: float | None = Field(None, ge=0, description="Default: by channel.")
+    after: str | None = None
+    condition: Condition = "delivered"
+    delay_hours: float = Field(0.0, ge=0)
+    slot: str | None = Field(None, description="where: the in-app slot (channel app).")
+
+    @property
+    def cost(self) -> float:
+        return CHANNEL_COST_KRW[self.channel] if self.cost_krw is None else self.cost_krw
+
+    def fields(self) -> list[str]:
+        """View columns the content template references (``{age}``)."""
+        return [f for _, f, _, _ in string.Formatter().parse(self.content) if f]
+
+
+class Reward(_Model):
+    """Paid once per customer on the qualifying event within ``expires_days`` of the send."""
+
+    kind: Literal["cashback", "coupon", "lucky_box"] = "cashback"
+    amount_krw: float = Field(gt=0)
+    budget_krw: float = Field(gt=0)
+    event: Literal["click", "convert"] = Field("convert", description="The qualifying event.")
+    expires_days: int = Field(14, ge=1)
+
+
+class Holdout(_Model):
+    """A per-campaign control (salted hash of the customer id) and an optional global one."""
+
+    share: float = Field(0.1, ge=0, lt=1)
+    salt: str | None = Field(None, description="Default: the campaign id.")
+    global_share: float = Field(0.0, ge=0, lt=1)
+    global_salt: str = "nextoffer-global-control"
+
+
+class QuietHours(_Model):
+    """Advertising push/SMS between ``start`` and ``end`` (local) needs night-time consent."""
+
+    start_hour: int = Field(21, ge=0, le=23)
+    end_hour: int = Field(8, ge=0, le=23)
+    action: Literal["requeue", "drop"] = "requeue"
+
+
+class Why(_Model):
+    """The goal the campaign is measured on (never opens: the control cannot open)."""
+
+    goal: Literal["convert", "click"] = "convert"
+    product: str | None = None
+    window_days: int = Field(14, ge=1)
+    value_krw: float | None = Field(None, ge=0, description="Default: the offer's value_krw.")
+
+
+class Exclusions(_Model):
+    """Campaign-specific exclusions on top of the shared gate."""
+
+    rule: str | None = None
+    campaigns: tuple[str, ...] = Field((), description="Skip who these campaigns contacted.")
+
+
+class CampaignSpec(_Model):
+    """A whole campaign."""
+
+    campaign_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    name: str = ""
+    owner: str
+    priority: int = 0
+    who: Segment
+    when: When
+    steps: tuple[Step, ...] = Field(min_length=1)
+    why: Why = Why()
+    reward: Reward | None = None
+    holdout: Holdout = Holdout()
+    quiet_hours: QuietHours = QuietHours()
+    exclusions: Exclusions = Exclusions()
+    model_alias: str = "champion"
+
+    @model_validator(mode="after")
+    def _steps(self) -> Self:
+        ids = [s.step_id for s in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"steps: duplicate step_id in {ids}")
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            where = f"steps[{i}] ({step.step_id})"
+            if i == 0 and step.after is not None:
+                raise ValueError(f"{where}: the first step cannot follow another")
+            if i > 0 and step.after is None:
+                raise ValueError(f"{where}: a later step needs `after` (the step it follows)")
+            if step.after is not None and step.after not in seen:
+                raise ValueError(f"{where}: after {step.after!r} is not an earlier step")
+            if step.channel == "messenger" and step.kind == "advertising":
+                raise ValueError(
+                    f"{where}: messenger notification templates (알림톡) carry informational "
+                    "messages only; send advertising on another channel"
+                )
+            if step.fallback is not None and step.fallback == step.channel:
+                raise ValueError(f"{where}: fallback is the step's own channel")
+            if step.channel == "app" and not step.slot:
+                raise ValueError(f"{where}: an in-app step needs its slot")
+            seen.add(step.step_id)
+        return self
+
+    @property
+    def salt(self) -> str:
+        return self.holdout.salt or self.campaign_id
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical spec (what an approval signs, with the data versions)."""
+        return sha256_json(self.model_dump(mode="json"))
+
+
+Segment.model_rebuild()
+
+
+def sha256_json(data: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+
+
+def load_spec(path: Path | str) -> CampaignSpec:
+    """Read a campaign YAML; relative upload paths are taken from the spec's folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SpecError(f"{path}: {error}") from error
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a campaign spec is a mapping")
+    _resolve_uploads(data.get("who"), path.parent)
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise SpecError(
+            f"{path}: {where}: {first['msg']} ({error.error_count()} error(s))"
+        ) from None
+
+
+def _resolve_uploads(segment: Any, base: Path) -> None:
+    if not isinstance(segment, dict):
+        return
+    if isinstance(segment.get("upload"), str) and not Path(segment["upload"]).is_absolute():
+        segment["upload"] = str(base / segment["upload"])
+    for key in ("union", "intersect", "minus"):
+        for child in segment.get(key) or ():
+            _resolve_uploads(child, base)

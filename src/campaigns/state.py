@@ -1,0 +1,202 @@
+"""Everything a campaign run writes, in the contact store's database (one transaction each).
+
+Tables: the outbox (one row per campaign x step x customer, deterministic id), the decisions
+(every segment member's arm and, when not contacted, the reason: ``campaign why``), the segment
+snapshots and holdout records (versioned), the responses (receipts, opens, clicks,
+conversions), approvals (history kept) and the rewards ledger (:mod:`src.campaigns.ledger`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from src.contact.store_sql import SQLContactStore, Tx
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS campaign_outbox (
+        message_id TEXT PRIMARY KEY,
+        campaign_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        fallback TEXT,
+        offer_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        send_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        provider_id TEXT,
+        sent_channel TEXT,
+        sent_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS campaign_outbox_status ON campaign_outbox (campaign_id, status)",
+    """CREATE TABLE IF NOT EXISTS campaign_decisions (
+        campaign_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        reason TEXT,
+        channel TEXT,
+        message_id TEXT,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, step_id, customer_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS campaign_segments (
+        campaign_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, version, customer_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS campaign_runs (
+        run_id TEXT PRIMARY KEY,
+        campaign_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        segment_version TEXT NOT NULL,
+        holdout_version TEXT NOT NULL,
+        bundle_hash TEXT NOT NULL,
+        started_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS campaign_events (
+        message_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (message_id, event)
+    )""",
+    """CREATE TABLE IF NOT EXISTS campaign_approvals (
+        seq INTEGER NOT NULL,
+        campaign_id TEXT NOT NULL,
+        bundle_hash TEXT NOT NULL,
+        action TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        at TEXT NOT NULL,
+        bundle TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, seq)
+    )""",
+)
+
+
+def message_id(campaign_id: str, step_id: str, customer_id: str) -> str:
+    """Deterministic: a rerun computes the same id, so nothing is written or charged twice."""
+    key = f"{campaign_id}\x1f{step_id}\x1f{customer_id}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+class CampaignDB:
+    """The campaign tables beside the contact charges (same database, same transactions)."""
+
+    def __init__(self, store: SQLContactStore) -> None:
+        self.store = store
+        store.ensure(DDL)
+
+    def frame(
+        self, sql: str, params: Sequence[Any] = (), columns: Sequence[str] = ()
+    ) -> pd.DataFrame:
+        with self.store.transaction() as tx:
+            rows = tx.fetchall(sql, params)
+        return pd.DataFrame(rows, columns=list(columns))
+
+    def existing_messages(self, tx: Tx, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            found |= {
+                r[0]
+                for r in tx.fetchall(
+                    f"SELECT message_id FROM campaign_outbox WHERE message_id IN ({marks})", chunk
+                )
+            }
+        return found
+
+    def save_segment(self, campaign_id: str, version: str, arms: pd.Series) -> None:
+        """The segment snapshot with each member's arm (the versioned holdout record)."""
+        with self.store.transaction() as tx:
+            if tx.fetchone(
+                "SELECT 1 FROM campaign_segments WHERE campaign_id = ? AND version = ? LIMIT 1",
+                (campaign_id, version),
+            ):
+                return
+            tx.executemany(
+                "INSERT INTO campaign_segments (campaign_id, version, customer_id, arm) "
+                "VALUES (?, ?, ?, ?)",
+                [(campaign_id, version, c, a) for c, a in arms.items()],
+            )
+
+    def segment(self, campaign_id: str, version: str | None = None) -> pd.DataFrame:
+        """A saved snapshot (default: the latest run's)."""
+        if version is None:
+            runs = self.frame(
+                "SELECT segment_version FROM campaign_runs WHERE campaign_id = ? "
+                "ORDER BY started_at DESC",
+                (campaign_id,),
+                ["v"],
+            )
+            if runs.empty:
+                return pd.DataFrame(columns=["customer_id", "arm"])
+            version = str(runs["v"].iloc[0])
+        return self.frame(
+            "SELECT customer_id, arm FROM campaign_segments WHERE campaign_id = ? AND version = ?",
+            (campaign_id, version),
+            ["customer_id", "arm"],
+        )
+
+    def record_events(self, events: Iterable[tuple[str, str, str]]) -> None:
+        """Receipts and responses: (message_id, event, at ISO); idempotent."""
+        rows = list(events)
+        if not rows:
+            return
+        sql = (
+            "INSERT INTO campaign_events (message_id, event, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (message_id, event) DO NOTHING"
+        )
+        with self.store.transaction() as tx:
+            tx.executemany(sql, rows)
+
+    def outbox(self, campaign_id: str) -> pd.DataFrame:
+        cols = [
+            "message_id",
+            "step_id",
+            "customer_id",
+            "channel",
+            "offer_id",
+            "status",
+            "attempts",
+            "sent_channel",
+            "send_at",
+        ]
+        return self.frame(
+            f"SELECT {', '.join(cols)} FROM campaign_outbox WHERE campaign_id = ?",
+            (campaign_id,),
+            cols,
+        )
+
+    def decisions(self, campaign_id: str) -> pd.DataFrame:
+        cols = ["step_id", "customer_id", "arm", "reason", "channel", "message_id"]
+        return self.frame(
+            f"SELECT {', '.join(cols)} FROM campaign_decisions WHERE campaign_id = ?",
+            (campaign_id,),
+            cols,
+        )
+
+    def events(self, campaign_id: str) -> pd.DataFrame:
+        return self.frame(
+            "SELECT e.message_id, o.step_id, o.customer_id, e.event, e.at FROM campaign_events e "
+            "JOIN campaign_outbox o ON o.message_id = e.message_id WHERE o.campaign_id = ?",
+            (campaign_id,),
+            ["message_id", "step_id", "customer_id", "event", "at"],
+        )
+
+    def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
+        """Per step: the customer's arm and why they were (not) contacted, and the message."""
+        return self.frame(
+            "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status "
+            "FROM campaign_decisions d LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
+            "WHERE d.campaign_id = ? AND d.customer_id = ? ORDER BY d.step_id",
+            (campaign_id, customer_id),
+            ["step_id", "arm", "reason", "channel", "status"],
+        )
