@@ -96,10 +96,32 @@ class ServingSettings(Section):
         None, description="Seeds the exploration draws (tests); default: OS entropy."
     )
 
+    customer_store_url: str | None = Field(
+        None,
+        description="PostgreSQL URL of the published customer rows and scores shared by every "
+        "replica (`nextoffer publish-view`); default: the view file, in process.",
+    )
+    customer_store_schema: str = Field(
+        "nextoffer",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the published views and their manifest.",
+    )
+    customer_cache_size: int = Field(
+        20_000, ge=1, description="Rows of a published view each replica keeps once read."
+    )
+    view_poll_seconds: float = Field(
+        10.0, gt=0, description="How often the published view's manifest is checked."
+    )
+    view_max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="/readyz is not ready while the served view's as_of is older than this.",
+    )
+
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
         view = self.view_path and settings.resolve(self.view_path)
-        if view is None:
+        if view is None and self.customer_store_url is None:
             view = settings.catalog.latest("customer_view")
             if view is None:
                 raise FileNotFoundError(

@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,12 +38,26 @@ from pydantic_core import to_json
 
 from src.contact.caps import ContactCaps
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
+from src.serving.customer_store_shared import (
+    FileViewSource,
+    PinnedView,
+    PostgresViewSource,
+    ViewManifest,
+    ViewSource,
+)
 from src.serving.customers import CustomerStore, OnlineFlags
 from src.serving.engine import DecisionEngine, bandit_context, naive_ns
 from src.serving.events import EventProcessor
 from src.serving.log import DecisionLog, DecisionRecord, RewardRecord, SqliteDecisionLog
 from src.serving.metrics import ServiceMetrics, service_metrics
-from src.serving.models import BanditModel, MlflowModelSource, ModelManager, ModelSource
+from src.serving.models import (
+    BanditModel,
+    MlflowModelSource,
+    ModelManager,
+    ModelSet,
+    ModelSource,
+    VwScorer,
+)
 from src.serving.schemas import (
     DecisionRequest,
     DecisionResponse,
@@ -81,6 +95,11 @@ class ServiceState:
     metrics: ServiceMetrics
     started_at: float
     counters: dict[tuple[str, ...], Any] = field(default_factory=dict)  # metric children by labels
+    views: ViewSource | None = None  # where the served view is published (switched when it moves)
+    manifest: ViewManifest | None = None  # the publication served now
+    view_error: str | None = None  # why the last published view could not be switched to
+    source: ModelSource | None = None
+    clock: Callable[[], datetime] | None = None
 
 
 def build_state(
@@ -89,36 +108,22 @@ def build_state(
     metrics: ServiceMetrics,
     source: ModelSource | None,
     clock: Callable[[], datetime] | None = None,
+    views: ViewSource | None = None,
 ) -> ServiceState:
-    """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop)."""
-    if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
-        raise ValueError("serving settings without a customer view: call .resolved(settings)")
-    store = CustomerStore.from_parquet(serving.view_path)
+    """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop).
+
+    ``views``: where the served view is published (default: the settings' view file, pinned)."""
+    views = views or view_source(settings, serving, follow=False)
+    manifest = views.manifest()
+    if manifest is None:
+        raise FileNotFoundError(
+            "no customer view published: run `nextoffer publish-view --as-of DATE`"
+        )
+    store = views.open(manifest)
     policy = resolve_policy(serving, settings)
     flags = OnlineFlags()
     caps = ContactCaps(policy)
-
-    def on_event(event: str, kind: str) -> None:
-        metrics.model_events.labels(kind, event).inc()
-
-    manager = ModelManager(
-        source,
-        store,
-        propensity_name=serving.propensity_model,
-        bandit_name=serving.bandit_model,
-        on_event=on_event,
-    )
-    engine = DecisionEngine(
-        policy,
-        store,
-        flags,
-        caps,
-        manager,
-        timezone=serving.timezone,
-        seed=serving.seed,
-        clock=clock,
-    )
-    manager.probe = _bandit_probe(engine)
+    manager, engine = _generation(serving, metrics, source, clock, policy, store, flags, caps)
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.log_batch.observe(n)
@@ -150,7 +155,115 @@ def build_state(
         decision_log,
         metrics,
         time.time(),
+        views=views,
+        manifest=manifest,
+        source=source,
+        clock=clock,
     )
+
+
+def view_source(settings: Settings, serving: ServingSettings, follow: bool) -> ViewSource:
+    """PostgreSQL when ``customer_store_url`` is set; else the catalog's published view when
+    ``follow`` (the view file was not pinned by a setting), else the view file, pinned."""
+    if serving.customer_store_url:
+        return PostgresViewSource(
+            serving.customer_store_url, serving.customer_store_schema, serving.customer_cache_size
+        )
+    if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
+        raise ValueError("serving settings without a customer view: call .resolved(settings)")
+    if follow:
+        return FileViewSource(settings.catalog, serving.view_path)
+    return PinnedView(serving.view_path)
+
+
+def _generation(
+    serving: ServingSettings,
+    metrics: ServiceMetrics,
+    source: ModelSource | None,
+    clock: Callable[[], datetime] | None,
+    policy: PolicyConfig,
+    store: CustomerStore,
+    flags: OnlineFlags,
+    caps: ContactCaps,
+    carried: ModelSet | None = None,
+) -> tuple[ModelManager, DecisionEngine]:
+    """The model manager and engine over one view (a new view gets new ones: propensity scores
+    and every cache are by view position). ``carried``: the bandit of the previous view, kept."""
+
+    def on_event(event: str, kind: str) -> None:
+        metrics.model_events.labels(kind, event).inc()
+
+    manager = ModelManager(
+        source,
+        store,
+        propensity_name=serving.propensity_model,
+        bandit_name=serving.bandit_model,
+        on_event=on_event,
+    )
+    if carried is not None and carried.bandit is not None:
+        manager.current = ModelSet(bandit=_rebound(carried.bandit))
+    engine = DecisionEngine(
+        policy,
+        store,
+        flags,
+        caps,
+        manager,
+        timezone=serving.timezone,
+        seed=serving.seed,
+        clock=clock,
+    )
+    manager.probe = _bandit_probe(engine)
+    return manager, engine
+
+
+def _rebound(bandit: BanditModel) -> BanditModel:
+    """The same bandit with fresh caches (its VW example pieces are cached by view position)."""
+    if bandit.scorer is None:
+        return bandit
+    scorer = VwScorer(bandit.scorer.bandit)
+    scorer.fast, scorer.split = bandit.scorer.fast, bandit.scorer.split
+    return replace(bandit, pmf_fn=scorer.pmf, check=scorer.check, scorer=scorer)
+
+
+def switch_view(state: ServiceState) -> bool:
+    """Serve the published view if it moved: open it, load its models, then swap the engine in
+    one assignment (a request reads ``state.engine`` once). Blocking: call from a thread.
+    Any failure keeps the current view and is reported by ``/readyz``."""
+    if state.views is None:
+        return False
+    try:
+        manifest = state.views.manifest()
+        if manifest is None or (state.manifest is not None and manifest.key == state.manifest.key):
+            state.view_error = None if manifest is not None else "no customer view published"
+            return False
+        store = state.views.open(manifest)
+        manager, engine = _generation(
+            state.serving,
+            state.metrics,
+            state.source,
+            state.clock,
+            state.policy,
+            store,
+            state.flags,
+            state.caps,
+            carried=state.manager.current,
+        )
+        manager.refresh()
+    except Exception as error:  # noqa: BLE001 - keep serving the current view
+        message = f"{type(error).__name__}: {str(error)[:200]}"
+        if message != state.view_error:
+            log.warning("could not switch to the published customer view (%s)", message)
+        state.view_error = message
+        return False
+    old = state.store
+    state.manager, state.store, state.manifest = manager, store, manifest
+    state.engine = engine  # the switch: requests from now on decide on the new view
+    state.view_error = None
+    log.info("serving the customer view as of %s (%d customers)", manifest.as_of, len(store))
+    closer = getattr(old, "close", None)
+    if callable(closer):
+        closer()
+    return True
 
 
 def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
@@ -269,7 +382,9 @@ def create_app(
     collector's permanent generation (``gc.freeze``) and collect the young generation less often,
     so no request pays for a full collection over the view's millions of objects."""
     settings = settings or Settings()
+    pinned = (serving or settings.serving).view_path is not None
     serving = (serving or settings.serving).resolved(settings)
+    views = view_source(settings, serving, follow=not pinned)
     source = (
         MlflowModelSource(settings.tracking_uri, serving.model_alias)
         if model_source is _DEFAULT_SOURCE
@@ -279,19 +394,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await asyncio.to_thread(build_state, settings, serving, metrics, source, clock)
+        state = await asyncio.to_thread(
+            build_state, settings, serving, metrics, source, clock, views
+        )
         app.state.service = state
         await _refresh_models(state)
         if tune_gc:
             gc.collect()
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-        poller = asyncio.create_task(_poll(state), name="model-poller")
+        pollers = [
+            asyncio.create_task(_poll(state), name="model-poller"),
+            asyncio.create_task(_poll_view(state), name="view-poller"),
+        ]
         try:
             yield
         finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            for poller in pollers:
+                poller.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
             await asyncio.to_thread(state.log.close)
 
     app = OfferSlotApp(
@@ -335,6 +456,40 @@ async def _poll(state: ServiceState) -> None:
             state.flags.prune(naive_ns(now))
         except Exception:
             log.exception("model poll failed")
+
+
+async def _poll_view(state: ServiceState) -> None:
+    """Switch to a newly published customer view; an exception here must never stop the loop."""
+    while True:
+        await asyncio.sleep(state.serving.view_poll_seconds)
+        try:
+            if await asyncio.to_thread(switch_view, state):
+                await _refresh_models(state)
+        except Exception:
+            log.exception("view poll failed")
+
+
+def view_status(state: ServiceState) -> tuple[bool, dict[str, Any]]:
+    """(fresh enough, what ``/readyz`` shows about the served view)."""
+    manifest = state.manifest
+    store = state.engine.store
+    age = manifest.age_days(state.engine.now()) if manifest is not None else None
+    limit = state.serving.view_max_age_days
+    detail: dict[str, Any] = {
+        "view_as_of": store.as_of,
+        "view_age_days": None if age is None else round(age, 3),
+        "view_published_at": manifest.published_at if manifest is not None else None,
+        "view_store": "postgresql" if state.serving.customer_store_url else "file",
+        "scores_version": getattr(store.published_scores, "version", None),
+    }
+    if state.view_error:
+        detail["view_error"] = state.view_error
+    fresh = limit is None or (age is not None and age <= limit)
+    if not fresh:
+        detail["not_ready"] = (
+            f"the customer view as of {store.as_of} is older than view_max_age_days={limit}"
+        )
+    return fresh, detail
 
 
 def _service(request: Request) -> ServiceState:
@@ -593,12 +748,13 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 status_code=503,
                 media_type="application/json",
             )
-        models = state.manager.current
-        return Health(
-            status="ready",
+        models = state.engine.models.current
+        fresh, view = view_status(state)
+        health = Health(
+            status="ready" if fresh else "not_ready",
             detail={
-                "customers": len(state.store),
-                "view_as_of": state.store.as_of,
+                "customers": len(state.engine.store),
+                **view,
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),
                 "model_errors": dict(models.errors),
@@ -607,6 +763,11 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 else ("propensity_greedy" if models.propensity else "default_order"),
             },
         )
+        if not fresh:
+            return Response(
+                health.model_dump_json(), status_code=503, media_type="application/json"
+            )
+        return health
 
     @router.get(
         "/metrics",
