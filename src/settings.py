@@ -118,6 +118,18 @@ class ServingSettings(Section):
         description="/readyz is not ready while the served view's as_of is older than this.",
     )
 
+    shared_state_url: str | None = Field(
+        None,
+        description="Redis URL for state every replica shares: the online detector's state and "
+        "rule flags per customer, the online bandit's rewards and published weights; "
+        "default: in process.",
+    )
+    shared_state_prefix: str = Field(
+        "nextoffer",
+        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        description="Prefix of every shared Redis key (several deployments on one server).",
+    )
+
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
         view = self.view_path and settings.resolve(self.view_path)

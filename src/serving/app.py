@@ -121,7 +121,7 @@ def build_state(
         )
     store = views.open(manifest)
     policy = resolve_policy(serving, settings)
-    flags = OnlineFlags()
+    flags, detector = shared_detection(serving, policy)
     caps = ContactCaps(policy)
     manager, engine = _generation(serving, metrics, source, clock, policy, store, flags, caps)
 
@@ -142,7 +142,7 @@ def build_state(
         store.as_of,
         n,
     )
-    events = EventProcessor(serving.rules_dir, flags, policy.mark_ttl_hours)
+    events = EventProcessor(serving.rules_dir, flags, policy.mark_ttl_hours, detector=detector)
     return ServiceState(
         serving,
         policy,
@@ -160,6 +160,22 @@ def build_state(
         source=source,
         clock=clock,
     )
+
+
+def shared_detection(serving: ServingSettings, policy: PolicyConfig) -> tuple[OnlineFlags, Any]:
+    """(flags, detector): in Redis when ``shared_state_url`` is set (every replica sees a
+    detection made by another), else in process (the detector then built by EventProcessor)."""
+    if not serving.shared_state_url:
+        return OnlineFlags(), None
+    import redis
+
+    from src.features.detection import load_rules
+    from src.serving.detection_state import RedisDetector, RedisFlags
+
+    client = redis.Redis.from_url(serving.shared_state_url, socket_timeout=2)
+    prefix = serving.shared_state_prefix
+    flags = RedisFlags(client, prefix, int(policy.mark_ttl_hours * 3600) + 86_400)
+    return flags, RedisDetector(client, prefix, load_rules(serving.rules_dir))
 
 
 def view_source(settings: Settings, serving: ServingSettings, follow: bool) -> ViewSource:

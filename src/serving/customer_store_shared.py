@@ -265,20 +265,28 @@ def _ensure_manifest_table(cur: Any, schema: str) -> None:
 
 
 def view_rows(
-    view: pd.DataFrame, columns: list[str], scores: np.ndarray | None, products: tuple[str, ...]
+    view: pd.DataFrame,
+    columns: list[str],
+    scores: np.ndarray | None,
+    products: tuple[str, ...],
+    chunk: int = 20_000,
 ) -> Iterator[tuple[int, str, str, str | None]]:
     """(pos, customer_id, row as a JSON array in ``columns`` order, scores as JSON) per
-    customer; values as :class:`CustomerStore` holds them (numbers as floats, NaN as null)."""
-    lists = [_as_list(view[c]) for c in columns]
-    ids = view["customer_id"].astype(str).tolist()
-    for pos, cid in enumerate(ids):
-        row = to_json([values[pos] for values in lists]).decode()
-        sc = (
-            None
-            if scores is None
-            else to_json(dict(zip(products, scores[pos].tolist(), strict=True))).decode()
-        )
-        yield pos, cid, row, sc
+    customer; values as :class:`CustomerStore` holds them (numbers as floats, NaN as null).
+    In chunks: a million rows as Python objects at once would take gigabytes."""
+    for lo in range(0, len(view), chunk):
+        part = view.iloc[lo : lo + chunk]
+        lists = [_as_list(part[c]) for c in columns]
+        ids = part["customer_id"].astype(str).tolist()
+        for i, (cid, values) in enumerate(zip(ids, zip(*lists, strict=True), strict=True)):
+            pos = lo + i
+            row = to_json(values).decode()
+            sc = (
+                None
+                if scores is None
+                else to_json(dict(zip(products, scores[pos].tolist(), strict=True))).decode()
+            )
+            yield pos, cid, row, sc
 
 
 def publish_to_postgres(

@@ -55,8 +55,12 @@ def flags_of(detection: Detection, pages: dict[int, str | None]) -> list[str]:
 class EventProcessor:
     """The online detector behind a lock (events may arrive from several handler tasks)."""
 
-    def __init__(self, rules_dir: Path | None, flags: OnlineFlags, ttl_hours: float) -> None:
-        self.detector = OnlineDetector(load_rules(rules_dir))
+    def __init__(
+        self, rules_dir: Path | None, flags: OnlineFlags, ttl_hours: float, detector: Any = None
+    ) -> None:
+        # detector: anything with OnlineDetector's process/late_events/state_size, e.g. the
+        # per-customer state shared by replicas (src.serving.detection_state.RedisDetector)
+        self.detector = detector if detector is not None else OnlineDetector(load_rules(rules_dir))
         self.flags = flags
         self.ttl_ns = int(ttl_hours * 3600 * 1e9)
         self._lock = threading.Lock()
