@@ -130,6 +130,20 @@ class ServingSettings(Section):
         description="Prefix of every shared Redis key (several deployments on one server).",
     )
 
+    online_learning: bool = Field(
+        False,
+        description="The bandit learns from rewards in the service: one replica learns and "
+        "publishes versions <champion>.<n> that every replica swaps in (needs shared_state_url).",
+    )
+    online_reward_window_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="A decision is learned from once this long has passed (no reward by then: 0).",
+    )
+    online_publish_every: int = Field(
+        1000, ge=1, description="Decisions learned between two published bandit versions."
+    )
+
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
         view = self.view_path and settings.resolve(self.view_path)

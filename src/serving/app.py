@@ -58,6 +58,7 @@ from src.serving.models import (
     ModelSource,
     VwScorer,
 )
+from src.serving.online_learning import OnlineBanditSource, OnlineLearning
 from src.serving.schemas import (
     DecisionRequest,
     DecisionResponse,
@@ -100,6 +101,7 @@ class ServiceState:
     view_error: str | None = None  # why the last published view could not be switched to
     source: ModelSource | None = None
     clock: Callable[[], datetime] | None = None
+    online: OnlineLearning | None = None  # the bandit learning from rewards (shared_state_url)
 
 
 def build_state(
@@ -159,6 +161,32 @@ def build_state(
         manifest=manifest,
         source=source,
         clock=clock,
+        online=online_learning(settings, serving, source),
+    )
+
+
+def online_learning(
+    settings: Settings, serving: ServingSettings, source: ModelSource | None
+) -> OnlineLearning | None:
+    """The online learner's replica side, when ``online_learning`` is on."""
+    if not serving.online_learning:
+        return None
+    if not serving.shared_state_url or not serving.bandit_model:
+        raise ValueError("online_learning needs shared_state_url and bandit_model")
+    import redis
+
+    from src.models.bandit import BanditConfig
+
+    inner = source.inner if isinstance(source, OnlineBanditSource) else source
+    return OnlineLearning(
+        redis.Redis.from_url(serving.shared_state_url, socket_timeout=2),
+        serving.shared_state_prefix,
+        inner,
+        serving.bandit_model,
+        reward_window_s=serving.online_reward_window_seconds,
+        publish_every=serving.online_publish_every,
+        lease_s=max(30.0, 3 * serving.model_poll_seconds),
+        reward_of=BanditConfig.of(settings.bandit).reward_of,
     )
 
 
@@ -406,6 +434,15 @@ def create_app(
         if model_source is _DEFAULT_SOURCE
         else model_source
     )
+    if serving.online_learning and source is not None and serving.shared_state_url:
+        import redis
+
+        source = OnlineBanditSource(  # replicas serve the newest version learned online
+            source,
+            redis.Redis.from_url(serving.shared_state_url, socket_timeout=2),
+            serving.shared_state_prefix,
+            serving.bandit_model or "",
+        )
     metrics = service_metrics()
 
     @asynccontextmanager
@@ -423,6 +460,8 @@ def create_app(
             asyncio.create_task(_poll(state), name="model-poller"),
             asyncio.create_task(_poll_view(state), name="view-poller"),
         ]
+        if state.online is not None:
+            pollers.append(asyncio.create_task(_learn(state), name="online-learner"))
         try:
             yield
         finally:
@@ -472,6 +511,18 @@ async def _poll(state: ServiceState) -> None:
             state.flags.prune(naive_ns(now))
         except Exception:
             log.exception("model poll failed")
+
+
+async def _learn(state: ServiceState) -> None:
+    """The online learner's turn (it learns only on the replica holding the lease)."""
+    online = state.online
+    assert online is not None
+    while True:
+        await asyncio.sleep(state.serving.model_poll_seconds)
+        try:
+            await asyncio.to_thread(online.step)
+        except Exception:
+            log.exception("online learning step failed")
 
 
 async def _poll_view(state: ServiceState) -> None:
@@ -582,6 +633,8 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
         state.metrics.rewards.labels(body.kind, outcome).inc()
         if outcome == "unknown_decision":
             raise HTTPException(404, detail="unknown decision_id")
+        if outcome == "stored" and state.online is not None:
+            state.online.record_reward(body.decision_id, body.kind, body.value_krw)
         return RewardResponse(
             decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored"
         )
@@ -605,13 +658,18 @@ async def _decision(state: ServiceState, body: DecisionRequest) -> bytes:
     """The body of ``POST /v1/decisions`` (the route and :class:`DecisionFastPath` share it):
     decide, make the decision durable, count it; never raises for a valid request."""
     engine = state.engine
+    example = None
     try:
         record = engine.decide(body)
+        if state.online is not None:  # before any await: the scorer keeps its last example
+            example = state.online.example_of(record, engine.models.current.bandit)
     except Exception:
         log.exception("decision failed for customer %s", body.customer_id)
         record = engine.without_offer(body, "internal_error")
     try:
         await state.log.append_decision(record)
+        if state.online is not None and record.policy == "bandit":
+            state.online.record_decision(record, example)
     except Exception:
         log.exception("decision %s could not be logged", record.decision_id)
         state.metrics.log_failures.labels("decision").inc()
@@ -774,6 +832,17 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),
                 "model_errors": dict(models.errors),
+                **(
+                    {
+                        "online_learning": {
+                            "learner": state.online.learner is not None,
+                            "recorded": state.online.recorded,
+                            "failed": state.online.failed,
+                        }
+                    }
+                    if state.online is not None
+                    else {}
+                ),
                 "mode": "bandit"
                 if models.bandit
                 else ("propensity_greedy" if models.propensity else "default_order"),

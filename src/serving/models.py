@@ -189,6 +189,7 @@ class VwScorer:
         self.spec = bandit.spec
         self.fast = True
         self.split = True
+        self.last_lines: list[str] | None = None  # the last example scored (online learning)
         self._order = tuple(
             getattr(bandit_features, "SHARED_NAMESPACES", ("user", "time", "propensity", "rules"))
         )
@@ -324,6 +325,7 @@ class VwScorer:
     def predict(self, lines: list[str]) -> list[float]:
         """VW's scores for one example given as lines (shared first)."""
         vw = self.bandit.vw
+        self.last_lines = lines
         if not self.fast:
             return [float(p) for p in vw.predict(lines)]
         import pylibvw
