@@ -7,6 +7,7 @@ after); under ``CI=true`` a missing server fails the test instead of skipping it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -25,6 +26,7 @@ from src.data.catalog import Catalog
 from src.serving.app import create_app
 from src.serving.config import ServingSettings
 from src.serving.customer_store_shared import (
+    RETRY_AFTER_S,
     PgCustomerStore,
     PostgresViewSource,
     publish_to_file,
@@ -101,7 +103,9 @@ def test_published_rows_and_scores_read_back_exactly(views: dict, pg_schema: str
     for cid in view["customer_id"].astype(str):
         pos = store.position(cid)
         assert pos == local.position(cid)
-        assert store.row(pos, columns) == local.row(pos, columns), cid
+        got, want = store.row(pos, columns), local.row(pos, columns)
+        assert got == want, cid
+        assert {c: type(v) for c, v in got.items()} == {c: type(v) for c, v in want.items()}
     assert store.position("NOT-A-CUSTOMER") is None
     published = store.published_scores
     assert published.version == "7"
@@ -226,3 +230,158 @@ def test_a_view_older_than_the_max_age_makes_the_service_not_ready(
         assert stale.status_code == 503
         assert stale.json()["status"] == "not_ready"
         assert "view_max_age_days=2" in stale.json()["detail"]["not_ready"]
+
+
+class CuttableProxy:
+    """A TCP proxy to a real server that the test can cut and restore (the server itself is
+    never stopped: other tests and helpers share it)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        self.target = (host, port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._conns: list = []
+        self._listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for s in self._conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self._conns = []
+
+
+def test_postgresql_outage_makes_it_not_ready_fails_closed_and_recovers(
+    views: dict, small_bank: Settings, tmp_path: Path, pg_schema: str
+) -> None:
+    as_of, view = views["new"]
+    publish_to_postgres(PG_URL, pg_schema, view, as_of, scores_of(view, "1"))
+    proxy = CuttableProxy("127.0.0.1", 5432)
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
+    serving = ServingSettings(
+        customer_store_url=url,
+        customer_store_schema=pg_schema,
+        customer_cache_size=16,
+        log_path=tmp_path / "log.sqlite",
+        view_poll_seconds=0.05,
+    )
+    ids = view["customer_id"].astype(str).tolist()
+
+    def wait_ready(client: TestClient, status: int) -> dict:
+        deadline = time.monotonic() + 30
+        while (r := client.get("/readyz")).status_code != status:
+            assert time.monotonic() < deadline, r.json()
+            time.sleep(0.05)
+        return r.json()
+
+    with TestClient(create_app(small_bank, serving, model_source=None)) as client:
+        assert any(_decide(client, cid)["offer"] for cid in ids[:5])
+        proxy.cut()
+        down = wait_ready(client, 503)
+        assert "customer store unreachable" in down["detail"]["not_ready"]
+        during = [
+            client.post(
+                "/v1/decisions",
+                json={"customer_id": cid, "slot": "home_banner", "context": {"channel": "app"}},
+            )
+            for cid in ids[100:130]
+        ]
+        assert all(r.status_code == 200 for r in during)  # no 5xx storm
+        assert all(r.json()["offer"] is None for r in during), [r.json() for r in during][:2]
+        proxy.restore()
+        up = wait_ready(client, 200)
+        assert up["status"] == "ready" and "not_ready" not in up["detail"]
+        time.sleep(RETRY_AFTER_S)  # lookups fail fast for this long after the last failure
+        after = [_decide(client, cid) for cid in ids[200:230]]
+    assert any(d["offer"] for d in after)  # recovered by itself
+    proxy.cut()
+
+
+def test_redis_outage_answers_events_503_and_decisions_show_nothing(
+    views: dict, small_bank: Settings, tmp_path: Path
+) -> None:
+    import socket
+
+    _, view = views["new"]
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    view_path = tmp_path / "customer_view_2026-02-05.parquet"
+    view.to_parquet(view_path)
+    serving = ServingSettings(
+        view_path=view_path,
+        log_path=tmp_path / "log.sqlite",
+        shared_state_url=f"redis://127.0.0.1:{port}/0",
+        shared_state_prefix="unreachable",
+    )
+    with TestClient(create_app(small_bank, serving, model_source=None)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "shared state (Redis) unreachable" in ready.json()["detail"]["not_ready"]
+        cid = str(view["customer_id"].iloc[0])
+        event = client.post(
+            "/v1/events",
+            json={
+                "event_id": 1,
+                "customer_id": cid,
+                "channel": "app",
+                "ts": "2026-02-05T10:00:00",
+                "source": "click",
+                "page": "home",
+                "action": "view",
+            },
+        )
+        assert event.status_code == 503 and event.headers["retry-after"] == "1"
+        decision = client.post(
+            "/v1/decisions",
+            json={"customer_id": cid, "slot": "home_banner", "context": {"channel": "app"}},
+        )
+        assert decision.status_code == 200 and decision.json()["offer"] is None

@@ -46,6 +46,7 @@ from src.serving.customer_store_shared import (
     ViewSource,
 )
 from src.serving.customers import CustomerStore, OnlineFlags
+from src.serving.detection_state import SharedStateUnavailable
 from src.serving.engine import DecisionEngine, bandit_context, naive_ns
 from src.serving.events import EventProcessor
 from src.serving.log import DecisionLog, DecisionRecord, RewardRecord, SqliteDecisionLog
@@ -99,6 +100,7 @@ class ServiceState:
     views: ViewSource | None = None  # where the served view is published (switched when it moves)
     manifest: ViewManifest | None = None  # the publication served now
     view_error: str | None = None  # why the last published view could not be switched to
+    store_unreachable: str | None = None  # the view's store could not be read at the last poll
     source: ModelSource | None = None
     clock: Callable[[], datetime] | None = None
     online: OnlineLearning | None = None  # the bandit learning from rewards (shared_state_url)
@@ -277,6 +279,14 @@ def switch_view(state: ServiceState) -> bool:
         return False
     try:
         manifest = state.views.manifest()
+    except Exception as error:  # noqa: BLE001 - the store is down: not ready until it is back
+        message = f"{type(error).__name__}: {str(error)[:200]}"
+        if message != state.store_unreachable:
+            log.warning("the customer store cannot be read (%s)", message)
+        state.store_unreachable = message
+        return False
+    state.store_unreachable = None
+    try:
         if manifest is None or (state.manifest is not None and manifest.key == state.manifest.key):
             state.view_error = None if manifest is not None else "no customer view published"
             return False
@@ -556,7 +566,22 @@ def view_status(state: ServiceState) -> tuple[bool, dict[str, Any]]:
         detail["not_ready"] = (
             f"the customer view as of {store.as_of} is older than view_max_age_days={limit}"
         )
+    if state.store_unreachable:
+        fresh = False
+        detail["not_ready"] = f"customer store unreachable: {state.store_unreachable}"
     return fresh, detail
+
+
+def shared_state_status(state: ServiceState) -> str | None:
+    """None if the shared Redis answers (or none is configured), else why not (blocking)."""
+    client = getattr(state.flags, "client", None)
+    if client is None:
+        return None
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means decisions cannot see flags
+        return f"shared state (Redis) unreachable: {type(error).__name__}: {str(error)[:200]}"
+    return None
 
 
 def _service(request: Request) -> ServiceState:
@@ -644,7 +669,12 @@ def _v1_router(serving: ServingSettings) -> APIRouter:
     )
     async def event(body: EventRequest, request: Request) -> EventResponse:
         state = _service(request)
-        late, actions = state.events.process(body)
+        try:
+            late, actions = state.events.process(body)
+        except SharedStateUnavailable as error:
+            raise HTTPException(
+                503, detail="detection state unavailable; retry", headers={"Retry-After": "1"}
+            ) from error
         tz = state.engine.tz
         for a in actions:
             state.metrics.detections.labels(a.rule).inc()
@@ -824,6 +854,10 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
             )
         models = state.engine.models.current
         fresh, view = view_status(state)
+        shared = await asyncio.to_thread(shared_state_status, state)
+        if shared is not None:
+            fresh = False
+            view["not_ready"] = shared
         health = Health(
             status="ready" if fresh else "not_ready",
             detail={

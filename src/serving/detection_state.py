@@ -38,6 +38,10 @@ _DAY_S = 86_400
 _MAX_RETRIES = 50
 
 
+class SharedStateUnavailable(RuntimeError):
+    """Redis cannot be reached: an event is answered 503 (retry), a decision shows nothing."""
+
+
 def _inf_out(x: float) -> float | None:
     return None if x == _INF else x
 
@@ -161,6 +165,14 @@ class RedisDetector:
         cust = event.customer_id
         if cust is None:
             return []
+        try:
+            return self._process(event, cust)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise SharedStateUnavailable(f"Redis: {error}") from error
+
+    def _process(self, event: Event, cust: str) -> list[Detection]:
+        import redis
+
         key = self.key(cust)
         det = self.detector
         for _ in range(_MAX_RETRIES):
@@ -223,10 +235,20 @@ class RedisFlags(OnlineFlags):
         for f in flags:
             args += [f, int(expires_ns)]
         if args:
-            self._set_max(keys=[self.key(customer_id)], args=[*args, self.ttl_s])
+            import redis
+
+            try:
+                self._set_max(keys=[self.key(customer_id)], args=[*args, self.ttl_s])
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                raise SharedStateUnavailable(f"Redis: {error}") from error
 
     def active(self, customer_id: str, now_ns: int) -> tuple[str, ...]:
-        found = self.client.hgetall(self.key(customer_id))
+        import redis
+
+        try:
+            found = self.client.hgetall(self.key(customer_id))
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise SharedStateUnavailable(f"Redis: {error}") from error
         return tuple(
             sorted(
                 (f.decode() if isinstance(f, bytes) else f)
