@@ -140,6 +140,19 @@ def run(
                 store._by_pos.clear()
                 store._by_id.clear()
         results["pg_lookup"] = _percentiles(times)
+        store._by_id.clear()
+        store._by_pos.clear()
+        times = []
+        for cid in sample:  # the same customers again: PostgreSQL's cache holds their pages
+            t = time.perf_counter()
+            pos = store.position(cid)
+            store.row(pos, served)
+            published.for_position(pos)
+            times.append(time.perf_counter() - t)
+            if len(store._by_pos) > 500:
+                store._by_pos.clear()
+                store._by_id.clear()
+        results["pg_lookup_cached_pages"] = _percentiles(times)
         store.close()
 
         gc.collect()
@@ -164,13 +177,16 @@ def run(
         with pg_connect(pg_url) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
-    pg, inproc = results["pg_lookup"], results["inprocess_lookup"]
+    pg, inproc = results["pg_lookup_cached_pages"], results["inprocess_lookup"]
+    first = results["pg_lookup"]
     notes = [
         f"publish: {customers:,} customers x {len(columns)} columns + scores into PostgreSQL in "
         f"{results['publish_seconds']} s ({results['publish_rows_per_s']:,} rows/s), "
         f"{results['publish_table_mb']} MB on disk",
-        f"a replica's uncached read of one customer (row + scores): p50 {pg['p50_us']} us, "
-        f"p99 {pg['p99_us']} us; in process: p50 {inproc['p50_us']} us "
+        f"a replica's uncached read of one customer (row + scores), pages in PostgreSQL's "
+        f"cache: p50 {pg['p50_us']} us, p99 {pg['p99_us']} us (first touch of the freshly "
+        f"published table: p50 {first['p50_us']} us, p99 {first['p99_us']} us); in process: "
+        f"p50 {inproc['p50_us']} us "
         f"({pg['p50_us'] / max(inproc['p50_us'], 0.1):.0f}x), after loading the view for "
         f"{results['inprocess_load_seconds']} s and +{results['inprocess_rss_growth_mb']:.0f} MB "
         "in every process",
