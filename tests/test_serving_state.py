@@ -385,3 +385,25 @@ def test_redis_outage_answers_events_503_and_decisions_show_nothing(
             json={"customer_id": cid, "slot": "home_banner", "context": {"channel": "app"}},
         )
         assert decision.status_code == 200 and decision.json()["offer"] is None
+
+
+def test_publish_view_command_to_postgresql(
+    views: dict, small_bank: Settings, tmp_path: Path, pg_schema: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from src.cli import app
+
+    settings = _file_bank(small_bank, tmp_path, views)
+    as_of, view = views["new"]
+    scores_of(view, "9").to_parquet(settings.catalog.path("scores", as_of))
+    env = {"NEXTOFFER_SERVING__CUSTOMER_STORE_SCHEMA": pg_schema}
+    args = ["publish-view", "--store-url", PG_URL, "--data-dir", str(settings.data_dir)]
+    result = CliRunner().invoke(app, [*args, "--as-of", f"{as_of:%Y-%m-%d}"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{len(view):,} customers, scores 9" in result.output
+    manifest = PostgresViewSource(PG_URL, pg_schema).manifest()
+    assert manifest is not None and manifest.as_of == f"{as_of:%Y-%m-%d}"
+    missing = CliRunner().invoke(app, [*args, "--as-of", "2031-01-01"], env=env)
+    assert missing.exit_code == 1 and "no customer view" in missing.output
+    assert "Traceback" not in missing.output
