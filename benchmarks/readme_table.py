@@ -241,6 +241,31 @@ def _serving(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _customer_store(doc: dict[str, Any]) -> list[Row]:
+    r, params = doc["results"], doc["params"]
+    pg = r.get("pg_lookup_cached_pages", r["pg_lookup"])
+    local = r["inprocess_lookup"]
+    baseline = (
+        f"in process: p50 {local['p50_us']:,.0f} µs after a {r['inprocess_load_seconds']:.0f} s "
+        f"load and +{r['inprocess_rss_growth_mb']:,.0f} MB in every process"
+    )
+    redis = r.get("redis", {})
+    if "lookup" in redis:
+        baseline += (
+            f"; Redis: p50 {redis['lookup']['p50_us']:,.0f} µs for "
+            f"{redis['projected_gb']:.1f} GB of RAM"
+        )
+    return [
+        (
+            f"customer store shared by replicas (PostgreSQL), {params['customers'] / 1e6:g}M "
+            f"customers × {params['columns']} columns + scores",
+            f"publish {r['publish_seconds']:.0f} s; a customer's row + scores p50 "
+            f"{pg['p50_us']:,.0f} µs, p99 {pg['p99_us']:,.0f} µs",
+            baseline,
+        )
+    ]
+
+
 def _policies(doc: dict[str, Any]) -> list[Row]:
     r, params = doc["results"], doc["params"]
     pol = r["report"]["policies"]
@@ -333,6 +358,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("uci_bank_marketing", _uci),
     ("bandit", _bandit),
     ("serving", _serving),
+    ("customer_store", _customer_store),
     ("policies", _policies),
     ("ope", _ope),
     ("campaigns", _campaigns),

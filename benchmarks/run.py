@@ -25,6 +25,7 @@ BENCHMARKS = (
     "models",
     "bandit",
     "serving",
+    "customer_store",
     "uci_bank_marketing",
     "policies",
     "ope",
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_serving.run(work / "serving")
 
+    def bench_customer_store() -> Report:
+        from benchmarks import bench_customer_store
+
+        return bench_customer_store.run(work / "customer_store")
+
     def bench_uci_bank_marketing() -> Report:
         from benchmarks import bench_uci_bank_marketing
 
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": bench_models,
         "bandit": bench_bandit,
         "serving": bench_serving,
+        "customer_store": bench_customer_store,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
         "ope": bench_ope,

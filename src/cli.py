@@ -616,6 +616,52 @@ def serve(
     run_server(_settings(data_dir=data_dir), host=host, port=port)
 
 
+@app.command("publish-view")
+def publish_view(
+    as_of: Annotated[
+        datetime, typer.Option("--as-of", help="Publish customer_view_<as_of> (built before).")
+    ],
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            "--store-url",
+            help="PostgreSQL URL of the shared customer store; default: the "
+            "customer_store_url setting, else the catalog's manifest file (one process).",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Make the customer view (and scores_<as_of>, if scored) the one every replica serves; the
+    replicas switch to it without a restart."""
+    from psycopg import Error as DatabaseError
+
+    from src.serving.customer_store_shared import publish_to_file, publish_to_postgres
+
+    settings = _settings(data_dir=data_dir)
+    url = store_url or settings.serving.customer_store_url
+    catalog = settings.catalog
+    with _exit_on(FileNotFoundError, ValueError, DatabaseError):
+        if url is None:
+            manifest = publish_to_file(catalog, as_of)
+        else:
+            view_path = catalog.path("customer_view", as_of)
+            if not view_path.exists():
+                raise FileNotFoundError(f"as_of: no customer view at {view_path}: run build-view")
+            scores_path = catalog.path("scores", as_of)
+            manifest = publish_to_postgres(
+                url,
+                settings.serving.customer_store_schema,
+                catalog.read("customer_view", as_of),
+                as_of,
+                catalog.read("scores", as_of) if scores_path.exists() else None,
+                progress=True,
+            )
+    typer.echo(
+        f"published the customer view as of {manifest.as_of}: {manifest.customers:,} customers, "
+        f"scores {manifest.scores_version or 'none'} -> {manifest.location}"
+    )
+
+
 @app.command("export-log")
 def export_log(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the Parquet files.")],

@@ -136,10 +136,58 @@ class ServingSettings(Section):
             raise ValueError("protect_ops needs internal_api_key (the key that opens them)")
         return self
 
+    customer_store_url: str | None = Field(
+        None,
+        description="PostgreSQL URL of the published customer rows and scores shared by every "
+        "replica (`nextoffer publish-view`); default: the view file, in process.",
+    )
+    customer_store_schema: str = Field(
+        "nextoffer",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the published views and their manifest.",
+    )
+    customer_cache_size: int = Field(
+        20_000, ge=1, description="Rows of a published view each replica keeps once read."
+    )
+    view_poll_seconds: float = Field(
+        10.0, gt=0, description="How often the published view's manifest is checked."
+    )
+    view_max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="/readyz is not ready while the served view's as_of is older than this.",
+    )
+
+    shared_state_url: str | None = Field(
+        None,
+        description="Redis URL for state every replica shares: the online detector's state and "
+        "rule flags per customer, the online bandit's rewards and published weights; "
+        "default: in process.",
+    )
+    shared_state_prefix: str = Field(
+        "nextoffer",
+        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        description="Prefix of every shared Redis key (several deployments on one server).",
+    )
+
+    online_learning: bool = Field(
+        False,
+        description="The bandit learns from rewards in the service: one replica learns and "
+        "publishes versions <champion>.<n> that every replica swaps in (needs shared_state_url).",
+    )
+    online_reward_window_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="A decision is learned from once this long has passed (no reward by then: 0).",
+    )
+    online_publish_every: int = Field(
+        1000, ge=1, description="Decisions learned between two published bandit versions."
+    )
+
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
         view = self.view_path and settings.resolve(self.view_path)
-        if view is None:
+        if view is None and self.customer_store_url is None:
             view = settings.catalog.latest("customer_view")
             if view is None:
                 raise FileNotFoundError(

@@ -67,6 +67,13 @@ def test_build_view(bank: dict[str, str]) -> None:
     assert len(view) > 0 and "customer_view" in out
 
 
+def test_publish_view(bank: dict[str, str]) -> None:
+    run("build-view", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
+    out = run("publish-view", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
+    manifest = json.loads(Path(bank["data_dir"], "features", "_published_view.json").read_text())
+    assert manifest["as_of"] == bank["as_of"] and f"as of {bank['as_of']}" in out
+
+
 def test_detect(bank: dict[str, str]) -> None:
     run("detect", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
     assert Path(bank["data_dir"], "features", f"rule_features_{bank['as_of']}.parquet").exists()

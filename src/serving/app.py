@@ -35,7 +35,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -51,7 +51,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.contact.caps import ContactCaps
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
+from src.serving.customer_store_shared import (
+    FileViewSource,
+    PinnedView,
+    PostgresViewSource,
+    ViewManifest,
+    ViewSource,
+)
 from src.serving.customers import CustomerStore, OnlineFlags
+from src.serving.detection_state import SharedStateUnavailable
 from src.serving.engine import DecisionEngine, bandit_context, naive_ns
 from src.serving.events import EventProcessor, EventTimeError
 from src.serving.log import (
@@ -62,7 +70,15 @@ from src.serving.log import (
     SqliteDecisionLog,
 )
 from src.serving.metrics import FailureLog, ServiceMetrics, service_metrics
-from src.serving.models import BanditModel, MlflowModelSource, ModelManager, ModelSource
+from src.serving.models import (
+    BanditModel,
+    MlflowModelSource,
+    ModelManager,
+    ModelSet,
+    ModelSource,
+    VwScorer,
+)
+from src.serving.online_learning import OnlineBanditSource, OnlineLearning
 from src.serving.schemas import (
     CUSTOMER_ID_PATTERN,
     DecisionRequest,
@@ -102,6 +118,13 @@ class ServiceState:
     metrics: ServiceMetrics
     started_at: float
     counters: dict[tuple[str, ...], Any] = field(default_factory=dict)  # metric children by labels
+    views: ViewSource | None = None  # where the served view is published (switched when it moves)
+    manifest: ViewManifest | None = None  # the publication served now
+    view_error: str | None = None  # why the last published view could not be switched to
+    store_unreachable: str | None = None  # the view's store could not be read at the last poll
+    source: ModelSource | None = None
+    clock: Callable[[], datetime] | None = None
+    online: OnlineLearning | None = None  # the bandit learning from rewards (shared_state_url)
     failures: FailureLog = field(default_factory=lambda: FailureLog(log, 60.0))
 
 
@@ -111,12 +134,22 @@ def build_state(
     metrics: ServiceMetrics,
     source: ModelSource | None,
     clock: Callable[[], datetime] | None = None,
+    views: ViewSource | None = None,
 ) -> ServiceState:
-    """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop)."""
-    if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
-        raise ValueError("serving settings without a customer view: call .resolved(settings)")
-    store = CustomerStore.from_parquet(serving.view_path)
-    unreachable = sum(1 for c in store.index if not _CANONICAL_ID.fullmatch(c))
+    """Load view, policy, rules and log; rebuild the caps (blocking: run it off the event loop).
+
+    ``views``: where the served view is published (default: the settings' view file, pinned)."""
+    views = views or view_source(settings, serving, follow=False)
+    manifest = views.manifest()
+    if manifest is None:
+        raise FileNotFoundError(
+            "no customer view published: run `nextoffer publish-view --as-of DATE`"
+        )
+    store = views.open(manifest)
+    index = getattr(store, "index", None)
+    unreachable = (
+        sum(1 for c in index if not _CANONICAL_ID.fullmatch(c)) if isinstance(index, dict) else 0
+    )
     if unreachable:
         log.warning(
             "%d customer ids of the view are not in the API's canonical form (%s, at most 64): "
@@ -125,30 +158,9 @@ def build_state(
             CUSTOMER_ID_PATTERN,
         )
     policy = resolve_policy(serving, settings)
-    flags = OnlineFlags()
+    flags, detector = shared_detection(serving, policy)
     caps = ContactCaps(policy)
-
-    def on_event(event: str, kind: str) -> None:
-        metrics.model_events.labels(kind, event).inc()
-
-    manager = ModelManager(
-        source,
-        store,
-        propensity_name=serving.propensity_model,
-        bandit_name=serving.bandit_model,
-        on_event=on_event,
-    )
-    engine = DecisionEngine(
-        policy,
-        store,
-        flags,
-        caps,
-        manager,
-        timezone=serving.timezone,
-        seed=serving.seed,
-        clock=clock,
-    )
-    manager.probe = _bandit_probe(engine)
+    manager, engine = _generation(serving, metrics, source, clock, policy, store, flags, caps)
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.log_batch.observe(n)
@@ -175,6 +187,7 @@ def build_state(
         max_skew_seconds=serving.event_max_skew_seconds,
         partitions=serving.event_partitions,
         clock=clock,
+        detector=detector,
     )
     return ServiceState(
         serving,
@@ -189,7 +202,165 @@ def build_state(
         metrics,
         time.time(),
         failures=FailureLog(log, serving.error_log_interval_seconds, metrics.failures),
+        views=views,
+        manifest=manifest,
+        source=source,
+        clock=clock,
+        online=online_learning(settings, serving, source),
     )
+
+
+def online_learning(
+    settings: Settings, serving: ServingSettings, source: ModelSource | None
+) -> OnlineLearning | None:
+    """The online learner's replica side, when ``online_learning`` is on."""
+    if not serving.online_learning:
+        return None
+    if not serving.shared_state_url or not serving.bandit_model:
+        raise ValueError("online_learning needs shared_state_url and bandit_model")
+    import redis
+
+    from src.models.bandit import BanditConfig
+
+    inner = source.inner if isinstance(source, OnlineBanditSource) else source
+    return OnlineLearning(
+        redis.Redis.from_url(serving.shared_state_url, socket_timeout=2),
+        serving.shared_state_prefix,
+        inner,
+        serving.bandit_model,
+        reward_window_s=serving.online_reward_window_seconds,
+        publish_every=serving.online_publish_every,
+        lease_s=max(30.0, 3 * serving.model_poll_seconds),
+        reward_of=BanditConfig.of(settings.bandit).reward_of,
+    )
+
+
+def shared_detection(serving: ServingSettings, policy: PolicyConfig) -> tuple[OnlineFlags, Any]:
+    """(flags, detector): in Redis when ``shared_state_url`` is set (every replica sees a
+    detection made by another), else in process (the detector then built by EventProcessor)."""
+    if not serving.shared_state_url:
+        return OnlineFlags(), None
+    import redis
+
+    from src.features.detection import load_rules
+    from src.serving.detection_state import RedisDetector, RedisFlags
+
+    client = redis.Redis.from_url(serving.shared_state_url, socket_timeout=2)
+    prefix = serving.shared_state_prefix
+    flags = RedisFlags(client, prefix, int(policy.mark_ttl_hours * 3600) + 86_400)
+    return flags, RedisDetector(client, prefix, load_rules(serving.rules_dir))
+
+
+def view_source(settings: Settings, serving: ServingSettings, follow: bool) -> ViewSource:
+    """PostgreSQL when ``customer_store_url`` is set; else the catalog's published view when
+    ``follow`` (the view file was not pinned by a setting), else the view file, pinned."""
+    if serving.customer_store_url:
+        return PostgresViewSource(
+            serving.customer_store_url, serving.customer_store_schema, serving.customer_cache_size
+        )
+    if serving.view_path is None:  # resolved() fills it in; a bare ServingSettings has none
+        raise ValueError("serving settings without a customer view: call .resolved(settings)")
+    if follow:
+        return FileViewSource(settings.catalog, serving.view_path)
+    return PinnedView(serving.view_path)
+
+
+def _generation(
+    serving: ServingSettings,
+    metrics: ServiceMetrics,
+    source: ModelSource | None,
+    clock: Callable[[], datetime] | None,
+    policy: PolicyConfig,
+    store: CustomerStore,
+    flags: OnlineFlags,
+    caps: ContactCaps,
+    carried: ModelSet | None = None,
+) -> tuple[ModelManager, DecisionEngine]:
+    """The model manager and engine over one view (a new view gets new ones: propensity scores
+    and every cache are by view position). ``carried``: the bandit of the previous view, kept."""
+
+    def on_event(event: str, kind: str) -> None:
+        metrics.model_events.labels(kind, event).inc()
+
+    manager = ModelManager(
+        source,
+        store,
+        propensity_name=serving.propensity_model,
+        bandit_name=serving.bandit_model,
+        on_event=on_event,
+    )
+    if carried is not None and carried.bandit is not None:
+        manager.current = ModelSet(bandit=_rebound(carried.bandit))
+    engine = DecisionEngine(
+        policy,
+        store,
+        flags,
+        caps,
+        manager,
+        timezone=serving.timezone,
+        seed=serving.seed,
+        clock=clock,
+    )
+    manager.probe = _bandit_probe(engine)
+    return manager, engine
+
+
+def _rebound(bandit: BanditModel) -> BanditModel:
+    """The same bandit with fresh caches (its VW example pieces are cached by view position)."""
+    if bandit.scorer is None:
+        return bandit
+    scorer = VwScorer(bandit.scorer.bandit)
+    scorer.fast, scorer.split = bandit.scorer.fast, bandit.scorer.split
+    return replace(bandit, pmf_fn=scorer.pmf, check=scorer.check, scorer=scorer)
+
+
+def switch_view(state: ServiceState) -> bool:
+    """Serve the published view if it moved: open it, load its models, then swap the engine in
+    one assignment (a request reads ``state.engine`` once). Blocking: call from a thread.
+    Any failure keeps the current view and is reported by ``/readyz``."""
+    if state.views is None:
+        return False
+    try:
+        manifest = state.views.manifest()
+    except Exception as error:  # noqa: BLE001 - the store is down: not ready until it is back
+        message = f"{type(error).__name__}: {str(error)[:200]}"
+        if message != state.store_unreachable:
+            log.warning("the customer store cannot be read (%s)", message)
+        state.store_unreachable = message
+        return False
+    state.store_unreachable = None
+    try:
+        if manifest is None or (state.manifest is not None and manifest.key == state.manifest.key):
+            state.view_error = None if manifest is not None else "no customer view published"
+            return False
+        store = state.views.open(manifest)
+        manager, engine = _generation(
+            state.serving,
+            state.metrics,
+            state.source,
+            state.clock,
+            state.policy,
+            store,
+            state.flags,
+            state.caps,
+            carried=state.manager.current,
+        )
+        manager.refresh()
+    except Exception as error:  # noqa: BLE001 - keep serving the current view
+        message = f"{type(error).__name__}: {str(error)[:200]}"
+        if message != state.view_error:
+            log.warning("could not switch to the published customer view (%s)", message)
+        state.view_error = message
+        return False
+    old = state.store
+    state.manager, state.store, state.manifest = manager, store, manifest
+    state.engine = engine  # the switch: requests from now on decide on the new view
+    state.view_error = None
+    log.info("serving the customer view as of %s (%d customers)", manifest.as_of, len(store))
+    closer = getattr(old, "close", None)
+    if callable(closer):
+        closer()
+    return True
 
 
 def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
@@ -308,29 +479,48 @@ def create_app(
     collector's permanent generation (``gc.freeze``) and collect the young generation less often,
     so no request pays for a full collection over the view's millions of objects."""
     settings = settings or Settings()
+    pinned = (serving or settings.serving).view_path is not None
     serving = (serving or settings.serving).resolved(settings)
+    views = view_source(settings, serving, follow=not pinned)
     source = (
         MlflowModelSource(settings.tracking_uri, serving.model_alias)
         if model_source is _DEFAULT_SOURCE
         else model_source
     )
+    if serving.online_learning and source is not None and serving.shared_state_url:
+        import redis
+
+        source = OnlineBanditSource(  # replicas serve the newest version learned online
+            source,
+            redis.Redis.from_url(serving.shared_state_url, socket_timeout=2),
+            serving.shared_state_prefix,
+            serving.bandit_model or "",
+        )
     metrics = service_metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await asyncio.to_thread(build_state, settings, serving, metrics, source, clock)
+        state = await asyncio.to_thread(
+            build_state, settings, serving, metrics, source, clock, views
+        )
         app.state.service = state
         await _refresh_models(state)
         if tune_gc:
             gc.collect()
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-        poller = asyncio.create_task(_poll(state), name="model-poller")
+        pollers = [
+            asyncio.create_task(_poll(state), name="model-poller"),
+            asyncio.create_task(_poll_view(state), name="view-poller"),
+        ]
+        if state.online is not None:
+            pollers.append(asyncio.create_task(_learn(state), name="online-learner"))
         try:
             yield
         finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            for poller in pollers:
+                poller.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
             await asyncio.to_thread(state.log.close)
 
     app = OfferSlotApp(
@@ -499,6 +689,67 @@ async def _poll(state: ServiceState) -> None:
             state.failures.failure("model_poll", error, "model poll failed")
 
 
+async def _learn(state: ServiceState) -> None:
+    """The online learner's turn (it learns only on the replica holding the lease)."""
+    online = state.online
+    assert online is not None
+    while True:
+        await asyncio.sleep(state.serving.model_poll_seconds)
+        try:
+            await asyncio.to_thread(online.step)
+        except Exception:
+            log.exception("online learning step failed")
+
+
+async def _poll_view(state: ServiceState) -> None:
+    """Switch to a newly published customer view; an exception here must never stop the loop."""
+    while True:
+        await asyncio.sleep(state.serving.view_poll_seconds)
+        try:
+            if await asyncio.to_thread(switch_view, state):
+                await _refresh_models(state)
+        except Exception:
+            log.exception("view poll failed")
+
+
+def view_status(state: ServiceState) -> tuple[bool, dict[str, Any]]:
+    """(fresh enough, what ``/readyz`` shows about the served view)."""
+    manifest = state.manifest
+    store = state.engine.store
+    age = manifest.age_days(state.engine.now()) if manifest is not None else None
+    limit = state.serving.view_max_age_days
+    detail: dict[str, Any] = {
+        "view_as_of": store.as_of,
+        "view_age_days": None if age is None else round(age, 3),
+        "view_published_at": manifest.published_at if manifest is not None else None,
+        "view_store": "postgresql" if state.serving.customer_store_url else "file",
+        "scores_version": getattr(store.published_scores, "version", None),
+    }
+    if state.view_error:
+        detail["view_error"] = state.view_error
+    fresh = limit is None or (age is not None and age <= limit)
+    if not fresh:
+        detail["not_ready"] = (
+            f"the customer view as of {store.as_of} is older than view_max_age_days={limit}"
+        )
+    if state.store_unreachable:
+        fresh = False
+        detail["not_ready"] = f"customer store unreachable: {state.store_unreachable}"
+    return fresh, detail
+
+
+def shared_state_status(state: ServiceState) -> str | None:
+    """None if the shared Redis answers (or none is configured), else why not (blocking)."""
+    client = getattr(state.flags, "client", None)
+    if client is None:
+        return None
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means decisions cannot see flags
+        return f"shared state (Redis) unreachable: {type(error).__name__}: {str(error)[:200]}"
+    return None
+
+
 def _service(request: Request) -> ServiceState:
     return request.app.state.service
 
@@ -590,6 +841,8 @@ def _v1_router(serving: ServingSettings, keys: ApiKeys) -> APIRouter:
                 "this decision showed no offer: nothing to reward",
                 "no_offer",
             )
+        if outcome == "stored" and state.online is not None:
+            state.online.record_reward(body.decision_id, body.kind, body.value_krw)
         return RewardResponse(
             decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored"
         )
@@ -603,6 +856,10 @@ def _v1_router(serving: ServingSettings, keys: ApiKeys) -> APIRouter:
             late, actions = state.events.process(body)
         except EventTimeError as error:
             raise unprocessable(("body", "ts"), str(error), "event_time_too_late") from None
+        except SharedStateUnavailable as error:
+            raise HTTPException(
+                503, detail="detection state unavailable; retry", headers={"Retry-After": "1"}
+            ) from error
         tz = state.engine.tz
         for a in actions:
             state.metrics.detections.labels(a.rule).inc()
@@ -617,13 +874,18 @@ async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = 
     decide, make the decision durable, count it; never raises for a valid request.
     ``explain``: the caller may see reasons (internal key)."""
     engine = state.engine
+    example = None
     try:
         record = engine.decide(body)
+        if state.online is not None:  # before any await: the scorer keeps its last example
+            example = state.online.example_of(record, engine.models.current.bandit)
     except Exception as error:
         state.failures.failure("decide", error, "a decision failed inside the engine")
         record = engine.without_offer(body, "internal_error")
     try:
         await state.log.append_decision(record)
+        if state.online is not None and record.policy == "bandit":
+            state.online.record_decision(record, example)
     except Exception as error:
         state.failures.failure("decision_log", error, "a decision could not be logged")
         state.metrics.log_failures.labels("decision").inc()
@@ -853,20 +1115,41 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 status_code=503,
                 media_type="application/json",
             )
-        models = state.manager.current
-        return Health(
-            status="ready",
+        models = state.engine.models.current
+        fresh, view = view_status(state)
+        shared = await asyncio.to_thread(shared_state_status, state)
+        if shared is not None:
+            fresh = False
+            view["not_ready"] = shared
+        health = Health(
+            status="ready" if fresh else "not_ready",
             detail={
-                "customers": len(state.store),
-                "view_as_of": state.store.as_of,
+                "customers": len(state.engine.store),
+                **view,
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),
                 "model_errors": dict(models.errors),
+                **(
+                    {
+                        "online_learning": {
+                            "learner": state.online.learner is not None,
+                            "recorded": state.online.recorded,
+                            "failed": state.online.failed,
+                        }
+                    }
+                    if state.online is not None
+                    else {}
+                ),
                 "mode": "bandit"
                 if models.bandit
                 else ("propensity_greedy" if models.propensity else "default_order"),
             },
         )
+        if not fresh:
+            return Response(
+                health.model_dump_json(), status_code=503, media_type="application/json"
+            )
+        return health
 
     @router.get(
         "/metrics",

@@ -33,6 +33,9 @@ class CustomerStore:
         }
         self._lists: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
+        # propensity published with this view (``scores_<as_of>``, aligned to its positions):
+        # served instead of scoring the view with the registry's model
+        self.published_scores: Any = None
 
     @classmethod
     def from_parquet(cls, path: Path) -> CustomerStore:

@@ -92,9 +92,16 @@ class EventProcessor:
         max_skew_seconds: float = 300.0,
         partitions: int = 64,
         clock: Callable[[], datetime] | None = None,
+        detector: Any = None,
     ) -> None:
-        rules = load_rules(rules_dir)
-        self.detectors = [OnlineDetector(rules) for _ in range(partitions)]
+        # detector: anything with OnlineDetector's process/late_events/state_size, e.g. the
+        # per-customer state shared by replicas (src.serving.detection_state.RedisDetector),
+        # whose clock is already per customer; else one in-process detector per partition
+        if detector is not None:
+            self.detectors = [detector]
+        else:
+            rules = load_rules(rules_dir)
+            self.detectors = [OnlineDetector(rules) for _ in range(partitions)]
         self.flags = flags
         self.ttl_ns = int(ttl_hours * 3600 * 1e9)
         self.tz = ZoneInfo(timezone)

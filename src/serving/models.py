@@ -189,6 +189,7 @@ class VwScorer:
         self.spec = bandit.spec
         self.fast = True
         self.split = True
+        self.last_lines: list[str] | None = None  # the last example scored (online learning)
         self._order = tuple(
             getattr(bandit_features, "SHARED_NAMESPACES", ("user", "time", "propensity", "rules"))
         )
@@ -324,6 +325,7 @@ class VwScorer:
     def predict(self, lines: list[str]) -> list[float]:
         """VW's scores for one example given as lines (shared first)."""
         vw = self.bandit.vw
+        self.last_lines = lines
         if not self.fast:
             return [float(p) for p in vw.predict(lines)]
         import pylibvw
@@ -485,8 +487,12 @@ class ModelManager:
         current = self.current
         updates: dict[str, Any] = {}
         errors = dict(current.errors)
+        published = getattr(self.store, "published_scores", None)
+        if published is not None and current.propensity is not published:
+            updates["propensity"] = published  # scores published with the view win
+            errors.pop("propensity", None)
         for kind, name in self.names.items():
-            if not name or self.source is None:
+            if not name or self.source is None or (kind == "propensity" and published is not None):
                 continue
             held = getattr(current, kind)
             try:
@@ -530,6 +536,11 @@ class ModelManager:
             raise RuntimeError(f"no model source to load the {kind} model {name} v{version} from")
         model = self.source.load(name, version)
         if kind == "propensity":
+            if len(self.store.frame) != len(self.store):  # a published store is read by row
+                raise ValueError(
+                    "the served view has no published scores table: publish scores_<as_of> "
+                    "with it (nextoffer score, then publish-view)"
+                )
             return score_view(model, self.store, version)
         bandit = bandit_from_pyfunc(model, version)
         if self.probe is not None:
