@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 import pandas as pd
 from pydantic_core import to_json
 
-RewardOutcome = Literal["stored", "duplicate", "unknown_decision"]
+RewardOutcome = Literal["stored", "duplicate", "unknown_decision", "conflict"]
 
 
 @dataclass(frozen=True, slots=True)
