@@ -493,10 +493,11 @@ async def _decision(state: ServiceState, body: DecisionRequest) -> bytes:
         record = engine.without_offer(body, "internal_error")
     try:
         await state.log.append_decision(record)
-    except Exception:
+    except Exception as error:
         log.exception("decision %s could not be logged", record.decision_id)
         state.metrics.log_failures.labels("decision").inc()
-        engine.release(record)
+        if not getattr(error, "maybe_written", False):  # else it may be logged: keep it counted
+            engine.release(record)
         record = engine.without_offer(body, "log_unavailable", base=record)
     _count_decision(state, record)
     return decision_json(record, engine)

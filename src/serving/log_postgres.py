@@ -133,6 +133,16 @@ def ensure_schema(url: str, schema: str, timeout_s: float = 5.0) -> None:
         con.execute(schema_sql(schema))
 
 
+class LogUnavailable(ConnectionError):
+    """A write failed. ``maybe_written``: the connection broke after the transaction was sent,
+    so it may have committed; a contact charged for it must then stay charged (a cap counts one
+    contact too many rather than let a logged contact go uncounted)."""
+
+    def __init__(self, message: str, maybe_written: bool) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
+
+
 @dataclass
 class _Batch:
     jobs: list[tuple[str, Any]]
@@ -333,13 +343,20 @@ class PostgresDecisionLog:
         jobs = [j for item in items for j in item.jobs]
         results: list[Any] = []
         error: BaseException | None = None
+        maybe_written = False
         for attempt in range(2):  # a connection that died while idle gets one fresh retry
             try:
-                results = self._write(self._connection(), jobs)
+                con = self._connection()
+            except psycopg.Error as e:  # nothing was sent
+                error = e
+                break
+            try:
+                results = self._write(con, jobs)
                 error = None
                 break
             except psycopg.OperationalError as e:
                 error = e
+                maybe_written = True
                 if self._con is not None:
                     self._con.close()
                 self._con = None
@@ -354,8 +371,9 @@ class PostgresDecisionLog:
         if error is not None:
             self.stats.failures += 1
             self.last_error = _first_line(error)
+            message = f"PostgreSQL log: {self.last_error}"
             for item in items:
-                item.done(None, ConnectionError(f"PostgreSQL log: {self.last_error}"))
+                item.done(None, LogUnavailable(message, maybe_written))
             return
         self.last_error = None
         self.stats.commits += 1
