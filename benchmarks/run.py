@@ -25,6 +25,7 @@ BENCHMARKS = (
     "models",
     "bandit",
     "serving",
+    "serving_shared",
     "uci_bank_marketing",
     "policies",
 )
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         help="skip notebook 20's diagnostic policies on the report bank",
     )
     parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=600.0,
+        help="serving_shared: the fixed-rate soak over 2 replicas (0: none)",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, choices=BENCHMARKS, help="run only these benchmarks"
     )
     args = parser.parse_args(argv)
@@ -149,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_serving.run(work / "serving")
 
+    def bench_serving_shared() -> Report:
+        from benchmarks import bench_serving_shared
+
+        return bench_serving_shared.run(work / "serving_shared", soak_s=args.soak_seconds)
+
     def bench_uci_bank_marketing() -> Report:
         from benchmarks import bench_uci_bank_marketing
 
@@ -181,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": bench_models,
         "bandit": bench_bandit,
         "serving": bench_serving,
+        "serving_shared": bench_serving_shared,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
     }

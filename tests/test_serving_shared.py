@@ -274,3 +274,14 @@ def test_redis_store_raises_store_unavailable_when_cut_and_recovers(prefix: str)
     finally:
         store.close()
         proxy.close()
+
+
+def test_serve_with_workers_refuses_to_start_without_the_shared_backends(tmp_path):
+    from typer.testing import CliRunner
+
+    from src.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--workers", "2", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "serving.log_url and serving.contact_store_url" in result.output
+    assert "Traceback" not in result.output

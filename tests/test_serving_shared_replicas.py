@@ -389,3 +389,38 @@ def test_a_backend_cut_mid_load_fails_closed_and_recovers_by_itself(
     cut_reasons = decisions["reason"].value_counts()
     if backend == "redis":  # the refused decisions were still logged, with the reason
         assert cut_reasons.get("contact_store_unavailable", 0) > 0
+
+
+def test_serve_workers_runs_processes_on_one_port_on_the_shared_backends(
+    bank: dict[str, Any], isolated: tuple[str, str]
+):
+    schema, prefix = isolated
+    env = _env(bank, PG_URL, schema, REDIS_URL, prefix)
+    acks = Acks(bank["customers"], [])
+    server = ServerProcess(env, args=["--workers", "2"]).start(
+        log_file=bank["work"] / "workers.log"
+    )
+    try:
+        _load([server.port], acks, concurrency=4, total=400, duration_s=10)
+        ready = _wait_ready(server.url, 200)
+        # the supervisor and its two workers
+        children = [
+            p
+            for p in os.listdir("/proc")
+            if p.isdigit() and _parent(int(p)) == (server.proc.pid if server.proc else -1)
+        ]
+    finally:
+        server.stop()
+    assert ready["detail"]["log"] == "PostgresDecisionLog"
+    assert ready["detail"]["contact_store"] == "RedisContactStore"
+    assert len(children) >= 2
+    assert acks.server_errors("/v1/decisions") == 0 and len(acks.all_decisions) >= 300
+    _assert_log(schema, acks, {})
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
