@@ -250,7 +250,7 @@ def soak(
     duration_s: float,
     sample_every_s: float = 10.0,
 ) -> dict[str, Any]:
-    """A fixed request rate over the replicas (one connection per replica per 50 req/s), a
+    """A fixed request rate over the replicas (one connection per 10 req/s), a
     reward for every tenth decision with an offer; memory sampled; acknowledgements checked."""
     import psycopg
 
@@ -259,7 +259,7 @@ def soak(
     errors = {"status": 0, "connection": 0}
     samples: list[dict[str, float]] = []
     lat: list[float] = []
-    per_conn = 50.0
+    per_conn = 10.0  # req/s per connection: 100 ms for each request and its reward
     n_conn = max(len(servers), round(rate_per_s / per_conn))
 
     async def client(server: ServerProcess, k: int, stop_at: float) -> None:
