@@ -405,31 +405,30 @@ class PostgresDecisionLog:
                 prepare=False,
             )
             return results
-        with con.pipeline():
-            with con.transaction():
-                for k in range(0, len(rows), ROWS_PER_STATEMENT):
-                    chunk = rows[k : k + ROWS_PER_STATEMENT]
-                    raw.execute(
-                        _insert_decisions(self.schema, len(chunk)),
-                        [v for row in chunk for v in row],
-                        prepare=False,
-                    )
-                cursors = [
-                    (
-                        i,
-                        r,
-                        con.execute(
-                            self._reward,
-                            {
-                                "id": r.decision_id,
-                                "kind": r.kind,
-                                "value": r.value_krw,
-                                "at": r.received_at,
-                            },
-                        ),
-                    )
-                    for i, r in rewards
-                ]
+        with con.pipeline(), con.transaction():
+            for k in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[k : k + ROWS_PER_STATEMENT]
+                raw.execute(
+                    _insert_decisions(self.schema, len(chunk)),
+                    [v for row in chunk for v in row],
+                    prepare=False,
+                )
+            cursors = [
+                (
+                    i,
+                    r,
+                    con.execute(
+                        self._reward,
+                        {
+                            "id": r.decision_id,
+                            "kind": r.kind,
+                            "value": r.value_krw,
+                            "at": r.received_at,
+                        },
+                    ),
+                )
+                for i, r in rewards
+            ]
         for i, r, cur in cursors:
             known, inserted, value, present = cur.fetchone()  # type: ignore[misc]
             results[i] = _outcome(r, known, inserted, value, present)
