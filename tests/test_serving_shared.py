@@ -12,7 +12,9 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import date
 
+import pandas as pd
 import pytest
 
 from benchmarks.harness.backends import (
@@ -285,3 +287,119 @@ def test_serve_with_workers_refuses_to_start_without_the_shared_backends(tmp_pat
     assert result.exit_code == 1
     assert "serving.log_url and serving.contact_store_url" in result.output
     assert "Traceback" not in result.output
+
+
+# --- the engine on a shared store (no server needed: a scripted store) --------------------------
+
+
+class ScriptedStore:
+    """A ContactStore that refuses the first ``refuse`` charges (another replica took the
+    contact meanwhile) or is unreachable."""
+
+    def __init__(self, refuse: int = 0, down: bool = False) -> None:
+        self.refuse, self.down = refuse, down
+        self.charged: list[Charge] = []
+        self.released: list[str] = []
+
+    def usage(self, customer_id, channel, day):
+        from src.contact.caps import Usage
+
+        if self.down:
+            raise StoreUnavailable("down")
+        return Usage(0, 0, {}, {}, 0)
+
+    def try_charge(self, charge, policy):
+        if self.down:
+            raise StoreUnavailable("down")
+        if self.refuse:
+            self.refuse -= 1
+            return "cap_offer_day"
+        self.charged.append(charge)
+        return None
+
+    def release(self, contact_id):
+        self.released.append(contact_id)
+
+    def ping(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _engine(store: ScriptedStore, **caps):
+    from src.serving.customers import CustomerStore, OnlineFlags
+    from src.serving.engine import DecisionEngine
+    from src.serving.models import ModelManager
+
+    view = pd.DataFrame(
+        {"customer_id": ["C1"], "is_closed": [False], "is_accident_reported": [False]}
+    )
+    customers = CustomerStore(view)
+    offers = tuple(o.model_copy(update={"slots": ("home_banner",)}) for o in POLICY.offers)
+    policy = PolicyConfig(offers=offers, fallback_epsilon=0.0, **caps)
+    manager = ModelManager(None, customers, propensity_name=None, bandit_name=None)
+    engine = DecisionEngine(
+        policy,
+        customers,
+        OnlineFlags(),
+        ContactCaps(policy),
+        manager,
+        seed=1,
+        contact_store=store,
+    )
+    return engine
+
+
+def _request():
+    from src.serving.schemas import DecisionRequest
+
+    return DecisionRequest.model_validate(
+        {"customer_id": "C1", "slot": "home_banner", "context": {"channel": "app"}}
+    )
+
+
+def test_engine_chooses_again_when_another_replica_took_the_contact():
+    store = ScriptedStore(refuse=1)
+    record = _engine(store).decide(_request())
+    assert record.offer_id == "B"  # A was refused at charge time; the next in order is charged
+    assert record.excluded["A"] == "cap_offer_day"
+    assert [c.offer_id for c in store.charged] == ["B"]
+    charge = store.charged[0]
+    assert charge.contact_id == record.decision_id  # idempotent on the decision
+    assert charge.day == record.day - date(1970, 1, 1).toordinal()  # the store's day numbers
+
+
+def test_engine_fails_closed_when_the_store_is_unreachable_and_a_cap_applies():
+    record = _engine(ScriptedStore(down=True)).decide(_request())
+    assert record.offer_id is None and record.fallback_reason == "contact_store_unavailable"
+    # no cap configured on the channel or the offers: nothing to check, the offer may go
+    free = _engine(ScriptedStore(down=True), channel_cap=Cap(), offer_cap=Cap())
+    assert free.decide(_request()).offer_id == "A"
+
+
+def test_engine_releases_through_the_store():
+    store = ScriptedStore()
+    engine = _engine(store)
+    record = engine.decide(_request())
+    engine.release(record)
+    assert store.released == [record.decision_id]
+
+
+def test_export_log_reads_the_postgresql_log(schema: str, tmp_path):
+    from src.serving.config import ServingSettings
+    from src.serving.service import export_log
+    from src.settings import Settings
+
+    log = PostgresDecisionLog(PG_URL, schema, timeout_s=5)
+    try:
+        for i in range(3):
+            log.submit_blocking("decision", _record(i))
+        log.submit_blocking("reward", RewardRecord("d1", "click", None, "t"))
+    finally:
+        log.close()
+    serving = ServingSettings(log_url=PG_URL, log_schema=schema)
+    paths = export_log(Settings(data_dir=tmp_path), tmp_path / "out", serving=serving)
+    evaluation = pd.read_parquet(paths["evaluation_log"])
+    assert len(evaluation) == 3 and evaluation["click"].sum() == 1
+    assert len(pd.read_parquet(paths["decisions"])) == 3
