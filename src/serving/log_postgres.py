@@ -261,7 +261,10 @@ class PostgresDecisionLog:
             batcher = self._batchers[loop] = _LoopBatcher(self, loop)
         future = batcher.add(kind, record)
         # shield: a timeout answers the request, the write itself still resolves its future
-        return await asyncio.wait_for(asyncio.shield(future), 2 * self.timeout_s + 1)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), 2 * self.timeout_s + 1)
+        except TimeoutError as error:  # still queued or in flight: it may commit later
+            raise LogUnavailable("PostgreSQL log: no answer in time", True) from error
 
     def submit_blocking(self, kind: str, record: Any) -> Any:
         """The same write from a thread without an event loop (tools, tests)."""
