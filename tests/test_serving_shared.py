@@ -403,3 +403,24 @@ def test_export_log_reads_the_postgresql_log(schema: str, tmp_path):
     evaluation = pd.read_parquet(paths["evaluation_log"])
     assert len(evaluation) == 3 and evaluation["click"].sum() == 1
     assert len(pd.read_parquet(paths["decisions"])) == 3
+
+
+def test_a_model_poll_that_loaded_nothing_keeps_the_customers_audiences():
+    """Every poll makes a new ModelSet; rebuilding every audience on it made the VW scorer's
+    per-candidate-tuple cache grow for the whole soak (found by bench_serving_shared)."""
+    engine = _engine(ScriptedStore())
+    models = engine.models.current
+    first = engine.audience(0, "app", "home_banner", models)
+    polled = replace(models, errors={"bandit": "no champion"})
+    assert polled is not models
+    assert engine.audience(0, "app", "home_banner", polled) is first
+
+    class Propensity:
+        version = "2"
+
+        def for_position(self, position):
+            return {"loan": 0.5}
+
+    swapped = replace(models, propensity=Propensity())  # a new model: scores change
+    again = engine.audience(0, "app", "home_banner", swapped)
+    assert again is not first and again.scores == {"loan": 0.5}

@@ -186,8 +186,16 @@ class DecisionEngine:
 
     def audience(self, position: int | None, channel: str, slot: str, models: ModelSet) -> Audience:
         """Eligibility and propensity scores of the customer at ``position`` (None: cold start)."""
-        if models is not self._audience_models:  # a model swap: scores changed
-            self._audiences = {}
+        if models is not self._audience_models:
+            old = self._audience_models
+            # a poll that loaded nothing still makes a new set: keep the customers' audiences
+            # (rebuilding them every poll kept the VW scorer's cache growing in the soak)
+            if (
+                old is None
+                or old.propensity is not models.propensity
+                or old.bandit is not models.bandit
+            ):
+                self._audiences = {}
             self._versions = models.versions()
             self._audience_models = models
         key = (position, channel, slot)
