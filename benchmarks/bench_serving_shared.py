@@ -479,8 +479,57 @@ def run(
     return Report(params, out, notes(out, params))
 
 
+def run_soak(work_dir: Path, soak_s: float, rate_per_s: float) -> Report:
+    """Only the soak, on the bank and models a previous :func:`run` left in ``work_dir``."""
+    from src.settings import Settings
+
+    work_dir = Path(work_dir)
+    settings = Settings(
+        data_dir=work_dir,
+        mlruns_dir=work_dir / "mlruns",
+        mlflow_tracking_uri=f"sqlite:///{work_dir / 'mlflow.db'}",
+    )
+    view_path = settings.catalog.latest("customer_view")
+    if view_path is None or not (work_dir / "bench_policy.json").exists():
+        raise FileNotFoundError(f"no bank from a previous run under {work_dir}")
+    ids = pd.read_parquet(view_path, columns=["customer_id"])["customer_id"].tolist()
+    bodies = [
+        {"customer_id": c, "slot": "home_banner", "context": {"channel": "app", "page": "home"}}
+        for c in ids
+    ]
+    log_dir = work_dir / "serving"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with pg_schema("nextoffer_bench") as schema, redis_prefix("nextoffer-bench") as prefix:
+        cfg = ServingSettings(
+            policy_path=work_dir / "bench_policy.json",
+            view_path=view_path,
+            log_path=log_dir / "unused.sqlite",
+            log_url=PG_URL,
+            log_schema=schema,
+            contact_store_url=REDIS_URL,
+            contact_key_prefix=prefix,
+        )
+        env = serving_env(settings, cfg)
+        servers = [ServerProcess(env).start(log_file=log_dir / f"soak_{k}.log") for k in range(2)]
+        try:
+            result = soak(servers, bodies, schema, rate_per_s, soak_s)
+        finally:
+            for s in servers:
+                s.stop()
+    params = {
+        "bank": bank_params(work_dir),
+        "customers_in_view": len(ids),
+        "replicas": 2,
+        "soak": {"duration_s": soak_s, "rate_per_s": rate_per_s},
+        "model_poll_seconds": cfg.model_poll_seconds,
+    }
+    return Report(params, {"soak": result}, notes({"soak": result}, params))
+
+
 def notes(r: dict[str, Any], params: dict[str, Any]) -> list[str]:
     """Sentences over the measured numbers."""
+    if "goal" not in params:  # the soak alone
+        return _soak_note(r)
     out = []
     goal = params["goal"]
     for c in params["concurrencies"]:
@@ -518,6 +567,11 @@ def notes(r: dict[str, Any], params: dict[str, Any]) -> list[str]:
             f"{k} clients; PostgreSQL transaction p50 {pg['one_client_p50_us']:.0f} µs, "
             f"{pg[f'charges_per_s_{k}_clients']:,} /s ({ch['ratio_redis_vs_postgresql_per_s']:.1f}x for Redis)"
         )
+    return out + _soak_note(r)
+
+
+def _soak_note(r: dict[str, Any]) -> list[str]:
+    out = []
     s = r.get("soak")
     if s:
         out.append(
@@ -544,21 +598,27 @@ if __name__ == "__main__":
     parser.add_argument(
         "--out", type=Path, default=None, help="write the JSON report here (a directory)"
     )
+    parser.add_argument(
+        "--soak-only", action="store_true", help="only the soak, on a previous run's bank"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    report = run(
-        args.work_dir,
-        customers=args.customers,
-        requests=args.requests,
-        duration_s=args.duration,
-        soak_s=args.soak,
-        soak_rate_per_s=args.soak_rate,
+    name = "serving_shared_soak" if args.soak_only else "serving_shared"
+    report = (
+        run_soak(args.work_dir, args.soak, args.soak_rate)
+        if args.soak_only
+        else run(
+            args.work_dir,
+            customers=args.customers,
+            requests=args.requests,
+            duration_s=args.duration,
+            soak_s=args.soak,
+            soak_rate_per_s=args.soak_rate,
+        )
     )
     if args.out:
         from benchmarks.common import write_report
 
-        print(
-            write_report(args.out, "serving_shared", report, seconds=time.perf_counter() - started)
-        )
+        print(write_report(args.out, name, report, seconds=time.perf_counter() - started))
     else:
         print(json.dumps(asdict(report), indent=2, default=str))
