@@ -266,6 +266,21 @@ def _customer_store(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _serving_shared(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    two, one, emb = r["shared_pg_redis_2_c8"], r["shared_pg_redis_1_c8"], r["embedded_sqlite_1_c8"]
+    return [
+        (
+            "scoring endpoint on PostgreSQL + Redis, 2 replicas, 8 clients",
+            f"{two['requests_per_s']:,.0f} req/s, p50 {two['p50_ms']:.1f} ms, p99 "
+            f"{two['p99_ms']:.1f} ms",
+            f"1 replica: {one['requests_per_s']:,.0f} req/s ({r['ratio_2_vs_1_replica_c8']:.2f}× "
+            f"for 2, on {doc['machine'].get('cores')} cores shared with both servers); embedded "
+            f"SQLite: {emb['requests_per_s']:,.0f} req/s",
+        )
+    ]
+
+
 def _policies(doc: dict[str, Any]) -> list[Row]:
     r, params = doc["results"], doc["params"]
     pol = r["report"]["policies"]
@@ -359,6 +374,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("bandit", _bandit),
     ("serving", _serving),
     ("customer_store", _customer_store),
+    ("serving_shared", _serving_shared),
     ("policies", _policies),
     ("ope", _ope),
     ("campaigns", _campaigns),

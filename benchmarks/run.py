@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bandit",
     "serving",
     "customer_store",
+    "serving_shared",
     "uci_bank_marketing",
     "policies",
     "ope",
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         "--ope-actions", type=int, default=80, help="candidates per decision in the OPE log"
     )
     parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=600.0,
+        help="serving_shared: the fixed-rate soak over 2 replicas (0: none)",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, choices=BENCHMARKS, help="run only these benchmarks"
     )
     args = parser.parse_args(argv)
@@ -163,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_customer_store.run(work / "customer_store")
 
+    def bench_serving_shared() -> Report:
+        from benchmarks import bench_serving_shared
+
+        return bench_serving_shared.run(work / "serving_shared", soak_s=args.soak_seconds)
+
     def bench_uci_bank_marketing() -> Report:
         from benchmarks import bench_uci_bank_marketing
 
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "bandit": bench_bandit,
         "serving": bench_serving,
         "customer_store": bench_customer_store,
+        "serving_shared": bench_serving_shared,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
         "ope": bench_ope,

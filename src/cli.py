@@ -609,11 +609,25 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     data_dir: DataDirOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Server processes on the port (above 1: needs the shared PostgreSQL log and "
+            "Redis contact store, NEXTOFFER_SERVING__LOG_URL / __CONTACT_STORE_URL).",
+        ),
+    ] = None,
 ) -> None:
     """The scoring endpoint for the offer slot (OpenAPI at /docs); settings NEXTOFFER_SERVING__*."""
+    from src.serving.service import check_workers
     from src.serving.service import serve as run_server
 
-    run_server(_settings(data_dir=data_dir), host=host, port=port)
+    settings = _settings(data_dir=data_dir)
+    n = workers or settings.serving.workers
+    if n > 1:
+        with _exit_on(ValueError):
+            check_workers(settings.serving, n)
+    run_server(settings, host=host, port=port, workers=n)
 
 
 @app.command("publish-view")

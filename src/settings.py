@@ -183,6 +183,37 @@ class ServingSettings(Section):
     online_publish_every: int = Field(
         1000, ge=1, description="Decisions learned between two published bandit versions."
     )
+    log_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL decision/reward log shared by replicas (postgresql://...); "
+        "default: the SQLite file at log_path.",
+    )
+    log_schema: str = Field(
+        "nextoffer",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the log's tables (created if missing).",
+    )
+    log_pool_size: int = Field(
+        4, ge=1, description="Most PostgreSQL connections of one replica's log."
+    )
+    contact_store_url: SecretStr | None = Field(
+        None,
+        description="Redis contact-cap store shared by replicas (redis://...); default: caps "
+        "counted in the process, rebuilt from the log at start (one process only).",
+    )
+    contact_key_prefix: str = Field(
+        "nextoffer:", description="Prefix of the contact store's Redis keys."
+    )
+    backend_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait on PostgreSQL or Redis before the request fails closed.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes on one port (needs log_url and contact_store_url above 1).",
+    )
 
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""

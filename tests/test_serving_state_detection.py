@@ -142,8 +142,12 @@ def test_an_event_on_one_replica_changes_the_decision_on_another(
             propensity_model=None,
             shared_state_url=REDIS_URL,
             shared_state_prefix=prefix,
+            internal_api_key="internal-test-key",  # the ranking is shown to internal callers only
         )
-        return TestClient(create_app(small_bank, serving, model_source=None))
+        return TestClient(
+            create_app(small_bank, serving, model_source=None),
+            headers={"X-API-Key": "internal-test-key"},
+        )
 
     base = {"customer_id": customer, "channel": "app"}
     decision = {"customer_id": customer, "slot": "home_banner"}

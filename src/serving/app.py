@@ -50,6 +50,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.contact.caps import ContactCaps
+from src.contact.store import ContactStore
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
 from src.serving.customer_store_shared import (
     FileViewSource,
@@ -160,19 +161,19 @@ def build_state(
     policy = resolve_policy(serving, settings)
     flags, detector = shared_detection(serving, policy)
     caps = ContactCaps(policy)
-    manager, engine = _generation(serving, metrics, source, clock, policy, store, flags, caps)
+    contact_store = open_contact_store(serving)
+    manager, engine = _generation(
+        serving, metrics, source, clock, policy, store, flags, caps, contact_store=contact_store
+    )
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.log_batch.observe(n)
         metrics.log_commit.observe(seconds)
 
-    if serving.log_path is None:  # resolved() fills it in
-        raise ValueError("serving settings without a decision log: call .resolved(settings)")
-    decision_log = SqliteDecisionLog(
-        serving.log_path, serving.sqlite_synchronous, serving.commit_max_batch, on_commit=on_commit
-    )
+    decision_log = open_log(serving, on_commit)
     today = engine.now().toordinal()
-    n = caps.load(decision_log.recent_contacts(today - 7), today)
+    # caps counted in the process start from the log; a shared store keeps its own counts
+    n = caps.load(decision_log.recent_contacts(today - 7), today) if contact_store is None else 0
     log.info(
         "customer view: %d customers as of %s; %d contacts of the last 7 days from the log",
         len(store),
@@ -275,6 +276,7 @@ def _generation(
     flags: OnlineFlags,
     caps: ContactCaps,
     carried: ModelSet | None = None,
+    contact_store: ContactStore | None = None,
 ) -> tuple[ModelManager, DecisionEngine]:
     """The model manager and engine over one view (a new view gets new ones: propensity scores
     and every cache are by view position). ``carried``: the bandit of the previous view, kept."""
@@ -300,6 +302,7 @@ def _generation(
         timezone=serving.timezone,
         seed=serving.seed,
         clock=clock,
+        contact_store=contact_store,
     )
     manager.probe = _bandit_probe(engine)
     return manager, engine
@@ -344,6 +347,7 @@ def switch_view(state: ServiceState) -> bool:
             state.flags,
             state.caps,
             carried=state.manager.current,
+            contact_store=state.engine.contact_store,
         )
         manager.refresh()
     except Exception as error:  # noqa: BLE001 - keep serving the current view
@@ -361,6 +365,56 @@ def switch_view(state: ServiceState) -> bool:
     if callable(closer):
         closer()
     return True
+
+
+def open_log(serving: ServingSettings, on_commit: Callable[[int, float], None]) -> DecisionLog:
+    """The PostgreSQL log shared by replicas when ``log_url`` is set, else the SQLite file."""
+    if serving.log_url is not None:
+        from src.serving.log_postgres import PostgresDecisionLog
+
+        return PostgresDecisionLog(
+            serving.log_url.get_secret_value(),
+            serving.log_schema,
+            max_batch=serving.commit_max_batch,
+            timeout_s=serving.backend_timeout_seconds,
+            on_commit=on_commit,
+        )
+    if serving.log_path is None:  # resolved() fills it in
+        raise ValueError("serving settings without a decision log: call .resolved(settings)")
+    return SqliteDecisionLog(
+        serving.log_path, serving.sqlite_synchronous, serving.commit_max_batch, on_commit=on_commit
+    )
+
+
+def open_contact_store(serving: ServingSettings) -> ContactStore | None:
+    """The Redis contact store shared by replicas when ``contact_store_url`` is set."""
+    if serving.contact_store_url is None:
+        return None
+    from src.contact.store_redis import RedisContactStore
+
+    return RedisContactStore(
+        serving.contact_store_url.get_secret_value(),
+        serving.contact_key_prefix,
+        timeout_s=serving.backend_timeout_seconds,
+    )
+
+
+def backend_problems(state: ServiceState) -> dict[str, str]:
+    """What keeps the shared backends from serving: backend -> reason (blocking: a thread)."""
+    problems = {}
+    ping = getattr(state.log, "ping", None)
+    if ping is not None:
+        try:
+            ping()
+        except Exception as error:  # noqa: BLE001 - any failure is the reason to report
+            problems["log"] = str(error) or type(error).__name__
+    store = state.engine.contact_store
+    if store is not None:
+        try:
+            store.ping()
+        except Exception as error:  # noqa: BLE001
+            problems["contact_store"] = str(error) or type(error).__name__
+    return problems
 
 
 def _bandit_probe(engine: DecisionEngine) -> Callable[[BanditModel], None]:
@@ -522,6 +576,8 @@ def create_app(
                 poller.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
             await asyncio.to_thread(state.log.close)
+            if state.engine.contact_store is not None:
+                state.engine.contact_store.close()
 
     app = OfferSlotApp(
         title="nextoffer offer slot",
@@ -889,8 +945,8 @@ async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = 
     except Exception as error:
         state.failures.failure("decision_log", error, "a decision could not be logged")
         state.metrics.log_failures.labels("decision").inc()
-        if record.offer_id:
-            state.caps.release(record.customer_id, record.channel, record.day, record.offer_id)
+        if not getattr(error, "maybe_written", False):  # else it may be logged: keep it counted
+            engine.release(record)
         record = engine.without_offer(body, "log_unavailable", base=record)
     _count_decision(state, record)
     return decision_json(record, engine, explain)
@@ -1115,6 +1171,14 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 status_code=503,
                 media_type="application/json",
             )
+        problems = await asyncio.to_thread(backend_problems, state)
+        if problems:
+            return Response(
+                Health(status="not_ready", detail={"unavailable": problems}).model_dump_json(),
+                status_code=503,
+                media_type="application/json",
+                headers={"Retry-After": "1"},
+            )
         models = state.engine.models.current
         fresh, view = view_status(state)
         shared = await asyncio.to_thread(shared_state_status, state)
@@ -1126,6 +1190,8 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
             detail={
                 "customers": len(state.engine.store),
                 **view,
+                "log": type(state.log).__name__,
+                "contact_store": type(state.engine.contact_store or state.caps).__name__,
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),
                 "model_errors": dict(models.errors),

@@ -13,6 +13,7 @@ Policies, in order of preference, each returning a probability for every allowed
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from src.contact.caps import ContactCaps, Usage
 from src.contact.eligibility import exclusions, needed_columns
+from src.contact.store import Charge, ContactStore, StoreUnavailable
 from src.serving.config import Offer, PolicyConfig
 from src.serving.customers import CustomerStore, OnlineFlags
 from src.serving.log import DecisionRecord
@@ -57,6 +59,8 @@ class Audience:
 
 AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; cleared when full
 _EPOCH = datetime(1970, 1, 1)
+EPOCH_ORDINAL = _EPOCH.toordinal()  # a contact store's day: days since 1970-01-01
+CHARGE_ATTEMPTS = 3  # choose again after a refused charge at most this often
 
 
 def naive_ns(when: datetime) -> int:
@@ -108,7 +112,8 @@ def bandit_context(
 
 
 class DecisionEngine:
-    """Makes decisions; owns no I/O. ``clock`` returns an aware datetime (injected in tests)."""
+    """Makes decisions; owns no I/O but the contact store's. ``clock`` returns an aware datetime
+    (injected in tests). ``contact_store``: caps shared by replicas (else ``caps``, in memory)."""
 
     def __init__(
         self,
@@ -121,11 +126,13 @@ class DecisionEngine:
         timezone: str = "Asia/Seoul",
         seed: int | None = None,
         clock: Callable[[], datetime] | None = None,
+        contact_store: ContactStore | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self.flags = flags
         self.caps = caps
+        self.contact_store = contact_store
         self.models = models
         self.tz = ZoneInfo(timezone)
         self.rng = random.Random(seed)
@@ -179,8 +186,16 @@ class DecisionEngine:
 
     def audience(self, position: int | None, channel: str, slot: str, models: ModelSet) -> Audience:
         """Eligibility and propensity scores of the customer at ``position`` (None: cold start)."""
-        if models is not self._audience_models:  # a model swap: scores changed
-            self._audiences = {}
+        if models is not self._audience_models:
+            old = self._audience_models
+            # a poll that loaded nothing still makes a new set: keep the customers' audiences
+            # (rebuilding them every poll kept the VW scorer's cache growing in the soak)
+            if (
+                old is None
+                or old.propensity is not models.propensity
+                or old.bandit is not models.bandit
+            ):
+                self._audiences = {}
             self._versions = models.versions()
             self._audience_models = models
         key = (position, channel, slot)
@@ -251,10 +266,18 @@ class DecisionEngine:
             )
             return choice.offer_id, choice
 
-        choice = self.caps.reserve_with(customer_id, channel, day, audience.eligible_ids, choose)
+        decision_id = self.new_id()
+        if self.contact_store is None:
+            choice = self.caps.reserve_with(
+                customer_id, channel, day, audience.eligible_ids, choose
+            )
+        else:
+            choice = self._charge_shared(
+                self.contact_store, decision_id, customer_id, channel, day, audience, choose
+            )
         chosen = self.offers.get(choice.offer_id) if choice.offer_id else None
         return DecisionRecord(
-            decision_id=self.new_id(),
+            decision_id=decision_id,
             created_at=now.isoformat(timespec="microseconds"),
             day=day,
             customer_id=customer_id,
@@ -278,6 +301,64 @@ class DecisionEngine:
             view_as_of=self.store.as_of,
             flags=flags,
         )
+
+    def _charge_shared(
+        self,
+        contact_store: ContactStore,
+        decision_id: str,
+        customer_id: str,
+        channel: str,
+        day: int,
+        audience: Audience,
+        choose: Callable[[Usage, dict[str, str]], tuple[str | None, Choice]],
+    ) -> Choice:
+        """Optimistic use of a shared store: read the counts, choose, charge the contact under the
+        decision's id; if another replica took the contact meanwhile (refused), read and choose
+        again. The store unreachable: no offer that needs a cap check (fail closed)."""
+        local_day = day - EPOCH_ORDINAL
+        refused: dict[str, str] = {}
+        for _ in range(CHARGE_ATTEMPTS):
+            try:
+                usage = contact_store.usage(customer_id, channel, local_day)
+            except StoreUnavailable:
+                return self._unchecked(channel, audience, choose)
+            blocked = self.caps.blocked(usage, channel, audience.eligible_ids)
+            offer, choice = choose(usage, {**blocked, **refused} if refused else blocked)
+            if offer is None:
+                return choice
+            charge = Charge(decision_id, customer_id, channel, offer, local_day, "slot")
+            try:
+                reason = contact_store.try_charge(charge, self.policy)
+            except StoreUnavailable:
+                return self._unchecked(channel, audience, choose)
+            if reason is None:
+                return choice
+            refused[offer] = reason
+        return Choice(None, (), (), "none", "contact_contention")
+
+    def _unchecked(
+        self,
+        channel: str,
+        audience: Audience,
+        choose: Callable[[Usage, dict[str, str]], tuple[str | None, Choice]],
+    ) -> Choice:
+        """The decision when caps cannot be counted: nothing if any cap applies on the channel."""
+        cap, offer_cap = self.policy.cap_for(channel), self.policy.offer_cap
+        capped = (cap.per_day, cap.per_week, offer_cap.per_day, offer_cap.per_week)
+        if any(c is not None for c in capped) and audience.eligible_ids:
+            return Choice(None, (), (), "none", "contact_store_unavailable")
+        return choose(Usage(0, 0, {}, {}, 0), {})[1]
+
+    def release(self, record: DecisionRecord) -> None:
+        """Undo the contact of a decision that could not be logged (it was never shown)."""
+        if record.offer_id is None:
+            return
+        if self.contact_store is None:
+            self.caps.release(record.customer_id, record.channel, record.day, record.offer_id)
+            return
+        # unreachable: the charge stays, a cap counts one contact too many (the safe side)
+        with contextlib.suppress(StoreUnavailable):
+            self.contact_store.release(record.decision_id)
 
     def _customer_context(
         self, position: int | None, scores: Mapping[str, float] | None, models: ModelSet

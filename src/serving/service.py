@@ -34,27 +34,60 @@ def serve(
     serving: ServingSettings | None = None,
     log_level: str = "info",
     switch_interval_s: float = 0.0005,
+    workers: int | None = None,
 ) -> None:
-    """Run the service in the foreground until interrupted (one process: the contact caps and
-    the online detector live in it, so scale out behind a shared log backend, not workers)."""
+    """Run the service in the foreground until interrupted.
+
+    ``workers`` > 1 (argument or ``serving.workers``): that many processes share the port, each
+    a replica like those on other hosts, so the state they must agree on has to be shared: the
+    PostgreSQL log (``log_url``) and the Redis contact store (``contact_store_url``) are
+    required. The online detector's flags stay per process (a customer's events and decisions
+    should reach the same replica, e.g. by a load balancer hashing the customer id)."""
     import uvicorn
 
-    from src.serving.app import create_app
-
+    serving = (serving or settings.serving).resolved(settings)
+    workers = workers or serving.workers
     # The log writer thread hands the GIL back and forth with the event loop on every commit;
     # at the default 5 ms switch interval each handoff can stall a commit by up to 5 ms.
     sys.setswitchinterval(switch_interval_s)
-    app = create_app(settings, serving, tune_gc=True)
     # no access log: it would write client addresses, and ids belong in the decision log only
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers > 1:
+        check_workers(serving, workers)
+        # the workers are fresh interpreters: they read these settings from the environment
+        os.environ.update(serving_env(settings, serving.model_copy(update={"workers": 1})))
+        uvicorn.run("src.serving.service:worker_app", factory=True, workers=workers, **options)
+        return
+    from src.serving.app import create_app
+
+    uvicorn.run(create_app(settings, serving, tune_gc=True), **options)
+
+
+def check_workers(serving: ServingSettings, workers: int) -> None:
+    """Several processes need the shared backends: caps counted per process would let each
+    worker give a customer the whole cap."""
+    missing = [name for name in ("log_url", "contact_store_url") if getattr(serving, name) is None]
+    if missing:
+        raise ValueError(
+            f"serving.workers={workers}: set serving.{' and serving.'.join(missing)} "
+            "(NEXTOFFER_SERVING__LOG_URL, NEXTOFFER_SERVING__CONTACT_STORE_URL): replicas must "
+            "share the decision log and the contact caps"
+        )
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``serve(workers=N)`` (settings from the environment)."""
+    sys.setswitchinterval(0.0005)
+    from src.serving.app import create_app
+
+    return create_app(Settings(), tune_gc=True)
 
 
 def export_log(
@@ -62,9 +95,27 @@ def export_log(
 ) -> dict[str, Path]:
     """Decisions, rewards and the off-policy evaluation log as Parquet under ``out_dir``
     (``evaluation_log.parquet`` is what ``nextoffer evaluate-policy`` reads)."""
-    from src.serving.log import export_log_files
+    from src.serving.log import decisions_for_evaluation, export_log_files
 
-    log_path = (serving or settings.serving).resolved(settings).log_path
+    serving = serving or settings.serving
+    if serving.log_url is not None:  # the PostgreSQL log of the replicas
+        from src.serving.log_postgres import read_postgres_log
+
+        decisions, rewards = read_postgres_log(
+            serving.log_url.get_secret_value(), serving.log_schema
+        )
+        out = settings.resolve(Path(out_dir))
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            name: out / f"{name}.parquet" for name in ("decisions", "rewards", "evaluation_log")
+        }
+        decisions.to_parquet(paths["decisions"], index=False)
+        rewards.to_parquet(paths["rewards"], index=False)
+        decisions_for_evaluation(decisions, rewards, reward).to_parquet(  # type: ignore[arg-type]
+            paths["evaluation_log"], index=False
+        )
+        return paths
+    log_path = serving.resolved(settings).log_path
     if log_path is None or not log_path.exists():
         raise FileNotFoundError(f"no decision log at {log_path}")
     return export_log_files(log_path, settings.resolve(Path(out_dir)), reward)  # type: ignore[arg-type]
@@ -84,8 +135,13 @@ class ServerProcess:
     """
 
     def __init__(
-        self, env: dict[str, str], port: int | None = None, cwd: Path | None = None
+        self,
+        env: dict[str, str],
+        port: int | None = None,
+        cwd: Path | None = None,
+        args: list[str] | None = None,
     ) -> None:
+        self.args = args or []  # more options of ``python -m src.serving`` (--workers N)
         self.port = port or free_port()
         self.env = {**os.environ, **env}
         self.cwd = cwd or Settings().root
@@ -114,6 +170,7 @@ class ServerProcess:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *self.args,
             ],
             cwd=self.cwd,
             env=self.env,
@@ -259,5 +316,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    serve(Settings(), args.host, args.port, log_level=args.log_level)
+    serve(Settings(), args.host, args.port, log_level=args.log_level, workers=args.workers)
