@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serving",
     "uci_bank_marketing",
     "policies",
+    "retrain",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -174,6 +175,17 @@ def main(argv: list[str] | None = None) -> None:
             diagnostics=args.policies_diagnostics,
         )
 
+    def bench_retrain() -> Report:
+        from benchmarks import bench_retrain
+
+        return bench_retrain.run(
+            data_root / f"retrain-{args.customers}x{args.days}-seed{args.seed}",
+            args.customers,
+            args.days,
+            args.seed,
+            notebooks=args.customers <= 5_000,  # notebooks: the demo bank's budget
+        )
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -183,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "serving": bench_serving,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
+        "retrain": bench_retrain,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
