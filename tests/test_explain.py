@@ -89,3 +89,48 @@ def test_unknown_product_is_named(toy):
     model, rows = toy
     with pytest.raises(KeyError, match="fund"):
         contributions(model, rows, "fund")
+
+
+@pytest.mark.slow
+def test_endpoint_explains_a_customer_with_the_champion(small_bank, tmp_path):
+    """``GET /v1/explanations/{customer_id}`` (behind the API key when one is set): the serving
+    champion's score per product with its top reasons; 404 for an unknown customer."""
+    from fastapi.testclient import TestClient
+
+    from benchmarks.harness.serving_fixtures import register_models
+    from src.features.customer_view import build_customer_view
+    from src.pipeline import default_as_of
+    from src.serving.app import create_app
+    from src.settings import ServingSettings
+
+    view_path = tmp_path / "customer_view.parquet"
+    view = build_customer_view(small_bank.catalog, default_as_of(small_bank))
+    view.to_parquet(view_path)
+    settings = small_bank.model_copy(
+        update={
+            "mlruns_dir": tmp_path / "mlruns",
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+        }
+    )
+    register_models(settings, view_path, bandit=False)
+    serving = ServingSettings(
+        view_path=view_path, log_path=tmp_path / "log.sqlite", seed=1, api_key="s3cret"
+    )
+    customer = str(view["customer_id"].iloc[0])
+    with TestClient(create_app(settings, serving)) as client:
+        url = f"/v1/explanations/{customer}?top=3"
+        assert client.get(url).status_code == 401  # reasons are for authenticated callers
+        r = client.get(url, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["customer_id"] == customer and body["model_version"] == "1"
+        products = {x["product"] for x in body["reasons"]}
+        assert len(products) >= 1 and len(body["reasons"]) == 3 * len(products)
+        assert all(x["direction"] in ("up", "down") for x in body["reasons"])
+        # the score next to the reasons is the score decisions use
+        scores = client.app.state.service.manager.current.propensity
+        position = client.app.state.service.store.position(customer)
+        for x in body["reasons"]:
+            assert x["score"] == pytest.approx(scores.for_position(position)[x["product"]])
+        missing = client.get("/v1/explanations/NOPE", headers={"X-API-Key": "s3cret"})
+        assert missing.status_code == 404 and "NOPE" in missing.json()["detail"]

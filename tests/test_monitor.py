@@ -78,6 +78,11 @@ def test_monitor_cli_exits_zero_on_the_training_population_and_three_on_a_drifte
     settings = Settings(data_dir=small_bank.data_dir, mlflow_tracking_uri=uri)
     run = run_propensity_training(settings, progress=False)
     assert run.promotion is not None and run.promotion.promoted
+    # the registered version says what it is and where its card is
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    description = client.get_model_version("nextoffer-propensity", "1").description
+    assert "mean AUC" in description and f"runs:/{run.run_id}/model_card.md" in description
+    assert "## Held-out metrics" in mlflow.artifacts.load_text(f"runs:/{run.run_id}/model_card.md")
     first_train_date = f"{run.plan.train[0]:%Y-%m-%d}"
 
     code, out = _run(
@@ -113,7 +118,6 @@ def test_monitor_cli_exits_zero_on_the_training_population_and_three_on_a_drifte
     views = table.loc[table["column"].str.startswith("page_views_")]
     assert (views["status"] == "alert").all()
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("monitor").experiment_id])
     assert sorted(r.data.tags["status"] for r in runs) in (["alert", "ok"], ["alert", "warn"])
     assert all(r.data.params["model_version"] == run.promotion.version for r in runs)

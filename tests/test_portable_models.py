@@ -201,6 +201,7 @@ import pandas as pd
 
 model = mlflow.pyfunc.load_model(sys.argv[1])
 rows = pd.read_json(Path(sys.argv[2]), orient="split")
+rows = rows.astype(json.loads(Path(sys.argv[3]).read_text()))  # JSON reads 34.0 back as int
 print(json.dumps({"predictions": pd.DataFrame(model.predict(rows)).to_dict(orient="split"),
                   "src": sys.modules["src"].__file__}))
 """
@@ -266,10 +267,12 @@ def test_registered_model_loads_and_serves_in_a_fresh_venv_of_its_own_requiremen
         assert done.returncode == 0, done.stderr[-3000:]
         rows_path = tmp_path / f"{kind}_rows.json"
         rows.to_json(rows_path, orient="split", index=False)
+        dtypes_path = tmp_path / f"{kind}_dtypes.json"
+        dtypes_path.write_text(json.dumps(rows.dtypes.astype(str).to_dict()))
         expected = pd.DataFrame(mlflow.pyfunc.load_model(uri).predict(rows))
 
         done = subprocess.run(
-            [str(python), "-I", "-c", FRESH, str(model_dir), str(rows_path)],
+            [str(python), "-I", "-c", FRESH, str(model_dir), str(rows_path), str(dtypes_path)],
             cwd=work,
             env=env,
             capture_output=True,
