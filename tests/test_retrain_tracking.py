@@ -54,4 +54,4 @@ def test_cvr_runs_are_registered_with_lineage_description_and_card(
     assert tags[TAG_PREFIX + "test"] == "paired_bootstrap"
     assert float(tags[TAG_PREFIX + "effect"]) == pytest.approx(0.0, abs=1e-12)  # same model
     assert tags[TAG_PREFIX + "outcome"] == "kept_champion"
-    assert client.get_model_version_by_alias(CVR_MODEL_NAME, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(CVR_MODEL_NAME, "champion").version) == "1"
