@@ -86,6 +86,7 @@ def time_notebooks(data_dir: Path, out_dir: Path, env: dict[str, str]) -> dict[s
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernels inherit the MLflow store
     try:
+        os.environ.pop("MPLBACKEND", None)
         for source in sorted((ROOT / "notebooks").glob("*.ipynb")):
             executed = out_dir / source.name
             cpu0, t0 = _children_cpu(), time.perf_counter()
@@ -132,10 +133,10 @@ def run(
     stamp = f"{as_of:%Y-%m-%d}"
     store = work / f"mlflow-{int(time.time())}.db"  # a fresh registry: retrain registers v1
     env = {
-        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        # no MPLBACKEND: the kernels' inline backend draws the images that are counted
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MPLBACKEND")},
         "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
         "NEXTOFFER_REPORTS_DIR": str(work / "reports"),
-        "MPLBACKEND": "Agg",
     }
     cli = str(Path(sys.executable).parent / "nextoffer")
     retrain = _timed_command([cli, "retrain", "--as-of", stamp, "--data-dir", str(data_dir)], env)
@@ -145,6 +146,8 @@ def run(
         if len(parts) > 1 and parts[1].endswith("s") and parts[0][:2].isdigit():
             steps[parts[0]] = float(parts[1].rstrip("s"))
     retrain["steps_s"] = steps
+    executed = work / "reports" / stamp
+    retrain["images"] = {p.stem: _image_count(p) for p in sorted(executed.glob("*.ipynb"))}
     monitor = _timed_command([cli, "monitor", "--as-of", stamp, "--data-dir", str(data_dir)], env)
     monitor["verdict"] = next(
         (
