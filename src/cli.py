@@ -282,8 +282,12 @@ def monitor(
 ) -> None:
     """Drift of the customer view and the champion's scores vs its training window (PSI);
     report under reports/monitor/, logged to MLflow; exit 3 past the alert threshold."""
+    import os
+
     from src.models.monitor import ALERT_EXIT_CODE, MonitorError, run_monitor
 
+    # a cron log: the verdict and the report's path, not MLflow's per-artifact download bar
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = _settings(data_dir=data_dir)
     with _exit_on(MonitorError, TableNotValidated):
         result = run_monitor(settings, as_of, model_name=model, out_dir=out_dir)
