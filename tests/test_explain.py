@@ -97,7 +97,6 @@ def test_endpoint_explains_a_customer_with_the_champion(small_bank, tmp_path):
     champion's score per product with its top reasons; 404 for an unknown customer."""
     from fastapi.testclient import TestClient
 
-    from benchmarks.harness.serving_fixtures import register_models
     from src.features.customer_view import build_customer_view
     from src.pipeline import default_as_of
     from src.serving.app import create_app
@@ -112,7 +111,7 @@ def test_endpoint_explains_a_customer_with_the_champion(small_bank, tmp_path):
             "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
         }
     )
-    register_models(settings, view_path, bandit=False)
+    _register_propensity(settings, view)
     serving = ServingSettings(
         view_path=view_path, log_path=tmp_path / "log.sqlite", seed=1, api_key="s3cret"
     )
@@ -134,3 +133,35 @@ def test_endpoint_explains_a_customer_with_the_champion(small_bank, tmp_path):
             assert x["score"] == pytest.approx(scores.for_position(position)[x["product"]])
         missing = client.get("/v1/explanations/NOPE", headers={"X-API-Key": "s3cret"})
         assert missing.status_code == 404 and "NOPE" in missing.json()["detail"]
+
+
+def _register_propensity(settings, view: pd.DataFrame) -> None:
+    """A PropensityModel on the view's columns (labels from a page-view count, so it splits),
+    logged and registered as training does."""
+    import mlflow
+
+    from benchmarks.harness.serving_fixtures import PROPENSITY_NAME, register
+    from src.features.feature_table import view_feature_columns
+    from src.models.tracking import configure_mlflow, log_pyfunc
+
+    columns = [c for c in view_feature_columns() if c in view.columns]
+    model = PropensityModel(columns, [])
+    X = model_matrix_of(view, columns)
+    model.matrix_columns = list(X.columns)
+    rng = np.random.default_rng(0)
+    config = PropensityConfig(n_estimators=20, min_child_samples=10, early_stopping_rounds=5)
+    for product in ("loan", "card"):
+        y = (rng.random(len(X)) < 0.3).astype(int)
+        half = len(X) // 2
+        model.products[product] = fit_product(
+            product, X.iloc[:half], y[:half], X.iloc[half:], y[half:], config
+        )
+    with mlflow.start_run(experiment_id=configure_mlflow(settings, "explain-serving")):
+        uri = log_pyfunc(model, view, columns)
+    register(settings, uri, PROPENSITY_NAME)
+
+
+def model_matrix_of(view: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    from src.features.feature_table import model_matrix
+
+    return model_matrix(view, columns)
