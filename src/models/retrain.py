@@ -187,7 +187,12 @@ def _attach(settings: Settings, step: StepResult) -> None:
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
     client.log_artifact(run_id, str(step.notebook), "notebook")
     client.set_tag(run_id, "retrain.notebook", step.notebook.name)
-    step.info.setdefault("promotion", promotion_outcome(client, run_id))
+    # the one-line outcome from the registry (what the CLI prints); the notebook's own record
+    # (a dict of the PromotionResult) stays under ``promotion_result``
+    outcome = promotion_outcome(client, run_id)
+    if outcome is not None:
+        step.info["promotion_result"] = step.info.get("promotion")
+        step.info["promotion"] = outcome
 
 
 def promotion_outcome(client: Any, run_id: str) -> str | None:
