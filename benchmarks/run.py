@@ -31,6 +31,7 @@ BENCHMARKS = (
     "policies",
     "ope",
     "campaigns",
+    "retrain",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -210,6 +211,17 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench_campaigns.run(data_root / "campaigns")
 
+    def bench_retrain() -> Report:
+        from benchmarks import bench_retrain
+
+        return bench_retrain.run(
+            data_root / f"retrain-{args.customers}x{args.days}-seed{args.seed}",
+            args.customers,
+            args.days,
+            args.seed,
+            notebooks=args.customers <= 5_000,  # notebooks: the demo bank's budget
+        )
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -223,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         "policies": bench_policies,
         "ope": bench_ope,
         "campaigns": bench_campaigns,
+        "retrain": bench_retrain,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

@@ -112,12 +112,42 @@ display(shown.figures["lift"])
 display(shown.figures["feature_importance"])
 
 # %% [markdown]
+# ## Why a customer gets their score
+#
+# SHAP values from LightGBM itself (`pred_contrib`, `src/models/explain.py`): each customer's raw
+# score (log-odds) split exactly into one contribution per feature plus the average. Below: the
+# reasons of the customer with the highest score for the first product, then the mean |SHAP| per
+# feature over the test rows (importance in log-odds, customer by customer, unlike split gain).
+# The endpoint returns the same reasons for a decision when an authenticated caller asks
+# (`explain: true`).
+
+# %%
+from src.models.explain import explain_rows, global_importance, plot_global, plot_reasons, reasons_text
+
+product = chosen[0]
+test_scores = run.model.predict_proba(run.test_rows)
+who = run.test_rows.loc[[test_scores[product].idxmax()]]
+reasons = explain_rows(run.model, who, top=8)
+print("\n".join(reasons_text(reasons.groupby("product").head(3))))
+display(plot_reasons(reasons.loc[reasons["product"] == product]))
+plt.close("all")
+
+# %%
+sample = run.test_rows.sample(min(len(run.test_rows), 1000), random_state=0)
+display(plot_global(global_importance(run.model, sample)))
+plt.close("all")
+
+# %% [markdown]
 # ## Tracking and promotion
+#
+# The run also holds `model_card.md` (data window, metrics with intervals, calibration,
+# importance, known limits); a registered version's description points to it.
 
 # %%
 print("MLflow run:", run.run_id, "\nmodel:", run.model_uri)
 if run.promotion is not None:
     print(run.promotion)
+print(run.extra["model_card"].split("## Calibration")[0])  # the card's head: use, window, metrics
 if run_info_path:
     write_run_info(run_info_path, notebook="10_train_propensity", run_id=run.run_id, model_uri=run.model_uri,
                    experiment_id=run.extra.get("experiment_id"), plan=run.plan.as_dict(),

@@ -24,12 +24,16 @@
 #
 # The segment report scores every customer for every offer on the last snapshot and adds up,
 # per life stage × income band: expected conversions, value, cost and ROAS — ranked. The logic
-# is in `src/models/cvr.py` and `src/models/train.py`.
+# is in `src/models/cvr.py` and `src/models/train.py`. The run is tracked like the propensity
+# model's (lineage, AUC interval, a model card `model_card.md`); with `register = True` (what
+# `nextoffer retrain` passes) it is registered as `nextoffer-cvr` and promoted only if it beats
+# the champion's AUC on the same test exposures by `models.min_auc_gain`, significantly.
 
 # %% tags=["parameters"]
 data_dir = ""  # empty: the project's data/ directory
 as_of = ""  # only data before it (empty: all data)
 step_days = None  # models.cvr_step_days: snapshot spacing (one week of exposures per snapshot)
+register = False  # register the model as nextoffer-cvr (challenger / champion; `retrain` sets True)
 run_info_path = ""  # set by `retrain`
 out_dir = ""  # set by `retrain`
 
@@ -45,7 +49,7 @@ from src.models.train import run_cvr_training, write_run_info
 from src.settings import Settings
 
 settings = Settings.from_overrides(data_dir=data_dir, models={"cvr_step_days": step_days})
-run = run_cvr_training(settings, as_of or None, out_dir=Path(out_dir) if out_dir else None)
+run = run_cvr_training(settings, as_of or None, out_dir=Path(out_dir) if out_dir else None, register=register)
 print("weeks:", run.weeks)
 print("timings (s):", {k: round(v, 1) for k, v in run.timings.items()})
 # the simulated bank: the oracle's conversion probabilities on the same exposures and customers
@@ -81,6 +85,9 @@ if shown is not run:
     print("ranking vs oracle:", {k: round(v, 3) for k, v in shown.ranking.items()})
 
 # %%
-print("MLflow run:", run.run_id)
+print("MLflow run:", run.run_id, "\nmodel:", run.model_uri)
+if run.promotion is not None:
+    print(run.promotion)
 if run_info_path:
-    write_run_info(run_info_path, notebook="11_train_cvr", run_id=run.run_id, weeks=run.weeks)
+    write_run_info(run_info_path, notebook="11_train_cvr", run_id=run.run_id, model_uri=run.model_uri,
+                   weeks=run.weeks, promotion=None if run.promotion is None else run.promotion.__dict__)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from src.data.catalog import TableNotValidated
-from src.settings import BanditSettings, ModelSettings, Settings
+from src.settings import BanditSettings, ModelSettings, MonitorSettings, Settings
 
 app = typer.Typer(
     name="nextoffer",
@@ -246,7 +246,7 @@ def retrain(
 
     settings = _settings(data_dir=data_dir, models={"max_staleness_days": max_staleness_days})
     try:
-        result = run_retrain(settings, as_of)
+        result = run_retrain(settings, as_of, progress=True)
     except (
         RetrainError,
         StaleDataError,
@@ -259,6 +259,42 @@ def retrain(
         promotion = step.info.get("promotion")
         if promotion:
             typer.echo(f"{'':<22} {promotion}")
+
+
+@app.command()
+def monitor(
+    as_of: Annotated[
+        datetime,
+        typer.Option("--as-of", help="Compare the customer view as of this date."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help=f"Registered model (default: monitor.model_name, {MonitorSettings().model_name}).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", help="Report folder (default: reports/monitor/<as_of>/)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Drift of the customer view and the champion's scores vs its training window (PSI);
+    report under reports/monitor/, logged to MLflow; exit 3 past the alert threshold."""
+    import os
+
+    from src.models.monitor import ALERT_EXIT_CODE, MonitorError, run_monitor
+
+    # a cron log: the verdict and the report's path, not MLflow's per-artifact download bar
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = _settings(data_dir=data_dir)
+    with _exit_on(MonitorError, TableNotValidated):
+        result = run_monitor(settings, as_of, model_name=model, out_dir=out_dir)
+    typer.echo(result.summary())
+    typer.echo(f"report: {result.out_dir}  run {result.run_id}")
+    if result.alert:
+        raise typer.Exit(code=ALERT_EXIT_CODE)
 
 
 @app.command("train-bandit")

@@ -298,6 +298,24 @@ class ModelSettings(PropensityConfig):
         return PropensityConfig.of(self)
 
 
+class MonitorSettings(Section):
+    """Drift monitoring (``nextoffer monitor``): PSI thresholds and which model to watch."""
+
+    model_name: str = Field(
+        "nextoffer-propensity", description="Registered model whose champion is monitored."
+    )
+    bins: int = Field(10, ge=2, description="Equal-mass bins of the reference per feature.")
+    psi_warn: float = Field(0.1, ge=0.0, description="PSI from which a column is 'warn'.")
+    psi_alert: float = Field(0.25, ge=0.0, description="PSI from which a column is 'alert'.")
+    max_feature_alert_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Alert (exit 3) when more than this share of features is past psi_alert; "
+        "any score past psi_alert alerts too.",
+    )
+
+
 RewardMetric = Literal["click", "convert", "value"]
 
 
@@ -409,6 +427,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -164,6 +164,23 @@ def test_retrain(bank: dict[str, str], tmp_path: Path) -> None:
     }
     out = run("retrain", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"], env=env)
     assert "propensity" in out
+    assert "nextoffer-cvr v" in out  # the CVR model is registered like the propensity model
+
+
+def test_monitor(bank: dict[str, str], tmp_path: Path) -> None:
+    from src.models.registry import current_champion
+
+    env = {
+        "MLFLOW_TRACKING_URI": bank["MLFLOW_TRACKING_URI"],
+        "NEXTOFFER_REPORTS_DIR": str(tmp_path),
+    }
+    if current_champion("nextoffer-propensity", bank["MLFLOW_TRACKING_URI"]) is None:
+        run("retrain", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"], env=env)
+    args = ["monitor", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"]]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code in (0, 3), result.output  # 3: drift past the alert threshold
+    assert f"monitor {bank['as_of']}:" in result.output
+    assert (tmp_path / "monitor" / bank["as_of"] / "monitor.md").exists()
 
 
 def test_demo(tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ OWN_TEST = {"21_ope_on_your_log"}
 ON_THE_BANK = [p for p in NOTEBOOKS if p.stem not in OWN_TEST]
 
 # Figures each executed notebook must show as images (a notebook missing here needs none):
-# 10: roc, calibration, lift, importance; 11: segment ROAS and the conversions vs the oracle.
+# 10: roc, calibration, lift, importance, one customer's reasons, mean abs SHAP; 11: segment ROAS and the conversions vs the oracle.
 MIN_IMAGES = {
     "01_customer_view": 5,
     "02_detection_and_journeys": 7,
-    "10_train_propensity": 4,
+    "10_train_propensity": 6,
     "11_train_cvr": 2,
     "20_bandit_vs_ab": 3,
     "30_campaigns": 2,

@@ -183,3 +183,180 @@ def test_registered_models_load_without_the_repository(tmp_path: Path):
         expected = pd.DataFrame(mlflow.pyfunc.load_model(uri).predict(rows))
         assert len(got) == len(rows)
         pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+FRESH = r"""
+import json, sys
+from pathlib import Path
+
+try:
+    import src
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit(f"src is importable from {src.__file__}: the test would prove nothing")
+
+import mlflow
+import pandas as pd
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+rows = pd.read_json(Path(sys.argv[2]), orient="split")
+rows = rows.astype(json.loads(Path(sys.argv[3]).read_text()))  # JSON reads 34.0 back as int
+print(json.dumps({"predictions": pd.DataFrame(model.predict(rows)).to_dict(orient="split"),
+                  "src": sys.modules["src"].__file__}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_registered_model_loads_and_serves_in_a_fresh_venv_of_its_own_requirements(
+    tmp_path: Path, small_bank: Settings
+):
+    """The registered propensity and CVR models' folders (downloaded from the registry) in a
+    new venv built *only* from each model's ``requirements.txt`` (uv, from PyPI or its cache):
+    ``mlflow.pyfunc.load_model`` predicts the same as in this process, and ``mlflow models
+    serve --env-manager local`` answers ``/invocations`` with the same numbers. The repository
+    is not importable there: no editable install, another working directory, ``-I``."""
+    import time
+    import urllib.request
+
+    settings = Settings()
+    prop_uri, prop_rows = _propensity(settings)
+    cvr_uri, cvr_rows = _cvr(settings, small_bank)
+    uv = REPO / ".venv" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip(f"{uv} missing: run `make .venv/.installed-stamp`")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for kind, uri, rows in (("propensity", prop_uri, prop_rows), ("cvr", cvr_uri, cvr_rows)):
+        model_dir = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / kind)))
+        requirements = (model_dir / "requirements.txt").read_text()
+        assert "mlflow==" in requirements and "lightgbm==" in requirements
+        venv = tmp_path / f"venv-{kind}"
+        subprocess.run(
+            [str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)],
+            check=True,
+            env=env,
+            timeout=300,
+        )
+        python = venv / "bin" / "python"
+        done = subprocess.run(
+            [
+                str(uv),
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(python),
+                "-r",
+                str(model_dir / "requirements.txt"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows_path = tmp_path / f"{kind}_rows.json"
+        rows.to_json(rows_path, orient="split", index=False)
+        dtypes_path = tmp_path / f"{kind}_dtypes.json"
+        dtypes_path.write_text(json.dumps(rows.dtypes.astype(str).to_dict()))
+        expected = pd.DataFrame(mlflow.pyfunc.load_model(uri).predict(rows))
+
+        done = subprocess.run(
+            [str(python), "-I", "-c", FRESH, str(model_dir), str(rows_path), str(dtypes_path)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        assert str(model_dir) in answer["src"]  # the code shipped in the model folder
+        got = pd.DataFrame(**answer["predictions"])
+        np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float), rtol=1e-6)
+
+        port = _free_port()
+        serve_env = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"}
+        server = subprocess.Popen(
+            [
+                str(venv / "bin" / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                str(model_dir),
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            cwd=work,
+            env=serve_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                        break
+                except OSError:
+                    assert server.poll() is None, server.stdout.read().decode()[-3000:]
+                    assert time.monotonic() < deadline, "mlflow models serve did not start"
+                    time.sleep(1)
+            body = json.dumps(
+                {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+            ).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                served = pd.DataFrame(json.loads(response.read())["predictions"])
+            np.testing.assert_allclose(
+                served[list(expected.columns)].to_numpy(float),
+                expected.to_numpy(float),
+                rtol=1e-6,
+            )
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
+
+
+def _cvr(settings: Settings, bank: Settings) -> tuple[str, pd.DataFrame]:
+    """A CVR model on the small bank's customer view x two offers (random outcomes), logged
+    and registered as training does."""
+    import lightgbm as lgb
+
+    from src.features.customer_view import build_customer_view
+    from src.models.cvr import CvrModel, cvr_matrix
+    from src.models.tracking import configure_mlflow, log_pyfunc, serving_frame
+
+    rng = np.random.default_rng(1)
+    rows = build_customer_view(bank.catalog, "2026-01-20")
+    rows["offer_id"] = rng.choice(["OF01", "OF02"], len(rows))
+    rows["channel"] = rng.choice(["app", "web"], len(rows))
+    y = (rng.random(len(rows)) < 0.2 + 0.3 * (rows["offer_id"] == "OF01")).astype(int)
+    booster = lgb.LGBMClassifier(n_estimators=20, min_child_samples=10, verbose=-1)
+    booster.fit(cvr_matrix(rows, ["OF01", "OF02"]), y)
+    model = CvrModel(booster, ["OF01", "OF02"], 20)
+    with mlflow.start_run(experiment_id=configure_mlflow(settings, "portable-test")):
+        uri = log_pyfunc(model, rows, model.raw_columns)
+    _register(uri, "portable-cvr", settings.tracking_uri)
+    return "models:/portable-cvr@champion", serving_frame(rows.head(6), model.raw_columns)

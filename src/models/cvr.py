@@ -80,6 +80,10 @@ def cvr_matrix(rows: pd.DataFrame, offer_ids: Sequence[str]) -> pd.DataFrame:
     return X
 
 
+CVR_INPUTS: tuple[str, ...] = ("offer_id", "channel")
+"""Columns of an exposure row beside the customer view: which offer, shown on which channel."""
+
+
 @dataclass
 class CvrModel:
     """P(convert | shown) for any customer-view rows x offer."""
@@ -88,8 +92,18 @@ class CvrModel:
     offer_ids: list[str]
     best_iteration: int
 
+    @property
+    def raw_columns(self) -> list[str]:
+        """The input a logged CVR model takes: the view's feature columns, offer and channel."""
+        return [*view_feature_columns(), *CVR_INPUTS]
+
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
         return positive_proba(self.booster, cvr_matrix(rows, self.offer_ids))
+
+    def predict_proba(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One column ``convert``: the interface the logged pyfunc calls (as the propensity
+        model's one column per product)."""
+        return pd.DataFrame({"convert": self.predict(rows)}, index=rows.index)
 
 
 def train_cvr(

@@ -166,6 +166,7 @@ def register_and_promote(
     compare_champion: Callable[[str], PairedComparison] | None = None,
     min_gain: float = 0.0,
     alpha: float = 0.05,
+    description: str | None = None,
 ) -> PromotionResult:
     """Register ``model_uri`` under ``name`` as ``challenger``; promote it to ``champion`` if it
     beats the current one on ``metric`` (ties keep the champion). Tags record the decision.
@@ -178,6 +179,10 @@ def register_and_promote(
     given) returns a :class:`PairedComparison` on the same rows: the candidate is promoted only
     if its ``effect >= min_gain`` and ``p_value < alpha``. Effect, CI, p, ``min_gain`` and
     ``alpha`` are tagged too. Without it (the bandit), a higher score promotes, as before.
+
+    ``description`` (Markdown: what the model is, its data window, its metric with interval)
+    goes on the new version, so the registry UI says what a version is without opening its run;
+    the promotion's reason is appended to it.
     """
     import mlflow
 
@@ -267,6 +272,11 @@ def register_and_promote(
         )
     for key, value in tags.items():
         client.set_model_version_tag(name, version, TAG_PREFIX + key, value)
+    if description:
+        outcome = "promoted to champion" if promoted else "kept as challenger"
+        client.update_model_version(
+            name, version, description=f"{description.rstrip()}\n\nPromotion: {outcome} ({reason})."
+        )
     return PromotionResult(
         name,
         version,

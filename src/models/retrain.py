@@ -113,10 +113,13 @@ def retrain(
     kernel_name: str = "python3",
     log_to_mlflow: bool = True,
     max_staleness_days: int | None = None,
+    progress: bool = False,
 ) -> RetrainResult:
     """Run ``notebooks/<name>.ipynb`` in order for ``as_of``; executed copies under
     ``<out_dir or reports_dir>/<as_of>/`` (created). ``parameters`` adds per-notebook
-    parameters. Refuses stale data first (:func:`check_staleness`)."""
+    parameters. Refuses stale data first (:func:`check_staleness`). ``progress`` shows one bar
+    per step on stderr (cells executed, ``step i/n: <notebook>``): a step takes minutes on a
+    large bank, and a scheduler's log shows where a run stopped."""
     import papermill
 
     check_staleness(settings, as_of, max_staleness_days)
@@ -125,7 +128,7 @@ def retrain(
     out.mkdir(parents=True, exist_ok=True)
     source_dir = settings.root / "notebooks"
     steps = []
-    for name in notebooks:
+    for index, name in enumerate(notebooks, start=1):
         source = source_dir / f"{name}.ipynb"
         executed = out / f"{name}.ipynb"
         info_path = out / f"{name}.run.json"
@@ -156,7 +159,9 @@ def retrain(
                 parameters=params,
                 cwd=str(source_dir),
                 kernel_name=kernel_name,
-                progress_bar=False,
+                progress_bar={"desc": f"retrain {index}/{len(notebooks)}: {name}"}
+                if progress
+                else False,
                 config=Config({"KernelManager": {"transport": "ipc", "ip": str(ipc)}}),
             )
         except (
@@ -182,7 +187,12 @@ def _attach(settings: Settings, step: StepResult) -> None:
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
     client.log_artifact(run_id, str(step.notebook), "notebook")
     client.set_tag(run_id, "retrain.notebook", step.notebook.name)
-    step.info.setdefault("promotion", promotion_outcome(client, run_id))
+    # the one-line outcome from the registry (what the CLI prints); the notebook's own record
+    # (a dict of the PromotionResult) stays under ``promotion_result``
+    outcome = promotion_outcome(client, run_id)
+    if outcome is not None:
+        step.info["promotion_result"] = step.info.get("promotion")
+        step.info["promotion"] = outcome
 
 
 def promotion_outcome(client: Any, run_id: str) -> str | None:

@@ -33,7 +33,10 @@ from src.features.feature_table import (
     plan_as_of_dates,
     view_feature_columns,
 )
+from src.models.cvr import CvrModel
 from src.models.evaluate import gap_summary, metrics_table, propensity_figures, score_table
+from src.models.model_card import CARD_ARTIFACT, cvr_card, propensity_card, version_description
+from src.models.monitor import log_reference
 from src.models.propensity import PropensityConfig, PropensityModel, split_rows, train_propensity
 from src.models.registry import (
     PairedComparison,
@@ -161,26 +164,33 @@ def auc_confidence_intervals(
     return out
 
 
-def _log_training_input(train_rows: pd.DataFrame | None) -> None:
-    """Dataset lineage: the training rows as an MLflow input (``from_pandas`` digest) plus a
-    sha256 of their content as a param, so two runs on the same rows show the same digest."""
-    if train_rows is None:
-        return
+def rows_digest(rows: pd.DataFrame) -> str:
+    """sha256 of the rows' content (values and index): the same rows give the same digest."""
     import hashlib
 
+    return hashlib.sha256(
+        pd.util.hash_pandas_object(rows, index=True).to_numpy().tobytes()
+    ).hexdigest()
+
+
+def _log_training_input(train_rows: pd.DataFrame | None, name: str = "propensity_train") -> str:
+    """Dataset lineage: the training rows as an MLflow input (``from_pandas`` digest) plus a
+    sha256 of their content as a param, so two runs on the same rows show the same digest.
+    Returns the digest's first 16 characters ("" without rows)."""
+    if train_rows is None:
+        return ""
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
-    digest = hashlib.sha256(
-        pd.util.hash_pandas_object(train_rows, index=True).to_numpy().tobytes()
-    ).hexdigest()
+    digest = rows_digest(train_rows)[:16]
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values in a serving schema; this
         # schema only describes the logged training rows (lineage), never a model's input
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        dataset = from_pandas(train_rows.reset_index(drop=True), name="propensity_train")
+        dataset = from_pandas(train_rows.reset_index(drop=True), name=name)
         mlflow.log_input(dataset, context="training")  # the schema is inferred here
-    mlflow.log_params({"train_rows": len(train_rows), "train_rows_sha256": digest[:16]})
+    mlflow.log_params({"train_rows": len(train_rows), "train_rows_sha256": digest})
+    return digest
 
 
 class _Preds:
@@ -288,7 +298,7 @@ def _track(
                 "data_window_end": f"{window_end:%Y-%m-%d}",
             }
         )
-        _log_training_input(run.extra.get("train_rows"))
+        digest = _log_training_input(run.extra.get("train_rows"))
         mlflow.log_params(
             {
                 **config.model_dump(),
@@ -315,13 +325,46 @@ def _track(
         mlflow.log_metrics(run.timings)
         score = mean_auc(run.model, run.test_rows, products)
         mlflow.log_metric("mean_auc", score)
-        mlflow.log_metrics(auc_confidence_intervals(run.model, run.test_rows, products))
+        intervals = auc_confidence_intervals(run.model, run.test_rows, products)
+        mlflow.log_metrics(intervals)
         mlflow.log_text(run.metrics.to_csv(), "tables/metrics.csv")
         mlflow.log_text(run.gaps.to_csv(), "tables/auc_gap.csv")
         log_figures(run.figures)
+        train_rows = run.extra.get("train_rows")
+        if train_rows is not None:  # what `nextoffer monitor` compares the current view with
+            log_reference(train_rows, run.model.raw_columns)
         run.run_id = active.info.run_id
         run.model_uri = log_pyfunc(run.model, run.test_rows, run.model.raw_columns)
+        card_args = {
+            "model_name": MODEL_NAME,
+            "run_id": run.run_id,
+            "as_of": as_of,
+            "window": window,
+            "data_window": (f"{window_start:%Y-%m-%d}", f"{window_end:%Y-%m-%d}"),
+            "train_rows": 0 if train_rows is None else len(train_rows),
+            "train_digest": digest,
+            "metrics": run.metrics,
+            "intervals": intervals,
+            "calibration": {p: m.calibration for p, m in run.model.products.items()},
+            "importances": {p: m.feature_importance() for p, m in run.model.products.items()},
+            "code": code_version(settings.root),
+        }
+        version = None
         if register:
+            ci = (intervals.get("mean_auc_ci_low"), intervals.get("mean_auc_ci_high"))
+            description = version_description(
+                f"Propensity per product ({', '.join(products)}): calibrated LightGBM on the "
+                f"customer view, trained for as_of {as_of}.",
+                run.run_id,
+                {
+                    "data window": f"{window_start:%Y-%m-%d} to {window_end:%Y-%m-%d}, "
+                    f"{card_args['train_rows']:,} training rows (sha256 {digest})",
+                    "test date": test_dates[-1],
+                    "mean AUC": f"{score:.4f} (95% CI {ci[0]:.4f} to {ci[1]:.4f})"
+                    if None not in ci
+                    else f"{score:.4f}",
+                },
+            )
             run.promotion = register_and_promote(
                 run.model_uri,
                 MODEL_NAME,
@@ -333,13 +376,22 @@ def _track(
                     run.model, run.test_rows, run.model.raw_columns, products
                 ),
                 min_gain=settings.models.min_auc_gain,
+                description=description,
             )
+            version = run.promotion.version
             mlflow.set_tags(
                 {
                     "registered_version": run.promotion.version,
                     "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion",
                 }
             )
+        card = propensity_card(
+            version=version,
+            promotion=None if run.promotion is None else run.promotion.reason,
+            **card_args,
+        )
+        mlflow.log_text(card, CARD_ARTIFACT)
+        run.extra["model_card"] = card
         run.extra["experiment_id"] = experiment_id
 
 
@@ -353,6 +405,7 @@ def write_run_info(path: Path | str, **info) -> Path:
 
 # --- CVR -------------------------------------------------------------------------------------
 CVR_EXPERIMENT = "cvr"
+CVR_MODEL_NAME = "nextoffer-cvr"
 
 
 @dataclass
@@ -373,6 +426,9 @@ class CvrRun:
     view: pd.DataFrame | None = None  # the customers of the segment report (last snapshot)
     offers: pd.DataFrame | None = None
     snapshot: pd.Timestamp | None = None
+    model_uri: str | None = None
+    promotion: PromotionResult | None = None
+    model_card: str | None = None
 
 
 def run_cvr_training(
@@ -384,6 +440,7 @@ def run_cvr_training(
     out_dir: Path | None = None,
     progress: bool = True,
     max_weeks: int | None = None,
+    register: bool = True,
 ) -> CvrRun:
     """Weekly snapshots up to ``as_of``: exposures of the last week test, the week before
     validate, earlier weeks train; then the segment report on the last snapshot. The oracle's
@@ -391,7 +448,10 @@ def run_cvr_training(
 
     ``max_weeks`` keeps only the latest snapshots (one customer view each: on a 100k bank a
     view is the cost, so the benchmark trains on the last few weeks). ``step_days`` defaults to
-    ``settings.models.cvr_step_days``."""
+    ``settings.models.cvr_step_days``. Tracked like the propensity run (run name, as_of and
+    window params, lineage of the training exposures, AUC interval, model card); ``register``
+    registers it as ``nextoffer-cvr`` with the same champion/challenger rule (AUC on the same
+    test exposures, paired bootstrap)."""
     from src.features.customer_view import build_customer_view
     from src.models import cvr
 
@@ -450,34 +510,157 @@ def run_cvr_training(
         for name, fig in figures.items():
             fig.savefig(Path(out_dir) / f"cvr_{name}.png", dpi=110, bbox_inches="tight")
     if track:
+        _track_cvr(
+            run,
+            settings,
+            train_rows=rows.loc[~test & ~val],
+            as_of=f"{end:%Y-%m-%d}",
+            step_days=step_days,
+            n_val=int(val.sum()),
+            register=register,
+        )
+    return run
+
+
+def cvr_comparison(model, rows: pd.DataFrame, n_resamples: int = 1000, seed: int = 0):
+    """``compare_champion`` for the CVR model: candidate and champion pyfunc on the same test
+    exposures, AUC compared by a seeded paired bootstrap."""
+    from src.models.tracking import serving_frame
+
+    def compare(uri: str) -> PairedComparison:
         import mlflow
 
-        from src.models.tracking import code_version, configure_mlflow, log_figures
+        champion = mlflow.pyfunc.load_model(uri).predict(serving_frame(rows, model.raw_columns))
+        return paired_bootstrap_auc(
+            {"convert": rows["convert"].to_numpy(int)},
+            {"convert": model.predict(rows)},
+            {"convert": np.asarray(pd.DataFrame(champion).iloc[:, 0], float)},
+            n_resamples=n_resamples,
+            seed=seed,
+        )
 
-        experiment_id = configure_mlflow(settings, CVR_EXPERIMENT)
-        with mlflow.start_run(experiment_id=experiment_id) as active:
-            mlflow.log_params(
+    return compare
+
+
+def _track_cvr(
+    run: CvrRun,
+    settings: Settings,
+    train_rows: pd.DataFrame,
+    as_of: str,
+    step_days: int,
+    n_val: int,
+    register: bool,
+) -> None:
+    import mlflow
+
+    from src.models.tracking import code_version, configure_mlflow, log_figures, log_pyfunc
+
+    model = run.model
+    assert isinstance(model, CvrModel)
+    test = run.test_rows if run.test_rows is not None else train_rows.head(0)
+    experiment_id = configure_mlflow(settings, CVR_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"cvr {as_of}") as active:
+        weeks = run.weeks
+        mlflow.log_params(
+            {
+                "as_of": as_of,
+                "data_window_start": weeks["train"][0] if weeks["train"] else weeks["val"][0],
+                "data_window_end": as_of,
+                "step_days": step_days,
+                "best_iteration": model.best_iteration,
+                "n_val": n_val,
+                "n_test": len(test),
+            }
+        )
+        digest = _log_training_input(train_rows[[*model.raw_columns, "convert"]], name="cvr_train")
+        mlflow.log_params({f"weeks_{k}": ",".join(v) for k, v in weeks.items()})
+        mlflow.set_tags(
+            {**code_version(settings.root), "data_dir": str(settings.resolve(settings.data_dir))}
+        )
+        mlflow.log_dict(weeks, "data_window.json")
+        for scorer, row in run.metrics.iterrows():
+            mlflow.log_metrics(
+                {f"{scorer}.{k}": float(v) for k, v in row.items() if np.isfinite(v)}
+            )
+        ci = paired_bootstrap_auc(
+            {"convert": test["convert"].to_numpy(int)},
+            {"convert": model.predict(test)},
+            {"convert": np.zeros(len(test))},
+        )
+        intervals = (
+            {"auc_ci_low": ci.ci_low + 0.5, "auc_ci_high": ci.ci_high + 0.5} if ci.n_rows else {}
+        )
+        mlflow.log_metrics(intervals)
+        mlflow.log_metrics(run.timings)
+        mlflow.log_text(run.report.to_csv(index=False), "tables/segment_report.csv")
+        mlflow.log_text(run.summary.to_csv(index=False), "tables/segment_product_summary.csv")
+        if run.per_offer is not None:
+            mlflow.log_text(run.per_offer.to_csv(), "tables/per_offer.csv")
+        log_figures(run.figures)
+        run.run_id = active.info.run_id
+        run.model_uri = log_pyfunc(model, test, model.raw_columns)
+        auc = float(run.metrics.loc["model", "auc"])
+        importance = pd.Series(
+            model.booster.booster_.feature_importance(importance_type="gain"),
+            index=model.booster.booster_.feature_name(),
+        )
+        card_args = {
+            "model_name": CVR_MODEL_NAME,
+            "run_id": run.run_id,
+            "as_of": as_of,
+            "weeks": weeks,
+            "rows": {"train": len(train_rows), "validation": n_val, "test": len(test)},
+            "train_digest": digest,
+            "metrics": run.metrics,
+            "intervals": intervals,
+            "per_offer": run.per_offer,
+            "importance": importance,
+            "code": code_version(settings.root),
+        }
+        version = None
+        if register:
+            auc_text = (
+                f"{auc:.4f} (95% CI {intervals['auc_ci_low']:.4f} to "
+                f"{intervals['auc_ci_high']:.4f})"
+                if intervals
+                else f"{auc:.4f}"
+            )
+            description = version_description(
+                f"Conversion rate per offer: LightGBM on exposures x customer view, trained for "
+                f"as_of {as_of}.",
+                run.run_id,
                 {
-                    "step_days": step_days,
-                    "best_iteration": model.best_iteration,
-                    "n_train": int((~test & ~val).sum()),
-                    "n_val": int(val.sum()),
-                    "n_test": int(test.sum()),
+                    "data window": f"snapshots {', '.join(weeks['train'][:1] + weeks['test'])}"
+                    f", {len(train_rows):,} training exposures (sha256 {digest})",
+                    "test week": weeks["test"][0],
+                    "AUC": auc_text,
+                },
+            )
+            run.promotion = register_and_promote(
+                run.model_uri,
+                CVR_MODEL_NAME,
+                metric="auc",
+                candidate_score=auc,
+                score_champion=None,
+                tracking_uri=settings.tracking_uri,
+                compare_champion=cvr_comparison(model, test),
+                min_gain=settings.models.min_auc_gain,
+                description=description,
+            )
+            version = run.promotion.version
+            mlflow.set_tags(
+                {
+                    "registered_version": run.promotion.version,
+                    "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion",
                 }
             )
-            mlflow.log_params({f"weeks_{k}": ",".join(v) for k, v in weeks.items()})
-            mlflow.set_tags(code_version(settings.root))
-            mlflow.log_dict(weeks, "data_window.json")
-            for scorer, row in metrics.iterrows():
-                mlflow.log_metrics(
-                    {f"{scorer}.{k}": float(v) for k, v in row.items() if np.isfinite(v)}
-                )
-            mlflow.log_metrics(timings)
-            mlflow.log_text(report.to_csv(index=False), "tables/segment_report.csv")
-            mlflow.log_text(summary.to_csv(index=False), "tables/segment_product_summary.csv")
-            log_figures(figures)
-            run.run_id = active.info.run_id
-    return run
+        card = cvr_card(
+            version=version,
+            promotion=None if run.promotion is None else run.promotion.reason,
+            **card_args,
+        )
+        mlflow.log_text(card, CARD_ARTIFACT)
+        run.model_card = card
 
 
 def plot_roas(summary: pd.DataFrame, top: int = 20):

@@ -86,6 +86,7 @@ from src.serving.schemas import (
     DecisionResponse,
     EventRequest,
     EventResponse,
+    ExplanationResponse,
     Health,
     RewardRequest,
     RewardResponse,
@@ -901,6 +902,26 @@ def _v1_router(serving: ServingSettings, keys: ApiKeys) -> APIRouter:
             state.online.record_reward(body.decision_id, body.kind, body.value_krw)
         return RewardResponse(
             decision_id=body.decision_id, kind=body.kind, stored=outcome == "stored"
+        )
+
+    @router.get(
+        "/explanations/{customer_id}",
+        response_model=ExplanationResponse,
+        summary="Why the champion propensity model scores a customer as it does",
+        responses={404: {"model": ErrorDetail, "description": "Unknown customer or no model"}},
+    )
+    async def explain(customer_id: str, request: Request, top: int = 5) -> ExplanationResponse:
+        state = _service(request)
+        scores = state.manager.current.propensity
+        position = state.store.position(customer_id)
+        if position is None:
+            raise HTTPException(404, detail=f"customer_id {customer_id!r} not in the view")
+        if scores is None or scores.explainer is None:
+            raise HTTPException(404, detail="no explainable propensity model loaded")
+        rows = state.store.frame.iloc[[position]]
+        reasons = await asyncio.to_thread(scores.reasons, rows, max(1, min(top, 20)))
+        return ExplanationResponse(
+            customer_id=customer_id, model_version=scores.version, reasons=reasons
         )
 
     @router.post(

@@ -85,10 +85,30 @@ class PropensityScores:
     products: tuple[str, ...]
     matrix: np.ndarray
     prior: np.ndarray
+    explainer: Any = None  # the pyfunc's own PropensityModel (SHAP reasons); None: not ours
 
     def for_position(self, position: int | None) -> dict[str, float]:
         values = self.prior if position is None else self.matrix[position]
         return {p: float(v) for p, v in zip(self.products, values.tolist(), strict=True)}
+
+    def reasons(self, rows: pd.DataFrame, top: int = 5) -> list[dict[str, Any]]:
+        """Per product: the score and its ``top`` reasons (SHAP, :mod:`src.models.explain`)."""
+        from src.models.explain import explain_rows
+
+        if self.explainer is None:
+            raise LookupError(f"propensity model v{self.version} cannot explain its scores")
+        frame = explain_rows(self.explainer, rows, top=top)
+        frame["value"] = frame["value"].astype(object).where(frame["value"].notna(), None)
+        return frame.drop(columns=frame.columns[0]).to_dict("records")
+
+
+def unwrap_explainer(model: Any) -> Any:
+    """The project's PropensityModel inside a loaded pyfunc, or None (another kind of model)."""
+    try:
+        inner = getattr(model.unwrap_python_model(), "model", None)
+    except Exception:  # noqa: BLE001 - not a PythonModel pyfunc: no explanations, still serves
+        return None
+    return inner if hasattr(inner, "products") and hasattr(inner, "matrix") else None
 
 
 def score_view(
@@ -541,7 +561,9 @@ class ModelManager:
                     "the served view has no published scores table: publish scores_<as_of> "
                     "with it (nextoffer score, then publish-view)"
                 )
-            return score_view(model, self.store, version)
+            return replace(
+                score_view(model, self.store, version), explainer=unwrap_explainer(model)
+            )
         bandit = bandit_from_pyfunc(model, version)
         if self.probe is not None:
             self.probe(bandit)

@@ -244,6 +244,24 @@ class EventResponse(BaseModel):
     actions: list[TriggeredAction]
 
 
+class Reason(BaseModel):
+    product: str
+    score: float = Field(description="Champion propensity of the product.")
+    rank: int
+    feature: str
+    value: float | None = Field(description="The customer's value the model saw (None: missing).")
+    contribution: float = Field(description="SHAP value: push on the score, in log-odds.")
+    direction: Literal["up", "down"]
+
+
+class ExplanationResponse(BaseModel):
+    """Why the champion propensity model scores a customer as it does (per product, top reasons)."""
+
+    customer_id: str
+    model_version: str
+    reasons: list[Reason]
+
+
 class Health(BaseModel):
     status: str
     detail: dict[str, Any] = Field(default_factory=dict)
