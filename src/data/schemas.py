@@ -12,15 +12,15 @@ import warnings
 
 import pandas as pd
 
-# pandera imports pyspark.pandas when pyspark is installed (the `spark` extra), and pyspark 4.x
-# warns on import that it does not fully support pandas 3; nothing here uses pandas-on-Spark
-# (the Spark engine uses Spark SQL and Arrow), so that one notice is silenced at its source.
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
-    )
-    import pandera.pandas as pa
-    from pandera.typing import Series
+# pandera imports pyspark.pandas when pyspark is installed (the `spark` extra) — at import and
+# again when it builds a schema — and pyspark 4.x warns each time that it does not fully support
+# pandas 3. Nothing here uses pandas-on-Spark (the Spark engine uses Spark SQL and Arrow), so
+# that one notice is filtered for the process, by its exact message.
+warnings.filterwarnings(
+    "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+)
+import pandera.pandas as pa  # noqa: E402
+from pandera.typing import Series  # noqa: E402
 
 # Controlled vocabularies. A value outside these lists is bad input, not a new category.
 PRODUCTS: tuple[str, ...] = ("loan", "savings", "fund", "card", "fx", "pension")
