@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serving",
     "uci_bank_marketing",
     "policies",
+    "spark_score_detect",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -174,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
             diagnostics=args.policies_diagnostics,
         )
 
+    def bench_spark_score_detect() -> Report:
+        from benchmarks import bench_spark_score_detect as bench
+
+        return bench.run(bench.parse_args([]))
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         "serving": bench_serving,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
+        "spark_score_detect": bench_spark_score_detect,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

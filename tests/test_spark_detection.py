@@ -117,7 +117,8 @@ def test_stream_without_sentinel_holds_back_only_the_last_timeouts(
     spark, bank: dict, tmp_path: Path
 ) -> None:
     """Without the end-of-replay row the watermark stops a delay short of the end: the stream
-    reports the batch detections except the timeouts whose deadline is within that delay."""
+    reports the batch detections except the timeouts whose deadline is within that delay of
+    the end and after the customer's last event (nothing has passed them yet)."""
     delay = 6 * 3600
     source, out, checkpoint = tmp_path / "in", tmp_path / "out", tmp_path / "ck"
     files = write_replay(bank["events"], source, files=2, watermark_seconds=delay)
@@ -129,9 +130,14 @@ def test_stream_without_sentinel_holds_back_only_the_last_timeouts(
     query.awaitTermination()
     got = detection_keys(sorted_detections(spark.read.parquet(str(out))))
     expected = detect(bank["events"], bank["rules"])
-    last = bank["events"]["ts"].max()
-    held = (expected["kind"] == "timeout") & (
-        expected["fired_at"] >= last - pd.Timedelta(seconds=delay)
+    events = bank["events"]
+    watermark = events["ts"].max() - pd.Timedelta(seconds=delay)
+    own_last = events.groupby("customer_id")["ts"].max()
+    # a deadline passes when the watermark does or when the customer's own next event does
+    held = (
+        (expected["kind"] == "timeout")
+        & (expected["fired_at"] >= watermark)
+        & (expected["fired_at"] >= expected["customer_id"].map(own_last))
     )
     assert held.any()
     assert got == detection_keys(expected[~held])

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from src.data.catalog import Catalog
 from src.features.detection.batch import detect
-from src.features.detection.events import DETECTION_COLUMNS, EVENT_FIELDS, to_ns
+from src.features.detection.events import DETECTION_COLUMNS, EVENT_FIELDS, sort_detections, to_ns
 from src.features.detection.rules import CompiledRule
 
 if TYPE_CHECKING:
@@ -136,9 +137,7 @@ def detect_spark(
 
 def sorted_detections(df: DataFrame) -> pd.DataFrame:
     """A Spark detections frame as the embedded table: same dtypes, canonical row order."""
-    from src.features.detection.events import sort_detections
-
-    pdf = df.toPandas()
+    pdf = pd.DataFrame(df.toPandas())
     out = pd.DataFrame(
         {
             "customer_id": pdf["customer_id"].astype("str"),
@@ -182,15 +181,43 @@ def write_single_parquet(df: DataFrame, path: Path) -> Path:
 
 def run_detection_spark(
     spark: SparkSession,
-    events_path: Path,
+    catalog: Catalog,
     rules: list[CompiledRule],
-    until: Any,
-    out_path: Path,
+    as_of: Any,
     buckets: int = DEFAULT_BUCKETS,
-) -> Path:
-    """Read stitched events from Parquet, detect on Spark, write the detections table."""
-    events = spark.read.parquet(str(events_path))
-    return write_single_parquet(detect_spark(events, rules, until, buckets), out_path)
+) -> dict[str, Path]:
+    """``nextoffer detect`` on Spark: detections and rule features as of ``as_of``.
+
+    Reads the catalog's ``stitched_events`` (written by ``build-view`` on either engine for the
+    same ``as_of``): events strictly before ``as_of``, as the embedded path stitches them.
+    The rule features are computed from the detections (one small table) with the embedded
+    code; the step funnels need the whole history in one frame and stay embedded-only.
+    """
+    from pyspark.sql import functions as F
+
+    from src.features.detection.reports import rule_features
+
+    path = catalog.path("stitched_events")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no stitched events at {path}: run `nextoffer build-view --as-of` first"
+        )
+    events = spark.read.parquet(str(path))
+    later = events.where(F.col("ts") >= F.expr(ntz_literal(as_of))).limit(1).count()
+    if later:
+        raise ValueError(
+            f"stitched_events at {path} holds events at or after {pd.Timestamp(as_of)}: it was "
+            "built for a later as_of (identities would use the future); run "
+            f"`nextoffer build-view --as-of {pd.Timestamp(as_of):%Y-%m-%d}` first"
+        )
+    out = catalog.path("detections", as_of)
+    write_single_parquet(detect_spark(events, rules, as_of, buckets), out)
+    detections = sort_detections(pd.read_parquet(out))
+    customers = catalog.read("customers", columns=["customer_id", "life_stage"])
+    features = rule_features(detections, as_of, customers, rules=rules, wide=True)
+    paths = {"detections": out, "rule_features": catalog.path("rule_features", as_of)}
+    features.to_parquet(paths["rule_features"], index=False)
+    return paths
 
 
 __all__ = [

@@ -12,7 +12,9 @@ passed its deadline D. Embedded, the clock is the latest event of *any* customer
 Spark's event-time **watermark** W = (latest event time seen) - ``watermark_seconds``. Every
 call first advances the customer's detector to W (``tick(W)``: fires deadlines D < W), and a
 customer with a pending deadline asks for an event-time timeout at D, so Spark calls it again
-once W passes D even if the customer sends nothing more. Rows older than the watermark are
+once W passes D even if the customer sends nothing more. The customer's own later events pass
+its deadlines too (as on the embedded path), so a timeout is reported at whichever comes
+first; once the stream is flushed the set of detections is the batch evaluator's. Rows older than the watermark are
 dropped by Spark (``numRowsDroppedByWatermark`` in the query progress): the delay is how late an
 event may arrive and still count, and it is also how long a timeout waits after its deadline.
 Events are turned into a TIMESTAMP only for the watermark (``ts`` stays TIMESTAMP_NTZ, a
@@ -45,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from src.features.detection.events import (
     EVENT_FIELDS,
@@ -87,6 +91,19 @@ STRING_FIELDS = (
     "currency",
     "product",
 )
+#: :data:`EVENT_SCHEMA` in Arrow: replay files keep their types even when a column is all null
+EVENT_ARROW_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.int64()),
+        ("ts", pa.timestamp("us")),
+        ("session_id", pa.int64()),
+        ("dwell_seconds", pa.float64()),
+        ("amount", pa.float64()),
+        ("amount_krw", pa.float64()),
+        *[(name, pa.string()) for name in STRING_FIELDS],
+    ]
+)
+EVENT_ARROW_SCHEMA = pa.schema([EVENT_ARROW_SCHEMA.field(name) for name in EVENT_FIELDS])
 _EPOCH_MICROS = "timestampdiff(MICROSECOND, TIMESTAMP_NTZ'1970-01-01 00:00:00', ts)"
 
 
@@ -256,7 +273,7 @@ def detect_stream(
     fingerprint = rules_fingerprint(rules)
     horizon = state_horizon_ns(rules)
 
-    def step(key, frames, state):  # type: ignore[no-untyped-def]
+    def step(key, frames, state):
         return customer_step(rules, fingerprint, horizon, key, frames, state)
 
     return (
@@ -339,7 +356,7 @@ def start_detection_query(
 def sentinel_row(until: Any, watermark_seconds: int) -> pd.DataFrame:
     """The end-of-replay row: no customer, ``ts = until + delay`` (moves W to ``until``)."""
     ts = pd.Timestamp(until) + pd.Timedelta(seconds=watermark_seconds)
-    row = {name: [None] for name in EVENT_FIELDS}
+    row: dict[str, list[Any]] = {name: [None] for name in EVENT_FIELDS}
     row.update({"event_id": [SENTINEL_EVENT_ID], "ts": [ts], "source": ["click"]})
     return _typed(pd.DataFrame(row))
 
@@ -384,7 +401,8 @@ def write_replay(
         path = directory / f"events-{i:05d}.{fmt}"
         typed = _typed(chunk)
         if fmt == "parquet":
-            typed.to_parquet(path, index=False)
+            table = pa.Table.from_pandas(typed, schema=EVENT_ARROW_SCHEMA, preserve_index=False)
+            pq.write_table(table, path)
         elif fmt == "json":
             typed.assign(ts=typed["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f")).to_json(
                 path, orient="records", lines=True, date_format="iso"
