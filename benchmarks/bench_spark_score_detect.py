@@ -248,7 +248,7 @@ def bench_stream(args: argparse.Namespace, root: Path, spark) -> dict[str, Any]:
     got = sorted_detections(spark.read.parquet(str(root / "stream-out")))
 
     events_path = root / "stream-events.parquet"
-    events.to_parquet(events_path, index=False)
+    events.assign(ts=events["ts"].astype("datetime64[us]")).to_parquet(events_path, index=False)
     t = time.perf_counter()
     batch_spark = sorted_detections(detect_spark(spark.read.parquet(str(events_path)), rules))
     batch_spark_s = time.perf_counter() - t
