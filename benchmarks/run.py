@@ -32,6 +32,7 @@ BENCHMARKS = (
     "ope",
     "campaigns",
     "retrain",
+    "spark_score_detect",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             notebooks=args.customers <= 5_000,  # notebooks: the demo bank's budget
         )
 
+    def bench_spark_score_detect() -> Report:
+        from benchmarks import bench_spark_score_detect as bench
+
+        return bench.run(bench.parse_args([]))
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         "ope": bench_ope,
         "campaigns": bench_campaigns,
         "retrain": bench_retrain,
+        "spark_score_detect": bench_spark_score_detect,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

@@ -195,6 +195,13 @@ def build_view(
         typer.echo(f"{name:<16} {path}")
 
 
+EngineOpt = Annotated[
+    str,
+    typer.Option("--engine", help="duckdb (embedded, the default) or spark.", case_sensitive=False),
+]
+MasterOpt = Annotated[str, typer.Option("--master", help="Spark master URL (with --engine spark).")]
+
+
 @app.command()
 def detect(
     as_of: Annotated[
@@ -208,17 +215,161 @@ def detect(
     rules: Annotated[
         Path | None, typer.Option("--rules", help="A rule file or directory of YAML rules.")
     ] = None,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = "local[2]",
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Run the behaviour rules over history: detections, step funnels, rule features."""
-    from src.features.detection import RuleError
-    from src.pipeline import run_detection
+    """Run the behaviour rules over history: detections, step funnels, rule features.
+
+    With --engine spark: detections and rule features on Spark from the stitched events that
+    build-view wrote for the same --as-of (the step funnels stay embedded-only)."""
+    from src.features.detection import RuleError, load_rules
+    from src.pipeline import default_as_of, run_detection
 
     settings = _settings(data_dir=data_dir)
-    with _exit_on(RuleError, TableNotValidated):
-        paths = run_detection(settings, as_of=as_of, rules_path=rules)
+    if engine.lower() not in ("duckdb", "spark"):
+        typer.echo(f"--engine must be duckdb or spark, got {engine!r}", err=True)
+        raise typer.Exit(code=1)
+    with _exit_on(RuleError, TableNotValidated, FileNotFoundError, ValueError):
+        if engine.lower() == "spark":
+            from src.features.detection.spark_batch import (
+                python_workers_session,
+                run_detection_spark,
+            )
+
+            compiled = load_rules(rules) if rules else load_rules()
+            spark = python_workers_session(master, app_name="nextoffer-detect")
+            paths = run_detection_spark(
+                spark, settings.catalog, compiled, as_of or default_as_of(settings)
+            )
+        else:
+            paths = run_detection(settings, as_of=as_of, rules_path=rules)
     for name, path in paths.items():
         typer.echo(f"{name:<16} {path}")
+
+
+@app.command()
+def score(
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            "--as-of",
+            help="Score the customer view of this date "
+            "(default: the day after the last simulated day).",
+        ),
+    ] = None,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = "local[2]",
+    model: Annotated[
+        str, typer.Option("--model", help="Registered propensity model to take the champion of.")
+    ] = "nextoffer-propensity",
+    chunk_rows: Annotated[
+        int, typer.Option("--chunk-rows", min=1, help="Customers per batch (embedded engine).")
+    ] = 50_000,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Score every customer of the view with the champion propensity model: writes the
+    scores table (customer_id, product, score, model_version, as_of)."""
+    from tqdm import tqdm
+
+    from src.models.scoring import NoChampion, run_score
+    from src.pipeline import default_as_of
+
+    settings = _settings(data_dir=data_dir)
+    when = as_of or default_as_of(settings)
+    with (
+        _exit_on(NoChampion, FileNotFoundError, ValueError),
+        tqdm(desc="scoring", unit=" customers", disable=engine != "duckdb") as bar,
+    ):
+        path, champion = run_score(
+            settings.catalog,
+            when,
+            settings.tracking_uri,
+            engine=engine.lower(),
+            master=master,
+            model_name=model,
+            chunk_rows=chunk_rows,
+            progress=bar.update,
+        )
+    typer.echo(f"scores           {path}  ({champion.label}, {len(champion.products)} products)")
+
+
+@app.command("detect-stream")
+def detect_stream(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="Directory of Parquet/JSON stitched-event files, or a Kafka topic with "
+            "--kafka-bootstrap.",
+        ),
+    ],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="Offsets and per-customer state (restartable).")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="Directory the detections are appended to (Parquet).")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or json (files).")] = "parquet",
+    watermark_seconds: Annotated[
+        int,
+        typer.Option(
+            "--watermark-seconds",
+            min=0,
+            help="Allowed lateness; a timeout is reported this long after its deadline.",
+        ),
+    ] = 60,
+    available_now: Annotated[
+        bool,
+        typer.Option("--available-now", help="Process what is there, then stop (else: run on)."),
+    ] = False,
+    max_files_per_trigger: Annotated[
+        int | None, typer.Option("--max-files-per-trigger", min=1, help="Files per micro-batch.")
+    ] = None,
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option("--kafka-bootstrap", help="Read --source as a Kafka topic.")
+    ] = None,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="A rule file or directory of YAML rules.")
+    ] = None,
+    master: MasterOpt = "local[2]",
+) -> None:
+    """Run the behaviour rules on a stream of events (Spark Structured Streaming): per-customer
+    state, event-time timeouts; detections are appended to --output as Parquet."""
+    from src.features.detection import RuleError, load_rules
+    from src.features.detection import spark_stream as ss
+    from src.features.detection.spark_batch import python_workers_session
+
+    with _exit_on(RuleError, ValueError, FileNotFoundError):
+        compiled = load_rules(rules) if rules else load_rules()
+        if kafka_bootstrap is None and not Path(source).is_dir():
+            raise FileNotFoundError(f"--source {source}: no such directory")
+        spark = python_workers_session(master, app_name="nextoffer-detect-stream")
+        events = (
+            ss.read_kafka_events(spark, kafka_bootstrap, source)
+            if kafka_bootstrap
+            else ss.read_event_files(spark, source, fmt, max_files_per_trigger)
+        )
+        query = ss.start_detection_query(
+            ss.detect_stream(events, compiled, watermark_seconds),
+            output,
+            checkpoint,
+            available_now=available_now,
+        )
+        try:
+            query.awaitTermination()
+        except KeyboardInterrupt:  # pragma: no cover - interactive
+            query.stop()
+    progress = query.recentProgress
+    rows = sum(p["numInputRows"] for p in progress)
+    dropped = sum(
+        op.get("numRowsDroppedByWatermark", 0) for p in progress for op in p["stateOperators"]
+    )
+    typer.echo(
+        f"events           {rows} in {len(progress)} micro-batches "
+        f"({dropped} dropped as later than the watermark)"
+    )
+    typer.echo(f"detections       {output}")
 
 
 @app.command()

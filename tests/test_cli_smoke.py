@@ -183,6 +183,77 @@ def test_monitor(bank: dict[str, str], tmp_path: Path) -> None:
     assert (tmp_path / "monitor" / bank["as_of"] / "monitor.md").exists()
 
 
+def test_score_both_engines(bank: dict[str, str], tmp_path: Path) -> None:
+    """The champion from ``retrain`` (a real propensity model) over the view, embedded then on
+    Spark: the same scores table."""
+    pytest.importorskip("pyspark")
+    env = {
+        "MLFLOW_TRACKING_URI": bank["MLFLOW_TRACKING_URI"],
+        "NEXTOFFER_REPORTS_DIR": str(tmp_path),
+    }
+    from src.models.scoring import NoChampion, resolve_champion
+
+    run("build-view", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
+    try:
+        resolve_champion(tracking_uri=bank["MLFLOW_TRACKING_URI"])
+    except NoChampion:  # run alone (-k): make one
+        run("retrain", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"], env=env)
+    path = Path(bank["data_dir"], "features", f"scores_{bank['as_of']}.parquet")
+    out = run("score", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"], env=env)
+    embedded = pd.read_parquet(path).sort_values(["customer_id", "product"], ignore_index=True)
+    run(
+        "score",
+        "--as-of",
+        bank["as_of"],
+        "--engine",
+        "spark",
+        "--data-dir",
+        bank["data_dir"],
+        env=env,
+    )
+    on_spark = pd.read_parquet(path).sort_values(["customer_id", "product"], ignore_index=True)
+    assert "nextoffer-propensity/" in out and len(embedded) > 0
+    pd.testing.assert_frame_equal(
+        embedded.drop(columns="score"), on_spark.drop(columns="score"), check_dtype=False
+    )
+    assert ((embedded["score"] - on_spark["score"]).abs() <= 1e-9 * embedded["score"]).all()
+
+
+def test_detect_spark_and_detect_stream(bank: dict[str, str], tmp_path: Path) -> None:
+    """``detect --engine spark`` and a replay through ``detect-stream`` report the embedded
+    detections."""
+    pytest.importorskip("pyspark")
+    from src.features.detection.events import detection_keys
+    from src.features.detection.spark_stream import write_replay
+
+    data_dir, as_of = bank["data_dir"], bank["as_of"]
+    run("build-view", "--as-of", as_of, "--data-dir", data_dir)
+    run("detect", "--as-of", as_of, "--data-dir", data_dir)
+    path = Path(data_dir, "features", f"detections_{as_of}.parquet")
+    embedded = pd.read_parquet(path)
+    run("detect", "--as-of", as_of, "--engine", "spark", "--data-dir", data_dir)
+    assert detection_keys(pd.read_parquet(path)) == detection_keys(embedded)
+    events = pd.read_parquet(Path(data_dir, "features", "stitched_events.parquet"))
+    write_replay(events, tmp_path / "in", files=3, watermark_seconds=60, until=as_of)
+    out = run(
+        "detect-stream",
+        "--source",
+        str(tmp_path / "in"),
+        "--checkpoint",
+        str(tmp_path / "ck"),
+        "--output",
+        str(tmp_path / "out"),
+        "--watermark-seconds",
+        "60",
+        "--max-files-per-trigger",
+        "1",
+        "--available-now",
+    )
+    assert "0 dropped" in out
+    streamed = pd.read_parquet(tmp_path / "out")
+    assert len(streamed) == len(embedded)
+
+
 def test_demo(tmp_path: Path) -> None:
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     out = run("demo", "--customers", "120", "--days", "8", "--data-dir", str(tmp_path), env=env)

@@ -1,0 +1,234 @@
+"""Batch detection on Spark: the embedded evaluator, run per group of customers.
+
+A rule only ever looks at one customer's events; the one global input is the evaluation time
+``until`` (timeouts fire iff their deadline is strictly before it, and by default it is the
+largest ``ts`` of *any* event, null customers included). So the history is shuffled by customer
+into ``buckets`` groups (``pmod(xxhash64(customer_id), buckets)``: many customers per pandas
+call, the per-call overhead amortised; each customer whole inside one group) and each group runs
+:func:`src.features.detection.batch.detect` with the same ``until``. The output is the same
+detections table, with no second implementation of the semantics to keep in step.
+
+pyspark is imported lazily (optional dependency); the functions take and return Spark frames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from src.data.catalog import Catalog
+from src.features.detection.batch import detect
+from src.features.detection.events import DETECTION_COLUMNS, EVENT_FIELDS, sort_detections, to_ns
+from src.features.detection.rules import CompiledRule
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: The stitched events the rules read, as Spark DDL (the streaming source needs a schema).
+EVENT_SCHEMA = ", ".join(
+    f"{name} {kind}"
+    for name, kind in (
+        ("event_id", "bigint"),
+        ("ts", "timestamp_ntz"),
+        ("customer_id", "string"),
+        ("source", "string"),
+        ("channel", "string"),
+        ("session_id", "bigint"),
+        ("page", "string"),
+        ("action", "string"),
+        ("dwell_seconds", "double"),
+        ("referrer", "string"),
+        ("code", "string"),
+        ("amount", "double"),
+        ("currency", "string"),
+        ("product", "string"),
+        ("amount_krw", "double"),
+    )
+)
+#: The detections table (:data:`~src.features.detection.events.DETECTION_COLUMNS`) as Spark DDL.
+DETECTION_SCHEMA = (
+    "customer_id string, rule string, kind string, anchor_at timestamp_ntz, "
+    "fired_at timestamp_ntz, fired_event_id bigint, event_ids array<bigint>"
+)
+DEFAULT_BUCKETS = 64
+assert tuple(f.split()[0] for f in EVENT_SCHEMA.split(", ")) == EVENT_FIELDS
+
+
+def python_workers_session(master: str = "local[2]", **kwargs: Any) -> SparkSession:
+    """:func:`~src.features.spark_session.spark_session`, with Python workers on this
+    interpreter.
+
+    Spark starts its Python workers with ``python3`` from the PATH unless ``PYSPARK_PYTHON``
+    says otherwise; that interpreter lacks this environment's packages (pandas, pyarrow,
+    ``src``) and every pandas UDF would fail. The variable is only set if unset, before the
+    JVM starts (on a cluster, set it in the job's environment instead).
+    """
+    from src.features.spark_session import spark_session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return spark_session(master=master, **kwargs)
+
+
+def ntz_literal(value: Any) -> str:
+    """A SQL TIMESTAMP_NTZ literal for a naive time (ns precision is cut to Spark's µs)."""
+    ts = pd.Timestamp(to_ns(value))
+    return f"TIMESTAMP_NTZ'{ts:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def detections_for_pandas(events: pd.DataFrame, rules: list[CompiledRule], until_ns: int):
+    """One group's detections, in the types Arrow hands back to Spark."""
+    if "session_id" in events:  # a nullable bigint arrives as float64 (NaN for null)
+        events = events.astype({"session_id": "Int64"})
+    out = detect(events, rules, until=until_ns, sort=False)
+    out["event_ids"] = [list(t) for t in out["event_ids"]]
+    return out
+
+
+def spark_until(events: DataFrame, until: Any = None) -> int:
+    """The evaluation time in ns: ``until`` if given, else the largest ts of any event."""
+    if until is not None:
+        return to_ns(until)
+    from pyspark.sql import functions as F
+
+    latest = events.agg(F.max("ts")).first()
+    if latest is None or latest[0] is None:
+        return 0
+    return to_ns(latest[0])
+
+
+def detect_spark(
+    events: DataFrame,
+    rules: list[CompiledRule],
+    until: Any = None,
+    buckets: int = DEFAULT_BUCKETS,
+) -> DataFrame:
+    """Detections of ``rules`` over a Spark frame of stitched events (the batch semantics).
+
+    ``until`` as in :func:`~src.features.detection.batch.detect` (events after it are
+    ignored; default: the largest ts in ``events``). ``buckets``: how many groups of customers
+    the history is split into; each group must fit one Python worker's memory (a group's
+    events are one pandas frame), so a large history wants more.
+    """
+    from pyspark.sql import functions as F
+
+    missing = [c for c in EVENT_FIELDS if c not in events.columns]
+    if missing:
+        raise ValueError(f"the event frame lacks column(s) {missing}")
+    until_ns = spark_until(events, until)
+    rules = list(rules)
+
+    def run(pdf: pd.DataFrame) -> pd.DataFrame:
+        return detections_for_pandas(pdf.drop(columns="_bucket"), rules, until_ns)
+
+    chosen = events.select(*EVENT_FIELDS).where(
+        F.col("customer_id").isNotNull() & (F.col("ts") <= F.expr(ntz_literal(until_ns)))
+    )
+    bucket = F.pmod(F.xxhash64("customer_id"), F.lit(buckets)).alias("_bucket")
+    return (
+        chosen.select(bucket, *EVENT_FIELDS).groupBy("_bucket").applyInPandas(run, DETECTION_SCHEMA)
+    )
+
+
+def sorted_detections(df: DataFrame) -> pd.DataFrame:
+    """A Spark detections frame as the embedded table: same dtypes, canonical row order."""
+    pdf = pd.DataFrame(df.toPandas())
+    out = pd.DataFrame(
+        {
+            "customer_id": pdf["customer_id"].astype("str"),
+            "rule": pdf["rule"].astype("str"),
+            "kind": pdf["kind"].astype("str"),
+            "anchor_at": pd.to_datetime(pdf["anchor_at"]).astype("datetime64[ns]"),
+            "fired_at": pd.to_datetime(pdf["fired_at"]).astype("datetime64[ns]"),
+            "fired_event_id": pd.array(pdf["fired_event_id"], dtype="Int64"),
+            "event_ids": pd.Series(
+                [tuple(None if pd.isna(v) else int(v) for v in ids) for ids in pdf["event_ids"]],
+                dtype=object,
+            ),
+        },
+        columns=list(DETECTION_COLUMNS),
+    )
+    return sort_detections(out)
+
+
+def write_single_parquet(df: DataFrame, path: Path) -> Path:
+    """Write a Spark frame as one Parquet file at ``path`` (the catalog's layout).
+
+    Spark writes a directory; one partition goes to a scratch directory next to ``path`` and
+    its part file is moved into place, so readers expecting a file (pandas, DuckDB, the
+    endpoint) see the same layout as the embedded engine's.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        df.coalesce(1).write.mode("overwrite").parquet(str(scratch))
+        parts = sorted(scratch.glob("part-*.parquet"))
+        if len(parts) != 1:
+            raise RuntimeError(f"expected one part file in {scratch}, found {len(parts)}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(parts[0], path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def run_detection_spark(
+    spark: SparkSession,
+    catalog: Catalog,
+    rules: list[CompiledRule],
+    as_of: Any,
+    buckets: int = DEFAULT_BUCKETS,
+) -> dict[str, Path]:
+    """``nextoffer detect`` on Spark: detections and rule features as of ``as_of``.
+
+    Reads the catalog's ``stitched_events`` (written by ``build-view`` on either engine for the
+    same ``as_of``): events strictly before ``as_of``, as the embedded path stitches them.
+    The rule features are computed from the detections (one small table) with the embedded
+    code; the step funnels need the whole history in one frame and stay embedded-only.
+    """
+    from pyspark.sql import functions as F
+
+    from src.features.detection.reports import rule_features
+
+    path = catalog.path("stitched_events")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no stitched events at {path}: run `nextoffer build-view --as-of` first"
+        )
+    events = spark.read.parquet(str(path))
+    later = events.where(F.col("ts") >= F.expr(ntz_literal(as_of))).limit(1).count()
+    if later:
+        raise ValueError(
+            f"stitched_events at {path} holds events at or after {pd.Timestamp(as_of)}: it was "
+            "built for a later as_of (identities would use the future); run "
+            f"`nextoffer build-view --as-of {pd.Timestamp(as_of):%Y-%m-%d}` first"
+        )
+    out = catalog.path("detections", as_of)
+    write_single_parquet(detect_spark(events, rules, as_of, buckets), out)
+    detections = sort_detections(pd.read_parquet(out))
+    customers = catalog.read("customers", columns=["customer_id", "life_stage"])
+    features = rule_features(detections, as_of, customers, rules=rules, wide=True)
+    paths = {"detections": out, "rule_features": catalog.path("rule_features", as_of)}
+    features.to_parquet(paths["rule_features"], index=False)
+    return paths
+
+
+__all__ = [
+    "DETECTION_SCHEMA",
+    "EVENT_SCHEMA",
+    "detect_spark",
+    "detections_for_pandas",
+    "ntz_literal",
+    "python_workers_session",
+    "run_detection_spark",
+    "sorted_detections",
+    "spark_until",
+    "write_single_parquet",
+]
