@@ -70,11 +70,33 @@ def srm_p_value(n_treatment: int, n_control: int, control_share: float) -> float
     return math.erfc(math.sqrt(chi2 / 2))
 
 
+def attributed(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
+    """The events a campaign may claim: receipts, and responses (opened, clicked, converted)
+    from the delivery of their message up to ``window_days`` after it. A response without a
+    receipt, before it, or after the window is not attributed (it is kept in the store)."""
+    if events.empty:
+        return events
+    at = pd.to_datetime(events["at"], format="ISO8601")
+    delivered = (
+        events.assign(_at=at)
+        .loc[events["event"] == "delivered"]
+        .drop_duplicates("message_id")
+        .set_index("message_id")["_at"]
+    )
+    start = events["message_id"].map(delivered)
+    window = pd.Timedelta(days=window_days)
+    keep = (events["event"] == "delivered") | (
+        start.notna() & (at >= start) & (at <= start + window)
+    )
+    return events[keep.to_numpy()]
+
+
 def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
-    """Per step and channel: eligible, suppressed by reason, capped, sent and responses."""
+    """Per step and channel: eligible, suppressed by reason, capped, sent and responses
+    (attributed within the spec's ``why.window_days`` of delivery)."""
     dec = db.decisions(spec.campaign_id)
     out = db.outbox(spec.campaign_id)
-    ev = db.events(spec.campaign_id)
+    ev = attributed(db.events(spec.campaign_id), spec.why.window_days)
     rows: list[dict[str, Any]] = []
     for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
         reasons = d["reason"].fillna("contacted")

@@ -1,0 +1,81 @@
+"""Campaign gaps: the attribution window, lift per step/segment/channel, arbitration losers,
+rewards from the CLI, the recurring schedule and PII in templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from src.campaigns.report import report, step_table
+from src.campaigns.spec import CampaignSpec
+from src.campaigns.state import CampaignDB, message_id
+from src.contact.store_sql import SQLContactStore
+
+
+def make_spec(**overrides: object) -> CampaignSpec:
+    base: dict[str, object] = {
+        "campaign_id": "c1",
+        "owner": "alice",
+        "who": {"rule": "age >= 25"},
+        "when": {"at": "2026-02-05T12:00:00"},
+        "steps": [{"step_id": "s1", "channel": "push", "offer_id": "OF02"}],
+        "holdout": {"share": 0.5},
+        "why": {"window_days": 7},
+    }
+    base.update(overrides)
+    return CampaignSpec.model_validate(base)
+
+
+def seed_run(
+    db: CampaignDB, spec: CampaignSpec, arms: dict[str, str], step_id: str = "s1"
+) -> dict[str, str]:
+    """Decisions, a segment snapshot and sent outbox rows for the treatment arm (no engine):
+    returns customer -> message id."""
+    cid = spec.campaign_id
+    mids = {c: message_id(cid, step_id, c) for c, a in arms.items() if a == "treatment"}
+    db.save_segment(cid, "v1", pd.Series(arms))
+    with db.store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO campaign_runs (run_id, campaign_id, step_id, segment_version, "
+            "holdout_version, bundle_hash, started_at) VALUES (?, ?, ?, 'v1', 'h', 'b', ?)",
+            (f"r-{cid}-{step_id}", cid, step_id, "2026-02-05T12:00:00"),
+        )
+        tx.executemany(
+            "INSERT INTO campaign_outbox (message_id, campaign_id, step_id, customer_id, channel, "
+            "offer_id, content, send_at, status, sent_at) VALUES (?, ?, ?, ?, 'push', 'OF02', '', "
+            "'2026-02-05T12:00:00', 'sent', '2026-02-05T12:00:00')",
+            [(m, cid, step_id, c) for c, m in mids.items()],
+        )
+        tx.executemany(
+            "INSERT INTO campaign_decisions (campaign_id, step_id, customer_id, arm, reason, "
+            "channel, message_id, run_id) VALUES (?, ?, ?, ?, ?, 'push', ?, 'r')",
+            [
+                (cid, step_id, c, a, None if a == "treatment" else "holdout", mids.get(c))
+                for c, a in arms.items()
+            ],
+        )
+    return mids
+
+
+# -- 1. attribution window ------------------------------------------------------------------
+def test_responses_count_only_within_the_window_of_delivery(tmp_path: Path) -> None:
+    db = CampaignDB(SQLContactStore(tmp_path / "c.sqlite"))
+    spec = make_spec()
+    mids = seed_run(db, spec, {"a": "treatment", "b": "treatment", "c": "treatment"})
+    db.record_events(
+        [
+            (mids["a"], "delivered", "2026-02-05T12:01:00"),
+            (mids["a"], "opened", "2026-02-05T13:00:00"),  # in the window
+            (mids["a"], "converted", "2026-02-11T12:00:00"),  # day 6: in
+            (mids["b"], "delivered", "2026-02-05T12:01:00"),
+            (mids["b"], "opened", "2026-02-06T09:00:00"),  # in
+            (mids["b"], "converted", "2026-02-20T12:00:00"),  # day 15: outside 7 days
+            (mids["c"], "clicked", "2026-02-06T09:00:00"),  # never delivered: not attributed
+        ]
+    )
+    row = step_table(spec, db).iloc[0]
+    assert (row["delivered"], row["opened"], row["clicked"], row["converted"]) == (2, 2, 0, 1)
+    wide = step_table(make_spec(why={"window_days": 30}), db).iloc[0]
+    assert wide["converted"] == 2  # the same events, a longer window: both conversions count
+    assert report(spec, db)["steps"]["converted"].iloc[0] == 1
