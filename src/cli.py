@@ -795,11 +795,16 @@ def campaign_run(
 def campaign_report(
     spec: SpecArg, as_of: CampaignAsOfOpt = None, data_dir: DataDirOpt = None
 ) -> None:
-    """Per step and channel: members, suppressed, capped, sent and responses; reasons."""
+    """Per step and channel: members, suppressed, capped, sent and responses; reasons; the
+    conversion lift (ITT, 95 % CI) overall and per step, channel and age band."""
     with _campaign_errors():
         rep = _campaigns(data_dir, as_of).report(spec)
+    typer.echo(rep["primary_metric"])
     typer.echo(rep["steps"].to_string(index=False))
     typer.echo(rep["reasons"].to_string(index=False))
+    if "lifts" in rep:
+        cols = ["level", "key", "n_treatment", "n_control", "lift", "ci_low", "ci_high"]
+        typer.echo(rep["lifts"][cols].to_string(index=False, float_format="{:.4f}".format))
 
 
 @campaign_app.command("why")

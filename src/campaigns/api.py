@@ -10,7 +10,7 @@ import pandas as pd
 
 from src.campaigns import engine
 from src.campaigns.adapters import DeliveryAdapter, JsonlAdapter
-from src.campaigns.report import report
+from src.campaigns.report import conversions_from_transactions, report
 from src.campaigns.spec import CampaignSpec, load_spec
 from src.campaigns.state import CampaignDB
 from src.contact.policy import PolicyConfig
@@ -88,10 +88,37 @@ class Campaigns:
             if own:
                 adapter.close()
 
+    def conversions(self, spec: CampaignSpec) -> pd.Series | None:
+        """customer -> converted: a signup of the goal's product (default: the first step's
+        offer's) within ``why.window_days`` of the campaign's start, from the transactions the
+        catalog holds (None when there are none: the report then shows no lift)."""
+        if not self.settings.catalog.path("transactions").exists():
+            return None
+        product = spec.why.product
+        if product is None:
+            offer = next(
+                (o for o in self.ctx.policy.offers if o.offer_id == spec.steps[0].offer_id), None
+            )
+            if offer is None:
+                return None
+            product = offer.product
+        start = pd.Timestamp(spec.when.at) if spec.when.at is not None else self.ctx.as_of
+        tx = self.settings.catalog.read("transactions")
+        return conversions_from_transactions(tx, product, start, spec.why.window_days)
+
     def report(
         self, spec: CampaignSpec | Path | str, converted: pd.Series | None = None
     ) -> dict[str, Any]:
-        return report(self.spec(spec), self.db, converted)
+        """The report; conversions default to the catalog's (:meth:`conversions`), and the
+        lift is also shown per age band when the view has ages."""
+        spec = self.spec(spec)
+        if converted is None:
+            converted = self.conversions(spec)
+        members = self.ctx.members.set_index("customer_id")
+        segments = None
+        if "age" in members:
+            segments = (members["age"] // 10 * 10).astype("Int64").astype(str) + "s"
+        return report(spec, self.db, converted, segments=segments)
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         return self.db.why(campaign_id, customer_id)

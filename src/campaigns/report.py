@@ -126,6 +126,50 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+PRIMARY_METRIC = (
+    "primary metric: conversions, intention-to-treat against the holdout; no winner is ever "
+    "picked on opens or clicks (the control cannot open)"
+)
+
+
+def lift_table(
+    spec: CampaignSpec,
+    db: CampaignDB,
+    converted: pd.Series,
+    segments: pd.Series | None = None,
+) -> pd.DataFrame:
+    """ITT conversion lift with its 95 % interval overall, per step, per channel and (given
+    ``segments``: customer -> label, e.g. an age band) per segment. Each slice compares the
+    treatment and control members of that slice, whatever happened to them after assignment."""
+    seg = db.segment(spec.campaign_id).set_index("customer_id")["arm"]
+    dec = db.decisions(spec.campaign_id)
+    share = spec.holdout.share
+    rows: list[dict[str, Any]] = []
+
+    def add(level: str, key: str, arms: pd.Series) -> None:
+        lift = itt_lift(arms, converted, share)
+        rows.append({"level": level, "key": key, **lift.__dict__})
+
+    add("overall", "all", seg)
+    for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
+        add(
+            "step",
+            f"{step_id}/{channel}",
+            d.drop_duplicates("customer_id").set_index("customer_id")["arm"],
+        )
+    for channel, d in dec.groupby("channel", dropna=False):
+        add(
+            "channel",
+            str(channel),
+            d.drop_duplicates("customer_id").set_index("customer_id")["arm"],
+        )
+    if segments is not None:
+        labels = segments.reindex(seg.index)
+        for label, arms in seg.groupby(labels, dropna=False):
+            add("segment", str(label), arms)
+    return pd.DataFrame(rows)
+
+
 def reasons_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
     """How many members each reason kept from each step."""
     dec = db.decisions(spec.campaign_id)
@@ -144,16 +188,20 @@ def report(
     converted: pd.Series | None = None,
     value_krw: float = 0.0,
     rewards_paid_krw: float = 0.0,
+    segments: pd.Series | None = None,
 ) -> dict[str, Any]:
-    """The steps table, reasons, and (given conversions of every segment member) the ITT lift,
-    incremental conversions, cost and ROAS."""
+    """The steps table, reasons, and (given conversions of every segment member) the ITT lift
+    overall and per step, channel and segment, incremental conversions, cost and ROAS. The
+    primary metric is conversions (ITT); opens are reported, never used to pick a winner."""
     steps = step_table(spec, db)
     out: dict[str, Any] = {
         "campaign_id": spec.campaign_id,
+        "primary_metric": PRIMARY_METRIC,
         "steps": steps,
         "reasons": reasons_table(spec, db),
     }
     if converted is not None:
+        out["lifts"] = lift_table(spec, db, converted, segments)
         seg = db.segment(spec.campaign_id).set_index("customer_id")["arm"]
         lift = itt_lift(seg, converted, spec.holdout.share)
         cost = float(steps["cost_krw"].sum()) + rewards_paid_krw if len(steps) else rewards_paid_krw
