@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from test_campaigns import bank, ctx  # noqa: F401 (the small bank's fixtures)
+from test_campaigns import make_spec as bank_spec
 
+from src.campaigns import engine
+from src.campaigns.adapters import SimulatedChannel
 from src.campaigns.report import report, step_table
 from src.campaigns.spec import CampaignSpec
 from src.campaigns.state import CampaignDB, message_id
@@ -105,3 +109,27 @@ def test_lift_per_step_channel_and_segment_with_intervals(tmp_path: Path) -> Non
     assert lifts.loc[("step", "s1/push"), "n_control"] == 200
     assert lifts.loc[("channel", "push"), "n_treatment"] == 200
     assert lifts.loc[("overall", "all"), "ci_low"] < lifts.loc[("overall", "all"), "lift"]
+
+
+# -- 3. arbitration losers ------------------------------------------------------------------
+def test_arbitration_loser_gets_reason_and_winner(ctx: engine.Context) -> None:  # noqa: F811
+    """Two campaigns on one offer compete for the daily offer cap: the higher priority wins;
+    the loser's customers it reached carry ``arbitration_lost`` and the winner's id."""
+    low = bank_spec(campaign_id="low", priority=1, holdout={"share": 0.0})
+    high = bank_spec(campaign_id="high", priority=5, holdout={"share": 0.0})
+    results = engine.run_many([low, high], ctx, SimulatedChannel(), require_approval=False)
+    assert list(results) == ["high", "low"]
+    assert results["high"].enqueued > 0 and results["low"].enqueued == 0
+    dec = ctx.db.decisions("low")
+    lost = dec[dec["reason"] == "arbitration_lost"]
+    sent_high = set(ctx.db.outbox("high")["customer_id"])
+    assert len(lost) == results["high"].enqueued and set(lost["customer_id"]) == sent_high
+    why = ctx.db.why("low", lost["customer_id"].iloc[0])
+    assert list(why[["reason", "winner"]].iloc[0]) == ["arbitration_lost", "high"]
+    # the winner's own decisions carry no loser reason; a rerun changes nothing
+    assert (ctx.db.decisions("high")["reason"] != "arbitration_lost").all()
+    engine.run_many([low, high], ctx, SimulatedChannel(), require_approval=False)
+    assert (ctx.db.decisions("low")["reason"] == "arbitration_lost").sum() == len(lost)
+    from src.campaigns.report import step_table as table
+
+    assert table(low, ctx.db)["capped"].iloc[0] == len(lost)

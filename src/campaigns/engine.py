@@ -625,9 +625,11 @@ def run_many(
     scores: pd.DataFrame | None = None,
     require_approval: bool = True,
 ) -> dict[str, RunResult]:
-    """Run competing campaigns in arbitration order: a loser's customers get the cap reason
-    (``cap_offer_day``, ``cap_channel_day``, ...) in its decisions."""
-    return {
-        s.campaign_id: run(s, ctx, adapter, require_approval=require_approval)
-        for s in arbitrate(specs, ctx, scores)
-    }
+    """Run competing campaigns in arbitration order. A loser's customer whom a cap kept from it
+    because a winner reached them first gets reason ``arbitration_lost`` with the winner's id
+    (``campaign why``); other capped customers keep the cap reason (``cap_offer_day``, ...)."""
+    results: dict[str, RunResult] = {}
+    for s in arbitrate(specs, ctx, scores):
+        results[s.campaign_id] = run(s, ctx, adapter, require_approval=require_approval)
+        ctx.db.mark_arbitration_lost(s.campaign_id, [w for w in results if w != s.campaign_id])
+    return results

@@ -100,6 +100,8 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
         reasons = d["reason"].fillna("contacted")
+        # a contact lost to another campaign's arbitration is a cap (the winner used it)
+        capped = reasons.str.startswith("cap_") | (reasons == "arbitration_lost")
         o = out[(out["step_id"] == step_id) & (out["channel"] == channel)]
         e = ev[ev["message_id"].isin(o["message_id"])]
         row: dict[str, Any] = {
@@ -107,10 +109,8 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
             "channel": channel,
             "members": len(d),
             "control": int((d["arm"] != "treatment").sum()),
-            "capped": int(reasons.str.startswith("cap_").sum()),
-            "suppressed": int(
-                (~reasons.isin(["contacted"]) & ~reasons.str.startswith("cap_")).sum()
-            ),
+            "capped": int(capped.sum()),
+            "suppressed": int((~reasons.isin(["contacted"]) & ~capped).sum()),
             "sent": int((o["status"] == "sent").sum()),
         }
         for event in ("delivered", "opened", "clicked", "converted"):

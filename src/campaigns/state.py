@@ -43,6 +43,7 @@ DDL: tuple[str, ...] = (
         channel TEXT,
         message_id TEXT,
         run_id TEXT NOT NULL,
+        winner TEXT,
         PRIMARY KEY (campaign_id, step_id, customer_id)
     )""",
     """CREATE TABLE IF NOT EXISTS campaign_segments (
@@ -192,11 +193,34 @@ class CampaignDB:
         )
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
-        """Per step: the customer's arm and why they were (not) contacted, and the message."""
+        """Per step: the customer's arm and why they were (not) contacted, the message, and
+        (reason ``arbitration_lost``) the campaign that won the contact."""
         return self.frame(
-            "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status "
-            "FROM campaign_decisions d LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
+            "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status, "
+            "COALESCE(d.winner, '') FROM campaign_decisions d "
+            "LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
             "WHERE d.campaign_id = ? AND d.customer_id = ? ORDER BY d.step_id",
             (campaign_id, customer_id),
-            ["step_id", "arm", "reason", "channel", "status"],
+            ["step_id", "arm", "reason", "channel", "status", "winner"],
         )
+
+    def mark_arbitration_lost(self, loser: str, winners: Sequence[str]) -> int:
+        """A capped member of ``loser`` whom an earlier-arbitrated campaign (``winners``, in
+        order) reached gets reason ``arbitration_lost`` and that campaign's id. Idempotent."""
+        marked = 0
+        with self.store.transaction() as tx:
+            for winner in winners:
+                rows = tx.fetchall(
+                    "SELECT d.step_id, d.customer_id FROM campaign_decisions d "
+                    "WHERE d.campaign_id = ? AND d.reason LIKE 'cap_%' AND EXISTS ("
+                    "SELECT 1 FROM campaign_outbox o WHERE o.campaign_id = ? "
+                    "AND o.customer_id = d.customer_id AND o.status IN ('pending', 'sent'))",
+                    (loser, winner),
+                )
+                tx.executemany(
+                    "UPDATE campaign_decisions SET reason = 'arbitration_lost', winner = ? "
+                    "WHERE campaign_id = ? AND step_id = ? AND customer_id = ?",
+                    [(winner, loser, step, cust) for step, cust in rows],
+                )
+                marked += len(rows)
+        return marked
