@@ -10,8 +10,9 @@ import pandas as pd
 
 from src.campaigns import engine
 from src.campaigns.adapters import DeliveryAdapter, JsonlAdapter
+from src.campaigns.ledger import JsonlPayouts, PayoutProvider, RewardLedger
 from src.campaigns.report import conversions_from_transactions, report
-from src.campaigns.spec import CampaignSpec, load_spec
+from src.campaigns.spec import CampaignSpec, SpecError, load_spec
 from src.campaigns.state import CampaignDB
 from src.contact.policy import PolicyConfig
 from src.contact.store_sql import SQLContactStore
@@ -119,6 +120,48 @@ class Campaigns:
         if "age" in members:
             segments = (members["age"] // 10 * 10).astype("Int64").astype(str) + "s"
         return report(spec, self.db, converted, segments=segments)
+
+    def rewards(
+        self,
+        spec: CampaignSpec | Path | str,
+        now: datetime,
+        provider: PayoutProvider | None = None,
+    ) -> dict[str, Any]:
+        """Settle a campaign's rewards as of ``now``: reserve any sent message's reward not yet
+        pending, post each qualifying event (``reward.event``) of a sent message, void what
+        expired, pay posted rewards (default provider: ``<campaigns>/payouts.jsonl``, keyed by
+        the transfer id) and reconcile. Every step is idempotent: rerun after a crash."""
+        spec = self.spec(spec)
+        if spec.reward is None:
+            raise SpecError(f"campaign {spec.campaign_id!r}: reward: the spec has no reward")
+        refused = engine.pend_rewards(spec, self.ctx)
+        ledger = RewardLedger(self.db.store, {spec.campaign_id: spec.reward.budget_krw})
+        name = {"convert": "converted", "click": "clicked"}[spec.reward.event]
+        ev = self.db.events(spec.campaign_id)
+        ev = ev[ev["event"] == name].sort_values(["at", "message_id"])
+        posted = sum(
+            ledger.post(
+                spec.campaign_id,
+                str(e.customer_id),
+                f"{e.message_id}:{name}",
+                datetime.fromisoformat(str(e.at)),
+            )
+            for e in ev.itertuples()
+        )
+        voided = ledger.expire(now)
+        if provider is None:
+            provider = JsonlPayouts(self.settings.campaigns_dir / "payouts.jsonl")
+        paid = ledger.pay(provider)
+        rec = ledger.reconcile(spec.campaign_id)
+        return {
+            "campaign_id": spec.campaign_id,
+            "eligible_events": len(ev),
+            "posted_now_or_before": int(posted),
+            "voided_now": voided,
+            "paid_now": paid,
+            "refused_by_budget": refused,
+            "reconciliation": rec,
+        }
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         return self.db.why(campaign_id, customer_id)
