@@ -690,7 +690,7 @@ def demo(
 
 # -- campaigns: who, when, what, how, where and why ------------------------------------------
 campaign_app = typer.Typer(
-    help="Outbound campaigns: validate, dry-run, approve, run, report, rewards, why.",
+    help="Outbound campaigns: validate, dry-run, approve, run, tick, report, rewards, why.",
     no_args_is_help=True,
 )
 app.add_typer(campaign_app, name="campaign")
@@ -838,6 +838,31 @@ def campaign_rewards(
     )
     if rec.problems:
         raise typer.Exit(code=1)
+
+
+@campaign_app.command("tick")
+def campaign_tick(
+    at: Annotated[
+        datetime | None,
+        typer.Option("--at", help="The scheduler's time (local, naive; default: now)."),
+    ] = None,
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run every approved campaign whose `when` (at / cron) is due, once per occurrence (call
+    it from cron or a scheduler; a repeated tick runs nothing twice)."""
+    with _campaign_errors():
+        ran = _campaigns(data_dir, as_of).tick(at or datetime.now())
+    if not ran:
+        typer.echo("nothing due")
+    for campaign_id, occurrence, result in ran:
+        if result is None:
+            typer.echo(f"{campaign_id} @ {occurrence}: already ran")
+        else:
+            typer.echo(
+                f"{campaign_id} @ {occurrence}: enqueued {result.enqueued}, capped "
+                f"{result.capped}, suppressed {result.suppressed}, sent {result.sent}"
+            )
 
 
 @campaign_app.command("why")

@@ -3,18 +3,21 @@ rewards from the CLI, the recurring schedule and PII in templates."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from test_campaigns import bank, ctx  # noqa: F401 (the small bank's fixtures)
+import pytest
+from test_campaigns import AS_OF, bank, ctx  # noqa: F401 (the small bank's fixtures)
 from test_campaigns import make_spec as bank_spec
 
 from src.campaigns import engine
 from src.campaigns.adapters import SimulatedChannel
 from src.campaigns.report import report, step_table
-from src.campaigns.spec import CampaignSpec
+from src.campaigns.spec import CampaignSpec, SpecError
 from src.campaigns.state import CampaignDB, message_id
 from src.contact.store_sql import SQLContactStore
+from src.settings import Settings
 
 
 def make_spec(**overrides: object) -> CampaignSpec:
@@ -133,3 +136,52 @@ def test_arbitration_loser_gets_reason_and_winner(ctx: engine.Context) -> None: 
     from src.campaigns.report import step_table as table
 
     assert table(low, ctx.db)["capped"].iloc[0] == len(lost)
+
+
+# -- 5. recurring schedule ------------------------------------------------------------------
+def test_cron_parsing_and_latest_occurrence() -> None:
+    from src.campaigns.schedule import Cron
+
+    c = Cron.parse("*/15 9-17 * * 1-5")  # every quarter hour, office hours, weekdays
+    assert c.latest(datetime(2026, 2, 5, 12, 7)) == datetime(2026, 2, 5, 12, 0)  # a Thursday
+    assert c.latest(datetime(2026, 2, 8, 10, 0)) == datetime(2026, 2, 6, 17, 45)  # Sunday
+    with pytest.raises(SpecError, match="hour"):
+        Cron.parse("0 25 * * *")
+
+
+def test_tick_runs_due_campaigns_once_per_occurrence(
+    bank: Settings,  # noqa: F811
+    ctx: engine.Context,  # noqa: F811
+) -> None:
+    from src.campaigns.api import Campaigns
+
+    daily = bank_spec(
+        campaign_id="daily",
+        when={"cron": "0 12 * * *"},
+        holdout={"share": 0.0},
+        steps=[{"step_id": "s1", "channel": "email", "offer_id": "OF03"}],
+    )
+    once = bank_spec(campaign_id="once", holdout={"share": 0.0})  # at 2026-02-05 12:00
+    later = bank_spec(campaign_id="later", when={"at": "2026-03-01T09:00:00"})
+    unapproved = bank_spec(campaign_id="draft", when={"cron": "* * * * *"})
+    for spec in (daily, once, later):
+        engine.approve(spec, ctx, "bob")
+    assert unapproved.campaign_id  # written, never approved: never ticks
+    c = Campaigns(bank, AS_OF, db=ctx.db)
+    channel = SimulatedChannel()
+    first = c.tick(datetime(2026, 2, 5, 12, 30), channel)
+    ran = {cid: (occ, r) for cid, occ, r in first}
+    assert set(ran) == {"daily", "once"}
+    assert ran["daily"][0] == "2026-02-05T12:00:00" and ran["daily"][1] is not None
+    assert ran["once"][1] is not None and ran["once"][1].sent > 0
+    sends = channel.sends
+    again = c.tick(datetime(2026, 2, 5, 12, 45), channel)
+    assert {(cid, r is None) for cid, _, r in again} == {("daily", True), ("once", True)}
+    assert channel.sends == sends  # nothing sent twice
+    next_day = {cid: (occ, r) for cid, occ, r in c.tick(datetime(2026, 2, 6, 12, 0), channel)}
+    assert next_day["daily"][0] == "2026-02-06T12:00:00" and next_day["daily"][1] is not None
+    assert next_day["once"][1] is None
+    out = ctx.db.outbox("daily")
+    assert out["message_id"].is_unique and len(out) > 0
+    ticks = ctx.db.frame("SELECT campaign_id, occurrence FROM campaign_ticks", (), ["c", "o"])
+    assert len(ticks) == 3 and not ticks.duplicated().any()

@@ -206,6 +206,12 @@ def test_campaign(bank: dict[str, str], tmp_path: Path) -> None:
     assert "sent" in out
     rep = run("campaign", "report", str(spec), *d)
     assert "s1" in rep and "no winner is ever picked on opens" in rep and "overall" in rep
+    # the scheduler: a due one-off keeps the manual run's ids (nothing new), then never again
+    tick = run("campaign", "tick", "--at", "2026-02-05T13:00:00", *d)
+    assert "lunch @ 2026-02-05T12:00:00: enqueued 0" in tick
+    assert "lunch @ 2026-02-05T12:00:00: already ran" in run(
+        "campaign", "tick", "--at", "2026-02-05T14:00:00", *d
+    )
     view = pd.read_parquet(
         Path(bank["data_dir"], "features", f"customer_view_{bank['as_of']}.parquet")
     )

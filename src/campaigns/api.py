@@ -163,6 +163,46 @@ class Campaigns:
             "reconciliation": rec,
         }
 
+    def tick(
+        self, at: datetime, adapter: DeliveryAdapter | None = None
+    ) -> list[tuple[str, str, engine.RunResult | None]]:
+        """Run every approved campaign whose ``when`` is due at ``at``, once per occurrence:
+        (campaign, occurrence, result; None when that occurrence already ran)."""
+        from src.campaigns import schedule
+
+        own = adapter is None
+        if adapter is None:
+            path = (
+                self.settings.campaigns.outbox_path or self.settings.campaigns_dir / "outbox.jsonl"
+            )
+            adapter = JsonlAdapter(self.settings.resolve(Path(path)))
+        out: list[tuple[str, str, engine.RunResult | None]] = []
+        try:
+            for spec in schedule.approved_specs(self.db):
+                occurrence = schedule.due_occurrence(spec, at)
+                if occurrence is None:
+                    continue
+                if schedule.done(self.db, spec.campaign_id, occurrence):
+                    out.append((spec.campaign_id, occurrence, None))
+                    continue
+                # a one-off keeps the ids of a manual `campaign run`; a recurring one gets its own
+                occ = occurrence if spec.when.cron is not None else ""
+                result = engine.run(
+                    spec,
+                    self.ctx,
+                    adapter,
+                    now=at,
+                    require_approval=False,  # the spec is the approved bundle's own
+                    batch_size=self.settings.campaigns.batch_size,
+                    occurrence=occ,
+                )
+                schedule.mark_done(self.db, spec.campaign_id, occurrence, datetime.now())
+                out.append((spec.campaign_id, occurrence, result))
+        finally:
+            if own:
+                adapter.close()
+        return out
+
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         return self.db.why(campaign_id, customer_id)
 

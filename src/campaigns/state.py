@@ -68,6 +68,12 @@ DDL: tuple[str, ...] = (
         at TEXT NOT NULL,
         PRIMARY KEY (message_id, event)
     )""",
+    """CREATE TABLE IF NOT EXISTS campaign_ticks (
+        campaign_id TEXT NOT NULL,
+        occurrence TEXT NOT NULL,
+        ran_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, occurrence)
+    )""",
     """CREATE TABLE IF NOT EXISTS campaign_approvals (
         seq INTEGER NOT NULL,
         campaign_id TEXT NOT NULL,
@@ -81,9 +87,12 @@ DDL: tuple[str, ...] = (
 )
 
 
-def message_id(campaign_id: str, step_id: str, customer_id: str) -> str:
-    """Deterministic: a rerun computes the same id, so nothing is written or charged twice."""
+def message_id(campaign_id: str, step_id: str, customer_id: str, occurrence: str = "") -> str:
+    """Deterministic: a rerun computes the same id, so nothing is written or charged twice;
+    each occurrence of a recurring campaign has its own ids."""
     key = f"{campaign_id}\x1f{step_id}\x1f{customer_id}".encode()
+    if occurrence:
+        key += f"\x1f{occurrence}".encode()
     return hashlib.sha256(key).hexdigest()[:32]
 
 
