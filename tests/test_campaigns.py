@@ -82,7 +82,8 @@ def test_validate_names_missing_template_field_and_unknown_offer(ctx: engine.Con
     spec = make_spec(
         steps=[
             {"step_id": "s1", "channel": "push", "offer_id": "NOPE", "content": "hi {first_name}"}
-        ]
+        ],
+        template_fields={"push": ["first_name", "age"]},  # allowed, but not in the view
     )
     problems = engine.validate(spec, ctx)
     assert any("unknown offer 'NOPE'" in p for p in problems)

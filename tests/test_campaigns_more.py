@@ -185,3 +185,26 @@ def test_tick_runs_due_campaigns_once_per_occurrence(
     assert out["message_id"].is_unique and len(out) > 0
     ticks = ctx.db.frame("SELECT campaign_id, occurrence FROM campaign_ticks", (), ["c", "o"])
     assert len(ticks) == 3 and not ticks.duplicated().any()
+
+
+# -- 6. PII in templates --------------------------------------------------------------------
+def test_templates_may_only_show_the_channels_allowed_fields() -> None:
+    def step(channel: str, content: str, **kw: object) -> dict[str, object]:
+        return {"step_id": "s1", "channel": channel, "offer_id": "OF02", "content": content, **kw}
+
+    # a balance is not lock-screen text: refused on push, naming the field and the channel
+    with pytest.raises(ValueError, match=r"\{balance_savings\} is not allowed on push"):
+        make_spec(steps=[step("push", "You have {balance_savings} KRW saved")])
+    # ... but fine in an e-mail to the signed-in customer
+    assert make_spec(steps=[step("email", "You have {balance_savings} KRW saved")])
+    # a messenger message falling back to SMS must be allowed on both
+    with pytest.raises(ValueError, match=r"\{n_loan\} is not allowed on messenger"):
+        make_spec(steps=[step("messenger", "{n_loan} loans", kind="informational", fallback="sms")])
+    # a spec may narrow a channel's list; identifiers are never allowed, whatever it says
+    with pytest.raises(ValueError, match=r"\{age\} is not allowed on push \(allowed: region\)"):
+        make_spec(steps=[step("push", "at {age}")], template_fields={"push": ["region"]})
+    with pytest.raises(ValueError, match="'phone' is personal data"):
+        make_spec(steps=[step("push", "x")], template_fields={"push": ["phone"]})
+    with pytest.raises(ValueError, match=r"\{customer_id\} is not allowed on email"):
+        make_spec(steps=[step("email", "Dear {customer_id}")])
+    assert make_spec(steps=[step("push", "At {age}, in {region}")])
