@@ -208,3 +208,21 @@ def test_templates_may_only_show_the_channels_allowed_fields() -> None:
     with pytest.raises(ValueError, match=r"\{customer_id\} is not allowed on email"):
         make_spec(steps=[step("email", "Dear {customer_id}")])
     assert make_spec(steps=[step("push", "At {age}, in {region}")])
+
+
+def test_report_plot_shows_every_lift_slice(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from src.campaigns.report import plot_report
+
+    db = CampaignDB(SQLContactStore(tmp_path / "c.sqlite"))
+    spec = make_spec()
+    arms = {f"u{i}": ("treatment" if i % 2 else "control") for i in range(40)}
+    seed_run(db, spec, arms)
+    rep = report(spec, db, pd.Series({c: i % 3 == 0 for i, c in enumerate(arms)}))
+    fig = plot_report(rep)
+    labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    lifts = rep["lifts"]
+    assert labels == [f"{lv}: {k}" for lv, k in zip(lifts["level"], lifts["key"], strict=True)]
+    assert "never on opens" in fig.axes[1].get_title() and fig.axes[1].get_ylabel()

@@ -226,7 +226,23 @@ def plot_report(rep: dict[str, Any]) -> Any:
     axes[0].set_xlabel("stage")
     axes[0].set_ylabel("customers")
     lift = rep.get("lift")
-    if lift is not None:
+    lifts: pd.DataFrame | None = rep.get("lifts")
+    if lifts is not None and len(lifts) > 1:  # every slice: overall, steps, channels, segments
+        x = np.arange(len(lifts))
+        axes[1].errorbar(
+            x,
+            lifts["lift"] * 100,
+            yerr=[
+                (lifts["lift"] - lifts["ci_low"]) * 100,
+                (lifts["ci_high"] - lifts["lift"]) * 100,
+            ],
+            fmt="o",
+            capsize=4,
+        )
+        axes[1].axhline(0, color="grey", lw=0.8)
+        labels = [f"{lv}: {k}" for lv, k in zip(lifts["level"], lifts["key"], strict=True)]
+        axes[1].set_xticks(x, labels, rotation=45, ha="right")
+    elif lift is not None:
         axes[1].errorbar(
             [0],
             [lift.lift * 100],
@@ -236,7 +252,7 @@ def plot_report(rep: dict[str, Any]) -> Any:
         )
         axes[1].axhline(0, color="grey", lw=0.8)
         axes[1].set_xticks([0], ["ITT lift"])
-    axes[1].set_title("conversion lift vs holdout (95 % CI)")
+    axes[1].set_title("conversion lift (ITT) vs holdout, 95 % CI; never on opens")
     axes[1].set_ylabel("percentage points")
     fig.tight_layout()
     return fig
