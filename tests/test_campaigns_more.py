@@ -3,6 +3,7 @@ rewards from the CLI, the recurring schedule and PII in templates."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -226,3 +227,46 @@ def test_report_plot_shows_every_lift_slice(tmp_path: Path) -> None:
     lifts = rep["lifts"]
     assert labels == [f"{lv}: {k}" for lv, k in zip(lifts["level"], lifts["key"], strict=True)]
     assert "never on opens" in fig.axes[1].get_title() and fig.axes[1].get_ylabel()
+
+
+# -- the new queries on PostgreSQL ----------------------------------------------------------
+@pytest.fixture
+def pg_db() -> Iterator[CampaignDB]:
+    """A CampaignDB in a fresh uuid schema of the local PostgreSQL (dropped afterwards)."""
+    import os
+    import uuid
+
+    schema = f"camp2_{uuid.uuid4().hex[:12]}"
+    try:
+        store = SQLContactStore("postgresql://postgres@127.0.0.1:5432/test", schema=schema)
+        db = CampaignDB(store)
+    except Exception as error:  # noqa: BLE001 - any connection failure means no server
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL 127.0.0.1:5432 not available: {error}")
+    try:
+        yield db
+    finally:
+        with store.transaction() as tx:
+            tx.execute(f"DROP SCHEMA {schema} CASCADE")
+        store.close()
+
+
+def test_arbitration_marks_and_ledger_reconcile_on_postgres(pg_db: CampaignDB) -> None:
+    from src.campaigns.ledger import RewardLedger
+
+    win, lose = make_spec(campaign_id="win"), make_spec(campaign_id="lose")
+    seed_run(pg_db, win, {"a": "treatment", "b": "treatment"})
+    seed_run(pg_db, lose, {"a": "control", "b": "control"})
+    with pg_db.store.transaction() as tx:  # the loser's members were capped
+        tx.execute(
+            "UPDATE campaign_decisions SET reason = 'cap_offer_day' WHERE campaign_id = 'lose'"
+        )
+    assert pg_db.mark_arbitration_lost("lose", ["win"]) == 2
+    assert list(pg_db.why("lose", "a")[["reason", "winner"]].iloc[0]) == ["arbitration_lost", "win"]
+    ledger = RewardLedger(pg_db.store)
+    ledger.pend("win", "a", "m", 100.0, datetime(2026, 2, 5), 14)
+    ledger.pend("other", "a", "m2", 50.0, datetime(2026, 2, 5), 14)
+    rec = ledger.reconcile("win")
+    assert rec.counts == {"pending": 1, "paid": 0} and rec.amounts == {"pending": 100.0}
+    assert rec.entries_sum == 0 and not rec.problems

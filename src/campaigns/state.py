@@ -221,7 +221,7 @@ class CampaignDB:
             for winner in winners:
                 rows = tx.fetchall(
                     "SELECT d.step_id, d.customer_id FROM campaign_decisions d "
-                    "WHERE d.campaign_id = ? AND d.reason LIKE 'cap_%' AND EXISTS ("
+                    "WHERE d.campaign_id = ? AND substr(d.reason, 1, 4) = 'cap_' AND EXISTS ("
                     "SELECT 1 FROM campaign_outbox o WHERE o.campaign_id = ? "
                     "AND o.customer_id = d.customer_id AND o.status IN ('pending', 'sent'))",
                     (loser, winner),
