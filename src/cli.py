@@ -937,7 +937,8 @@ def demo(
 
 # -- campaigns: who, when, what, how, where and why ------------------------------------------
 campaign_app = typer.Typer(
-    help="Outbound campaigns: validate, dry-run, approve, run, report, why.", no_args_is_help=True
+    help="Outbound campaigns: validate, dry-run, approve, run, tick, report, rewards, why.",
+    no_args_is_help=True,
 )
 app.add_typer(campaign_app, name="campaign")
 SpecArg = Annotated[Path, typer.Argument(help="Campaign spec (YAML).")]
@@ -1042,11 +1043,73 @@ def campaign_run(
 def campaign_report(
     spec: SpecArg, as_of: CampaignAsOfOpt = None, data_dir: DataDirOpt = None
 ) -> None:
-    """Per step and channel: members, suppressed, capped, sent and responses; reasons."""
+    """Per step and channel: members, suppressed, capped, sent and responses; reasons; the
+    conversion lift (ITT, 95 % CI) overall and per step, channel and age band."""
     with _campaign_errors():
         rep = _campaigns(data_dir, as_of).report(spec)
+    typer.echo(rep["primary_metric"])
     typer.echo(rep["steps"].to_string(index=False))
     typer.echo(rep["reasons"].to_string(index=False))
+    if "lifts" in rep:
+        cols = ["level", "key", "n_treatment", "n_control", "lift", "ci_low", "ci_high"]
+        typer.echo(rep["lifts"][cols].to_string(index=False, float_format="{:.4f}".format))
+
+
+@campaign_app.command("rewards")
+def campaign_rewards(
+    spec: SpecArg,
+    now: Annotated[
+        datetime | None,
+        typer.Option("--now", help="Settlement time: expiry is judged against it (default: now)."),
+    ] = None,
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Settle rewards: post on qualifying events, void on expiry, pay posted rewards (payouts
+    file keyed by transfer id), then reconcile eligible vs pending vs posted vs voided vs failed."""
+    with _campaign_errors():
+        r = _campaigns(data_dir, as_of).rewards(spec, now or datetime.now())
+    rec = r["reconciliation"]
+    typer.echo(
+        f"{r['campaign_id']}: eligible events {r['eligible_events']}, paid now {r['paid_now']}, "
+        f"voided now {r['voided_now']}, refused by budget {r['refused_by_budget']}"
+    )
+    for state in ("pending", "posted", "voided"):
+        typer.echo(
+            f"{state:>8}: {rec.counts.get(state, 0):>6}  {rec.amounts.get(state, 0.0):>14,.0f} KRW"
+        )
+    typer.echo(f"{'paid':>8}: {rec.counts.get('paid', 0):>6}")
+    typer.echo(f"{'failed':>8}: {rec.unpaid_posted:>6}  (posted, not yet paid)")
+    typer.echo(
+        f"ledger balance {rec.entries_sum:.2f}; problems: {'; '.join(rec.problems) or 'none'}"
+    )
+    if rec.problems:
+        raise typer.Exit(code=1)
+
+
+@campaign_app.command("tick")
+def campaign_tick(
+    at: Annotated[
+        datetime | None,
+        typer.Option("--at", help="The scheduler's time (local, naive; default: now)."),
+    ] = None,
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run every approved campaign whose `when` (at / cron) is due, once per occurrence (call
+    it from cron or a scheduler; a repeated tick runs nothing twice)."""
+    with _campaign_errors():
+        ran = _campaigns(data_dir, as_of).tick(at or datetime.now())
+    if not ran:
+        typer.echo("nothing due")
+    for campaign_id, occurrence, result in ran:
+        if result is None:
+            typer.echo(f"{campaign_id} @ {occurrence}: already ran")
+        else:
+            typer.echo(
+                f"{campaign_id} @ {occurrence}: enqueued {result.enqueued}, capped "
+                f"{result.capped}, suppressed {result.suppressed}, sent {result.sent}"
+            )
 
 
 @campaign_app.command("why")

@@ -299,7 +299,14 @@ def test_campaign(bank: dict[str, str], tmp_path: Path) -> None:
     assert "approved by bob" in run("campaign", "approve", str(spec), "--user", "bob", *d)
     out = run("campaign", "run", str(spec), *d)
     assert "sent" in out
-    assert "s1" in run("campaign", "report", str(spec), *d)
+    rep = run("campaign", "report", str(spec), *d)
+    assert "s1" in rep and "no winner is ever picked on opens" in rep and "overall" in rep
+    # the scheduler: a due one-off keeps the manual run's ids (nothing new), then never again
+    tick = run("campaign", "tick", "--at", "2026-02-05T13:00:00", *d)
+    assert "lunch @ 2026-02-05T12:00:00: enqueued 0" in tick
+    assert "lunch @ 2026-02-05T12:00:00: already ran" in run(
+        "campaign", "tick", "--at", "2026-02-05T14:00:00", *d
+    )
     view = pd.read_parquet(
         Path(bank["data_dir"], "features", f"customer_view_{bank['as_of']}.parquet")
     )
@@ -315,3 +322,49 @@ def test_campaign(bank: dict[str, str], tmp_path: Path) -> None:
     )
     outbox = Path(bank["data_dir"], "campaigns", "outbox.jsonl")
     assert outbox.exists()
+
+
+def test_campaign_rewards(bank: dict[str, str], tmp_path: Path) -> None:
+    """campaign rewards: conversions of sent messages are posted and paid once, the rest voided
+    on expiry; the reconciliation adds up and a rerun pays nothing twice."""
+    from src.campaigns.state import CampaignDB
+    from src.contact.store_sql import SQLContactStore
+
+    d = ["--data-dir", bank["data_dir"], "--as-of", bank["as_of"]]
+    if not Path(bank["data_dir"], "features", f"customer_view_{bank['as_of']}.parquet").exists():
+        run("build-view", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
+    spec = tmp_path / "cash.yaml"
+    spec.write_text(
+        "campaign_id: cash\nowner: alice\nwho: {rule: 'age >= 40'}\n"
+        "when: {at: '2026-02-05T12:00:00'}\nholdout: {share: 0.0}\n"
+        "reward: {amount_krw: 5000, budget_krw: 100000000, expires_days: 14}\n"
+        "steps: [{step_id: s1, channel: email, offer_id: OF03}]\n"
+    )
+    run("campaign", "approve", str(spec), "--user", "bob", *d)
+    run("campaign", "run", str(spec), *d)
+    db = CampaignDB(SQLContactStore(Path(bank["data_dir"], "campaigns", "campaigns.sqlite")))
+    sent = db.outbox("cash")
+    sent = sent[sent["status"] == "sent"].sort_values("message_id")
+    assert len(sent) >= 4
+    converters = sent.iloc[:3]
+    db.record_events(
+        [(m, "converted", "2026-02-07T10:00:00") for m in converters["message_id"]]
+        + [(sent["message_id"].iloc[3], "converted", "2026-03-30T10:00:00")]  # after expiry
+    )
+    db.store.close()
+    out = run("campaign", "rewards", str(spec), "--now", "2026-03-31T00:00:00", *d)
+    assert "eligible events 4" in out and "paid now 3" in out
+    assert f"voided now {len(sent) - 3}" in out
+    assert "  posted:      3          15,000 KRW" in out and "problems: none" in out
+    payouts = Path(bank["data_dir"], "campaigns", "payouts.jsonl").read_text().splitlines()
+    assert len(payouts) == 3
+    again = run("campaign", "rewards", str(spec), "--now", "2026-03-31T00:00:00", *d)
+    assert "paid now 0" in again and "voided now 0" in again
+    assert len(Path(bank["data_dir"], "campaigns", "payouts.jsonl").read_text().splitlines()) == 3
+    no_reward = tmp_path / "plain.yaml"
+    no_reward.write_text(
+        spec.read_text().split("reward:")[0]
+        + "steps: [{step_id: s1, channel: email, offer_id: OF03}]\n"
+    )
+    bad = CliRunner().invoke(app, ["campaign", "rewards", str(no_reward), *d])
+    assert bad.exit_code == 1 and "reward" in bad.output and "Traceback" not in bad.output

@@ -10,8 +10,9 @@ import pandas as pd
 
 from src.campaigns import engine
 from src.campaigns.adapters import DeliveryAdapter, JsonlAdapter
-from src.campaigns.report import report
-from src.campaigns.spec import CampaignSpec, load_spec
+from src.campaigns.ledger import JsonlPayouts, PayoutProvider, RewardLedger
+from src.campaigns.report import conversions_from_transactions, report
+from src.campaigns.spec import CampaignSpec, SpecError, load_spec
 from src.campaigns.state import CampaignDB
 from src.contact.policy import PolicyConfig
 from src.contact.store_sql import SQLContactStore
@@ -88,10 +89,119 @@ class Campaigns:
             if own:
                 adapter.close()
 
+    def conversions(self, spec: CampaignSpec) -> pd.Series | None:
+        """customer -> converted: a signup of the goal's product (default: the first step's
+        offer's) within ``why.window_days`` of the campaign's start, from the transactions the
+        catalog holds (None when there are none: the report then shows no lift)."""
+        if not self.settings.catalog.path("transactions").exists():
+            return None
+        product = spec.why.product
+        if product is None:
+            offer = next(
+                (o for o in self.ctx.policy.offers if o.offer_id == spec.steps[0].offer_id), None
+            )
+            if offer is None:
+                return None
+            product = offer.product
+        start = pd.Timestamp(spec.when.at) if spec.when.at is not None else self.ctx.as_of
+        tx = self.settings.catalog.read("transactions")
+        return conversions_from_transactions(tx, product, start, spec.why.window_days)
+
     def report(
         self, spec: CampaignSpec | Path | str, converted: pd.Series | None = None
     ) -> dict[str, Any]:
-        return report(self.spec(spec), self.db, converted)
+        """The report; conversions default to the catalog's (:meth:`conversions`), and the
+        lift is also shown per age band when the view has ages."""
+        spec = self.spec(spec)
+        if converted is None:
+            converted = self.conversions(spec)
+        members = self.ctx.members.set_index("customer_id")
+        segments = None
+        if "age" in members:
+            segments = (members["age"] // 10 * 10).astype("Int64").astype(str) + "s"
+        return report(spec, self.db, converted, segments=segments)
+
+    def rewards(
+        self,
+        spec: CampaignSpec | Path | str,
+        now: datetime,
+        provider: PayoutProvider | None = None,
+    ) -> dict[str, Any]:
+        """Settle a campaign's rewards as of ``now``: reserve any sent message's reward not yet
+        pending, post each qualifying event (``reward.event``) of a sent message, void what
+        expired, pay posted rewards (default provider: ``<campaigns>/payouts.jsonl``, keyed by
+        the transfer id) and reconcile. Every step is idempotent: rerun after a crash."""
+        spec = self.spec(spec)
+        if spec.reward is None:
+            raise SpecError(f"campaign {spec.campaign_id!r}: reward: the spec has no reward")
+        refused = engine.pend_rewards(spec, self.ctx)
+        ledger = RewardLedger(self.db.store, {spec.campaign_id: spec.reward.budget_krw})
+        name = {"convert": "converted", "click": "clicked"}[spec.reward.event]
+        ev = self.db.events(spec.campaign_id)
+        ev = ev[ev["event"] == name].sort_values(["at", "message_id"])
+        posted = sum(
+            ledger.post(
+                spec.campaign_id,
+                str(e.customer_id),
+                f"{e.message_id}:{name}",
+                datetime.fromisoformat(str(e.at)),
+            )
+            for e in ev.itertuples()
+        )
+        voided = ledger.expire(now)
+        if provider is None:
+            provider = JsonlPayouts(self.settings.campaigns_dir / "payouts.jsonl")
+        paid = ledger.pay(provider)
+        rec = ledger.reconcile(spec.campaign_id)
+        return {
+            "campaign_id": spec.campaign_id,
+            "eligible_events": len(ev),
+            "posted_now_or_before": int(posted),
+            "voided_now": voided,
+            "paid_now": paid,
+            "refused_by_budget": refused,
+            "reconciliation": rec,
+        }
+
+    def tick(
+        self, at: datetime, adapter: DeliveryAdapter | None = None
+    ) -> list[tuple[str, str, engine.RunResult | None]]:
+        """Run every approved campaign whose ``when`` is due at ``at``, once per occurrence:
+        (campaign, occurrence, result; None when that occurrence already ran)."""
+        from src.campaigns import schedule
+
+        own = adapter is None
+        if adapter is None:
+            path = (
+                self.settings.campaigns.outbox_path or self.settings.campaigns_dir / "outbox.jsonl"
+            )
+            adapter = JsonlAdapter(self.settings.resolve(Path(path)))
+        out: list[tuple[str, str, engine.RunResult | None]] = []
+        try:
+            for spec in schedule.approved_specs(self.db):
+                occurrence = schedule.due_occurrence(spec, at)
+                if occurrence is None:
+                    continue
+                if schedule.done(self.db, spec.campaign_id, occurrence):
+                    out.append((spec.campaign_id, occurrence, None))
+                    continue
+                # a one-off keeps the ids of a manual `campaign run`; a recurring one gets its own
+                occ = occurrence if spec.when.cron is not None else ""
+                result = engine.run(
+                    spec,
+                    self.ctx,
+                    adapter,
+                    now=at,
+                    require_approval=False,  # the spec is the approved bundle's own
+                    batch_size=self.settings.campaigns.batch_size,
+                    occurrence=occ,
+                )
+                schedule.mark_done(self.db, spec.campaign_id, occurrence, datetime.now())
+                out.append((spec.campaign_id, occurrence, result))
+        finally:
+            if own:
+                adapter.close()
+        return out
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         return self.db.why(campaign_id, customer_id)

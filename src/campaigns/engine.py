@@ -123,7 +123,12 @@ def _segment_version(ids: pd.Index) -> str:
     return sha256_json(sorted(ids.tolist()))[:16]
 
 
-def plan(spec: CampaignSpec, ctx: Context, step_id: str | None = None) -> Plan:
+def plan(
+    spec: CampaignSpec,
+    ctx: Context,
+    step_id: str | None = None,
+    start: datetime | None = None,
+) -> Plan:
     """The audience of a step and the gate's verdict for each member (no charge)."""
     step = spec.steps[0] if step_id is None else _step(spec, step_id)
     members = ctx.members.set_index("customer_id", drop=False)
@@ -135,7 +140,8 @@ def plan(spec: CampaignSpec, ctx: Context, step_id: str | None = None) -> Plan:
     holdout_version = sha256_json(
         [spec.salt, spec.holdout.share, spec.holdout.global_salt, spec.holdout.global_share]
     )[:16]
-    start = pd.Timestamp(spec.when.at) if spec.when.at is not None else ctx.as_of
+    if start is None:
+        start = pd.Timestamp(spec.when.at) if spec.when.at is not None else ctx.as_of
     if step.after is None:
         audience = ids
         send_at = pd.Series(start, index=audience)
@@ -382,6 +388,7 @@ def enqueue(
     run_id: str,
     batch_size: int = 500,
     progress: bool = False,
+    occurrence: str = "",
 ) -> tuple[int, int]:
     """Write decisions and outbox rows; each batch's outbox rows commit with their cap charges.
     Returns (messages enqueued now, capped now)."""
@@ -394,7 +401,7 @@ def enqueue(
     ids = frame.index.tolist()
     for start in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="enqueue"):
         chunk = frame.iloc[start : start + batch_size]
-        mids = [message_id(spec.campaign_id, step.step_id, c) for c in chunk.index]
+        mids = [message_id(spec.campaign_id, step.step_id, c, occurrence) for c in chunk.index]
         with ctx.db.store.transaction() as tx:
             done = ctx.db.existing_messages(tx, mids)
             decisions, outbox = [], []
@@ -528,14 +535,17 @@ def run(
     require_approval: bool = True,
     batch_size: int = 500,
     progress: bool = False,
+    occurrence: str = "",
 ) -> RunResult:
     """Plan a step, check its approval, snapshot the segment, enqueue (charging caps) and
-    dispatch what is due. Safe to rerun after a crash at any point."""
-    p = plan(spec, ctx, step_id)
+    dispatch what is due. Safe to rerun after a crash at any point. ``occurrence`` (an ISO
+    time) is one firing of a recurring campaign: it is the send time and part of the ids."""
+    start = datetime.fromisoformat(occurrence) if occurrence else None
+    p = plan(spec, ctx, step_id, start)
     h = check_approved(p, ctx) if require_approval else bundle_hash(p, ctx)
     if step_id is None or p.step.after is None:
         ctx.db.save_segment(spec.campaign_id, p.segment_version, assign_arms(_seg_ids(p), spec))
-    run_id = sha256_json([h, p.step.step_id])[:16]
+    run_id = sha256_json([h, p.step.step_id, *([occurrence] if occurrence else [])])[:16]
     with ctx.db.store.transaction() as tx:
         if not tx.fetchone("SELECT 1 FROM campaign_runs WHERE run_id = ?", (run_id,)):
             tx.execute(
@@ -551,7 +561,7 @@ def run(
                     datetime.now().isoformat(),
                 ),
             )
-    enq, capped = enqueue(p, ctx, run_id, batch_size, progress)
+    enq, capped = enqueue(p, ctx, run_id, batch_size, progress, occurrence)
     due = now or (p.frame["send_at"].max() if len(p.frame) else ctx.as_of)
     sent = dispatch(ctx.db, spec.campaign_id, adapter, due, progress, batch_size=batch_size)
     if spec.reward is not None:
@@ -625,9 +635,11 @@ def run_many(
     scores: pd.DataFrame | None = None,
     require_approval: bool = True,
 ) -> dict[str, RunResult]:
-    """Run competing campaigns in arbitration order: a loser's customers get the cap reason
-    (``cap_offer_day``, ``cap_channel_day``, ...) in its decisions."""
-    return {
-        s.campaign_id: run(s, ctx, adapter, require_approval=require_approval)
-        for s in arbitrate(specs, ctx, scores)
-    }
+    """Run competing campaigns in arbitration order. A loser's customer whom a cap kept from it
+    because a winner reached them first gets reason ``arbitration_lost`` with the winner's id
+    (``campaign why``); other capped customers keep the cap reason (``cap_offer_day``, ...)."""
+    results: dict[str, RunResult] = {}
+    for s in arbitrate(specs, ctx, scores):
+        results[s.campaign_id] = run(s, ctx, adapter, require_approval=require_approval)
+        ctx.db.mark_arbitration_lost(s.campaign_id, [w for w in results if w != s.campaign_id])
+    return results

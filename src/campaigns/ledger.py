@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from src.contact.store_sql import SQLContactStore, Tx
@@ -60,6 +61,36 @@ class Reconciliation:
     unpaid_posted: int
     entries_sum: float
     problems: tuple[str, ...]
+
+
+class JsonlPayouts:
+    """A payout provider that appends each payout to a JSONL file and honours the idempotency
+    key (a key it has seen is acknowledged again, not paid twice): the default for the CLI."""
+
+    def __init__(self, path: Path | str) -> None:
+        import json
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.keys: set[str] = set()
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    self.keys.add(json.loads(line)["idempotency_key"])
+
+    def pay(self, idempotency_key: str, customer_id: str, amount: float) -> bool:
+        import json
+        import os
+
+        if idempotency_key in self.keys:
+            return True
+        record = {"idempotency_key": idempotency_key, "customer_id": customer_id, "amount": amount}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.keys.add(idempotency_key)
+        return True
 
 
 class RewardLedger:
@@ -202,18 +233,30 @@ class RewardLedger:
             done += 1
         return done
 
-    def reconcile(self) -> Reconciliation:
-        """Counts and amounts per state, posted-but-unpaid, and the ledger's balance."""
+    def reconcile(self, campaign_id: str | None = None) -> Reconciliation:
+        """Counts and amounts per state, posted-but-unpaid, and the ledger's balance (of one
+        campaign, or of all)."""
+        where, params = ("WHERE campaign_id = ?", (campaign_id,)) if campaign_id else ("", ())
+        also = "AND campaign_id = ?" if campaign_id else ""
         with self.store.transaction() as tx:
             states = tx.fetchall(
-                "SELECT state, COUNT(*), COALESCE(SUM(amount), 0), SUM(paid) FROM reward_transfers GROUP BY state"
+                "SELECT state, COUNT(*), COALESCE(SUM(amount), 0), SUM(paid) "
+                f"FROM reward_transfers {where} GROUP BY state",
+                params,
             )
-            total = tx.fetchone("SELECT COALESCE(SUM(amount), 0) FROM ledger_entries")
+            total = tx.fetchone(
+                "SELECT COALESCE(SUM(e.amount), 0) FROM ledger_entries e JOIN reward_transfers t "
+                f"ON t.transfer_id = e.transfer_id {where.replace('campaign_id', 't.campaign_id')}",
+                params,
+            )
             unpaid = tx.fetchone(
-                "SELECT COUNT(*) FROM reward_transfers WHERE state = 'posted' AND paid = 0"
+                "SELECT COUNT(*) FROM reward_transfers WHERE state = 'posted' AND paid = 0 " + also,
+                params,
             )
             paid_not_posted = tx.fetchone(
-                "SELECT COUNT(*) FROM reward_transfers WHERE state <> 'posted' AND paid = 1"
+                "SELECT COUNT(*) FROM reward_transfers WHERE state <> 'posted' AND paid = 1 "
+                + also,
+                params,
             )
         counts = {s: int(n) for s, n, _, _ in states}
         amounts = {s: float(a) for s, _, a, _ in states}

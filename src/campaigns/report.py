@@ -70,14 +70,38 @@ def srm_p_value(n_treatment: int, n_control: int, control_share: float) -> float
     return math.erfc(math.sqrt(chi2 / 2))
 
 
+def attributed(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
+    """The events a campaign may claim: receipts, and responses (opened, clicked, converted)
+    from the delivery of their message up to ``window_days`` after it. A response without a
+    receipt, before it, or after the window is not attributed (it is kept in the store)."""
+    if events.empty:
+        return events
+    at = pd.to_datetime(events["at"], format="ISO8601")
+    delivered = (
+        events.assign(_at=at)
+        .loc[events["event"] == "delivered"]
+        .drop_duplicates("message_id")
+        .set_index("message_id")["_at"]
+    )
+    start = events["message_id"].map(delivered)
+    window = pd.Timedelta(days=window_days)
+    keep = (events["event"] == "delivered") | (
+        start.notna() & (at >= start) & (at <= start + window)
+    )
+    return events[keep.to_numpy()]
+
+
 def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
-    """Per step and channel: eligible, suppressed by reason, capped, sent and responses."""
+    """Per step and channel: eligible, suppressed by reason, capped, sent and responses
+    (attributed within the spec's ``why.window_days`` of delivery)."""
     dec = db.decisions(spec.campaign_id)
     out = db.outbox(spec.campaign_id)
-    ev = db.events(spec.campaign_id)
+    ev = attributed(db.events(spec.campaign_id), spec.why.window_days)
     rows: list[dict[str, Any]] = []
     for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
         reasons = d["reason"].fillna("contacted")
+        # a contact lost to another campaign's arbitration is a cap (the winner used it)
+        capped = reasons.str.startswith("cap_") | (reasons == "arbitration_lost")
         o = out[(out["step_id"] == step_id) & (out["channel"] == channel)]
         e = ev[ev["message_id"].isin(o["message_id"])]
         row: dict[str, Any] = {
@@ -85,10 +109,8 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
             "channel": channel,
             "members": len(d),
             "control": int((d["arm"] != "treatment").sum()),
-            "capped": int(reasons.str.startswith("cap_").sum()),
-            "suppressed": int(
-                (~reasons.isin(["contacted"]) & ~reasons.str.startswith("cap_")).sum()
-            ),
+            "capped": int(capped.sum()),
+            "suppressed": int((~reasons.isin(["contacted"]) & ~capped).sum()),
             "sent": int((o["status"] == "sent").sum()),
         }
         for event in ("delivered", "opened", "clicked", "converted"):
@@ -101,6 +123,50 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
         step = next(s for s in spec.steps if s.step_id == step_id)
         row["cost_krw"] = row["sent"] * step.cost
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PRIMARY_METRIC = (
+    "primary metric: conversions, intention-to-treat against the holdout; no winner is ever "
+    "picked on opens or clicks (the control cannot open)"
+)
+
+
+def lift_table(
+    spec: CampaignSpec,
+    db: CampaignDB,
+    converted: pd.Series,
+    segments: pd.Series | None = None,
+) -> pd.DataFrame:
+    """ITT conversion lift with its 95 % interval overall, per step, per channel and (given
+    ``segments``: customer -> label, e.g. an age band) per segment. Each slice compares the
+    treatment and control members of that slice, whatever happened to them after assignment."""
+    seg = db.segment(spec.campaign_id).set_index("customer_id")["arm"]
+    dec = db.decisions(spec.campaign_id)
+    share = spec.holdout.share
+    rows: list[dict[str, Any]] = []
+
+    def add(level: str, key: str, arms: pd.Series) -> None:
+        lift = itt_lift(arms, converted, share)
+        rows.append({"level": level, "key": key, **lift.__dict__})
+
+    add("overall", "all", seg)
+    for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
+        add(
+            "step",
+            f"{step_id}/{channel}",
+            d.drop_duplicates("customer_id").set_index("customer_id")["arm"],
+        )
+    for channel, d in dec.groupby("channel", dropna=False):
+        add(
+            "channel",
+            str(channel),
+            d.drop_duplicates("customer_id").set_index("customer_id")["arm"],
+        )
+    if segments is not None:
+        labels = segments.reindex(seg.index)
+        for label, arms in seg.groupby(labels, dropna=False):
+            add("segment", str(label), arms)
     return pd.DataFrame(rows)
 
 
@@ -122,16 +188,20 @@ def report(
     converted: pd.Series | None = None,
     value_krw: float = 0.0,
     rewards_paid_krw: float = 0.0,
+    segments: pd.Series | None = None,
 ) -> dict[str, Any]:
-    """The steps table, reasons, and (given conversions of every segment member) the ITT lift,
-    incremental conversions, cost and ROAS."""
+    """The steps table, reasons, and (given conversions of every segment member) the ITT lift
+    overall and per step, channel and segment, incremental conversions, cost and ROAS. The
+    primary metric is conversions (ITT); opens are reported, never used to pick a winner."""
     steps = step_table(spec, db)
     out: dict[str, Any] = {
         "campaign_id": spec.campaign_id,
+        "primary_metric": PRIMARY_METRIC,
         "steps": steps,
         "reasons": reasons_table(spec, db),
     }
     if converted is not None:
+        out["lifts"] = lift_table(spec, db, converted, segments)
         seg = db.segment(spec.campaign_id).set_index("customer_id")["arm"]
         lift = itt_lift(seg, converted, spec.holdout.share)
         cost = float(steps["cost_krw"].sum()) + rewards_paid_krw if len(steps) else rewards_paid_krw
@@ -156,7 +226,23 @@ def plot_report(rep: dict[str, Any]) -> Any:
     axes[0].set_xlabel("stage")
     axes[0].set_ylabel("customers")
     lift = rep.get("lift")
-    if lift is not None:
+    lifts: pd.DataFrame | None = rep.get("lifts")
+    if lifts is not None and len(lifts) > 1:  # every slice: overall, steps, channels, segments
+        x = np.arange(len(lifts))
+        axes[1].errorbar(
+            x,
+            lifts["lift"] * 100,
+            yerr=[
+                (lifts["lift"] - lifts["ci_low"]) * 100,
+                (lifts["ci_high"] - lifts["lift"]) * 100,
+            ],
+            fmt="o",
+            capsize=4,
+        )
+        axes[1].axhline(0, color="grey", lw=0.8)
+        labels = [f"{lv}: {k}" for lv, k in zip(lifts["level"], lifts["key"], strict=True)]
+        axes[1].set_xticks(x, labels, rotation=45, ha="right")
+    elif lift is not None:
         axes[1].errorbar(
             [0],
             [lift.lift * 100],
@@ -166,7 +252,7 @@ def plot_report(rep: dict[str, Any]) -> Any:
         )
         axes[1].axhline(0, color="grey", lw=0.8)
         axes[1].set_xticks([0], ["ITT lift"])
-    axes[1].set_title("conversion lift vs holdout (95 % CI)")
+    axes[1].set_title("conversion lift (ITT) vs holdout, 95 % CI; never on opens")
     axes[1].set_ylabel("percentage points")
     fig.tight_layout()
     return fig

@@ -28,6 +28,47 @@ CHANNEL_COST_KRW: dict[str, float] = {
 }
 #: channels whose consent column in the view is another channel's (LMS is a long SMS)
 CONSENT_CHANNEL: dict[str, str] = {"lms": "sms"}
+#: the contract's allow-list of view fields a template may show, per channel. Push, SMS/LMS
+#: and messenger text shows on a lock screen: no balances, amounts or identifiers there. E-mail
+#: and in-app content reach the signed-in customer and may show their own product facts.
+_LOCK_SCREEN = ("age", "life_stage", "region", "tenure_days")
+_SIGNED_IN = (
+    *_LOCK_SCREEN,
+    "income_band",
+    "n_account",
+    "n_card",
+    "n_loan",
+    "n_savings",
+    "n_fund",
+    "n_pension",
+    "balance_savings",
+    "balance_fund",
+    "balance_pension",
+    "days_to_card_payment",
+    "days_to_savings_maturity",
+    "days_to_loan_interest",
+    "days_to_auto_transfer_end",
+    "fund_return_pct_avg",
+)
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "push": _LOCK_SCREEN,
+    "sms": _LOCK_SCREEN,
+    "lms": _LOCK_SCREEN,
+    "messenger": _LOCK_SCREEN,
+    "email": _SIGNED_IN,
+    "app": _SIGNED_IN,
+}
+#: never in any template, whatever a spec allows: identifiers and contact details
+NEVER_IN_TEMPLATES: tuple[str, ...] = (
+    "customer_id",
+    "account_number",
+    "phone",
+    "email_address",
+    "name",
+    "resident_id",
+    "address",
+    "card_number",
+)
 Condition = Literal[
     "delivered",
     "opened",
@@ -194,9 +235,24 @@ class CampaignSpec(_Model):
     quiet_hours: QuietHours = QuietHours()
     exclusions: Exclusions = Exclusions()
     model_alias: str = "champion"
+    template_fields: dict[Channel, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Per channel, the view fields templates may show (replaces the contract's "
+        "TEMPLATE_FIELDS for that channel; identifiers and contact details are never allowed).",
+    )
+
+    def allowed_fields(self, channel: str) -> tuple[str, ...]:
+        return self.template_fields.get(channel, TEMPLATE_FIELDS[channel])  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _steps(self) -> Self:
+        for channel, names in self.template_fields.items():
+            for name in names:
+                if name in NEVER_IN_TEMPLATES:
+                    raise ValueError(
+                        f"template_fields.{channel}: {name!r} is personal data never shown in "
+                        "a template"
+                    )
         ids = [s.step_id for s in self.steps]
         if len(set(ids)) != len(ids):
             raise ValueError(f"steps: duplicate step_id in {ids}")
@@ -218,6 +274,19 @@ class CampaignSpec(_Model):
                 raise ValueError(f"{where}: fallback is the step's own channel")
             if step.channel == "app" and not step.slot:
                 raise ValueError(f"{where}: an in-app step needs its slot")
+            try:
+                fields = step.fields()
+            except ValueError as error:
+                raise ValueError(f"{where}.content: {error}") from None
+            channels = [step.channel, *([step.fallback] if step.fallback else [])]
+            for f in fields:
+                for channel in channels:  # the fallback shows the same text
+                    allowed = self.allowed_fields(channel)
+                    if f not in allowed:
+                        raise ValueError(
+                            f"{where}.content: template field {{{f}}} is not allowed on "
+                            f"{channel} (allowed: {', '.join(allowed) or 'none'})"
+                        )
             seen.add(step.step_id)
         return self
 

@@ -43,6 +43,7 @@ DDL: tuple[str, ...] = (
         channel TEXT,
         message_id TEXT,
         run_id TEXT NOT NULL,
+        winner TEXT,
         PRIMARY KEY (campaign_id, step_id, customer_id)
     )""",
     """CREATE TABLE IF NOT EXISTS campaign_segments (
@@ -67,6 +68,12 @@ DDL: tuple[str, ...] = (
         at TEXT NOT NULL,
         PRIMARY KEY (message_id, event)
     )""",
+    """CREATE TABLE IF NOT EXISTS campaign_ticks (
+        campaign_id TEXT NOT NULL,
+        occurrence TEXT NOT NULL,
+        ran_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, occurrence)
+    )""",
     """CREATE TABLE IF NOT EXISTS campaign_approvals (
         seq INTEGER NOT NULL,
         campaign_id TEXT NOT NULL,
@@ -80,9 +87,12 @@ DDL: tuple[str, ...] = (
 )
 
 
-def message_id(campaign_id: str, step_id: str, customer_id: str) -> str:
-    """Deterministic: a rerun computes the same id, so nothing is written or charged twice."""
+def message_id(campaign_id: str, step_id: str, customer_id: str, occurrence: str = "") -> str:
+    """Deterministic: a rerun computes the same id, so nothing is written or charged twice;
+    each occurrence of a recurring campaign has its own ids."""
     key = f"{campaign_id}\x1f{step_id}\x1f{customer_id}".encode()
+    if occurrence:
+        key += f"\x1f{occurrence}".encode()
     return hashlib.sha256(key).hexdigest()[:32]
 
 
@@ -192,11 +202,34 @@ class CampaignDB:
         )
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
-        """Per step: the customer's arm and why they were (not) contacted, and the message."""
+        """Per step: the customer's arm and why they were (not) contacted, the message, and
+        (reason ``arbitration_lost``) the campaign that won the contact."""
         return self.frame(
-            "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status "
-            "FROM campaign_decisions d LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
+            "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status, "
+            "COALESCE(d.winner, '') FROM campaign_decisions d "
+            "LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
             "WHERE d.campaign_id = ? AND d.customer_id = ? ORDER BY d.step_id",
             (campaign_id, customer_id),
-            ["step_id", "arm", "reason", "channel", "status"],
+            ["step_id", "arm", "reason", "channel", "status", "winner"],
         )
+
+    def mark_arbitration_lost(self, loser: str, winners: Sequence[str]) -> int:
+        """A capped member of ``loser`` whom an earlier-arbitrated campaign (``winners``, in
+        order) reached gets reason ``arbitration_lost`` and that campaign's id. Idempotent."""
+        marked = 0
+        with self.store.transaction() as tx:
+            for winner in winners:
+                rows = tx.fetchall(
+                    "SELECT d.step_id, d.customer_id FROM campaign_decisions d "
+                    "WHERE d.campaign_id = ? AND substr(d.reason, 1, 4) = 'cap_' AND EXISTS ("
+                    "SELECT 1 FROM campaign_outbox o WHERE o.campaign_id = ? "
+                    "AND o.customer_id = d.customer_id AND o.status IN ('pending', 'sent'))",
+                    (loser, winner),
+                )
+                tx.executemany(
+                    "UPDATE campaign_decisions SET reason = 'arbitration_lost', winner = ? "
+                    "WHERE campaign_id = ? AND step_id = ? AND customer_id = ?",
+                    [(winner, loser, step, cust) for step, cust in rows],
+                )
+                marked += len(rows)
+        return marked
