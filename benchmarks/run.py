@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serving",
     "uci_bank_marketing",
     "policies",
+    "scale",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -174,6 +175,14 @@ def main(argv: list[str] | None = None) -> None:
             diagnostics=args.policies_diagnostics,
         )
 
+    def bench_scale() -> Report:
+        from benchmarks import bench_scale
+
+        report = bench_scale.run(data_root, seed=args.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bench_scale.plot(report.results, out_dir / "scale.png")
+        return report
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "serving": bench_serving,
         "uci_bank_marketing": bench_uci_bank_marketing,
         "policies": bench_policies,
+        "scale": bench_scale,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):
