@@ -482,7 +482,47 @@ def wrap(text: str, width: int = 100) -> str:
     return "\n".join(lines)
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"table": render_table, "policies": render_policies}
+def render_scale(results_dir: Path) -> str:
+    """The Spark section's scale curve: the view on DuckDB and Spark per bank size."""
+    doc = _load(results_dir, "scale")
+    engines = doc["params"]["engines"]
+    table = [
+        "| bank | events | " + " | ".join(engines) + " | views |",
+        "|---" * (len(engines) + 3) + "|",
+    ]
+    for p in doc["results"]["points"]:
+        cells = []
+        for engine in engines:
+            r = p.get(engine, {})
+            if "seconds" in r:
+                cells.append(
+                    f"{r['seconds']:.1f} s, {_rate(r['events_per_s'])} events/s, "
+                    f"{r['peak_rss_gb']:.1f} GB peak"
+                )
+            else:
+                cells.append(f"failed: {r.get('error', 'not run')}")
+        same = {True: "equal", False: "DIFFER"}.get(p.get("views_match"), "—")
+        table.append(
+            f"| {_k(p['customers'])} × {p['days']} | {p['events'] / 1e6:.1f}M | "
+            + " | ".join(cells)
+            + f" | {same} |"
+        )
+    machine = doc["machine"]
+    intro = (
+        f"Run on {str(doc['run_at'])[:10]} ({machine.get('cores')} cores, "
+        f"`python_loop_5m_s` {machine.get('python_loop_5m_s')}, load "
+        f"{machine.get('load_average_1m_start')} at the start; DuckDB memory_limit "
+        f"{doc['params']['duckdb']['memory_limit']}, Spark {doc['params']['spark']['master']} "
+        f"with a {doc['params']['spark']['driver_memory']} driver):"
+    )
+    return "\n".join([intro, "", *table, "", *(f"- {n}" for n in doc["notes"])])
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "table": render_table,
+    "policies": render_policies,
+    "scale": render_scale,
+}
 
 
 def _pattern(name: str) -> re.Pattern[str]:

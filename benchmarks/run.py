@@ -33,6 +33,7 @@ BENCHMARKS = (
     "campaigns",
     "retrain",
     "spark_score_detect",
+    "scale",
 )
 NEEDS_BANK = ("customer_view", "detection", "models", "bandit")
 
@@ -228,6 +229,14 @@ def main(argv: list[str] | None = None) -> None:
 
         return bench.run(bench.parse_args([]))
 
+    def bench_scale() -> Report:
+        from benchmarks import bench_scale
+
+        report = bench_scale.run(data_root, seed=args.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bench_scale.plot(report.results, out_dir / "scale.png")
+        return report
+
     steps: dict[str, Callable[[], Report]] = {
         "simulator": bench_simulator,
         "customer_view": bench_customer_view,
@@ -243,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         "campaigns": bench_campaigns,
         "retrain": bench_retrain,
         "spark_score_detect": bench_spark_score_detect,
+        "scale": bench_scale,
     }
     needs_bank = any(wanted(name) for name in NEEDS_BANK)
     if needs_bank and not (raw_dir / "clickstream.parquet").exists() and not wanted("simulator"):

@@ -173,6 +173,50 @@ def _format_validation(report: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="duckdb (embedded, default) or spark: the same SQL stages, the same outputs.",
+    ),
+]
+MasterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--master",
+        help="Spark master URL (--engine spark), e.g. local[2] or spark://host:7077; "
+        "default: spark-submit's, else local[*].",
+    ),
+]
+SparkConfOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--spark-conf", help="KEY=VALUE Spark setting (--engine spark); repeat for several."
+    ),
+]
+ENGINES = ("duckdb", "spark")
+
+
+def _spark(engine: str, master: str | None, spark_conf: list[str] | None) -> Any:
+    """The Spark session for ``--engine spark`` (None for duckdb); bad options exit 2 by name."""
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r}: one of {', '.join(ENGINES)}", param_hint="--engine")
+    if engine == "duckdb":
+        if master or spark_conf:
+            raise typer.BadParameter("only with --engine spark", param_hint="--master/--spark-conf")
+        return None
+    conf: dict[str, str] = {}
+    for item in spark_conf or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r}: want KEY=VALUE", param_hint="--spark-conf")
+        conf[key.strip()] = value.strip()
+    from src.features.spark_session import spark_session
+
+    with _exit_on(RuntimeError):  # pyspark missing: the message says what to install
+        return spark_session(master, extra_conf=conf)
+
+
 @app.command("build-view")
 def build_view(
     as_of: Annotated[
@@ -184,22 +228,92 @@ def build_view(
         ),
     ] = None,
     data_dir: DataDirOpt = None,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = None,
+    spark_conf: SparkConfOpt = None,
 ) -> None:
-    """Stitch identities and build the point-in-time customer view (DuckDB over Parquet)."""
-    from src.pipeline import run_customer_view
+    """Stitch identities and build the point-in-time customer view (DuckDB or Spark over the
+    validated Parquet tables)."""
+    from src.pipeline import default_as_of, run_customer_view
 
     settings = _settings(data_dir=data_dir)
+    spark = _spark(engine, master, spark_conf)
     with _exit_on(TableNotValidated):
-        result = run_customer_view(settings, as_of=as_of)
+        if spark is None:
+            result = run_customer_view(settings, as_of=as_of)
+        else:
+            from src.features.spark_view import run_customer_view_spark
+
+            settings.catalog.manifest()  # the same "run validate first" as DuckDB's path
+            when = as_of or default_as_of(settings)
+            result = run_customer_view_spark(spark, settings.catalog, when)
     for name, path in result.items():
         typer.echo(f"{name:<16} {path}")
 
 
-EngineOpt = Annotated[
-    str,
-    typer.Option("--engine", help="duckdb (embedded, the default) or spark.", case_sensitive=False),
-]
-MasterOpt = Annotated[str, typer.Option("--master", help="Spark master URL (with --engine spark).")]
+@app.command("feature-table")
+def feature_table(
+    as_of: Annotated[
+        list[datetime] | None,
+        typer.Option(
+            "--as-of",
+            help="An as_of date (repeat for several). Default: the time split's dates "
+            "(train, validation, test) over the data period.",
+        ),
+    ] = None,
+    window_days: Annotated[
+        int | None,
+        typer.Option(
+            "--window-days",
+            help="Label window after as_of; default: models.window_days "
+            f"({ModelSettings().window_days}).",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    engine: EngineOpt = "duckdb",
+    master: MasterOpt = None,
+    spark_conf: SparkConfOpt = None,
+) -> None:
+    """The training table (customer x as_of: view features, then labels from the window after
+    as_of) written to data/features/feature_table.parquet, on DuckDB or Spark."""
+    from src.features.feature_table import (
+        TooShortForTimeSplit,
+        build_feature_table,
+        data_period,
+        plan_as_of_dates,
+    )
+
+    settings = _settings(data_dir=data_dir)
+    catalog = settings.catalog
+    window = window_days if window_days is not None else settings.models.window_days
+    spark = _spark(engine, master, spark_conf)
+    with _exit_on(TableNotValidated, TooShortForTimeSplit):
+        catalog.manifest()
+        if as_of:
+            dates = tuple(as_of)
+        else:
+            plan = plan_as_of_dates(
+                *data_period(catalog), window_days=window, embargo=settings.models.embargo
+            )
+            dates, window = plan.dates, plan.window_days
+        path = catalog.path("feature_table")
+        if spark is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_feature_table(catalog, dates, window, progress=True).to_parquet(path)
+        else:
+            from src.features.spark_view import FeatureTableSpec, write_feature_table_spark
+
+            spec = FeatureTableSpec(tuple(pd_timestamp(d) for d in dates), window)
+            write_feature_table_spark(spark, catalog, spec)
+    stamps = ", ".join(f"{d:%Y-%m-%d}" for d in dates)
+    typer.echo(f"feature_table    {path}  (as_of {stamps}; labels over {window} days)")
+
+
+def pd_timestamp(value: Any) -> Any:
+    """A pandas Timestamp (imported here: ``nextoffer --help`` stays instant)."""
+    import pandas as pd
+
+    return pd.Timestamp(value)
 
 
 @app.command()

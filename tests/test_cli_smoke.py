@@ -74,6 +74,20 @@ def test_publish_view(bank: dict[str, str]) -> None:
     assert manifest["as_of"] == bank["as_of"] and f"as of {bank['as_of']}" in out
 
 
+def test_feature_table(bank: dict[str, str]) -> None:
+    out = run(
+        "feature-table",
+        "--as-of",
+        "2026-01-25",
+        "--window-days",
+        "7",
+        "--data-dir",
+        bank["data_dir"],
+    )
+    table = pd.read_parquet(Path(bank["data_dir"], "features", "feature_table.parquet"))
+    assert "feature_table" in out and len(table) > 0 and "label_loan" in table
+
+
 def test_detect(bank: dict[str, str]) -> None:
     run("detect", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"])
     assert Path(bank["data_dir"], "features", f"rule_features_{bank['as_of']}.parquet").exists()

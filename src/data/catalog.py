@@ -82,6 +82,12 @@ DATASETS: dict[str, Dataset] = {
         Dataset(
             "scores", "features", "scores_{as_of}.parquet", "propensity per customer x product"
         ),
+        Dataset(
+            "feature_table",
+            "features",
+            "feature_table.parquet",
+            "customer x as_of: view features and the labels after as_of",
+        ),
     )
 }
 

@@ -282,7 +282,7 @@ def run_score(
     as_of: Any,
     tracking_uri: str,
     engine: str = "duckdb",
-    master: str = "local[2]",
+    master: str | None = "local[2]",
     model_name: str = DEFAULT_MODEL,
     alias: str = "champion",
     chunk_rows: int = 50_000,

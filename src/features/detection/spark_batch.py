@@ -60,7 +60,7 @@ DEFAULT_BUCKETS = 64
 assert tuple(f.split()[0] for f in EVENT_SCHEMA.split(", ")) == EVENT_FIELDS
 
 
-def python_workers_session(master: str = "local[2]", **kwargs: Any) -> SparkSession:
+def python_workers_session(master: str | None = "local[2]", **kwargs: Any) -> SparkSession:
     """:func:`~src.features.spark_session.spark_session`, with Python workers on this
     interpreter.
 
