@@ -37,7 +37,7 @@ candidates_path = ""  # offers eligible per slot (slot, offer_id); empty: the lo
 context = "segment,device"  # the reward model's context columns (comma-separated)
 n_decisions = 20_000  # size of the demo log
 n_bootstrap = 100  # bootstrap replicates for percentile intervals (0: none)
-seed = 0
+rng_seed = 0  # the demo log and the bootstrap (not a settings seed: this is your log)
 
 # %%
 import matplotlib.pyplot as plt
@@ -83,7 +83,7 @@ def demo_log(n: int, seed: int) -> pd.DataFrame:
 log = (
     pd.read_parquet(log_path)
     if log_path.endswith(".parquet")
-    else (pd.read_csv(log_path) if log_path else demo_log(n_decisions, seed))
+    else (pd.read_csv(log_path) if log_path else demo_log(n_decisions, rng_seed))
 )
 print(f"{len(log):,} rows, reward rate {log['reward'].mean():.4%}, columns: {list(log.columns)}")
 display(log.head())
@@ -149,7 +149,7 @@ report = ope_log.evaluate(
     policies,
     context=[c for c in context.split(",") if c],
     n_bootstrap=n_bootstrap,
-    seed=seed,
+    seed=rng_seed,
     positions="independent" if "position" in log else "per-position",
 )
 print(report.to_text())
