@@ -259,7 +259,7 @@ def score_spark(spark: SparkSession, catalog: Catalog, as_of: Any, champion: Cha
     Out-of-range scores are refused as on the embedded engine (one pass over the result)."""
     from pyspark.sql import functions as F
 
-    from src.features.detection.spark_batch import write_single_parquet
+    from src.features.spark_view import write_parquet
 
     view = spark.read.parquet(str(_view_path(catalog, as_of)))
     rows = scores_spark(spark, view, champion, as_of).cache()
@@ -272,7 +272,7 @@ def score_spark(spark: SparkSession, catalog: Catalog, as_of: Any, champion: Cha
                 f"model {champion.label} scored customer {bad['customer_id']!r} product "
                 f"{bad['product']!r} as {bad['score']!r}: not a probability"
             )
-        return write_single_parquet(rows, catalog.path("scores", as_of))
+        return write_parquet(rows, catalog.path("scores", as_of))
     finally:
         rows.unpersist()
 

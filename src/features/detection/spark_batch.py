@@ -14,9 +14,7 @@ pyspark is imported lazily (optional dependency); the functions take and return 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from src.data.catalog import Catalog
 from src.features.detection.batch import detect
 from src.features.detection.events import DETECTION_COLUMNS, EVENT_FIELDS, sort_detections, to_ns
 from src.features.detection.rules import CompiledRule
+from src.features.spark_view import write_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -156,29 +155,6 @@ def sorted_detections(df: DataFrame) -> pd.DataFrame:
     return sort_detections(out)
 
 
-def write_single_parquet(df: DataFrame, path: Path) -> Path:
-    """Write a Spark frame as one Parquet file at ``path`` (the catalog's layout).
-
-    Spark writes a directory; one partition goes to a scratch directory next to ``path`` and
-    its part file is moved into place, so readers expecting a file (pandas, DuckDB, the
-    endpoint) see the same layout as the embedded engine's.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        df.coalesce(1).write.mode("overwrite").parquet(str(scratch))
-        parts = sorted(scratch.glob("part-*.parquet"))
-        if len(parts) != 1:
-            raise RuntimeError(f"expected one part file in {scratch}, found {len(parts)}")
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(parts[0], path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return path
-
-
 def run_detection_spark(
     spark: SparkSession,
     catalog: Catalog,
@@ -211,7 +187,7 @@ def run_detection_spark(
             f"`nextoffer build-view --as-of {pd.Timestamp(as_of):%Y-%m-%d}` first"
         )
     out = catalog.path("detections", as_of)
-    write_single_parquet(detect_spark(events, rules, as_of, buckets), out)
+    write_parquet(detect_spark(events, rules, as_of, buckets), out)
     detections = sort_detections(pd.read_parquet(out))
     customers = catalog.read("customers", columns=["customer_id", "life_stage"])
     features = rule_features(detections, as_of, customers, rules=rules, wide=True)
@@ -230,5 +206,4 @@ __all__ = [
     "run_detection_spark",
     "sorted_detections",
     "spark_until",
-    "write_single_parquet",
 ]
