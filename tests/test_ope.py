@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.models import ope
+from src.models import ope, ope_log
 
 
 def _synthetic_log(n: int, rng: np.random.Generator):
@@ -110,7 +110,7 @@ def test_evaluate_policy_file(tmp_path, suffix):
     log = _log_frame(np.random.default_rng(2))
     path = tmp_path / f"log{suffix}"
     log.to_csv(path, index=False) if suffix == ".csv" else log.to_parquet(path)
-    table = ope.evaluate_policy_file(path, {"uniform": "uniform", "always_O3": "constant:O3"})
+    table = ope_log.evaluate_policy_file(path, {"uniform": "uniform", "always_O3": "constant:O3"})
     assert set(table["policy"]) == {"uniform", "always_O3"}
     assert set(table["estimator"]) >= set(ope.ESTIMATORS) | {"sndr", "dros"}
     truth_uniform = np.array([[0.05, 0.10, 0.02, 0.20], [0.25, 0.03, 0.10, 0.05]]).mean()
@@ -122,9 +122,11 @@ def test_a_log_with_customer_ids_gets_customer_clustered_intervals(tmp_path):
     log = _log_frame(np.random.default_rng(5), 3000)
     path = tmp_path / "log.parquet"
     log.to_parquet(path)
-    iid = ope.evaluate_policy_file(path, "uniform", reward_model=False).set_index("estimator")
+    iid = ope_log.evaluate_policy_file(path, "uniform", reward_model=False).set_index("estimator")
     log.assign(customer_id=[f"C{i % 100}" for i in range(len(log))]).to_parquet(path)
-    clustered = ope.evaluate_policy_file(path, "uniform", reward_model=False).set_index("estimator")
+    clustered = ope_log.evaluate_policy_file(path, "uniform", reward_model=False).set_index(
+        "estimator"
+    )
     pd.testing.assert_series_equal(iid["value"], clustered["value"])
     groups = np.array([f"C{i % 100}" for i in range(len(log))])
     x = log["action"].str[1:].astype(int).to_numpy()
@@ -160,7 +162,7 @@ def test_bad_logs_name_the_field(tmp_path, change, message):
     path = tmp_path / "log.csv"
     change(_log_frame(np.random.default_rng(4), 50)).to_csv(path, index=False)
     with pytest.raises(ValueError, match=message):
-        ope.evaluate_policy_file(path, "uniform", reward_model=False)
+        ope_log.evaluate_policy_file(path, "uniform", reward_model=False)
 
 
 def test_unknown_policy_and_format(tmp_path):

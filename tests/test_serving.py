@@ -452,7 +452,8 @@ def test_engine_error_is_answered_not_raised(no_models: TestClient, bank: dict, 
 
 
 def test_export_log_feeds_off_policy_evaluation(bank: dict, tmp_path: Path):
-    from src.models.ope import evaluate_log, read_log
+    from src.models.ope import read_log
+    from src.models.ope_log import evaluate_log
     from src.serving.service import export_log
 
     serving = _serving(bank, tmp_path)

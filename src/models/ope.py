@@ -508,55 +508,6 @@ def log_candidates(log: pd.DataFrame) -> list[list[str]]:
     return cands
 
 
-def evaluate_log(
-    log: pd.DataFrame,
-    policies: Mapping[str, str | PolicyFn],
-    *,
-    reward_model: bool = True,
-    alpha: float = 0.05,
-    n_bootstrap: int = 0,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Every estimator for every policy on one log: the estimates table of
-    :func:`src.models.ope_log.evaluate` (which also gives diagnostics and warnings)."""
-    from src.models.ope_log import evaluate
-
-    return evaluate(
-        log,
-        dict(policies),
-        reward_model=reward_model,
-        alpha=alpha,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    ).estimates
-
-
-def evaluate_policy_file(
-    path: Path | str,
-    policy: str | PolicyFn | Mapping[str, str | PolicyFn] = "uniform",
-    *,
-    reward_model: bool = True,
-    alpha: float = 0.05,
-    n_bootstrap: int = 0,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """A log file (Parquet/CSV) and ``uniform``, ``constant:<offer ids>``, ``model:<uri>``,
-    ``file:<path>``, a callable, or a mapping of several by name -> the estimates table."""
-    policies = (
-        dict(policy)
-        if isinstance(policy, Mapping)
-        else {str(policy) if isinstance(policy, str) else "policy": policy}
-    )
-    return evaluate_log(
-        read_log(path),
-        policies,
-        reward_model=reward_model,
-        alpha=alpha,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    )
-
-
 # --- against a known truth (tests; src.evaluation.policies on the simulator) -----------
 
 

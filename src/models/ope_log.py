@@ -45,7 +45,7 @@ from src.models.decision_log import (
     context_columns,
     load_log,
 )
-from src.models.ope import LogError, PolicyError, PolicyFn
+from src.models.ope import LogError, PolicyError, PolicyFn, read_log
 
 ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "dros")
 FEW_EVENTS = 30
@@ -861,3 +861,50 @@ def evaluate(
 def evaluate_callable(fn: Callable[..., Any], log: pd.DataFrame, **kwargs: Any) -> OPEReport:
     """Shorthand for notebooks: one Python policy ``fn(frame, candidates)`` on one log."""
     return evaluate(log, {getattr(fn, "__name__", "policy"): fn}, **kwargs)
+
+
+def evaluate_log(
+    log: pd.DataFrame,
+    policies: Mapping[str, str | PolicyFn],
+    *,
+    reward_model: bool = True,
+    alpha: float = 0.05,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every estimator for every policy on one log: the estimates table of :func:`evaluate`
+    (which also gives diagnostics and warnings)."""
+    return evaluate(
+        log,
+        dict(policies),
+        reward_model=reward_model,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    ).estimates
+
+
+def evaluate_policy_file(
+    path: Path | str,
+    policy: str | PolicyFn | Mapping[str, str | PolicyFn] = "uniform",
+    *,
+    reward_model: bool = True,
+    alpha: float = 0.05,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A log file (Parquet/CSV) and ``uniform``, ``constant:<offer ids>``, ``model:<uri>``,
+    ``file:<path>``, a callable, or a mapping of several by name -> the estimates table."""
+    policies = (
+        dict(policy)
+        if isinstance(policy, Mapping)
+        else {str(policy) if isinstance(policy, str) else "policy": policy}
+    )
+    return evaluate_log(
+        read_log(path),
+        policies,
+        reward_model=reward_model,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
