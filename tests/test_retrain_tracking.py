@@ -55,3 +55,24 @@ def test_cvr_runs_are_registered_with_lineage_description_and_card(
     assert float(tags[TAG_PREFIX + "effect"]) == pytest.approx(0.0, abs=1e-12)  # same model
     assert tags[TAG_PREFIX + "outcome"] == "kept_champion"
     assert str(client.get_model_version_by_alias(CVR_MODEL_NAME, "champion").version) == "1"
+
+
+def test_rows_digest_is_the_rows_content_not_their_order_or_last_bits():
+    """Lineage: the same rows in another order, or with last-bit float noise from a parallel
+    sum, give the same digest; one changed value or one row fewer does not."""
+    import numpy as np
+    import pandas as pd
+
+    from src.models.train import rows_digest
+
+    rng = np.random.default_rng(3)
+    rows = pd.DataFrame(
+        {"x": rng.normal(size=200), "n": rng.integers(0, 9, 200), "c": ["a", "b"] * 100}
+    )
+    shuffled = rows.sample(frac=1.0, random_state=1)
+    noisy = rows.assign(x=rows["x"] * (1 + 1e-15))
+    changed = rows.copy()
+    changed.loc[7, "n"] += 1
+    assert rows_digest(shuffled) == rows_digest(rows) == rows_digest(noisy)
+    assert rows_digest(changed) != rows_digest(rows)
+    assert rows_digest(rows.iloc[1:]) != rows_digest(rows)
