@@ -43,3 +43,29 @@ def small_bank(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run_simulation(settings, progress=False)
     run_validation(settings)
     return settings
+
+
+REDIS_URL = os.environ.get("NEXTOFFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture()
+def redis_prefix():
+    """(client, a fresh key prefix) on the real Redis; every key under it is deleted after the
+    test. Under CI=true a missing server fails the test, elsewhere it skips naming the server."""
+    import uuid
+
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at 127.0.0.1:6379 is required under CI=true: {error}")
+        pytest.skip(f"Redis at 127.0.0.1:6379 not reachable: {error}")
+    prefix = f"test-servstate-{uuid.uuid4().hex[:12]}"
+    yield client, prefix
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -6,9 +6,7 @@ Against the real Redis on 127.0.0.1:6379 (keys under a uuid prefix, deleted afte
 
 from __future__ import annotations
 
-import os
 import random
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,29 +20,9 @@ from src.serving.app import create_app
 from src.serving.config import ServingSettings
 from src.serving.detection_state import RedisDetector, RedisFlags
 from src.settings import Settings
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-REDIS_URL = os.environ.get("NEXTOFFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture()
-def redis_prefix():
-    """(client, a fresh key prefix); every key under it is deleted after the test."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at 127.0.0.1:6379 is required under CI=true: {error}")
-        pytest.skip(f"Redis at 127.0.0.1:6379 not reachable: {error}")
-    prefix = f"test-servstate-{uuid.uuid4().hex[:12]}"
-    yield client, prefix
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _key(d) -> tuple:

@@ -9,7 +9,6 @@ Against the real Redis on 127.0.0.1:6379 (keys under a uuid prefix, deleted afte
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import tempfile
 import time
@@ -32,28 +31,9 @@ from src.serving.online_learning import (
     labeled,
 )
 from src.settings import Settings
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-REDIS_URL = os.environ.get("NEXTOFFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture()
-def redis_prefix():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at 127.0.0.1:6379 is required under CI=true: {error}")
-        pytest.skip(f"Redis at 127.0.0.1:6379 not reachable: {error}")
-    prefix = f"test-servstate-{uuid.uuid4().hex[:12]}"
-    yield client, prefix
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(scope="module")
