@@ -195,8 +195,26 @@ def run_bandit_training(
         artifact_location=settings.artifact_root.as_uri(),
         input_example=pyfunc_input_example(log, offers),
     )
+    from src.models.model_card import version_description
+
+    description = version_description(
+        f"Vowpal Wabbit contextual bandit ({config.exploration}) trained off-policy on the "
+        f"logged exposures {start:%Y-%m-%d} to {split:%Y-%m-%d}, scored on "
+        f"{split:%Y-%m-%d} to {end:%Y-%m-%d} (held out).",
+        None,
+        {
+            "held-out value (doubly robust)": f"{value:.5f}",
+            "logged policy's value": f"{logged_value:.5f}",
+            "decisions": f"{len(log):,} train, {len(held_out):,} held out",
+        },
+    )
     promotion = register_bandit(
-        uri, "nextoffer-bandit", value, score_champion=score, tracking_uri=settings.tracking_uri
+        uri,
+        "nextoffer-bandit",
+        value,
+        score_champion=score,
+        tracking_uri=settings.tracking_uri,
+        description=description,
     )
     return BanditTrainingResult(len(log), len(held_out), value, logged_value, promotion)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -166,6 +167,9 @@ def test_registers_only_when_it_beats_the_champion(files: dict[str, Path], tmp_p
     }
     first = run_log_training(files["log"], files["actions"], **common)
     assert "v1 -> champion" in first.registered, first.registered
+    described = mlflow.MlflowClient(tracking_uri=uri).get_model_version("test-log-bandit", "1")
+    assert "trained on a decision log" in described.description
+    assert f"{first.value:.5f}" in described.description
     second = run_log_training(files["log"], files["actions"], **common)  # same data, same value
     assert second.champion_value == pytest.approx(first.value)
     assert second.registered.startswith("not registered: DR"), second.registered

@@ -62,6 +62,10 @@ def test_train_bandit_promotes_only_a_better_bandit(small_bank: Settings, tmp_pa
     assert version.tags["promotion.compared_to_version"] == "1"
     assert version.tags["promotion.outcome"] == "kept_champion"
     assert str(client.get_model_version_by_alias("nextoffer-bandit", "champion").version) == "1"
+    # the registry says what a version is and how it scored, without opening its run
+    assert "contextual bandit" in version.description
+    assert "held-out value (doubly robust)" in version.description
+    assert "Promotion: kept as challenger" in version.description
 
 
 def test_validate_fails_on_bad_rows_and_quarantines_them(small_bank: Settings, tmp_path: Path):

@@ -411,9 +411,11 @@ def register_bandit(
     score: float,
     score_champion: Callable[[str], float] | None,
     tracking_uri: str | None = None,
+    description: str | None = None,
 ):
     """Register as ``challenger``; promote to ``champion`` only if it beats the current champion
-    on the same held-out log (score = off-policy value estimate, higher is better)."""
+    on the same held-out log (score = off-policy value estimate, higher is better).
+    ``description`` goes on the version so the registry says what it is and how it scored."""
     from src.models.registry import register_and_promote
 
     return register_and_promote(
@@ -424,4 +426,5 @@ def register_bandit(
         score_champion=score_champion,
         higher_is_better=True,
         tracking_uri=tracking_uri,
+        description=description,
     )

@@ -481,6 +481,18 @@ def run_log_training(
         artifact_location=artifact_location,
     )
     champion_value = result.champion_value
+    from src.models.model_card import version_description
+
+    description = version_description(
+        f"Vowpal Wabbit contextual bandit trained on a decision log; held out: {how}.",
+        None,
+        {
+            "held-out value (doubly robust)": f"{value:.5f}",
+            "logged policy's value": f"{logged_value:.5f}",
+            "uniform policy's value (doubly robust)": f"{uniform_value:.5f}",
+            "decisions": f"{train.n:,} train, {held.n:,} held out",
+        },
+    )
     promotion = register_and_promote(
         uri,
         register,
@@ -489,6 +501,7 @@ def run_log_training(
         score_champion=(lambda _uri: float(champion_value)) if champion_value is not None else None,
         higher_is_better=True,
         tracking_uri=tracking_uri,
+        description=description,
     )
     state = "champion" if promotion.promoted else "challenger"
     result.model_uri = uri
