@@ -363,9 +363,7 @@ def _track(
                     "data window": f"{window_start:%Y-%m-%d} to {window_end:%Y-%m-%d}, "
                     f"{card_args['train_rows']:,} training rows (sha256 {digest})",
                     "test date": test_dates[-1],
-                    "mean AUC": f"{score:.4f} (95% CI {ci[0]:.4f} to {ci[1]:.4f})"
-                    if None not in ci
-                    else f"{score:.4f}",
+                    "mean AUC": _with_interval(score, *ci),
                 },
             )
             run.promotion = register_and_promote(
@@ -382,12 +380,7 @@ def _track(
                 description=description,
             )
             version = run.promotion.version
-            mlflow.set_tags(
-                {
-                    "registered_version": run.promotion.version,
-                    "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion",
-                }
-            )
+            _tag_promotion(run.promotion)
         card = propensity_card(
             version=version,
             promotion=None if run.promotion is None else run.promotion.reason,
@@ -622,11 +615,8 @@ def _track_cvr(
         }
         version = None
         if register:
-            auc_text = (
-                f"{auc:.4f} (95% CI {intervals['auc_ci_low']:.4f} to "
-                f"{intervals['auc_ci_high']:.4f})"
-                if intervals
-                else f"{auc:.4f}"
+            auc_text = _with_interval(
+                auc, intervals.get("auc_ci_low"), intervals.get("auc_ci_high")
             )
             description = version_description(
                 f"Conversion rate per offer: LightGBM on exposures x customer view, trained for "
@@ -651,12 +641,7 @@ def _track_cvr(
                 description=description,
             )
             version = run.promotion.version
-            mlflow.set_tags(
-                {
-                    "registered_version": run.promotion.version,
-                    "promotion_outcome": "promoted" if run.promotion.promoted else "kept_champion",
-                }
-            )
+            _tag_promotion(run.promotion)
         card = cvr_card(
             version=version,
             promotion=None if run.promotion is None else run.promotion.reason,
@@ -664,6 +649,25 @@ def _track_cvr(
         )
         mlflow.log_text(card, CARD_ARTIFACT)
         run.model_card = card
+
+
+def _with_interval(value: float, low: float | None, high: float | None) -> str:
+    """A metric for a version description, with its 95% interval when there is one."""
+    if low is None or high is None:
+        return f"{value:.4f}"
+    return f"{value:.4f} (95% CI {low:.4f} to {high:.4f})"
+
+
+def _tag_promotion(promotion: PromotionResult) -> None:
+    """Tag the active run with the version it registered and whether it became champion."""
+    import mlflow
+
+    mlflow.set_tags(
+        {
+            "registered_version": promotion.version,
+            "promotion_outcome": "promoted" if promotion.promoted else "kept_champion",
+        }
+    )
 
 
 def plot_roas(summary: pd.DataFrame, top: int = 20):
