@@ -140,7 +140,8 @@ class SpooledSink:
     def __init__(self, connect: Callable[[], DetectionQueue], spool: Path | str) -> None:
         self.connect = connect
         self.spool = Path(spool)
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # needed only in an outage; _spool then reports it
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
         self._queue: DetectionQueue | None = None
         self._held: list[DetectionRecord] = []  # neither queued nor spooled yet
 
