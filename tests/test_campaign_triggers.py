@@ -221,3 +221,58 @@ def test_detection_queue_on_postgres() -> None:
     finally:
         store.drop_schema()
         store.close()
+
+
+def test_cli_tick_catches_up_missed_occurrences_and_ingests_receipts(
+    bank: Settings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from src.campaigns.api import open_db
+    from src.cli import app
+
+    spec = trigger_spec(
+        campaign_id="daily_all",
+        when={"cron": "0 12 * * *", "catch_up": "all", "catch_up_hours": 60},
+        steps=[{"step_id": "s1", "channel": "email", "offer_id": "OF03"}],
+        exclusions={},
+    )
+    c = Campaigns(bank, AS_OF)
+    c.approve(spec, "bob")
+    c.close()
+    common = ["--data-dir", str(bank.data_dir), "--as-of", AS_OF]
+    runner = CliRunner()
+    out = runner.invoke(app, ["campaign", "tick", "--at", "2026-02-07T12:30:00", *common])
+    assert out.exit_code == 0, out.output
+    ran = [line.split(":", 1)[0] for line in out.output.splitlines() if "daily_all" in line]
+    assert ran == [f"daily_all @ 2026-02-0{d}T12" for d in (5, 6, 7)]  # oldest first
+    out = runner.invoke(app, ["campaign", "tick", "--at", "2026-02-07T12:45:00", *common])
+    assert [line for line in out.output.splitlines() if "daily_all" in line] == [
+        "daily_all @ 2026-02-07T12:00:00: already ran"
+    ]
+    db = open_db(bank)
+    sent = db.outbox("daily_all")
+    assert sent["message_id"].is_unique and set(sent["status"]) == {"sent"}
+    db.store.close()
+    receipts = tmp_path / "r.csv"
+    rows = [f"{m},delivered,2026-02-07T12:40:00" for m in sent["message_id"][:2]]
+    receipts.write_text("message_id,status,ts\n" + "\n".join([*rows, "nope,delivered,x"]) + "\n")
+    out = runner.invoke(app, ["campaign", "receipts", str(receipts), *common])
+    assert out.exit_code == 1 and "line 4: message_id: 'nope' is not in the outbox" in out.output
+    out = runner.invoke(app, ["campaign", "receipts", str(receipts), "--allow-invalid", *common])
+    assert out.exit_code == 0, out.output
+    assert "recorded 2, already stored 0, rejected 1" in out.output
+
+
+def test_a_trigger_campaign_is_not_run_for_its_whole_segment(
+    bank: Settings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from src.campaigns.spec import SpecError
+
+    db = CampaignDB(SQLContactStore(tmp_path / "c.sqlite"))
+    ctx = engine.Context.open(bank.catalog, AS_OF, db)
+    with pytest.raises(SpecError, match="sent per detection by `campaign tick`"):
+        engine.run(trigger_spec(), ctx, SimulatedChannel(), require_approval=False)
+    assert db.outbox("fx_trigger").empty

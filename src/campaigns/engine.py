@@ -557,6 +557,11 @@ def run(
     """Plan a step, check its approval, snapshot the segment, enqueue (charging caps) and
     dispatch what is due. Safe to rerun after a crash at any point. ``occurrence`` (an ISO
     time) is one firing of a recurring campaign: it is the send time and part of the ids."""
+    if spec.when.trigger is not None and (step_id is None or step_id == spec.steps[0].step_id):
+        raise SpecError(
+            f"campaign {spec.campaign_id!r}: when.trigger: a trigger campaign's first step is "
+            "sent per detection by `campaign tick` / `campaign watch`, not run for the segment"
+        )
     start = datetime.fromisoformat(occurrence) if occurrence else None
     p = plan(spec, ctx, step_id, start)
     h = check_approved(p, ctx) if require_approval else bundle_hash(p, ctx)
