@@ -276,3 +276,10 @@ def test_a_trigger_campaign_is_not_run_for_its_whole_segment(
     with pytest.raises(SpecError, match="sent per detection by `campaign tick`"):
         engine.run(trigger_spec(), ctx, SimulatedChannel(), require_approval=False)
     assert db.outbox("fx_trigger").empty
+    # a trigger naming no rule the service runs would never fire: invalid, not approvable
+    c = Campaigns(bank, AS_OF, db=db)
+    assert c.validate(trigger_spec()) == []
+    typo = trigger_spec(when={"trigger": "fx_remit_larg"})
+    assert any("no detection rule 'fx_remit_larg'" in p for p in c.validate(typo))
+    with pytest.raises(SpecError, match="fx_remit_larg"):
+        c.approve(typo, "bob")

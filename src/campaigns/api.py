@@ -46,7 +46,22 @@ class Campaigns:
         return source if isinstance(source, CampaignSpec) else load_spec(source)
 
     def validate(self, spec: CampaignSpec | Path | str) -> list[str]:
-        return engine.validate(self.spec(spec), self.ctx)
+        spec = self.spec(spec)
+        return engine.validate(spec, self.ctx) + self.trigger_problems(spec)
+
+    def trigger_problems(self, spec: CampaignSpec) -> list[str]:
+        """A trigger naming no detection rule the service runs would never fire: say so."""
+        if spec.when.trigger is None:
+            return []
+        from src.features.detection import load_rules
+
+        rules_dir = self.settings.serving.rules_dir
+        names = sorted(r.name for r in load_rules(rules_dir and self.settings.resolve(rules_dir)))
+        if spec.when.trigger in names:
+            return []
+        return [
+            f"when.trigger: no detection rule {spec.when.trigger!r} (rules: {', '.join(names)})"
+        ]
 
     def scores(self) -> pd.DataFrame | None:
         path = self.settings.catalog.path("scores", self.ctx.as_of)
@@ -59,7 +74,11 @@ class Campaigns:
         return engine.funnel(p, self.ctx, self.scores())
 
     def approve(self, spec: CampaignSpec | Path | str, user: str) -> str:
-        return engine.approve(self.spec(spec), self.ctx, user)
+        spec = self.spec(spec)
+        problems = self.trigger_problems(spec)
+        if problems:
+            raise SpecError(f"campaign {spec.campaign_id!r}: {'; '.join(problems)}")
+        return engine.approve(spec, self.ctx, user)
 
     def run(
         self,
