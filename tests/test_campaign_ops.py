@@ -162,3 +162,17 @@ def pg_store() -> Iterator[SQLContactStore]:
 
 def test_an_old_postgres_store_opens_and_upgrades(pg_store: SQLContactStore) -> None:
     _check_upgrade(pg_store)
+
+
+def test_fields_added_later_are_signed_only_when_set() -> None:
+    """An approval given before catch_up existed still stands after the upgrade: the signed
+    spec (and so the bundle hash) of a spec at the defaults is what the old code signed."""
+    from src.campaigns.spec import LATER_FIELDS, sha256_json
+
+    spec = _daily()
+    old = spec.model_dump(mode="json")
+    for name in LATER_FIELDS["when"]:
+        del old["when"][name]
+    assert spec.signed_dump() == old and spec.content_hash() == sha256_json(old)
+    assert _daily(catch_up="all").signed_dump()["when"]["catch_up"] == "all"
+    assert _daily(catch_up="all").content_hash() != spec.content_hash()

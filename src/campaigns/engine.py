@@ -290,7 +290,7 @@ def bundle(p: Plan, ctx: Context) -> dict[str, Any]:
     version, the model alias and the cap policy; any change gives another hash."""
     policy = ctx.policy
     return {
-        "spec": p.spec.model_dump(mode="json"),
+        "spec": p.spec.signed_dump(),
         "segment_version": p.segment_version,
         "holdout_version": p.holdout_version,
         "model_alias": p.spec.model_alias,

@@ -313,12 +313,29 @@ class CampaignSpec(_Model):
     def salt(self) -> str:
         return self.holdout.salt or self.campaign_id
 
+    def signed_dump(self) -> dict[str, Any]:
+        """The spec as an approval signs it. Fields added after a release (:data:`LATER_FIELDS`)
+        are left out while at their default, so an approval given before they existed still
+        stands after an upgrade (its bundle hash is unchanged); set, they are signed."""
+        data = self.model_dump(mode="json")
+        for section, fields in LATER_FIELDS.items():
+            model = getattr(self, section)
+            for name in fields:
+                if getattr(model, name) == type(model).model_fields[name].default:
+                    data[section].pop(name, None)
+        return data
+
     def content_hash(self) -> str:
         """sha256 of the canonical spec (what an approval signs, with the data versions)."""
-        return sha256_json(self.model_dump(mode="json"))
+        return sha256_json(self.signed_dump())
 
 
 Segment.model_rebuild()
+
+#: spec fields added since the first release, per section (see :meth:`CampaignSpec.signed_dump`)
+LATER_FIELDS: dict[str, tuple[str, ...]] = {
+    "when": ("trigger_max_age_minutes", "catch_up", "catch_up_hours", "grace_minutes"),
+}
 
 
 def sha256_json(data: Any) -> str:
