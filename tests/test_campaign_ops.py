@@ -176,3 +176,22 @@ def test_fields_added_later_are_signed_only_when_set() -> None:
     assert spec.signed_dump() == old and spec.content_hash() == sha256_json(old)
     assert _daily(catch_up="all").signed_dump()["when"]["catch_up"] == "all"
     assert _daily(catch_up="all").content_hash() != spec.content_hash()
+
+
+def test_receipts_and_trigger_cursor_on_postgres(pg_store: SQLContactStore, tmp_path: Path) -> None:
+    from src.campaigns.engine import _set_cursor, trigger_cursor
+
+    db = CampaignDB(pg_store)
+    mids = seed_run(db, make_spec(), {"u0": "treatment", "u1": "treatment"})
+    path = tmp_path / "r.csv"
+    path.write_text(
+        f"message_id,status,ts\n{mids['u0']},delivered,2026-02-05T12:01:00\n"
+        f"{mids['u1']},failed,2026-02-05T12:01:00\n"
+    )
+    assert ingest_receipts(db, path).recorded == 2
+    assert (ingest_receipts(db, path).recorded, ingest_receipts(db, path).duplicates) == (0, 2)
+    row = step_table(make_spec(), db).iloc[0]
+    assert (row["delivered"], row["failed"], row["sent_without_receipt"]) == (1, 1, 0)
+    _set_cursor(db, "c1", 7)
+    _set_cursor(db, "c1", 9)
+    assert trigger_cursor(db, "c1") == 9
