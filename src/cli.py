@@ -1051,7 +1051,8 @@ def demo(
 
 # -- campaigns: who, when, what, how, where and why ------------------------------------------
 campaign_app = typer.Typer(
-    help="Outbound campaigns: validate, dry-run, approve, run, tick, report, rewards, why.",
+    help="Outbound campaigns: validate, dry-run, approve, run, tick, watch, receipts, report, "
+    "rewards, why.",
     no_args_is_help=True,
 )
 app.add_typer(campaign_app, name="campaign")
@@ -1214,16 +1215,75 @@ def campaign_tick(
     it from cron or a scheduler; a repeated tick runs nothing twice)."""
     with _campaign_errors():
         ran = _campaigns(data_dir, as_of).tick(at or datetime.now())
+    _echo_tick(ran)
+
+
+def _echo_tick(ran: list[tuple[str, str, Any]]) -> None:
     if not ran:
         typer.echo("nothing due")
     for campaign_id, occurrence, result in ran:
         if result is None:
             typer.echo(f"{campaign_id} @ {occurrence}: already ran")
-        else:
-            typer.echo(
-                f"{campaign_id} @ {occurrence}: enqueued {result.enqueued}, capped "
-                f"{result.capped}, suppressed {result.suppressed}, sent {result.sent}"
+            continue
+        extra = ""
+        if occurrence == "trigger":
+            extra = (
+                f"detections {result.detections} (not in segment {result.not_in_segment}, "
+                f"stale {result.stale}), "
             )
+        typer.echo(
+            f"{campaign_id} @ {occurrence}: {extra}enqueued {result.enqueued}, capped "
+            f"{result.capped}, suppressed {result.suppressed}, sent {result.sent}"
+        )
+
+
+@campaign_app.command("watch")
+def campaign_watch(
+    interval: Annotated[
+        float, typer.Option("--interval", min=1.0, help="Seconds between ticks.")
+    ] = 60.0,
+    max_ticks: Annotated[
+        int | None, typer.Option("--max-ticks", min=1, help="Stop after this many ticks.")
+    ] = None,
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """`tick` every --interval seconds: trigger campaigns send within about that long of a
+    detection (plus their delay); schedules fire as with `tick` from cron."""
+    import time
+
+    with _campaign_errors():
+        c = _campaigns(data_dir, as_of)
+        n = 0
+        while max_ticks is None or n < max_ticks:
+            if n:
+                time.sleep(interval)
+            _echo_tick(c.tick(datetime.now()))
+            n += 1
+
+
+@campaign_app.command("receipts")
+def campaign_receipts(
+    file: Annotated[Path, typer.Argument(help="Receipts: CSV or JSONL of message_id,status,ts.")],
+    allow_invalid: Annotated[
+        bool,
+        typer.Option("--allow-invalid", help="Record the valid rows; report the invalid ones."),
+    ] = False,
+    as_of: CampaignAsOfOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Ingest a provider's delivery receipts (delivered, failed, opened, clicked): every row
+    checked, idempotent; `campaign report` reconciles sends against them."""
+    from src.campaigns.receipts import ReceiptError
+
+    with _exit_on(ReceiptError), _campaign_errors():
+        r = _campaigns(data_dir, as_of).receipts(file, allow_invalid=allow_invalid)
+    typer.echo(
+        f"{file}: {r.rows} row(s): recorded {r.recorded}, already stored {r.duplicates}, "
+        f"rejected {r.rejected}, for messages not marked sent {r.not_marked_sent}"
+    )
+    for problem in r.problems:
+        typer.echo(f"rejected: {problem}", err=True)
 
 
 @campaign_app.command("why")

@@ -214,6 +214,20 @@ class ServingSettings(Section):
         ge=1,
         description="Server processes on one port (needs log_url and contact_store_url above 1).",
     )
+    detections_url: SecretStr | None = Field(
+        None,
+        description="Where /v1/events records each rule detection for trigger campaigns: the "
+        "campaign store (a SQLite path or postgresql:// URL, as campaigns.store_url); default: "
+        "not recorded (no trigger campaign can fire).",
+    )
+    detections_schema: str | None = Field(
+        None, description="PostgreSQL schema of the detections table (as campaigns.store_schema)."
+    )
+    detections_spool: Path | None = Field(
+        None,
+        description="Local file keeping detections while detections_url is unreachable (flushed "
+        "on the next event); default: <data_dir>/serving/detections.spool.jsonl.",
+    )
 
     def resolved(self, settings: Settings) -> ServingSettings:
         """A copy with every path absolute and the defaults that depend on data filled in."""
@@ -232,6 +246,9 @@ class ServingSettings(Section):
                 "log_path": settings.resolve(self.log_path)
                 if self.log_path
                 else settings.resolve(settings.data_dir) / "serving" / "decisions.sqlite",
+                "detections_spool": settings.resolve(self.detections_spool)
+                if self.detections_spool
+                else settings.resolve(settings.data_dir) / "serving" / "detections.spool.jsonl",
                 "rules_dir": settings.resolve(self.rules_dir)
                 if self.rules_dir
                 else settings.root / "src" / "features" / "rules",

@@ -11,6 +11,7 @@ import pandas as pd
 from src.campaigns import engine
 from src.campaigns.adapters import DeliveryAdapter, JsonlAdapter
 from src.campaigns.ledger import JsonlPayouts, PayoutProvider, RewardLedger
+from src.campaigns.receipts import ReceiptResult, ingest_receipts
 from src.campaigns.report import conversions_from_transactions, report
 from src.campaigns.spec import CampaignSpec, SpecError, load_spec
 from src.campaigns.state import CampaignDB
@@ -45,7 +46,22 @@ class Campaigns:
         return source if isinstance(source, CampaignSpec) else load_spec(source)
 
     def validate(self, spec: CampaignSpec | Path | str) -> list[str]:
-        return engine.validate(self.spec(spec), self.ctx)
+        spec = self.spec(spec)
+        return engine.validate(spec, self.ctx) + self.trigger_problems(spec)
+
+    def trigger_problems(self, spec: CampaignSpec) -> list[str]:
+        """A trigger naming no detection rule the service runs would never fire: say so."""
+        if spec.when.trigger is None:
+            return []
+        from src.features.detection import load_rules
+
+        rules_dir = self.settings.serving.rules_dir
+        names = sorted(r.name for r in load_rules(rules_dir and self.settings.resolve(rules_dir)))
+        if spec.when.trigger in names:
+            return []
+        return [
+            f"when.trigger: no detection rule {spec.when.trigger!r} (rules: {', '.join(names)})"
+        ]
 
     def scores(self) -> pd.DataFrame | None:
         path = self.settings.catalog.path("scores", self.ctx.as_of)
@@ -58,7 +74,11 @@ class Campaigns:
         return engine.funnel(p, self.ctx, self.scores())
 
     def approve(self, spec: CampaignSpec | Path | str, user: str) -> str:
-        return engine.approve(self.spec(spec), self.ctx, user)
+        spec = self.spec(spec)
+        problems = self.trigger_problems(spec)
+        if problems:
+            raise SpecError(f"campaign {spec.campaign_id!r}: {'; '.join(problems)}")
+        return engine.approve(spec, self.ctx, user)
 
     def run(
         self,
@@ -165,10 +185,13 @@ class Campaigns:
 
     def tick(
         self, at: datetime, adapter: DeliveryAdapter | None = None
-    ) -> list[tuple[str, str, engine.RunResult | None]]:
-        """Run every approved campaign whose ``when`` is due at ``at``, once per occurrence:
-        (campaign, occurrence, result; None when that occurrence already ran)."""
+    ) -> list[tuple[str, str, engine.RunResult | engine.TriggerResult | None]]:
+        """Run every approved campaign whose ``when`` is due at ``at``, once per occurrence
+        (missed ones per its ``when.catch_up``), and read the new detections of every approved
+        trigger campaign: (campaign, occurrence or ``trigger``, result; None when the latest
+        occurrence already ran)."""
         from src.campaigns import schedule
+        from src.contact.triggers import DetectionQueue
 
         own = adapter is None
         if adapter is None:
@@ -176,32 +199,43 @@ class Campaigns:
                 self.settings.campaigns.outbox_path or self.settings.campaigns_dir / "outbox.jsonl"
             )
             adapter = JsonlAdapter(self.settings.resolve(Path(path)))
-        out: list[tuple[str, str, engine.RunResult | None]] = []
+        out: list[tuple[str, str, engine.RunResult | engine.TriggerResult | None]] = []
+        batch_size = self.settings.campaigns.batch_size
         try:
             for spec in schedule.approved_specs(self.db):
-                occurrence = schedule.due_occurrence(spec, at)
-                if occurrence is None:
+                if spec.when.trigger is not None:
+                    queue = DetectionQueue(self.db.store)
+                    result = engine.run_triggered(spec, self.ctx, adapter, queue, at, batch_size)
+                    out.append((spec.campaign_id, "trigger", result))
                     continue
-                if schedule.done(self.db, spec.campaign_id, occurrence):
-                    out.append((spec.campaign_id, occurrence, None))
-                    continue
-                # a one-off keeps the ids of a manual `campaign run`; a recurring one gets its own
-                occ = occurrence if spec.when.cron is not None else ""
-                result = engine.run(
-                    spec,
-                    self.ctx,
-                    adapter,
-                    now=at,
-                    require_approval=False,  # the spec is the approved bundle's own
-                    batch_size=self.settings.campaigns.batch_size,
-                    occurrence=occ,
-                )
-                schedule.mark_done(self.db, spec.campaign_id, occurrence, datetime.now())
-                out.append((spec.campaign_id, occurrence, result))
+                due = schedule.due_occurrences(spec, at)
+                for occurrence in due:
+                    if schedule.done(self.db, spec.campaign_id, occurrence):
+                        if occurrence == due[-1]:
+                            out.append((spec.campaign_id, occurrence, None))
+                        continue
+                    # a one-off keeps the ids of a manual `campaign run`; a recurring one gets
+                    # its own per occurrence
+                    occ = occurrence if spec.when.cron is not None else ""
+                    ran = engine.run(
+                        spec,
+                        self.ctx,
+                        adapter,
+                        now=at,
+                        require_approval=False,  # the spec is the approved bundle's own
+                        batch_size=batch_size,
+                        occurrence=occ,
+                    )
+                    schedule.mark_done(self.db, spec.campaign_id, occurrence, datetime.now())
+                    out.append((spec.campaign_id, occurrence, ran))
         finally:
             if own:
                 adapter.close()
         return out
+
+    def receipts(self, path: Path | str, allow_invalid: bool = False) -> ReceiptResult:
+        """Ingest a provider's delivery-receipt file (:mod:`src.campaigns.receipts`)."""
+        return ingest_receipts(self.db, path, allow_invalid=allow_invalid)
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         return self.db.why(campaign_id, customer_id)

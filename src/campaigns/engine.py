@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -128,8 +128,11 @@ def plan(
     ctx: Context,
     step_id: str | None = None,
     start: datetime | None = None,
+    audience: pd.Series | None = None,
 ) -> Plan:
-    """The audience of a step and the gate's verdict for each member (no charge)."""
+    """The audience of a step and the gate's verdict for each member (no charge).
+    ``audience`` (customer -> send time; a trigger's detected customers) narrows the first
+    step to the segment members in it, each sent at their own time."""
     step = spec.steps[0] if step_id is None else _step(spec, step_id)
     members = ctx.members.set_index("customer_id", drop=False)
     builder = SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members)
@@ -142,7 +145,11 @@ def plan(
     )[:16]
     if start is None:
         start = pd.Timestamp(spec.when.at) if spec.when.at is not None else ctx.as_of
-    if step.after is None:
+    if step.after is None and audience is not None:
+        who = ids.intersection(pd.Index(audience.index.astype(str)))
+        send_at = audience.set_axis(audience.index.astype(str)).reindex(who)
+        audience = who
+    elif step.after is None:
         audience = ids
         send_at = pd.Series(start, index=audience)
     else:
@@ -283,7 +290,7 @@ def bundle(p: Plan, ctx: Context) -> dict[str, Any]:
     version, the model alias and the cap policy; any change gives another hash."""
     policy = ctx.policy
     return {
-        "spec": p.spec.model_dump(mode="json"),
+        "spec": p.spec.signed_dump(),
         "segment_version": p.segment_version,
         "holdout_version": p.holdout_version,
         "model_alias": p.spec.model_alias,
@@ -388,10 +395,11 @@ def enqueue(
     run_id: str,
     batch_size: int = 500,
     progress: bool = False,
-    occurrence: str = "",
+    occurrence: str | Mapping[str, str] = "",
 ) -> tuple[int, int]:
     """Write decisions and outbox rows; each batch's outbox rows commit with their cap charges.
-    Returns (messages enqueued now, capped now)."""
+    ``occurrence``: one for all, or per customer (a trigger's detection id, also stored as
+    the message's ``detection_id``). Returns (messages enqueued now, capped now)."""
     from tqdm.auto import tqdm
 
     spec, step, frame = p.spec, p.step, p.frame
@@ -401,7 +409,15 @@ def enqueue(
     ids = frame.index.tolist()
     for start in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="enqueue"):
         chunk = frame.iloc[start : start + batch_size]
-        mids = [message_id(spec.campaign_id, step.step_id, c, occurrence) for c in chunk.index]
+        occ = [
+            occurrence.get(str(c), "") if isinstance(occurrence, Mapping) else occurrence
+            for c in chunk.index
+        ]
+        mids = [
+            message_id(spec.campaign_id, step.step_id, c, o)
+            for c, o in zip(chunk.index, occ, strict=True)
+        ]
+        detection = dict(zip(mids, occ, strict=True)) if isinstance(occurrence, Mapping) else {}
         with ctx.db.store.transaction() as tx:
             done = ctx.db.existing_messages(tx, mids)
             decisions, outbox = [], []
@@ -439,7 +455,7 @@ def enqueue(
                         outbox.append(
                             (mid, spec.campaign_id, step.step_id, str(cid), row["channel"],
                              fallback, step.offer_id, content, row["send_at"].isoformat(),
-                             "pending")
+                             "pending", detection.get(mid) or None)
                         )  # fmt: skip
                         enq += 1
                     else:
@@ -451,7 +467,8 @@ def enqueue(
             if outbox:
                 tx.executemany(
                     "INSERT INTO campaign_outbox (message_id, campaign_id, step_id, customer_id, channel, "
-                    "fallback, offer_id, content, send_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "fallback, offer_id, content, send_at, status, detection_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     outbox,
                 )
             if decisions:
@@ -540,6 +557,11 @@ def run(
     """Plan a step, check its approval, snapshot the segment, enqueue (charging caps) and
     dispatch what is due. Safe to rerun after a crash at any point. ``occurrence`` (an ISO
     time) is one firing of a recurring campaign: it is the send time and part of the ids."""
+    if spec.when.trigger is not None and (step_id is None or step_id == spec.steps[0].step_id):
+        raise SpecError(
+            f"campaign {spec.campaign_id!r}: when.trigger: a trigger campaign's first step is "
+            "sent per detection by `campaign tick` / `campaign watch`, not run for the segment"
+        )
     start = datetime.fromisoformat(occurrence) if occurrence else None
     p = plan(spec, ctx, step_id, start)
     h = check_approved(p, ctx) if require_approval else bundle_hash(p, ctx)
@@ -568,6 +590,113 @@ def run(
         pend_rewards(spec, ctx)
     suppressed = int(p.frame["reason"].notna().sum())
     return RunResult(p.step.step_id, enq, capped, suppressed, sent)
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """One read of a trigger campaign's detections: how many were read past the cursor, not
+    in the segment, too old to send (stale), and what the gate and the caps made of the rest."""
+
+    detections: int
+    not_in_segment: int
+    stale: int
+    enqueued: int
+    capped: int
+    suppressed: int
+    sent: int
+    cursor: int
+
+
+def trigger_cursor(db: CampaignDB, campaign_id: str) -> int:
+    """The ``seq`` of the last detection a trigger campaign has read (0: none)."""
+    rows = db.frame(
+        "SELECT last_seq FROM campaign_trigger_cursors WHERE campaign_id = ?",
+        (campaign_id,),
+        ["seq"],
+    )
+    return int(rows["seq"].iloc[0]) if len(rows) else 0
+
+
+def _set_cursor(db: CampaignDB, campaign_id: str, seq: int) -> None:
+    with db.store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO campaign_trigger_cursors (campaign_id, last_seq, updated_at) "
+            "VALUES (?, ?, ?) ON CONFLICT (campaign_id) DO UPDATE SET "
+            "last_seq = excluded.last_seq, updated_at = excluded.updated_at",
+            (campaign_id, seq, datetime.now().isoformat()),
+        )
+
+
+def run_triggered(
+    spec: CampaignSpec,
+    ctx: Context,
+    adapter: DeliveryAdapter,
+    detections: Any,
+    now: datetime,
+    batch_size: int = 500,
+    read_limit: int = 10_000,
+) -> TriggerResult:
+    """Read the detections of the campaign's rule recorded since its cursor
+    (``detections``: a :class:`~src.contact.triggers.DetectionQueue`) and enqueue the first
+    step for each detected segment member at fire time + ``trigger_delay_minutes``, through
+    the same gate, holdout, caps and outbox as a run; then dispatch what is due by ``now``.
+
+    Exactly once: a message id includes the detection id, so a crash before the cursor moves
+    re-reads detections whose messages exist and enqueues nothing twice. A customer detected
+    twice gets two messages (the caps decide), one decision row (their first). The segment
+    snapshot of a trigger campaign (version ``trigger``) is every detected member with their
+    arm: the population its lift is measured on."""
+    rule = spec.when.trigger
+    if rule is None:
+        raise SpecError(f"campaign {spec.campaign_id!r}: when.trigger: not a trigger campaign")
+    step = spec.steps[0]
+    run_id = sha256_json([spec.content_hash(), step.step_id, "trigger"])[:16]
+    delay = pd.Timedelta(minutes=spec.when.trigger_delay_minutes)
+    oldest = pd.Timestamp(now) - pd.Timedelta(minutes=spec.when.trigger_max_age_minutes)
+    cursor = trigger_cursor(ctx.db, spec.campaign_id)
+    n = outside = stale = enq = capped = suppressed = 0
+    while batch := detections.after(cursor, [rule], read_limit):
+        rows = pd.DataFrame(
+            [(d.detection_id, d.customer_id, pd.Timestamp(d.fired_at) + delay) for d in batch],
+            columns=["detection_id", "customer_id", "send_at"],
+        )
+        n += len(rows)
+        fresh = rows[rows["send_at"] >= oldest]
+        stale += len(rows) - len(fresh)
+        # one round per repeat of a customer in the batch: a plan has each customer once
+        for _, r in fresh.groupby(fresh.groupby("customer_id").cumcount()):
+            audience = pd.Series(r["send_at"].to_numpy(), index=r["customer_id"].astype(str))
+            p = plan(spec, ctx, step.step_id, audience=audience)
+            outside += len(audience) - len(p.frame)
+            _record_trigger_run(ctx.db, p, run_id)
+            occurrence = dict(zip(r["customer_id"].astype(str), r["detection_id"], strict=True))
+            e, c = enqueue(p, ctx, run_id, batch_size, occurrence=occurrence)
+            enq, capped = enq + e, capped + c
+            suppressed += int(p.frame["reason"].notna().sum())
+        cursor = batch[-1].seq
+        _set_cursor(ctx.db, spec.campaign_id, cursor)
+    sent = dispatch(ctx.db, spec.campaign_id, adapter, now, batch_size=batch_size)
+    if spec.reward is not None:
+        pend_rewards(spec, ctx)
+    return TriggerResult(n, outside, stale, enq, capped, suppressed, sent, cursor)
+
+
+def _record_trigger_run(db: CampaignDB, p: Plan, run_id: str) -> None:
+    """The trigger campaign's run row (once) and its growing segment snapshot with arms."""
+    with db.store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO campaign_runs (run_id, campaign_id, step_id, segment_version, "
+            "holdout_version, bundle_hash, started_at) VALUES (?, ?, ?, 'trigger', ?, ?, ?) "
+            "ON CONFLICT (run_id) DO NOTHING",
+            (run_id, p.spec.campaign_id, p.step.step_id, p.holdout_version,
+             p.spec.content_hash(), datetime.now().isoformat()),
+        )  # fmt: skip
+        tx.executemany(
+            "INSERT INTO campaign_segments (campaign_id, version, customer_id, arm) "
+            "VALUES (?, 'trigger', ?, ?) ON CONFLICT (campaign_id, version, customer_id) "
+            "DO NOTHING",
+            [(p.spec.campaign_id, str(c), a) for c, a in p.frame["arm"].items()],
+        )
 
 
 def pend_rewards(spec: CampaignSpec, ctx: Context) -> int:

@@ -96,7 +96,8 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
     (attributed within the spec's ``why.window_days`` of delivery)."""
     dec = db.decisions(spec.campaign_id)
     out = db.outbox(spec.campaign_id)
-    ev = attributed(db.events(spec.campaign_id), spec.why.window_days)
+    all_events = db.events(spec.campaign_id)
+    ev = attributed(all_events, spec.why.window_days)
     rows: list[dict[str, Any]] = []
     for (step_id, channel), d in dec.groupby(["step_id", "channel"], dropna=False):
         reasons = d["reason"].fillna("contacted")
@@ -115,10 +116,18 @@ def step_table(spec: CampaignSpec, db: CampaignDB) -> pd.DataFrame:
         }
         for event in ("delivered", "opened", "clicked", "converted"):
             row[event] = int((e["event"] == event).sum())
-        # sends reconciled against receipts: acknowledged by the provider, never receipted
-        receipted = set(e.loc[e["event"] == "delivered", "message_id"])
+        # sends reconciled against receipts: failed on delivery, acknowledged by the provider
+        # but never receipted, and receipted though the outbox never marked them sent (a crash
+        # between the acknowledgement and the mark; the next dispatch marks them)
+        raw = all_events[all_events["message_id"].isin(o["message_id"])]
+        failed = set(raw.loc[raw["event"] == "failed", "message_id"])
+        receipted = set(e.loc[e["event"] == "delivered", "message_id"]) | failed
+        row["failed"] = len(failed)
         row["sent_without_receipt"] = int(
             ((o["status"] == "sent") & ~o["message_id"].isin(receipted)).sum()
+        )
+        row["receipt_not_sent"] = int(
+            (o["message_id"].isin(set(raw["message_id"])) & (o["status"] != "sent")).sum()
         )
         step = next(s for s in spec.steps if s.step_id == step_id)
         row["cost_krw"] = row["sent"] * step.cost

@@ -4,8 +4,12 @@ A one-off (``at``) has one occurrence, its time; a recurring campaign (``cron``,
 minute hour day-of-month month day-of-week, with ``*``, lists, ranges and ``*/n``) has one per
 match. An occurrence runs exactly once: its id (the campaign and the occurrence time) is part
 of every message id, and a tick records it after its run; a crash between the two reruns the
-occurrence, which the idempotent run turns into the messages still missing. A tick fires only
-the latest due occurrence of each campaign (missed earlier ones are not caught up).
+occurrence, which the idempotent run turns into the messages still missing. Which missed
+occurrences a tick catches up is the spec's ``when.catch_up`` (default: only the latest; see
+:class:`~src.campaigns.spec.When` for why).
+
+A trigger campaign (``when.trigger``) has no occurrences: a tick reads the detections recorded
+since its cursor (:func:`src.campaigns.engine.run_triggered`).
 
 For a recurring campaign the approval signs the spec: the segment is evaluated afresh at each
 occurrence (its version is recorded with the run), so the latest approved bundle's spec is what
@@ -92,16 +96,41 @@ class Cron:
                 t = t.replace(hour=0, minute=0) - timedelta(minutes=1)
         return None
 
+    def between(self, start: datetime, end: datetime) -> list[datetime]:
+        """Every matching minute in (start, end], oldest first."""
+        out = []
+        t = end.replace(second=0, microsecond=0)
+        while True:
+            found = self.latest(t, t - start)
+            if found is None or found <= start:
+                break
+            out.append(found)
+            t = found - timedelta(minutes=1)
+        return out[::-1]
 
-def due_occurrence(spec: CampaignSpec, at: datetime) -> str | None:
-    """The occurrence (ISO time) of ``spec`` due at ``at``, or None (triggers never tick)."""
+
+def due_occurrences(spec: CampaignSpec, at: datetime) -> list[str]:
+    """The occurrences (ISO times) of ``spec`` a tick at ``at`` should run (the ones already
+    run included: the caller skips them), oldest first; none for a trigger campaign."""
     when = spec.when
     if when.at is not None:
-        return when.at.isoformat() if when.at.replace(tzinfo=None) <= at else None
-    if when.cron is not None:
-        t = Cron.parse(when.cron).latest(at)
-        return t.isoformat() if t is not None else None
-    return None
+        return [when.at.isoformat()] if when.at.replace(tzinfo=None) <= at else []
+    if when.cron is None:
+        return []
+    cron = Cron.parse(when.cron)
+    lookback = timedelta(hours=when.catch_up_hours)
+    if when.catch_up == "all":
+        return [t.isoformat() for t in cron.between(at - lookback, at)]
+    if when.catch_up == "none":
+        lookback = min(lookback, timedelta(minutes=when.grace_minutes))
+    t = cron.latest(at, lookback)
+    return [t.isoformat()] if t is not None else []
+
+
+def due_occurrence(spec: CampaignSpec, at: datetime) -> str | None:
+    """The latest occurrence of ``spec`` due at ``at`` (per its ``catch_up``), or None."""
+    due = due_occurrences(spec, at)
+    return due[-1] if due else None
 
 
 def approved_specs(db: CampaignDB) -> list[CampaignSpec]:

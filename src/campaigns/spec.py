@@ -133,12 +133,31 @@ class ModelSegment(_Model):
 
 
 class When(_Model):
-    """One-off ``at`` a local time, ``cron`` (recurring) or ``trigger`` (a detection rule)."""
+    """One-off ``at`` a local time, ``cron`` (recurring) or ``trigger`` (a detection rule).
+
+    Missed cron occurrences (the scheduler was down, a tick came late): ``catch_up`` says what
+    a tick does with them. Default ``latest``: the most recent one missed is sent once, late,
+    the ones before it are skipped. That is what a CRM team expects of "every day at lunch":
+    customers due today's message still get it when the scheduler returns, but never a burst
+    of the same message several times in a row (the caps would block most of it anyway and
+    the rest would be fatigue). ``all`` sends every missed occurrence, oldest first (for
+    occurrences that each matter, e.g. a daily statement reminder); ``none`` only an
+    occurrence at most ``grace_minutes`` old. None is older than ``catch_up_hours``.
+    """
 
     at: datetime | None = None
     cron: str | None = None
     trigger: str | None = None
     trigger_delay_minutes: int = Field(0, ge=0)
+    trigger_max_age_minutes: int = Field(
+        24 * 60,
+        ge=1,
+        description="A detection whose send time (fire time + delay) is older than this when a "
+        "tick reads it is skipped, counted as stale (no 'you just looked at ...' days later).",
+    )
+    catch_up: Literal["latest", "all", "none"] = "latest"
+    catch_up_hours: float = Field(24.0, gt=0, le=31 * 24)
+    grace_minutes: int = Field(15, ge=0, description="catch_up none: how late a tick may be.")
     timezone: str = "Asia/Seoul"
 
     @model_validator(mode="after")
@@ -294,12 +313,29 @@ class CampaignSpec(_Model):
     def salt(self) -> str:
         return self.holdout.salt or self.campaign_id
 
+    def signed_dump(self) -> dict[str, Any]:
+        """The spec as an approval signs it. Fields added after a release (:data:`LATER_FIELDS`)
+        are left out while at their default, so an approval given before they existed still
+        stands after an upgrade (its bundle hash is unchanged); set, they are signed."""
+        data = self.model_dump(mode="json")
+        for section, fields in LATER_FIELDS.items():
+            model = getattr(self, section)
+            for name in fields:
+                if getattr(model, name) == type(model).model_fields[name].default:
+                    data[section].pop(name, None)
+        return data
+
     def content_hash(self) -> str:
         """sha256 of the canonical spec (what an approval signs, with the data versions)."""
-        return sha256_json(self.model_dump(mode="json"))
+        return sha256_json(self.signed_dump())
 
 
 Segment.model_rebuild()
+
+#: spec fields added since the first release, per section (see :meth:`CampaignSpec.signed_dump`)
+LATER_FIELDS: dict[str, tuple[str, ...]] = {
+    "when": ("trigger_max_age_minutes", "catch_up", "catch_up_hours", "grace_minutes"),
+}
 
 
 def sha256_json(data: Any) -> str:

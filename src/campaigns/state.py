@@ -4,6 +4,11 @@ Tables: the outbox (one row per campaign x step x customer, deterministic id), t
 (every segment member's arm and, when not contacted, the reason: ``campaign why``), the segment
 snapshots and holdout records (versioned), the responses (receipts, opens, clicks,
 conversions), approvals (history kept) and the rewards ledger (:mod:`src.campaigns.ledger`).
+
+Schema versions: the tables are created and upgraded by :data:`MIGRATIONS`, applied in order on
+open and recorded in ``campaign_schema``, so a database written by an older release (which had
+no version table: version 0) opens and is upgraded in place, in one transaction, under a lock
+(two processes opening it at once apply each migration once).
 """
 
 from __future__ import annotations
@@ -87,6 +92,71 @@ DDL: tuple[str, ...] = (
 )
 
 
+#: the tables a trigger campaign and receipts add (version 2): where a triggered message came
+#: from, the receipt file an event was read from, and each trigger campaign's read position
+DDL_V2: tuple[str, ...] = (
+    "ALTER TABLE campaign_outbox ADD COLUMN detection_id TEXT",
+    "ALTER TABLE campaign_events ADD COLUMN source TEXT",
+    """CREATE TABLE IF NOT EXISTS campaign_trigger_cursors (
+        campaign_id TEXT PRIMARY KEY,
+        last_seq BIGINT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+)
+#: (version, what it does, statements), in order; never edit a released entry, append one
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "outbox, decisions, segments, runs, events, ticks, approvals", DDL),
+    (2, "triggered messages, receipt sources, trigger cursors", DDL_V2),
+)
+SCHEMA_DDL = """CREATE TABLE IF NOT EXISTS campaign_schema (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer release than this code."""
+
+
+def migrate(store: SQLContactStore) -> list[int]:
+    """Apply the migrations the database lacks, in order, in one transaction; returns the
+    versions applied. Version 1 only creates what is missing, so a database of the release
+    before versioning (its tables, no ``campaign_schema``) counts as version 0 and upgrades."""
+    from datetime import datetime
+
+    applied: list[int] = []
+    latest = MIGRATIONS[-1][0]
+    with store.transaction() as tx:
+        if tx.postgres:  # one migrator at a time; SQLite's BEGIN IMMEDIATE already is
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('nextoffer.campaign_schema'))")
+        tx.execute(SCHEMA_DDL)
+        row = tx.fetchone("SELECT MAX(version) FROM campaign_schema")
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > latest:
+            raise SchemaError(
+                f"campaign store schema version {current} is newer than this code's ({latest}): "
+                "upgrade nextoffer"
+            )
+        for version, description, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            for statement in statements:
+                tx.execute(statement)
+            tx.execute(
+                "INSERT INTO campaign_schema (version, description, applied_at) VALUES (?, ?, ?)",
+                (version, description, datetime.now().isoformat()),
+            )
+            applied.append(version)
+    return applied
+
+
+def schema_version(store: SQLContactStore) -> int:
+    with store.transaction() as tx:
+        row = tx.fetchone("SELECT MAX(version) FROM campaign_schema")
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def message_id(campaign_id: str, step_id: str, customer_id: str, occurrence: str = "") -> str:
     """Deterministic: a rerun computes the same id, so nothing is written or charged twice;
     each occurrence of a recurring campaign has its own ids."""
@@ -101,7 +171,7 @@ class CampaignDB:
 
     def __init__(self, store: SQLContactStore) -> None:
         self.store = store
-        store.ensure(DDL)
+        self.migrated = migrate(store)
 
     def frame(
         self, sql: str, params: Sequence[Any] = (), columns: Sequence[str] = ()

@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.contact.caps import ContactCaps
 from src.contact.store import ContactStore
+from src.contact.triggers import DetectionRecord, SpooledSink
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
 from src.serving.customer_store_shared import (
     FileViewSource,
@@ -127,6 +128,7 @@ class ServiceState:
     source: ModelSource | None = None
     clock: Callable[[], datetime] | None = None
     online: OnlineLearning | None = None  # the bandit learning from rewards (shared_state_url)
+    detections: SpooledSink | None = None  # where detections go for trigger campaigns
     failures: FailureLog = field(default_factory=lambda: FailureLog(log, 60.0))
 
 
@@ -209,7 +211,21 @@ def build_state(
         source=source,
         clock=clock,
         online=online_learning(settings, serving, source),
+        detections=detection_sink(serving),
     )
+
+
+def detection_sink(serving: ServingSettings) -> SpooledSink | None:
+    """The durable detection queue trigger campaigns read (``detections_url``), behind a local
+    spool for outages; None when not configured."""
+    if serving.detections_url is None:
+        return None
+    from src.contact.triggers import DetectionQueue
+
+    url, schema = serving.detections_url.get_secret_value(), serving.detections_schema
+    timeout = serving.backend_timeout_seconds
+    assert serving.detections_spool is not None  # resolved() fills it in
+    return SpooledSink(lambda: DetectionQueue.open(url, schema, timeout), serving.detections_spool)
 
 
 def online_learning(
@@ -579,6 +595,8 @@ def create_app(
             await asyncio.to_thread(state.log.close)
             if state.engine.contact_store is not None:
                 state.engine.contact_store.close()
+            if state.detections is not None:
+                state.detections.close()
 
     app = OfferSlotApp(
         title="nextoffer offer slot",
@@ -937,6 +955,24 @@ def _v1_router(serving: ServingSettings, keys: ApiKeys) -> APIRouter:
             raise HTTPException(
                 503, detail="detection state unavailable; retry", headers={"Retry-After": "1"}
             ) from error
+        if actions and state.detections is not None:
+            # the detector has consumed the event (a retry would not fire again): the
+            # detections are queued, or spooled while the queue is down; if neither can be
+            # written the sink holds them for the next event and the request fails (503)
+            records = [DetectionRecord(a.customer_id, a.rule, a.fired_at) for a in actions]
+            try:
+                where = await asyncio.to_thread(state.detections.record, records)
+            except OSError as error:
+                state.failures.failure("detections", error, "detections neither queued nor spooled")
+                raise HTTPException(
+                    503,
+                    detail="detections could not be recorded; retry",
+                    headers={"Retry-After": "1"},
+                ) from error
+            if where == "spooled":
+                state.failures.failure(
+                    "detections_queue", None, "detection queue unreachable: detections spooled"
+                )
         tz = state.engine.tz
         for a in actions:
             state.metrics.detections.labels(a.rule).inc()
