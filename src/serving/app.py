@@ -1212,6 +1212,7 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 "customers": len(state.engine.store),
                 **view,
                 "log": type(state.log).__name__,
+                **({"log_notice": n} if (n := getattr(state.log, "notice", None)) else {}),
                 "contact_store": type(state.engine.contact_store or state.caps).__name__,
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),
