@@ -250,7 +250,13 @@ def shared_detection(serving: ServingSettings, policy: PolicyConfig) -> tuple[On
     client = redis.Redis.from_url(serving.shared_state_url, socket_timeout=2)
     prefix = serving.shared_state_prefix
     flags = RedisFlags(client, prefix, int(policy.mark_ttl_hours * 3600) + 86_400)
-    return flags, RedisDetector(client, prefix, load_rules(serving.rules_dir))
+    detector = RedisDetector(
+        client,
+        prefix,
+        load_rules(serving.rules_dir),
+        allowed_lateness_seconds=serving.event_allowed_lateness_seconds,
+    )
+    return flags, detector
 
 
 def view_source(settings: Settings, serving: ServingSettings, follow: bool) -> ViewSource:
@@ -570,6 +576,8 @@ def create_app(
         ]
         if state.online is not None:
             pollers.append(asyncio.create_task(_learn(state), name="online-learner"))
+        if state.events.sweeps:
+            pollers.append(asyncio.create_task(_sweep_timeouts(state), name="timeout-sweeper"))
         try:
             yield
         finally:
@@ -756,6 +764,18 @@ async def _learn(state: ServiceState) -> None:
             await asyncio.to_thread(online.step)
         except Exception:
             log.exception("online learning step failed")
+
+
+async def _sweep_timeouts(state: ServiceState) -> None:
+    """Fire the shared detector's due timeouts (customers without a next event); an exception
+    here must never stop the loop."""
+    while True:
+        await asyncio.sleep(state.serving.detection_sweep_seconds)
+        try:
+            for action in await asyncio.to_thread(state.events.sweep):
+                state.metrics.detections.labels(action.rule).inc()
+        except Exception as error:
+            state.failures.failure("detection_sweep", error, "timeout sweep failed")
 
 
 async def _poll_view(state: ServiceState) -> None:
