@@ -48,6 +48,7 @@ import pandas as pd
 from benchmarks.common import Report, bank_params
 from benchmarks.harness.backends import PG_URL, REDIS_URL, pg_schema, redis_prefix
 from benchmarks.harness.loadgen import LoadResult, run_load
+from benchmarks.harness.serving_fixtures import PROPENSITY_NAME
 from src.serving.config import Cap, ServingSettings, policy_from_offers
 from src.serving.service import ServerProcess, serving_env
 
@@ -403,7 +404,14 @@ def run(
     store: dict[str, Any] = {}
     if store_rows:
         store_schema = stack.enter_context(pg_schema("nextoffer_bench_store"))
-        view_path, ids, store = tiled_store(view_path, store_rows, work_dir / "store", store_schema)
+        view_path, ids, store = tiled_store(
+            view_path,
+            store_rows,
+            work_dir / "store",
+            store_schema,
+            settings.tracking_uri,
+            versions[PROPENSITY_NAME],
+        )
     else:
         ids = pd.read_parquet(view_path, columns=["customer_id"])["customer_id"].tolist()
     # a fresh random customer per request (a cycle of 50,000 draws across the whole store)
@@ -516,28 +524,47 @@ def run(
 
 
 def tiled_store(
-    view_path: Path, rows: int, out_dir: Path, schema: str
+    view_path: Path, rows: int, out_dir: Path, schema: str, tracking_uri: str, version: str
 ) -> tuple[Path, list[str], dict[str, Any]]:
     """The bank's view tiled to ``rows`` customers (``bench_customer_store.tile_view``): written
-    as a view file for the embedded replica and published into PostgreSQL ``schema`` for the
-    shared ones. Returns (the tiled view file, its customer ids, what it took)."""
+    as a view file for the embedded replica (which scores it with the propensity champion at
+    load) and published into PostgreSQL ``schema`` with the champion's scores (``version``) for
+    the shared ones, as ``nextoffer score`` + ``publish-view`` would. Returns (the tiled view
+    file, its customer ids, what it took)."""
     import gc
+
+    import numpy as np
 
     from benchmarks.bench_customer_store import tile_view
     from src.serving.customer_store_shared import publish_to_postgres
+    from src.serving.customers import CustomerStore
+    from src.serving.models import MlflowModelSource, score_view
 
     started = time.perf_counter()
-    tiled = tile_view(pd.read_parquet(view_path), rows)
+    base = pd.read_parquet(view_path)
+    tiled = tile_view(base, rows)
+    model = MlflowModelSource(tracking_uri).load(PROPENSITY_NAME, version)
+    scored = score_view(model, CustomerStore(base, "base"), version)
+    at = np.arange(rows) % len(base)  # tiled row i is base row i % len(base)
+    products = list(scored.products)
+    scores = pd.DataFrame(
+        {
+            "customer_id": np.repeat(tiled["customer_id"].to_numpy(), len(products)),
+            "product": np.tile(products, rows),
+            "score": scored.matrix[at].reshape(-1),
+            "model_version": version,
+        }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     tiled_path = out_dir / view_path.name  # customer_view_<as_of>.parquet: the as_of it serves
     tiled.to_parquet(tiled_path, index=False)
     as_of = view_path.stem.removeprefix("customer_view_")
     tiled_s = time.perf_counter() - started
     started = time.perf_counter()
-    publish_to_postgres(PG_URL, schema, tiled, as_of)
+    publish_to_postgres(PG_URL, schema, tiled, as_of, scores)
     publish_s = time.perf_counter() - started
     ids = tiled["customer_id"].tolist()
-    del tiled
+    del tiled, scores
     gc.collect()
     return (
         tiled_path,

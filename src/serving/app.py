@@ -972,6 +972,9 @@ async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = 
     ``explain``: the caller may see reasons (internal key)."""
     engine = state.engine
     example = None
+    prefetch = getattr(engine.store, "prefetch", None)  # a shared store: its lookup off the loop
+    if prefetch is not None:
+        await prefetch(body.customer_id)
     try:
         record = engine.decide(body)
         if state.online is not None:  # before any await: the scorer keeps its last example
