@@ -329,3 +329,49 @@ def test_the_app_sweeper_sets_the_flag_of_a_timeout_without_a_next_event(redis_p
     ]
     assert flags.active("C1", _ns("2026-01-01 10:21")) == ("rule_signup_abandoned",)
     assert events.sweep() == []
+
+
+def test_the_service_sweeps_a_timeout_without_a_next_event(
+    redis_prefix, small_bank: Settings, tmp_path: Path
+):
+    """The app's background sweeper (started with shared state) fires the pending timeout of a
+    customer who sent nothing more, and sets its flag; no request is needed for it."""
+    import time
+
+    import pandas as pd
+
+    from src.features.customer_view import build_customer_view
+    from src.pipeline import default_as_of
+
+    client, prefix = redis_prefix
+    as_of = default_as_of(small_bank)
+    view_path = tmp_path / f"customer_view_{pd.Timestamp(as_of):%Y-%m-%d}.parquet"
+    build_customer_view(small_bank.catalog, as_of).to_parquet(view_path)
+    serving = ServingSettings(
+        view_path=view_path,
+        log_path=tmp_path / "log.sqlite",
+        seed=1,
+        bandit_model=None,
+        propensity_model=None,
+        shared_state_url=REDIS_URL,
+        shared_state_prefix=prefix,
+        detection_sweep_seconds=0.05,
+    )
+    click = {"channel": "app", "source": "click", "action": "view", "session_id": 1}
+    with TestClient(create_app(small_bank, serving, model_source=None)) as app:
+        assert app.app.state.service.events.sweeps
+        for event_id, ts, page, customer in [
+            (1, "2026-02-05T10:00:00", "signup_step1", "S1"),
+            (2, "2026-02-05T10:30:00", "home", "S2"),  # the latest event time passes 10:20
+        ]:
+            body = {"event_id": event_id, "ts": ts, "page": page, "customer_id": customer}
+            assert app.post("/v1/events", json={**body, **click}).json()["actions"] == []
+        flags = RedisFlags(client, prefix, ttl_s=60)
+        key = flags.key("S1")
+        for _ in range(200):  # the sweeper runs every 0.05 s; not a timing assertion
+            if client.exists(key):
+                break
+            time.sleep(0.05)
+        fired_ns = int(pd.Timestamp("2026-02-05T10:20:00").value)
+        assert flags.active("S1", fired_ns) == ("rule_signup_abandoned",)
+        assert 'rule="signup_abandoned"' in app.get("/metrics").text
