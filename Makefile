@@ -30,7 +30,8 @@ bench: $(STAMP)  ## benchmarks at full size; JSON under benchmarks/results/
 
 bench-quick: $(STAMP)  ## the same benchmarks at a small size, to check they run
 	$(PY) -m benchmarks.run --customers 2000 --days 60 --detection-events 200000 \
-		--only simulator customer_view detection --out /tmp/nextoffer-bench-quick
+		--serving-store-rows 20000 --serving-duration 3 --soak-seconds 0 \
+		--only simulator customer_view detection serving_shared --out /tmp/nextoffer-bench-quick
 
 # `make lab LAB_IP=0.0.0.0` in a container; as root (id -u = 0) jupyter needs --allow-root.
 LAB_IP ?= 127.0.0.1

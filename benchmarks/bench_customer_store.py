@@ -44,12 +44,16 @@ def tiled_view(work_dir: Path, customers: int, seed: int = 3) -> tuple[pd.DataFr
     from benchmarks.harness.serving_fixtures import tiny_bank
 
     settings, view_path = tiny_bank(work_dir / "bank", customers=300, days=14, seed=seed)
-    base = pd.read_parquet(view_path)
+    as_of = view_path.stem.removeprefix("customer_view_")
+    return tile_view(pd.read_parquet(view_path), customers), as_of
+
+
+def tile_view(base: pd.DataFrame, customers: int) -> pd.DataFrame:
+    """``base`` repeated to ``customers`` rows, ids ``C00000000``, ``C00000001``, ... (unique)."""
     reps = -(-customers // len(base))
     view = pd.concat([base] * reps, ignore_index=True).iloc[:customers].copy()
     view["customer_id"] = [f"C{i:08d}" for i in range(customers)]
-    as_of = view_path.stem.removeprefix("customer_view_")
-    return view, as_of
+    return view
 
 
 def fake_scores(view: pd.DataFrame, version: str = "1") -> pd.DataFrame:

@@ -12,8 +12,13 @@ does). The machine has 2 cores shared by the client, the replicas, PostgreSQL an
 the 2-replica ratio says what 2 cores allow, not what 2 hosts would do; ``server_cpu_us``
 per request says where the CPU went.
 
-The customer view is the bank's (``--customers``; the 1M-row precomputed store is another
-part of the issue): each replica holds it in memory, as today.
+The customer rows: the bank's view (``--customers``), or with ``store_rows`` (``--store-rows
+1000000``, what ``make bench`` runs) that view tiled to ``store_rows`` customers with new ids
+(``bench_customer_store.tile_view``) and published once into the shared PostgreSQL customer
+store (``publish_to_postgres``) that the shared-backend replicas read (``customer_store_url``,
+each replica caching ``customer_cache_size`` rows); the embedded baseline loads the same tiled
+rows in process. Requests name customers drawn at random across all ``store_rows`` (a new one
+per request, so the replicas' row caches rarely help: the lookup is paid in the measurement).
 
 Contact charge: ``RedisContactStore.try_charge`` (one Lua script: read the week, check, count)
 against the same check-and-reserve as one PostgreSQL transaction (an advisory lock per
@@ -27,6 +32,8 @@ reward looked up in the log afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -41,6 +48,7 @@ import pandas as pd
 from benchmarks.common import Report, bank_params
 from benchmarks.harness.backends import PG_URL, REDIS_URL, pg_schema, redis_prefix
 from benchmarks.harness.loadgen import LoadResult, run_load
+from benchmarks.harness.serving_fixtures import PROPENSITY_NAME
 from src.serving.config import Cap, ServingSettings, policy_from_offers
 from src.serving.service import ServerProcess, serving_env
 
@@ -369,8 +377,10 @@ def run(
     keep: bool = False,
     goal_p99_ms: float = 10.0,
     goal_scale: float = 1.6,
+    store_rows: int | None = None,
 ) -> Report:
-    """Build a bank with champion models under ``work_dir``, then measure."""
+    """Build a bank with champion models under ``work_dir``, then measure (``store_rows``: see
+    the module docstring)."""
     from benchmarks.harness.backends import missing_servers
     from benchmarks.harness.serving_fixtures import register_models, tiny_bank
 
@@ -390,22 +400,47 @@ def run(
         policy_from_offers(offers, channel_cap=Cap(), offer_cap=Cap()).model_dump_json(indent=1)
     )
     setup_s = time.perf_counter() - t0
-    ids = pd.read_parquet(view_path, columns=["customer_id"])["customer_id"].tolist()
+    stack = contextlib.ExitStack()
+    store: dict[str, Any] = {}
+    if store_rows:
+        store_schema = stack.enter_context(pg_schema("nextoffer_bench_store"))
+        view_path, ids, store = tiled_store(
+            view_path,
+            store_rows,
+            work_dir / "store",
+            store_schema,
+            settings.tracking_uri,
+            versions[PROPENSITY_NAME],
+        )
+    else:
+        ids = pd.read_parquet(view_path, columns=["customer_id"])["customer_id"].tolist()
+    # a fresh random customer per request (a cycle of 50,000 draws across the whole store)
+    rng = random.Random(seed)
+    drawn = ids if len(ids) <= 50_000 else [ids[rng.randrange(len(ids))] for _ in range(50_000)]
     bodies = [
         {
             "customer_id": c,
             "slot": "home_banner",
             "context": {"channel": "app", "device": "ios", "page": "home"},
         }
-        for c in ids
+        for c in drawn
     ]
+    n_customers = len(ids)
+    del ids
+    sent = itertools.count()
 
     def decision(i: int) -> tuple[str, Any]:
-        return "/v1/decisions", bodies[i % len(bodies)]
+        return "/v1/decisions", bodies[next(sent) % len(bodies)]
 
     params = {
         "bank": bank_params(settings.raw_dir.parent),
-        "customers_in_view": len(ids),
+        "customers_in_view": n_customers,
+        "customer_rows": (
+            f"the bank's view tiled to {store_rows:,} customers, new ids; PostgreSQL customer "
+            "store for the shared backends, in process for the embedded baseline"
+            if store_rows
+            else "the bank's view, in each replica's memory"
+        ),
         "candidates_per_request": len(offers),
         "concurrencies": list(concurrencies),
         "requests": requests,
@@ -416,6 +451,7 @@ def run(
     }
     out: dict[str, Any] = {
         "setup_s": round(setup_s, 1),
+        **store,
         "models": versions,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
@@ -426,7 +462,9 @@ def run(
     def measure(key: str, cfg: ServingSettings, replicas: int) -> list[ServerProcess]:
         env = serving_env(settings, cfg)
         servers = [
-            ServerProcess(env).start(log_file=log_dir / f"{key}_{k}.log") for k in range(replicas)
+            # loading a million rows in process (the embedded baseline) takes a while
+            ServerProcess(env).start(timeout_s=900.0, log_file=log_dir / f"{key}_{k}.log")
+            for k in range(replicas)
         ]
         try:
             load_replicas(servers, decision, 8, 1_000, 10)  # warm: caches, connections
@@ -438,29 +476,35 @@ def run(
             raise
         return servers
 
-    for s in measure(
-        "embedded_sqlite_1", base.model_copy(update={"log_path": log_dir / "embedded.sqlite"}), 1
-    ):
-        s.stop()
-    for replicas in (1, 2):
-        with pg_schema("nextoffer_bench") as schema, redis_prefix("nextoffer-bench") as prefix:
-            cfg = base.model_copy(
-                update={
+    with stack:
+        for s in measure(
+            "embedded_sqlite_1",
+            base.model_copy(update={"log_path": log_dir / "embedded.sqlite"}),
+            1,
+        ):
+            s.stop()
+        for replicas in (1, 2):
+            with pg_schema("nextoffer_bench") as schema, redis_prefix("nextoffer-bench") as prefix:
+                update: dict[str, Any] = {
                     "log_path": log_dir / "unused.sqlite",
                     "log_url": PG_URL,
                     "log_schema": schema,
                     "contact_store_url": REDIS_URL,
                     "contact_key_prefix": prefix,
                 }
-            )
-            cfg = ServingSettings.model_validate(cfg.model_dump())
-            servers = measure(f"shared_pg_redis_{replicas}", cfg, replicas)
-            try:
-                if replicas == 2 and soak_s > 0:
-                    out["soak"] = soak(servers, bodies, schema, soak_rate_per_s, soak_s)
-            finally:
-                for s in servers:
-                    s.stop()
+                if store_rows:
+                    update |= {
+                        "customer_store_url": PG_URL,
+                        "customer_store_schema": store["store_schema"],
+                    }
+                cfg = ServingSettings.model_validate(base.model_copy(update=update).model_dump())
+                servers = measure(f"shared_pg_redis_{replicas}", cfg, replicas)
+                try:
+                    if replicas == 2 and soak_s > 0:
+                        out["soak"] = soak(servers, bodies, schema, soak_rate_per_s, soak_s)
+                finally:
+                    for s in servers:
+                        s.stop()
     out["contact_charge"] = compare_charges()
     for c in concurrencies:
         one, two = out[f"shared_pg_redis_1_c{c}"], out[f"shared_pg_redis_2_c{c}"]
@@ -477,6 +521,61 @@ def run(
         )
     out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     return Report(params, out, notes(out, params))
+
+
+def tiled_store(
+    view_path: Path, rows: int, out_dir: Path, schema: str, tracking_uri: str, version: str
+) -> tuple[Path, list[str], dict[str, Any]]:
+    """The bank's view tiled to ``rows`` customers (``bench_customer_store.tile_view``): written
+    as a view file for the embedded replica (which scores it with the propensity champion at
+    load) and published into PostgreSQL ``schema`` with the champion's scores (``version``) for
+    the shared ones, as ``nextoffer score`` + ``publish-view`` would. Returns (the tiled view
+    file, its customer ids, what it took)."""
+    import gc
+
+    import numpy as np
+
+    from benchmarks.bench_customer_store import tile_view
+    from src.serving.customer_store_shared import publish_to_postgres
+    from src.serving.customers import CustomerStore
+    from src.serving.models import MlflowModelSource, score_view
+
+    started = time.perf_counter()
+    base = pd.read_parquet(view_path)
+    tiled = tile_view(base, rows)
+    model = MlflowModelSource(tracking_uri).load(PROPENSITY_NAME, version)
+    scored = score_view(model, CustomerStore(base, "base"), version)
+    at = np.arange(rows) % len(base)  # tiled row i is base row i % len(base)
+    products = list(scored.products)
+    scores = pd.DataFrame(
+        {
+            "customer_id": np.repeat(tiled["customer_id"].to_numpy(), len(products)),
+            "product": np.tile(products, rows),
+            "score": scored.matrix[at].reshape(-1),
+            "model_version": version,
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tiled_path = out_dir / view_path.name  # customer_view_<as_of>.parquet: the as_of it serves
+    tiled.to_parquet(tiled_path, index=False)
+    as_of = view_path.stem.removeprefix("customer_view_")
+    tiled_s = time.perf_counter() - started
+    started = time.perf_counter()
+    publish_to_postgres(PG_URL, schema, tiled, as_of, scores)
+    publish_s = time.perf_counter() - started
+    ids = tiled["customer_id"].tolist()
+    del tiled, scores
+    gc.collect()
+    return (
+        tiled_path,
+        ids,
+        {
+            "store_schema": schema,
+            "store_rows": rows,
+            "store_tile_s": round(tiled_s, 1),
+            "store_publish_s": round(publish_s, 1),
+        },
+    )
 
 
 def run_soak(work_dir: Path, soak_s: float, rate_per_s: float) -> Report:
@@ -532,6 +631,11 @@ def notes(r: dict[str, Any], params: dict[str, Any]) -> list[str]:
         return _soak_note(r)
     out = []
     goal = params["goal"]
+    if r.get("store_rows"):
+        out.append(
+            f"customer rows: {r['store_rows']:,} (a small bank's view tiled), published to the "
+            f"PostgreSQL store in {r['store_publish_s']:.0f} s; each request names a random one"
+        )
     for c in params["concurrencies"]:
         emb, one, two = (
             r[f"{k}_c{c}"] for k in ("embedded_sqlite_1", "shared_pg_redis_1", "shared_pg_redis_2")
@@ -596,6 +700,13 @@ if __name__ == "__main__":
     parser.add_argument("--soak", type=float, default=600.0, help="soak seconds (0: none)")
     parser.add_argument("--soak-rate", type=float, default=300.0)
     parser.add_argument(
+        "--store-rows",
+        type=int,
+        default=None,
+        help="customers in the store: the bank's view tiled to this many rows (1000000 at a "
+        "bank's size), published to PostgreSQL for the shared backends (default: the bank's view)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="write the JSON report here (a directory)"
     )
     parser.add_argument(
@@ -614,6 +725,7 @@ if __name__ == "__main__":
             duration_s=args.duration,
             soak_s=args.soak,
             soak_rate_per_s=args.soak_rate,
+            store_rows=args.store_rows,
         )
     )
     if args.out:

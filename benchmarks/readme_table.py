@@ -271,7 +271,8 @@ def _serving_shared(doc: dict[str, Any]) -> list[Row]:
     two, one, emb = r["shared_pg_redis_2_c8"], r["shared_pg_redis_1_c8"], r["embedded_sqlite_1_c8"]
     return [
         (
-            "scoring endpoint on PostgreSQL + Redis, 2 replicas, 8 clients",
+            "scoring endpoint on PostgreSQL + Redis, 2 replicas, 8 clients"
+            + (f", {r['store_rows']:,} customers in the store" if r.get("store_rows") else ""),
             f"{two['requests_per_s']:,.0f} req/s, p50 {two['p50_ms']:.1f} ms, p99 "
             f"{two['p99_ms']:.1f} ms",
             f"1 replica: {one['requests_per_s']:,.0f} req/s ({r['ratio_2_vs_1_replica_c8']:.2f}× "

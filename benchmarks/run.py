@@ -122,6 +122,18 @@ def main(argv: list[str] | None = None) -> None:
         help="serving_shared: the fixed-rate soak over 2 replicas (0: none)",
     )
     parser.add_argument(
+        "--serving-store-rows",
+        type=int,
+        default=1_000_000,
+        help="serving_shared: customers' rows in the store (a small bank's view tiled)",
+    )
+    parser.add_argument(
+        "--serving-duration",
+        type=float,
+        default=15.0,
+        help="serving_shared: seconds of load per configuration and concurrency",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, choices=BENCHMARKS, help="run only these benchmarks"
     )
     args = parser.parse_args(argv)
@@ -176,7 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     def bench_serving_shared() -> Report:
         from benchmarks import bench_serving_shared
 
-        return bench_serving_shared.run(work / "serving_shared", soak_s=args.soak_seconds)
+        return bench_serving_shared.run(
+            work / "serving_shared",
+            soak_s=args.soak_seconds,
+            store_rows=args.serving_store_rows,
+            duration_s=args.serving_duration,
+        )
 
     def bench_uci_bank_marketing() -> Report:
         from benchmarks import bench_uci_bank_marketing

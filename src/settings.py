@@ -116,6 +116,19 @@ class ServingSettings(Section):
         description="An event stamped more than this past the server's clock is a 422 (it would "
         "move the detector's clock forward for its partition).",
     )
+    event_allowed_lateness_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="With shared detection state: how long after its own time an event may "
+        "arrive and still cancel a pending absence; the timeout sweeper fires a deadline once "
+        "min(server clock, latest event time) minus this has passed it.",
+    )
+    detection_sweep_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="With shared detection state: how often each replica fires the pending "
+        "timeouts of customers who sent no further event (each fires once across replicas).",
+    )
     event_partitions: int = Field(
         64,
         ge=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import stat
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -635,27 +636,83 @@ def _readyz(client: TestClient) -> tuple[int, dict]:
     return r.status_code, r.json()
 
 
-def test_a_deleted_log_file_makes_it_not_ready_and_acknowledges_nothing(client: TestClient):
-    """Today: ready, and every later decision was acknowledged into the unlinked file."""
-    path = client.app.state.service.log.path
-    assert _readyz(client)[0] == 200
+def _logged_ids(path: Path) -> set[str]:
+    con = sqlite3.connect(path)
+    try:
+        return {r[0] for r in con.execute("SELECT decision_id FROM decisions")}
+    finally:
+        con.close()
+
+
+def test_a_deleted_log_file_is_recreated_and_says_what_was_lost(client: TestClient, caplog):
+    """Deleted between commits: the next write opens a new file (0600) and is durable there; no
+    restart. The rows acknowledged before were in the deleted file: said once, log and /readyz."""
+    log_ = client.app.state.service.log
+    path = log_.path
+    before = client.post("/v1/decisions", json=DECISION).json()
+    assert before["offer"] is not None
     for f in [path, Path(f"{path}-wal"), Path(f"{path}-shm")]:
         f.unlink()
-    d = client.post("/v1/decisions", json=DECISION).json()
-    assert d["offer"] is None and d["fallback_reason"] == "log_unavailable"
-    reward = client.post("/v1/rewards", json={"decision_id": d["decision_id"], "kind": "click"})
-    assert reward.status_code == 503 and reward.headers["Retry-After"]
-    status, body = _readyz(client)
-    assert status == 503 and "deleted" in body["detail"]["log"]
+    with caplog.at_level(logging.WARNING, logger="nextoffer.serving"):
+        d = client.post("/v1/decisions", json=DECISION).json()
+        assert d["offer"] is not None  # acknowledged: it is in the new file
+        status, body = _readyz(client)
+    assert status == 200 and "deleted" in body["detail"]["log_notice"]
+    assert len([r for r in caplog.records if "was deleted" in r.getMessage()]) == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and log_.reopened == 1
+    assert _logged_ids(path) == {d["decision_id"]}
+    reward = {"decision_id": d["decision_id"], "kind": "click"}
+    assert client.post("/v1/rewards", json=reward).json()["stored"] is True
+    lost = {"decision_id": before["decision_id"], "kind": "click"}  # it was in the deleted file
+    assert client.post("/v1/rewards", json=lost).status_code == 404
 
 
-def test_a_replaced_log_file_makes_it_not_ready(client: TestClient):
+def test_a_log_file_deleted_during_a_commit_acknowledges_nothing_then_recovers(
+    client: TestClient, monkeypatch
+):
+    """The batch reached the unlinked inode only: not acknowledged; the next one is."""
+    path = client.app.state.service.log.path
+    real_insert = SqliteDecisionLog._insert
+    deleted: list[bool] = []
+
+    def insert_then_delete(con, rows):
+        real_insert(con, rows)
+        if not deleted:
+            deleted.append(True)
+            path.unlink()
+
+    monkeypatch.setattr(SqliteDecisionLog, "_insert", staticmethod(insert_then_delete))
+    lost = client.post("/v1/decisions", json=DECISION).json()
+    assert lost["offer"] is None and lost["fallback_reason"] == "log_unavailable"
+    reward = client.post("/v1/rewards", json={"decision_id": lost["decision_id"], "kind": "click"})
+    assert reward.status_code in (404, 503)  # never stored against an unacknowledged decision
+    kept = client.post("/v1/decisions", json=DECISION).json()
+    assert kept["offer"] is not None
+    assert lost["decision_id"] not in _logged_ids(path)
+    assert kept["decision_id"] in _logged_ids(path)
+
+
+def test_a_replaced_log_file_is_adopted(client: TestClient):
+    """An operator's replacement (a restored copy, a rotation) is where the next rows go."""
     path = client.app.state.service.log.path
     path.rename(path.with_suffix(".moved"))
     path.write_bytes(b"")
     status, body = _readyz(client)
-    assert status == 503 and "replaced" in body["detail"]["log"]
+    assert status == 200 and "replaced" in body["detail"]["log_notice"]
+    d = client.post("/v1/decisions", json=DECISION).json()
+    assert d["offer"] is not None and d["decision_id"] in _logged_ids(path)
+
+
+def test_a_log_path_that_cannot_be_reopened_makes_it_not_ready(client: TestClient):
+    path = client.app.state.service.log.path
+    path.unlink()
+    path.write_bytes(b"not a database" * 100)
+    status, body = _readyz(client)
+    assert status == 503 and "heartbeat" in body["detail"]["log"]
     assert client.post("/v1/decisions", json=DECISION).json()["offer"] is None
+    path.unlink()  # the operator clears it: recovers without a restart
+    assert client.post("/v1/decisions", json=DECISION).json()["offer"] is not None
+    assert _readyz(client)[0] == 200
 
 
 def test_a_read_only_log_file_makes_it_not_ready(tmp_path: Path):

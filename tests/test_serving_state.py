@@ -119,6 +119,34 @@ def test_published_rows_and_scores_read_back_exactly(views: dict, pg_schema: str
     store.close()
 
 
+def test_prefetch_reads_the_row_off_the_event_loop(views: dict, pg_schema: str) -> None:
+    """The decision path awaits ``prefetch`` first: the PostgreSQL round trip runs in a worker
+    thread, and the engine's lookups on the loop are then served from the cache."""
+    import asyncio
+    import threading
+
+    as_of, view = views["new"]
+    publish_to_postgres(PG_URL, pg_schema, view, as_of)
+    source = PostgresViewSource(PG_URL, pg_schema, cache_size=50)
+    store = source.open(source.manifest())
+    assert isinstance(store, PgCustomerStore)
+    cid = str(view["customer_id"].iloc[7])
+    real_query, threads = store._query, []
+
+    def query(where, value):
+        threads.append(threading.current_thread())
+        return real_query(where, value)
+
+    store._query = query  # type: ignore[method-assign]
+    asyncio.run(store.prefetch(cid))
+    asyncio.run(store.prefetch(cid))  # cached: no second query
+    asyncio.run(store.prefetch("NOT-A-CUSTOMER"))
+    assert len(threads) == 2 and threading.main_thread() not in threads
+    assert store.position(cid) == 7 and store.row(7, ["customer_id"]) == {"customer_id": cid}
+    assert store.position("NOT-A-CUSTOMER") is None and len(threads) == 2
+    store.close()
+
+
 def test_a_bad_scores_table_is_refused_and_nothing_is_published(
     views: dict, pg_schema: str
 ) -> None:

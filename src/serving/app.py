@@ -266,7 +266,13 @@ def shared_detection(serving: ServingSettings, policy: PolicyConfig) -> tuple[On
     client = redis.Redis.from_url(serving.shared_state_url, socket_timeout=2)
     prefix = serving.shared_state_prefix
     flags = RedisFlags(client, prefix, int(policy.mark_ttl_hours * 3600) + 86_400)
-    return flags, RedisDetector(client, prefix, load_rules(serving.rules_dir))
+    detector = RedisDetector(
+        client,
+        prefix,
+        load_rules(serving.rules_dir),
+        allowed_lateness_seconds=serving.event_allowed_lateness_seconds,
+    )
+    return flags, detector
 
 
 def view_source(settings: Settings, serving: ServingSettings, follow: bool) -> ViewSource:
@@ -586,6 +592,8 @@ def create_app(
         ]
         if state.online is not None:
             pollers.append(asyncio.create_task(_learn(state), name="online-learner"))
+        if state.events.sweeps:
+            pollers.append(asyncio.create_task(_sweep_timeouts(state), name="timeout-sweeper"))
         try:
             yield
         finally:
@@ -774,6 +782,18 @@ async def _learn(state: ServiceState) -> None:
             await asyncio.to_thread(online.step)
         except Exception:
             log.exception("online learning step failed")
+
+
+async def _sweep_timeouts(state: ServiceState) -> None:
+    """Fire the shared detector's due timeouts (customers without a next event); an exception
+    here must never stop the loop."""
+    while True:
+        await asyncio.sleep(state.serving.detection_sweep_seconds)
+        try:
+            for action in await asyncio.to_thread(state.events.sweep):
+                state.metrics.detections.labels(action.rule).inc()
+        except Exception as error:
+            state.failures.failure("detection_sweep", error, "timeout sweep failed")
 
 
 async def _poll_view(state: ServiceState) -> None:
@@ -988,6 +1008,9 @@ async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = 
     ``explain``: the caller may see reasons (internal key)."""
     engine = state.engine
     example = None
+    prefetch = getattr(engine.store, "prefetch", None)  # a shared store: its lookup off the loop
+    if prefetch is not None:
+        await prefetch(body.customer_id)
     try:
         record = engine.decide(body)
         if state.online is not None:  # before any await: the scorer keeps its last example
@@ -1248,6 +1271,7 @@ def _ops_router(metrics: ServiceMetrics) -> APIRouter:
                 "customers": len(state.engine.store),
                 **view,
                 "log": type(state.log).__name__,
+                **({"log_notice": n} if (n := getattr(state.log, "notice", None)) else {}),
                 "contact_store": type(state.engine.contact_store or state.caps).__name__,
                 "offers": len(state.policy.offers),
                 "model_versions": models.versions(),

@@ -10,11 +10,42 @@ any replica, and a decision on one replica must see the flag an event set on ano
   processes an event as a read-modify-write under ``WATCH``: two replicas processing the same
   customer's events at once retry instead of losing one update. It stands where
   ``EventProcessor.detector`` stands (``process``, ``late_events``, ``state_size``); the clock
-  is the customer's own (an event older than the customer's last one is late; a timeout of a
-  customer fires at that customer's next event).
+  is the customer's own (an event older than the customer's last one is late).
 * :class:`RedisFlags` keeps the flags (``<prefix>:flags:<customer>``: flag -> expiry in event
   time ns), read by every decision.
 
+Timeouts without a next event (:meth:`RedisDetector.sweep_due`). A customer's pending absence
+("did not reach X within 10 minutes") would otherwise fire only at that customer's next event,
+maybe never. Every write of a customer's state also writes, in the same ``MULTI``, the earliest
+pending deadline of that customer into a sorted set (``<prefix>:detdue``, score = deadline in
+event-time microseconds) and the largest event time seen into ``<prefix>:detclock`` (``ZADD
+GT``). A sweeper (each replica runs one, every ``detection_sweep_seconds``) takes the customers
+whose deadline is before the sweep time ``T`` and advances each one's state to ``T`` (the
+detector's ``tick``: exactly the timeouts with deadline < T fire), in the same optimistic
+transaction as an event: ``WATCH`` the customer's state, read, tick, ``MULTI`` write state and
+due entry, ``EXEC``. The ``EXEC`` is the atomic claim: of two replicas sweeping (or a sweep and
+an event) the one whose ``EXEC`` fails re-reads the state, in which the timeout has already
+fired and is gone, so each timeout fires once across replicas; a replica killed before its
+``EXEC`` changed nothing, and the due entry stays for the next sweep.
+
+Which clock drives the sweep: ``T = min(server now, largest event time seen) - allowed
+lateness`` (event times are the service's naive local time; the server's "now" is converted to
+it). Why:
+
+* event time is what the rules mean ("10 minutes after the inquiry") and what the batch
+  evaluation (:func:`src.features.detection.detect`) fires on: a timeout fires iff its deadline
+  is before the evaluation time. Ticking a customer to ``T`` therefore gives the batch's
+  detections with ``until = T``, as long as no event older than ``T`` arrives afterwards;
+* the allowed lateness is that margin: an event may reach the service up to that long after its
+  own time and still cancel an absence (an event older than its customer's clock is "late",
+  counted and ignored, as in the in-process detector whose partition clock another event moved);
+* capped by the server's clock, a client's clock skew (events are accepted up to
+  ``event_max_skew_seconds`` ahead) cannot fire timeouts early or make punctual events late;
+* capped by the largest event time seen, a replay of past events (tests, a backfill, a demo)
+  is swept in its own time, not fired all at once because the server's clock is months ahead.
+
+The state is encoded by this module from the detector's documented parts (candidates, rule
+states, counters, session, deadline heap); nothing is unpickled from the shared server.
 The state is encoded by this module from the detector's documented parts (candidates, rule
 states, counters, session, deadline heap); nothing is unpickled from the shared server.
 """
@@ -24,8 +55,9 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from src.features.detection import Detection, Event, OnlineDetector
@@ -141,19 +173,39 @@ def load_state(det: OnlineDetector, customer_id: str, raw: str | bytes | None) -
         det._sessions[customer_id] = (data["session"][0], data["session"][1])
 
 
+def next_deadline(det: OnlineDetector) -> int | None:
+    """The earliest deadline of a pending absence in ``det`` (ns), or None."""
+    live = [h[0] for h in det._heap if h[6].alive and h[6].step == h[7]]
+    return min(live) if live else None
+
+
 class RedisDetector:
     """The online detector with each customer's state in Redis (see the module docstring).
 
-    Not thread-safe on its own (one detector object is reused per event): callers serialize,
-    as ``EventProcessor`` does with its lock."""
+    ``process`` is not thread-safe on its own (one detector object is reused per event): callers
+    serialize, as ``EventProcessor`` does with its lock. ``sweep_due`` has its own detector
+    object and lock, so a sweep runs beside events. ``allowed_lateness_seconds``: see the module
+    docstring."""
 
-    def __init__(self, client: Any, prefix: str, rules: Iterable[CompiledRule]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        rules: Iterable[CompiledRule],
+        allowed_lateness_seconds: float = 60.0,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.detector = OnlineDetector(rules)  # compiled once; state swapped in per event
+        self._sweeper = OnlineDetector(self.detector.rules)
+        self._sweep_lock = threading.Lock()
         self.ttl_s = longest_window_seconds(self.detector.rules) + _DAY_S
+        self.lateness_ns = int(allowed_lateness_seconds * 1e9)
+        self.due_key = f"{prefix}:detdue"
+        self.clock_key = f"{prefix}:detclock"
         self.late_events = 0
         self.conflicts = 0  # retries because another replica changed the customer meanwhile
+        self.swept = 0  # timeouts this replica's sweeps fired
 
     def key(self, customer_id: str) -> str:
         return f"{self.prefix}:det:{customer_id}"
@@ -166,35 +218,88 @@ class RedisDetector:
         if cust is None:
             return []
         try:
-            return self._process(event, cust)
+            out, late = self._transact(
+                self.detector, cust, lambda det: det.process(event), event.ts
+            )
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise SharedStateUnavailable(f"Redis: {error}") from error
+        self.late_events += late
+        return out
 
-    def _process(self, event: Event, cust: str) -> list[Detection]:
+    def sweep_time(self, server_now_ns: int) -> int | None:
+        """``T`` of a sweep at the server's ``now`` (see the module docstring); None before any
+        event was seen."""
+        seen = self.client.zscore(self.clock_key, "max")
+        if seen is None:
+            return None
+        return min(server_now_ns, int(seen) * 1000) - self.lateness_ns
+
+    def sweep_due(self, server_now_ns: int, limit: int = 10_000) -> list[Detection]:
+        """Fire the pending timeouts of every customer due before the sweep time (at most
+        ``limit`` customers per call): each fires once across replicas (module docstring)."""
+        import redis
+
+        with self._sweep_lock:
+            try:
+                until = self.sweep_time(server_now_ns)
+                if until is None:
+                    return []
+                # scores are floor(deadline / 1 us): a superset of deadline < until; the tick
+                # decides exactly, and rewrites the entry of a customer not yet due
+                due = self.client.zrangebyscore(
+                    self.due_key, "-inf", (until - 1) // 1000, start=0, num=limit
+                )
+                out: list[Detection] = []
+                for member in due:
+                    cust = member.decode() if isinstance(member, bytes) else member
+                    fired, _ = self._transact(
+                        self._sweeper, cust, lambda det: det.tick(until), None
+                    )
+                    self.swept += len(fired)
+                    out.extend(fired)
+                return out
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                raise SharedStateUnavailable(f"Redis: {error}") from error
+
+    def _transact(
+        self,
+        det: OnlineDetector,
+        cust: str,
+        step: Callable[[OnlineDetector], list[Detection]],
+        event_ts: int | None,
+    ) -> tuple[list[Detection], int]:
+        """``step`` on the customer's state, read and written back (with the customer's due
+        entry) in one optimistic transaction; retried when another writer got there first.
+        Returns (detections, late events) of the attempt that committed."""
         import redis
 
         key = self.key(cust)
-        det = self.detector
         for _ in range(_MAX_RETRIES):
             with self.client.pipeline() as pipe:
                 try:
                     pipe.watch(key)
                     load_state(det, cust, pipe.get(key))
                     late_before = det.late_events
-                    detections = det.process(event)
-                    late = det.late_events > late_before
+                    detections = step(det)
+                    late = det.late_events - late_before
                     raw = dump_state(det)
+                    deadline = None if raw is None else next_deadline(det)
                     pipe.multi()
                     if raw is None:
                         pipe.delete(key)
                     else:
                         pipe.set(key, raw, ex=self.ttl_s)
+                    if deadline is None:
+                        pipe.zrem(self.due_key, cust)
+                    else:
+                        pipe.zadd(self.due_key, {cust: deadline // 1000})
+                    if event_ts is not None:
+                        pipe.zadd(self.clock_key, {"max": event_ts // 1000}, gt=True)
                     pipe.execute()
                 except redis.WatchError:
                     self.conflicts += 1
                     continue
-            self.late_events += late
-            return detections
+            return detections, late
         raise RuntimeError(f"customer {cust!r}: detector state kept changing, event not applied")
 
     def state_size(self) -> int:

@@ -155,7 +155,26 @@ class EventProcessor:
             late_before = detector.late_events
             detections = detector.process(event)
             late = detector.late_events > late_before
-        pages = {request.event_id: request.page}
+        return late, self._actions(detections, {request.event_id: request.page})
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether :meth:`sweep` has anything to do (the detector state is shared in Redis)."""
+        return hasattr(self.detectors[0], "sweep_due")
+
+    def sweep(self) -> list[TriggeredAction]:
+        """Fire the pending timeouts no event of their customer has fired yet (the shared
+        detector's sweeper, see ``src.serving.detection_state``); their flags are set."""
+        sweep_due = getattr(self.detectors[0], "sweep_due", None)
+        if sweep_due is None:
+            return []  # in process, a partition's next event fires them
+        now = self.clock().astimezone(self.tz).replace(tzinfo=None)
+        return self._actions(sweep_due(_ns(now)), {})
+
+    def _actions(
+        self, detections: list[Detection], pages: dict[int, str | None]
+    ) -> list[TriggeredAction]:
+        """Set the flags of ``detections`` and describe them for the response."""
         out = []
         for d in detections:
             self.flags.set(d.customer_id, flags_of(d, pages), d.fired_at + self.ttl_ns)
@@ -168,7 +187,7 @@ class EventProcessor:
                     action=_plain(d.action),
                 )
             )
-        return late, out
+        return out
 
     def state_size(self) -> int:
         with self._lock:

@@ -17,13 +17,25 @@ atomic, durable transaction), so the writer needs the GIL back only a few times 
 and :class:`LogHealth` (``/readyz``).
 
 Faults of the embedded file (the service must never acknowledge a row that is not in the file a
-restart will read): the file's identity (device, inode) is checked after every commit and
-before the writes are acknowledged — a deleted or replaced log file fails the batch and every
-later one, so decisions show nothing and rewards get a 503 instead of vanishing with the
-unlinked inode. :meth:`SqliteDecisionLog.health` (``/readyz``) says not ready, and why, when the
-file is gone or replaced, not writable by its owner, the disk is (nearly) full, the last write
-failed, or a heartbeat commit fails. New log files are created 0600 (SQLite gives its ``-wal``
-and ``-shm`` files the database file's mode).
+restart will read): the file's identity (device, inode) is checked by the writer before every
+commit and again after it, before the writes are acknowledged.
+
+- Deleted or replaced *between* commits: the writer closes its connection and opens the file now
+  at the path (a new one, created 0600 with the schema, if it is missing; the replacement if an
+  operator put one there, e.g. a restored copy), then writes. The service recovers by itself;
+  no restart.
+- Deleted or replaced *during* a commit: the batch reached the unlinked inode only, so it fails
+  (decisions show nothing, rewards get a 503) and the next commit reopens as above.
+- Rows acknowledged before the deletion were durable in the file that was deleted: removing it
+  was the operator's act, and the service cannot bring them back. It says so once, as a warning in
+  the log and in ``/readyz``'s detail (:attr:`SqliteDecisionLog.notice`); a reward for a decision
+  that was only in the deleted file is then ``unknown_decision`` (404).
+
+:meth:`SqliteDecisionLog.health` (``/readyz``) says not ready, and why, when the file cannot be
+reopened, is not writable by its owner, the disk is (nearly) full, the last write failed, or a
+heartbeat commit fails (the heartbeat goes through the writer, so a probe after a deletion is what
+reopens an idle log). New log files are created 0600 (SQLite gives its ``-wal`` and ``-shm`` files
+the database file's mode).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import queue
 import sqlite3
@@ -60,6 +73,7 @@ RewardOutcome = Literal["stored", "duplicate", "conflict", "no_offer", "unknown_
 """
 LOG_FILE_MODE = 0o600
 MIN_FREE_BYTES = 4 * 1024 * 1024  # less free space on the log's file system: not ready
+log = logging.getLogger("nextoffer.serving")
 FAILURE_MEMORY_SECONDS = 10.0  # a failed write keeps the log not ready this long without traffic
 
 
@@ -327,9 +341,13 @@ class SqliteDecisionLog:
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._con = connect(self.path, synchronous)
+        self._synchronous = synchronous
+        self._con: sqlite3.Connection | None = connect(self.path, synchronous)
         self._identity = _identity(self.path)
-        self._broken: str | None = None  # the file was deleted or replaced: refuse every write
+        self._journal = _journal_identity(self.path)
+        self._set_aside: list[str] = []  # the old journal's files renamed, for the notice
+        self.reopened = 0  # times the file was found deleted or replaced and opened anew
+        self.notice: str | None = None  # what the last reopening means for acknowledged rows
         self._last_error: tuple[float, str] | None = None  # (monotonic time, error) of a failure
         self._max_batch = max_batch
         self._on_commit = on_commit
@@ -391,14 +409,14 @@ class SqliteDecisionLog:
         return None
 
     def _file_problem(self) -> str | None:
-        if self._broken is not None:
-            return self._broken
+        """A problem of the file at ``path``; a missing or replaced file is none (the writer
+        reopens it at its next commit, the heartbeat's included)."""
         try:
             st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
         except OSError as error:
             return f"decision log file {self.path} is not accessible: {_one_line(error)}"
-        if (st.st_dev, st.st_ino) != self._identity:
-            return self._mark_broken()
         if not st.st_mode & stat.S_IWUSR:
             return f"decision log file {self.path} is read-only (mode {stat.S_IMODE(st.st_mode):o})"
         try:
@@ -410,25 +428,63 @@ class SqliteDecisionLog:
             return f"disk of the decision log {self.path.parent} is full ({free} bytes free)"
         return None
 
-    def _mark_broken(self) -> str:
-        """The file the connection writes to is no longer the one at ``path`` (deleted, or
-        replaced): rows written now would be lost at restart, so no write is accepted again."""
-        self._broken = (
-            f"decision log file {self.path} was deleted or replaced while open: writes are "
-            "refused (restore the file or restart with a new log)"
+    def _same_file(self) -> bool:
+        try:
+            return self._con is not None and _identity(self.path) == self._identity
+        except OSError:
+            return False
+
+    def _reopen(self) -> sqlite3.Connection:
+        """(Writer thread) the connection to the file now at ``path``, opened anew if the file was
+        deleted or replaced since the last commit (see the module docstring)."""
+        if self._same_file():
+            assert self._con is not None
+            return self._con
+        old, self._con = self._con, None
+        if old is not None:  # closed first: its -wal is the old file's, never the new one's
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        existed = self.path.exists()
+        self._set_aside += self._set_aside_old_journal()
+        con = connect(self.path, self._synchronous)  # raises: this batch fails, the next retries
+        self._con, self._identity = con, _identity(self.path)
+        self._journal = _journal_identity(self.path)
+        self.reopened += 1
+        self.notice = (
+            f"decision log file {self.path} was {'replaced' if existed else 'deleted'} while "
+            f"open; writing to the file now at that path since "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: rows acknowledged before were in the old file"
+            + (f" (its last pages kept as {', '.join(self._set_aside)})" if self._set_aside else "")
         )
-        return self._broken
+        self._set_aside = []
+        log.warning("%s", self.notice)
+        return con
+
+    def _set_aside_old_journal(self) -> list[str]:
+        """Rename the old file's ``-wal``/``-shm`` (still at the path when only the database was
+        deleted or replaced): SQLite ties a WAL to its database by name only, and would replay
+        the old file's last pages into the new one. Renamed, not deleted: they hold the old
+        file's latest rows. A journal that is not the old file's (an operator's) is left alone."""
+        kept = []
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix, identity in zip(("-wal", "-shm"), self._journal, strict=True):
+            side = Path(f"{self.path}{suffix}")
+            try:
+                if identity is None or _identity(side) != identity:
+                    continue
+                target = side.with_name(f"{side.name}.orphaned-{stamp}")
+                os.replace(side, target)
+                kept.append(target.name)
+            except OSError:
+                continue
+        return kept
 
     def _check_identity(self) -> None:
-        if self._broken is None:
-            try:
-                same = _identity(self.path) == self._identity
-            except OSError:
-                same = False
-            if not same:
-                self._mark_broken()
-        if self._broken is not None:
-            raise LogFileLost(self._broken)
+        if not self._same_file():
+            raise LogFileLost(
+                f"decision log file {self.path} was deleted or replaced during a commit: "
+                "the batch is not acknowledged (the next commit opens the file anew)"
+            )
 
     # -- reads -------------------------------------------------------------------------------------
     def recent_contacts(self, since_day: int) -> list[tuple[str, str, str, int]]:
@@ -448,7 +504,8 @@ class SqliteDecisionLog:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=30)
-        self._con.close()
+        if self._con is not None:
+            self._con.close()
 
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -477,11 +534,9 @@ class SqliteDecisionLog:
         started = time.perf_counter()
         jobs = [j for item in items for j in _jobs(item)]
         results: list[Any] = []
-        con = self._con
         in_transaction = False
         try:
-            if self._broken is not None:
-                raise LogFileLost(self._broken)
+            con = self._reopen()
             if len(jobs) <= ROWS_PER_STATEMENT and all(kind == "decision" for kind, _ in jobs):
                 # one INSERT in autocommit mode is its own atomic, durable transaction: one SQLite
                 # step (one GIL release) instead of BEGIN, INSERT, COMMIT
@@ -506,9 +561,9 @@ class SqliteDecisionLog:
                 in_transaction = False
             self._check_identity()  # committed to the file a restart reads, or not acknowledged
         except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
-            if in_transaction:
+            if in_transaction and self._con is not None:
                 with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
+                    self._con.execute("ROLLBACK")
             self.stats.failures += 1
             if any(kind != "heartbeat" for kind, _ in jobs):
                 self._last_error = (time.monotonic(), _one_line(error))
@@ -566,6 +621,17 @@ class LogFileLost(OSError):
 def _identity(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def _journal_identity(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """The identities of the database's ``-wal`` and ``-shm`` files (None: not there)."""
+    out: list[tuple[int, int] | None] = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            out.append(_identity(Path(f"{path}{suffix}")))
+        except OSError:
+            out.append(None)
+    return out[0], out[1]
 
 
 def _one_line(error: BaseException) -> str:
