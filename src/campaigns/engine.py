@@ -201,6 +201,10 @@ def _day(ts: pd.Timestamp) -> int:
     return (ts.date() - EPOCH).days
 
 
+#: gate codes whose reasons carry a detail (``no_consent_push``, ``target:age``)
+PREFIXED = {"no_consent": "no_consent_", "offer_target": "target"}
+
+
 def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[str, Any]:
     """The audience funnel of a plan: size after the segment, each exclusion, fatigue (as the
     store stands, without charging), requeued by quiet hours; expected outcome from scores."""
@@ -208,8 +212,8 @@ def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[st
     steps: list[tuple[str, int]] = [("segment", len(frame))]
     remaining = len(frame)
     for code in GATE_ORDER:
-        if code == "no_consent":
-            n = int(frame["reason"].fillna("").str.startswith("no_consent_").sum())
+        if code in PREFIXED:
+            n = int(frame["reason"].fillna("").str.startswith(PREFIXED[code]).sum())
         else:
             n = int((frame["reason"] == code).sum())
         remaining -= n
