@@ -91,3 +91,32 @@ def test_a_channel_the_policy_does_not_list_is_closed_as_in_the_slot() -> None:
     open_rows = ~members["is_closed"] & ~members["is_accident_reported"] & ~members["n_savings"]
     assert (frame.loc[open_rows.astype(bool), "reason"] == "no_consent_email").all()
     assert exclusions(rows[0], "email", no_email.offers, no_email) == {"OF1": "channel_not_allowed"}
+
+
+def test_quiet_hours_are_read_in_the_customers_time_zone() -> None:
+    """20:30 in Seoul is 21:30 in Vladivostok (quiet) and 19:30 in Shanghai (not); a dropped send
+    is dropped only where it is night, a requeued one moves to 08:00 *there*."""
+    members = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C2", "C3", "C4"],
+            "consent_push": True,
+            "consent_night": [False, False, True, False],
+            "timezone": ["Asia/Vladivostok", "Asia/Shanghai", "Asia/Vladivostok", None],
+        }
+    ).set_index("customer_id", drop=False)
+    when = {"at": "2026-02-05T20:30:00", "timezone": "Asia/Seoul"}
+    steps = [{"step_id": "s1", "channel": "push", "offer_id": "OF1"}]
+    plain = PolicyConfig(offers=(Offer(offer_id="OF1", slots=("app",), product="savings"),))
+    dropped = _gate(_spec(when=when, quiet_hours={"action": "drop"}, steps=steps), members, plain)
+    assert dropped["reason"].to_dict() == {
+        "C1": "quiet_hours_dropped",  # 21:30 local, no night consent
+        "C2": None,  # 19:30 local
+        "C3": None,  # night-time consent
+        "C4": None,  # no zone on record: the campaign's, 20:30
+    }
+    requeued = _gate(_spec(when=when, steps=steps), members, plain)
+    assert requeued["reason"].isna().all()
+    assert list(requeued["requeued"]) == [True, False, False, False]
+    # 08:00 in Vladivostok is 07:00 in Seoul (send times are in the campaign's zone)
+    assert requeued.loc["C1", "send_at"] == pd.Timestamp("2026-02-06 07:00")
+    assert (requeued.loc[["C2", "C3", "C4"], "send_at"] == pd.Timestamp(when["at"])).all()
