@@ -4,6 +4,8 @@ campaigns read the slot's policy file. Pure functions on small frames: no bank."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,3 +122,29 @@ def test_quiet_hours_are_read_in_the_customers_time_zone() -> None:
     # 08:00 in Vladivostok is 07:00 in Seoul (send times are in the campaign's zone)
     assert requeued.loc["C1", "send_at"] == pd.Timestamp("2026-02-06 07:00")
     assert (requeued.loc[["C2", "C3", "C4"], "send_at"] == pd.Timestamp(when["at"])).all()
+
+
+def test_campaigns_gate_on_the_slots_policy_file(tmp_path: Path) -> None:
+    """With ``serving.policy_path`` set, campaigns read the same policy as the slot (its
+    consent columns, held products, targeting and caps), not the default rules."""
+    import yaml
+
+    from src.campaigns.api import Campaigns
+    from src.settings import Settings
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        yaml.safe_dump(
+            {
+                "offers": [OFFER.model_dump(mode="json")],
+                "channel_cap": {"per_day": 1, "per_week": 2},
+            }
+        )
+    )
+    settings = Settings(data_dir=tmp_path / "data", serving={"policy_path": policy_file})
+    camps = Campaigns(settings, "2026-02-05")
+    try:
+        assert camps.ctx.policy.offers == (OFFER,)
+        assert camps.ctx.policy.channel_cap.per_day == 1
+    finally:
+        camps.db.store.close()
