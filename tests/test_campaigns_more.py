@@ -270,3 +270,30 @@ def test_arbitration_marks_and_ledger_reconcile_on_postgres(pg_db: CampaignDB) -
     rec = ledger.reconcile("win")
     assert rec.counts == {"pending": 1, "paid": 0} and rec.amounts == {"pending": 100.0}
     assert rec.entries_sum == 0 and not rec.problems
+
+
+def test_exit_on_goal_is_explicit_and_signed_only_when_set(ctx: engine.Context) -> None:  # noqa: F811
+    """A 'delivered' step 2 reaches step-1 converters unless the spec says ``why.exit_on_goal``;
+    the switch is part of what an approval signs only once it is set (old approvals stand)."""
+    steps = [
+        {"step_id": "s1", "channel": "push", "offer_id": "OF02"},
+        {"step_id": "s2", "channel": "push", "offer_id": "OF03", "after": "s1"},
+    ]
+    stay = bank_spec(campaign_id="stay", holdout={"share": 0.0}, steps=steps)
+    leave = bank_spec(
+        campaign_id="stay", holdout={"share": 0.0}, steps=steps, why={"exit_on_goal": True}
+    )
+    assert "exit_on_goal" not in stay.signed_dump()["why"]
+    assert leave.signed_dump()["why"]["exit_on_goal"] is True
+    assert leave.content_hash() != stay.content_hash()
+    engine.run(stay, ctx, SimulatedChannel(), require_approval=False, step_id="s1")
+    sent = ctx.db.outbox("stay").sort_values("message_id")
+    at = "2026-02-05T12:05:00"
+    ctx.db.record_events([(m, "delivered", at) for m in sent["message_id"]])
+    converters = sent.iloc[:3]
+    ctx.db.record_events([(m, "converted", at) for m in converters["message_id"]])
+    everyone = set(engine.plan(stay, ctx, "s2").frame.index)
+    assert everyone == set(sent["customer_id"])
+    assert set(engine.plan(leave, ctx, "s2").frame.index) == everyone - set(
+        converters["customer_id"]
+    )

@@ -179,6 +179,21 @@ def test_retrain(bank: dict[str, str], tmp_path: Path) -> None:
     out = run("retrain", "--as-of", bank["as_of"], "--data-dir", bank["data_dir"], env=env)
     assert "propensity" in out
     assert "nextoffer-cvr v" in out  # the CVR model is registered like the propensity model
+    # no warning in what cron logs, nor in what the kernels printed into the executed notebooks
+    # (sklearn's "least populated class", MLflow's CloudPickle notice, IPKernel's)
+    assert "Warning" not in out
+    import nbformat
+
+    executed = sorted((tmp_path / bank["as_of"]).glob("*.ipynb"))
+    assert [p.stem for p in executed] == ["10_train_propensity", "11_train_cvr"]
+    for path in executed:
+        stderr = [
+            o.get("text", "")
+            for c in nbformat.read(path, as_version=4).cells
+            for o in c.get("outputs", [])
+            if o.get("name") == "stderr"
+        ]
+        assert not [t for t in stderr if "Warning" in t or "CloudPickle" in t], (path, stderr)
 
 
 def test_monitor(bank: dict[str, str], tmp_path: Path) -> None:

@@ -127,3 +127,20 @@ def test_make_lab_registers_the_kernel_and_binds_from_variables():
     assert install < lab
     assert "--ip=0.0.0.0 --port=9999" in out[lab:]
     assert ("--allow-root" in out) == (os.geteuid() == 0)
+
+
+def test_notebooks_register_nothing_by_default_only_retrain_registers():
+    """Running a notebook by hand must not move the champion the endpoint hot-swaps to: every
+    notebook with a ``register`` parameter defaults it to False, and ``retrain`` passes True."""
+    import inspect
+
+    from src.models import retrain
+
+    with_register = {
+        p.stem: papermill.inspect_notebook(str(p.with_suffix(".ipynb")))["register"]["default"]
+        for p in NOTEBOOKS
+        if "register" in papermill.inspect_notebook(str(p.with_suffix(".ipynb")))
+    }
+    assert {"10_train_propensity", "11_train_cvr"} <= set(with_register)
+    assert set(with_register.values()) == {"False"}, with_register
+    assert '"register": True' in inspect.getsource(retrain.retrain)

@@ -15,7 +15,7 @@ from src.campaigns.receipts import ReceiptResult, ingest_receipts
 from src.campaigns.report import conversions_from_transactions, report
 from src.campaigns.spec import CampaignSpec, SpecError, load_spec
 from src.campaigns.state import CampaignDB
-from src.contact.policy import PolicyConfig
+from src.contact.policy import PolicyConfig, load_policy
 from src.contact.store_sql import SQLContactStore
 from src.settings import Settings
 
@@ -25,6 +25,14 @@ def open_db(settings: Settings) -> CampaignDB:
     cfg = settings.campaigns
     url = cfg.store_url or str(settings.campaigns_dir / "campaigns.sqlite")
     return CampaignDB(SQLContactStore(url, schema=cfg.store_schema))
+
+
+def bank_policy(settings: Settings) -> PolicyConfig | None:
+    """The offer slot's policy file (``serving.policy_path``) when one is set: campaigns gate on
+    the same consent columns, held products, targeting rules and caps as the slot, not on the
+    defaults; None (default rules over the offer table) when the slot has none either."""
+    path = settings.serving.policy_path
+    return load_policy(settings.resolve(path)) if path is not None else None
 
 
 class Campaigns:
@@ -39,7 +47,9 @@ class Campaigns:
     ) -> None:
         self.settings = settings
         self.db = db or open_db(settings)
-        self.ctx = engine.Context.open(settings.catalog, as_of, self.db, policy)
+        self.ctx = engine.Context.open(
+            settings.catalog, as_of, self.db, policy or bank_policy(settings)
+        )
 
     @staticmethod
     def spec(source: CampaignSpec | Path | str) -> CampaignSpec:

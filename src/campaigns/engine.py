@@ -177,8 +177,9 @@ def _step(spec: CampaignSpec, step_id: str) -> Step:
 
 
 def _wave(spec: CampaignSpec, step: Step, db: CampaignDB) -> tuple[pd.Index, pd.Series]:
-    """Who enters a later step: delivered at ``step.after`` and meeting the condition; they are
-    sent ``delay_hours`` after that delivery."""
+    """Who enters a later step: delivered at ``step.after`` and meeting the condition, minus
+    (``why.exit_on_goal``) whoever met the goal after any step; they are sent ``delay_hours``
+    after that delivery."""
     events = db.events(spec.campaign_id)
     prev = events[events["step_id"] == step.after]
     delivered = prev[prev["event"] == "delivered"].drop_duplicates("customer_id")
@@ -192,6 +193,9 @@ def _wave(spec: CampaignSpec, step: Step, db: CampaignDB) -> tuple[pd.Index, pd.
     if cond != "delivered":
         event = cond.removeprefix("not_")
         ids = ids - did[event] if cond.startswith("not_") else ids & did[event]
+    if spec.why.exit_on_goal:
+        goal = {"convert": "converted", "click": "clicked"}[spec.why.goal]
+        ids -= set(events.loc[events["event"] == goal, "customer_id"])
     audience = pd.Index(sorted(ids), name="customer_id")
     send_at = delivered_at.reindex(audience) + pd.Timedelta(hours=step.delay_hours)
     return audience, send_at
@@ -201,6 +205,10 @@ def _day(ts: pd.Timestamp) -> int:
     return (ts.date() - EPOCH).days
 
 
+#: gate codes whose reasons carry a detail (``no_consent_push``, ``target:age``)
+PREFIXED = {"no_consent": "no_consent_", "offer_target": "target"}
+
+
 def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[str, Any]:
     """The audience funnel of a plan: size after the segment, each exclusion, fatigue (as the
     store stands, without charging), requeued by quiet hours; expected outcome from scores."""
@@ -208,8 +216,8 @@ def funnel(p: Plan, ctx: Context, scores: pd.DataFrame | None = None) -> dict[st
     steps: list[tuple[str, int]] = [("segment", len(frame))]
     remaining = len(frame)
     for code in GATE_ORDER:
-        if code == "no_consent":
-            n = int(frame["reason"].fillna("").str.startswith("no_consent_").sum())
+        if code in PREFIXED:
+            n = int(frame["reason"].fillna("").str.startswith(PREFIXED[code]).sum())
         else:
             n = int((frame["reason"] == code).sum())
         remaining -= n

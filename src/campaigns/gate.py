@@ -2,7 +2,9 @@
 
 The same checks as the offer slot (``src.contact.eligibility``), vectorised over a segment and
 in a fixed order (the first failing one is the reason): global control, closed account, accident
-report, product held, campaign exclusions, consent for the channel (messenger falls back to SMS
+report, product held, the offer's targeting rules (the slot's own ``offer_block``, so both read a
+rule alike: ``target:<column>``, ``target_unknown:<column>``), campaign exclusions, consent for
+the channel (none for a channel the policy does not list; messenger falls back to SMS
 when only SMS is consented), quiet hours (advertising push/SMS at night without night-time
 consent: requeued to the morning or dropped), then the campaign holdout. Fatigue caps are
 charged later, per message, against the shared contact store.
@@ -19,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from src.campaigns.spec import CONSENT_CHANNEL, CampaignSpec, Step
-from src.contact.policy import PolicyConfig
+from src.contact.eligibility import offer_block
+from src.contact.policy import Offer, PolicyConfig
 
 NIGHT_CHANNELS = ("push", "sms", "lms")
 #: the funnel's steps in gate order (reasons); "contact" rows remain
@@ -28,6 +31,7 @@ GATE_ORDER: tuple[str, ...] = (
     "closed_account",
     "accident_report",
     "product_held",
+    "offer_target",
     "campaign_exclusion",
     "no_consent",
     "quiet_hours_dropped",
@@ -104,6 +108,8 @@ def gate(
         held = policy.held_columns.get(offer.product)
         if held and held in members:
             mark(members[held].fillna(0) > 0, "product_held")
+        if offer.target:
+            _mark_targeting(reason, members, offer, policy)
     if excluded is not None and len(excluded):
         mark(members.index.isin(excluded), "campaign_exclusion")
 
@@ -148,6 +154,24 @@ def gate(
     return GateResult(frame)
 
 
+def _mark_targeting(
+    reason: pd.Series, members: pd.DataFrame, offer: Offer, policy: PolicyConfig
+) -> None:
+    """The offer's targeting rules for members with no reason yet, row by row through the
+    slot's :func:`offer_block` (missing values as None: ``target_unknown``, as in the slot)."""
+    open_rows = reason.isna().to_numpy()
+    if not open_rows.any():
+        return
+    columns = [c for c in offer.target if c in members]
+    rows = members.loc[open_rows, columns].astype(object)
+    rows = rows.where(rows.notna(), None)
+    verdicts = [
+        offer_block(dict(zip(columns, values, strict=True)), offer, policy)
+        for values in rows.itertuples(index=False, name=None)
+    ]
+    reason[open_rows] = verdicts
+
+
 def _local_hours(
     local: pd.Series, members: pd.DataFrame, campaign_zone: str, end_hour: int
 ) -> tuple[np.ndarray, pd.Series]:
@@ -173,7 +197,9 @@ def _local_hours(
 
 def _consent(members: pd.DataFrame, channel: str, policy: PolicyConfig) -> pd.Series:
     base = CONSENT_CHANNEL.get(channel, channel)
-    column = policy.consent_by_channel.get(base, f"consent_{base}")
+    if base not in policy.consent_by_channel:  # the slot: channel_not_allowed; fail closed
+        return pd.Series(False, index=members.index)
+    column = policy.consent_by_channel[base]
     if column is None:  # in-app: shown inside a session the customer opened
         return pd.Series(True, index=members.index)
     if column not in members:

@@ -4,7 +4,8 @@ A rule is a SQL condition over the customer view as of a date. It is parsed with
 only a whitelist of expressions is accepted (columns of the view, literals, comparisons,
 boolean logic, IN, BETWEEN, IS NULL, arithmetic and ``detected('rule', days)``), so a rule can
 neither read other tables nor run statements; it is then compiled to DuckDB SQL over the view
-and the detections of the catalog (and, being plain SQL, can be transpiled to Spark).
+and the detections of the catalog; :func:`rule_query` gives the same query in Spark SQL (through
+the feature SQL's transpiler) for a bank whose view and detections live on Spark.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,24 @@ def compile_rule(
     return tree.transform(to_sql).sql(dialect="duckdb")
 
 
+def rule_query(
+    rule: str,
+    columns: Sequence[str],
+    as_of: datetime | str,
+    detections: bool = True,
+    dialect: Literal["duckdb", "spark"] = "duckdb",
+) -> str:
+    """``SELECT cv.customer_id FROM cv WHERE <rule>`` over the view registered as ``cv`` and the
+    detections as ``detections``: DuckDB's, or the same query in Spark SQL (the transpiler the
+    feature SQL uses, which refuses anything it cannot carry over)."""
+    sql = f"SELECT cv.customer_id FROM cv WHERE {compile_rule(rule, columns, as_of, detections)}"
+    if dialect == "spark":
+        from src.features.spark import to_spark_sql
+
+        return to_spark_sql(sql)
+    return sql
+
+
 def _check_detected(rule: str, node: exp.Anonymous, detections: bool) -> None:
     args = node.expressions
     if str(node.this).lower() != "detected":
@@ -155,9 +174,7 @@ class SegmentBuilder:
         import duckdb
 
         det_path = self.catalog.path("detections", self.as_of)
-        condition = compile_rule(
-            rule, list(self.view.columns), self.as_of, detections=det_path.exists()
-        )
+        sql = rule_query(rule, list(self.view.columns), self.as_of, detections=det_path.exists())
         con = duckdb.connect()
         try:
             con.register("cv", self.view)
@@ -166,7 +183,6 @@ class SegmentBuilder:
                     "detections", self.as_of, columns=["customer_id", "rule", "fired_at"]
                 )
                 con.register("detections", detections)
-            sql = f"SELECT cv.customer_id FROM cv WHERE {condition}"
             ids = con.execute(sql).fetchdf()["customer_id"].astype(str)
         finally:
             con.close()

@@ -229,6 +229,13 @@ class Why(_Model):
     product: str | None = None
     window_days: int = Field(14, ge=1)
     value_krw: float | None = Field(None, ge=0, description="Default: the offer's value_krw.")
+    exit_on_goal: bool = Field(
+        False,
+        description="Exit on the goal: a later step skips whoever met the goal (converted, or "
+        "clicked for goal click) after any earlier step of the campaign, whatever its own "
+        "condition. Off: each step's condition alone decides (a 'delivered' step 3 also "
+        "reaches step-1 converters).",
+    )
 
 
 class Exclusions(_Model):
@@ -335,6 +342,7 @@ Segment.model_rebuild()
 #: spec fields added since the first release, per section (see :meth:`CampaignSpec.signed_dump`)
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
     "when": ("trigger_max_age_minutes", "catch_up", "catch_up_hours", "grace_minutes"),
+    "why": ("exit_on_goal",),
 }
 
 
