@@ -211,8 +211,13 @@ class ServingSettings(Section):
     )
     contact_store_url: SecretStr | None = Field(
         None,
-        description="Redis contact-cap store shared by replicas (redis://...); default: caps "
+        description="Contact-cap store shared by replicas: redis://... (the slot only), or "
+        "sqlite:///path / postgresql://... (the campaigns' store: caps counted across the slot "
+        "and every campaign, and in-app campaign messages served in the slot); default: caps "
         "counted in the process, rebuilt from the log at start (one process only).",
+    )
+    contact_store_schema: str | None = Field(
+        None, description="PostgreSQL schema of a SQL contact store (as campaigns.store_schema)."
     )
     contact_key_prefix: str = Field(
         "nextoffer:", description="Prefix of the contact store's Redis keys."
@@ -397,6 +402,9 @@ class CampaignSettings(Section):
         None, description="JSONL delivery file; default: <data_dir>/campaigns/outbox.jsonl."
     )
     batch_size: int = Field(500, ge=1, description="Messages charged per transaction.")
+    inapp_valid_hours: float = Field(
+        168.0, gt=0, description="How long an in-app message waits in the slot's inbox."
+    )
 
 
 STALE_ENV = ("NEXTOFFER_SEED", "NEXTOFFER_CUSTOMERS", "NEXTOFFER_DAYS", "NEXTOFFER_START_DATE")

@@ -9,8 +9,14 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from src.contact.inbox import InAppInbox, InAppMessage, iso
+
+if TYPE_CHECKING:
+    from src.campaigns.state import CampaignDB
 
 
 @dataclass(frozen=True)
@@ -155,3 +161,80 @@ class WebhookAdapter:
 
     def close(self) -> None:
         pass
+
+
+class InAppAdapter:
+    """The in-app channel's provider: the offer slot. A message goes to the inbox
+    (:mod:`src.contact.inbox`) in the contact store's database, valid from its send time for
+    ``valid_hours``; the slot serves it on the customer's next decision for that slot and marks
+    it delivered there (its acknowledgement: :func:`inbox_receipts` reads it back). Accepted =
+    queued, idempotent on the message id like every provider."""
+
+    def __init__(self, inbox: InAppInbox, valid_hours: float = 168.0) -> None:
+        self.inbox = inbox
+        self.valid = timedelta(hours=valid_hours)
+
+    def send(self, message: Mapping[str, Any]) -> Ack:
+        key = str(message["message_id"])
+        slot = message.get("slot")
+        if not slot:
+            raise ValueError(f"in-app message {key}: no slot (the step's slot is required)")
+        start = datetime.fromisoformat(iso(str(message["send_at"])))
+        self.inbox.put(
+            InAppMessage(
+                message_id=key,
+                campaign_id=str(message["campaign_id"]),
+                customer_id=str(message["customer_id"]),
+                slot=str(slot),
+                channel=str(message["channel"]),
+                offer_id=str(message["offer_id"]),
+                content=str(message.get("content") or ""),
+                valid_from=iso(start),
+                valid_until=iso(start + self.valid),
+            )
+        )
+        return Ack("accepted", key)
+
+    def close(self) -> None:
+        pass
+
+
+class ChannelRouter:
+    """One adapter per channel (``routes``), ``default`` for the rest: in-app messages go to
+    the slot's inbox, the others to the outside provider."""
+
+    def __init__(self, default: DeliveryAdapter, routes: Mapping[str, DeliveryAdapter]) -> None:
+        self.default = default
+        self.routes = dict(routes)
+
+    def send(self, message: Mapping[str, Any]) -> Ack:
+        return self.routes.get(str(message["channel"]), self.default).send(message)
+
+    def close(self) -> None:
+        for adapter in {id(a): a for a in (self.default, *self.routes.values())}.values():
+            adapter.close()
+
+
+def inbox_receipts(
+    db: CampaignDB,
+    inbox: InAppInbox,
+    now: datetime | None = None,
+    campaign_id: str | None = None,
+) -> int:
+    """The slot's acknowledgements as the campaign's receipts: ``delivered`` for each in-app
+    message a logged decision showed, ``failed`` for one the slot refused (no longer eligible)
+    or that expired unseen by ``now``. Idempotent (one event per message and kind); returns the
+    events read."""
+    at = iso(now) if now is not None else None
+    events = []
+    for message_id, status, delivered_at, valid_until, _reason, _decision in inbox.outcomes(
+        campaign_id
+    ):
+        if status == "delivered":
+            events.append((str(message_id), "delivered", str(delivered_at)))
+        elif status == "undeliverable":
+            events.append((str(message_id), "failed", str(delivered_at)))
+        elif at is not None and str(valid_until) <= at:
+            events.append((str(message_id), "failed", str(valid_until)))
+    db.record_events(events)
+    return len(events)

@@ -9,12 +9,19 @@ from typing import Any
 import pandas as pd
 
 from src.campaigns import engine
-from src.campaigns.adapters import DeliveryAdapter, JsonlAdapter
+from src.campaigns.adapters import (
+    ChannelRouter,
+    DeliveryAdapter,
+    InAppAdapter,
+    JsonlAdapter,
+    inbox_receipts,
+)
 from src.campaigns.ledger import JsonlPayouts, PayoutProvider, RewardLedger
 from src.campaigns.receipts import ReceiptResult, ingest_receipts
 from src.campaigns.report import conversions_from_transactions, report
 from src.campaigns.spec import CampaignSpec, SpecError, load_spec
 from src.campaigns.state import CampaignDB
+from src.contact.inbox import InAppInbox
 from src.contact.policy import PolicyConfig, load_policy
 from src.contact.store_sql import SQLContactStore
 from src.settings import Settings
@@ -47,9 +54,22 @@ class Campaigns:
     ) -> None:
         self.settings = settings
         self.db = db or open_db(settings)
+        self.inbox = InAppInbox(self.db.store)
         self.ctx = engine.Context.open(
             settings.catalog, as_of, self.db, policy or bank_policy(settings)
         )
+
+    def with_inbox(self, adapter: DeliveryAdapter) -> ChannelRouter:
+        """``adapter`` for every channel but in-app (``app``), whose messages go to the offer
+        slot's inbox: the slot serves them when it shares this store
+        (``serving.contact_store_url``)."""
+        inapp = InAppAdapter(self.inbox, self.settings.campaigns.inapp_valid_hours)
+        return ChannelRouter(adapter, {"app": inapp})
+
+    def sync_inbox(self, now: datetime | None = None, campaign_id: str | None = None) -> int:
+        """Read the slot's in-app deliveries (and refusals, expiries by ``now``) into the
+        campaign events, so waves and reports see them (:func:`inbox_receipts`)."""
+        return inbox_receipts(self.db, self.inbox, now, campaign_id)
 
     @staticmethod
     def spec(source: CampaignSpec | Path | str) -> CampaignSpec:
@@ -105,11 +125,12 @@ class Campaigns:
                 self.settings.campaigns.outbox_path or self.settings.campaigns_dir / "outbox.jsonl"
             )
             adapter = JsonlAdapter(self.settings.resolve(Path(path)))
+        self.sync_inbox(now, spec.campaign_id)  # a wave after an in-app step sees deliveries
         try:
             return engine.run(
                 spec,
                 self.ctx,
-                adapter,
+                self.with_inbox(adapter),
                 step_id,
                 now,
                 batch_size=self.settings.campaigns.batch_size,
@@ -143,6 +164,7 @@ class Campaigns:
         """The report; conversions default to the catalog's (:meth:`conversions`), and the
         lift is also shown per age band when the view has ages."""
         spec = self.spec(spec)
+        self.sync_inbox(campaign_id=spec.campaign_id)
         if converted is None:
             converted = self.conversions(spec)
         members = self.ctx.members.set_index("customer_id")
@@ -211,11 +233,13 @@ class Campaigns:
             adapter = JsonlAdapter(self.settings.resolve(Path(path)))
         out: list[tuple[str, str, engine.RunResult | engine.TriggerResult | None]] = []
         batch_size = self.settings.campaigns.batch_size
+        self.sync_inbox(at)
+        routed = self.with_inbox(adapter)
         try:
             for spec in schedule.approved_specs(self.db):
                 if spec.when.trigger is not None:
                     queue = DetectionQueue(self.db.store)
-                    result = engine.run_triggered(spec, self.ctx, adapter, queue, at, batch_size)
+                    result = engine.run_triggered(spec, self.ctx, routed, queue, at, batch_size)
                     out.append((spec.campaign_id, "trigger", result))
                     continue
                 due = schedule.due_occurrences(spec, at)
@@ -230,7 +254,7 @@ class Campaigns:
                     ran = engine.run(
                         spec,
                         self.ctx,
-                        adapter,
+                        routed,
                         now=at,
                         require_approval=False,  # the spec is the approved bundle's own
                         batch_size=batch_size,

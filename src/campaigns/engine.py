@@ -501,10 +501,12 @@ def dispatch(
     progress: bool = False,
     on_sent: Callable[[dict[str, Any]], None] | None = None,
     batch_size: int = 100,
+    slots: Mapping[str, str] | None = None,
 ) -> int:
     """Hand pending messages due by ``now`` to the adapter; mark each sent on its ack. An
     undeliverable messenger message goes to its SMS fallback under the same id (one message,
-    one charge). Returns how many were marked sent."""
+    one charge). ``slots``: step id -> the in-app slot, added to those steps' messages (the
+    in-app adapter needs it). Returns how many were marked sent."""
     from tqdm.auto import tqdm
 
     cols = [
@@ -530,6 +532,8 @@ def dispatch(
         marks = []
         for msg in records[start : start + batch_size]:
             message = {"campaign_id": campaign_id, **msg}
+            if slots and msg["step_id"] in slots:
+                message["slot"] = slots[msg["step_id"]]
             ack = adapter.send(message)
             channel = msg["channel"]
             if ack.status == "undeliverable" and msg["fallback"]:
@@ -593,7 +597,15 @@ def run(
             )
     enq, capped = enqueue(p, ctx, run_id, batch_size, progress, occurrence)
     due = now or (p.frame["send_at"].max() if len(p.frame) else ctx.as_of)
-    sent = dispatch(ctx.db, spec.campaign_id, adapter, due, progress, batch_size=batch_size)
+    sent = dispatch(
+        ctx.db,
+        spec.campaign_id,
+        adapter,
+        due,
+        progress,
+        batch_size=batch_size,
+        slots=step_slots(spec),
+    )
     if spec.reward is not None:
         pend_rewards(spec, ctx)
     suppressed = int(p.frame["reason"].notna().sum())
@@ -683,10 +695,17 @@ def run_triggered(
             suppressed += int(p.frame["reason"].notna().sum())
         cursor = batch[-1].seq
         _set_cursor(ctx.db, spec.campaign_id, cursor)
-    sent = dispatch(ctx.db, spec.campaign_id, adapter, now, batch_size=batch_size)
+    sent = dispatch(
+        ctx.db, spec.campaign_id, adapter, now, batch_size=batch_size, slots=step_slots(spec)
+    )
     if spec.reward is not None:
         pend_rewards(spec, ctx)
     return TriggerResult(n, outside, stale, enq, capped, suppressed, sent, cursor)
+
+
+def step_slots(spec: CampaignSpec) -> dict[str, str]:
+    """step id -> slot of the spec's in-app steps."""
+    return {s.step_id: s.slot for s in spec.steps if s.slot}
 
 
 def _record_trigger_run(db: CampaignDB, p: Plan, run_id: str) -> None:

@@ -50,6 +50,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.contact.caps import ContactCaps
+from src.contact.inbox import InAppInbox
 from src.contact.store import ContactStore
 from src.contact.triggers import DetectionRecord, SpooledSink
 from src.serving.config import PolicyConfig, ServingSettings, resolve_policy
@@ -166,7 +167,16 @@ def build_state(
     caps = ContactCaps(policy)
     contact_store = open_contact_store(serving)
     manager, engine = _generation(
-        serving, metrics, source, clock, policy, store, flags, caps, contact_store=contact_store
+        serving,
+        metrics,
+        source,
+        clock,
+        policy,
+        store,
+        flags,
+        caps,
+        contact_store=contact_store,
+        inbox=open_inbox(contact_store),
     )
 
     def on_commit(n: int, seconds: float) -> None:
@@ -300,6 +310,7 @@ def _generation(
     caps: ContactCaps,
     carried: ModelSet | None = None,
     contact_store: ContactStore | None = None,
+    inbox: InAppInbox | None = None,
 ) -> tuple[ModelManager, DecisionEngine]:
     """The model manager and engine over one view (a new view gets new ones: propensity scores
     and every cache are by view position). ``carried``: the bandit of the previous view, kept."""
@@ -326,6 +337,7 @@ def _generation(
         seed=serving.seed,
         clock=clock,
         contact_store=contact_store,
+        inbox=inbox,
     )
     manager.probe = _bandit_probe(engine)
     return manager, engine
@@ -371,6 +383,7 @@ def switch_view(state: ServiceState) -> bool:
             state.caps,
             carried=state.manager.current,
             contact_store=state.engine.contact_store,
+            inbox=state.engine.inbox,
         )
         manager.refresh()
     except Exception as error:  # noqa: BLE001 - keep serving the current view
@@ -409,17 +422,43 @@ def open_log(serving: ServingSettings, on_commit: Callable[[int, float], None]) 
     )
 
 
+SQL_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+REDIS_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def open_contact_store(serving: ServingSettings) -> ContactStore | None:
-    """The Redis contact store shared by replicas when ``contact_store_url`` is set."""
+    """The contact store shared by replicas when ``contact_store_url`` is set: Redis
+    (``redis://``: the slot's replicas share caps) or SQL (``sqlite:///`` / ``postgresql://``:
+    the very table the campaigns charge, with their outbox row in the same transaction, so a
+    customer's caps count the slot and every campaign together; point
+    ``campaigns.store_url``/``store_schema`` at the same database)."""
     if serving.contact_store_url is None:
         return None
+    url = serving.contact_store_url.get_secret_value()
+    if url.startswith(SQL_STORE_SCHEMES):
+        from src.contact.store_sql import SQLContactStore
+
+        return SQLContactStore(
+            url, schema=serving.contact_store_schema, timeout=serving.backend_timeout_seconds
+        )
+    if not url.startswith(REDIS_STORE_SCHEMES):
+        raise ValueError(
+            "serving.contact_store_url: expected redis://, sqlite:/// or postgresql:// "
+            f"(got a URL starting {url.split(':', 1)[0]!r})"
+        )
     from src.contact.store_redis import RedisContactStore
 
     return RedisContactStore(
-        serving.contact_store_url.get_secret_value(),
-        serving.contact_key_prefix,
-        timeout_s=serving.backend_timeout_seconds,
+        url, serving.contact_key_prefix, timeout_s=serving.backend_timeout_seconds
     )
+
+
+def open_inbox(contact_store: ContactStore | None) -> InAppInbox | None:
+    """The in-app campaign inbox, in the SQL contact store's database (the campaigns write it
+    there); None for the in-process or Redis caps (no campaign shares them)."""
+    from src.contact.store_sql import SQLContactStore
+
+    return InAppInbox(contact_store) if isinstance(contact_store, SQLContactStore) else None
 
 
 def backend_problems(state: ServiceState) -> dict[str, str]:
@@ -1343,7 +1382,7 @@ def decision_json(record: DecisionRecord, engine: DecisionEngine, explain: bool 
         "offer": {
             "offer_id": chosen.offer_id,
             "product": chosen.product,
-            "creative": chosen.creative,
+            "creative": record.content or chosen.creative,
         }
         if chosen
         else None,

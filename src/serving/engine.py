@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from src.contact.caps import ContactCaps, Usage
 from src.contact.eligibility import exclusions, needed_columns
+from src.contact.inbox import InAppInbox, InAppMessage
 from src.contact.store import Charge, ContactStore, StoreUnavailable
 from src.serving.config import Offer, PolicyConfig
 from src.serving.customers import CustomerStore, OnlineFlags
@@ -61,6 +62,7 @@ AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; cleared when 
 _EPOCH = datetime(1970, 1, 1)
 EPOCH_ORDINAL = _EPOCH.toordinal()  # a contact store's day: days since 1970-01-01
 CHARGE_ATTEMPTS = 3  # choose again after a refused charge at most this often
+CAMPAIGN_POLICY = "campaign"  # a decision that served a campaign's in-app message (prob 1)
 
 
 def naive_ns(when: datetime) -> int:
@@ -113,7 +115,8 @@ def bandit_context(
 
 class DecisionEngine:
     """Makes decisions; owns no I/O but the contact store's. ``clock`` returns an aware datetime
-    (injected in tests). ``contact_store``: caps shared by replicas (else ``caps``, in memory)."""
+    (injected in tests). ``contact_store``: caps shared by replicas (else ``caps``, in memory);
+    ``inbox``: in-app campaign messages to serve before the policy's own choice."""
 
     def __init__(
         self,
@@ -127,8 +130,10 @@ class DecisionEngine:
         seed: int | None = None,
         clock: Callable[[], datetime] | None = None,
         contact_store: ContactStore | None = None,
+        inbox: InAppInbox | None = None,
     ) -> None:
         self.policy = policy
+        self.inbox = inbox
         self.store = store
         self.flags = flags
         self.caps = caps
@@ -232,6 +237,10 @@ class DecisionEngine:
         audience = self.audience(position, channel, slot, models)
         excluded = audience.excluded
         flags = self.flags.active(customer_id, naive_ns(when)) if len(self.flags) else ()
+        if self.inbox is not None:
+            message = self._pending_message(customer_id, slot, channel, now, audience)
+            if message is not None:
+                return self._campaign_record(request, message, now, when, position, audience)
 
         def choose(usage: Usage, blocked: dict[str, str]) -> tuple[str | None, Choice]:
             nonlocal excluded
@@ -302,6 +311,74 @@ class DecisionEngine:
             flags=flags,
         )
 
+    def _pending_message(
+        self, customer_id: str, slot: str, channel: str, now: datetime, audience: Audience
+    ) -> tuple[InAppMessage, str] | None:
+        """The customer's pending in-app campaign message for the slot, claimed under a new
+        decision id (exactly one replica wins a claim), if its offer is still eligible here; an
+        ineligible one is marked undeliverable with the slot's reason. The inbox unreachable:
+        none (the policy's own choice, which fails closed on the caps by itself)."""
+        assert self.inbox is not None
+        try:
+            message = self.inbox.next_for(customer_id, slot, channel, now)
+            if message is None:
+                return None
+            if message.offer_id not in audience.eligible_ids:
+                reason = audience.excluded.get(message.offer_id, "offer_not_in_slot")
+                self.inbox.refuse(message.message_id, reason, now)
+                return None
+            decision_id = self.new_id()
+            if not self.inbox.claim(message.message_id, decision_id, now):
+                return None  # another replica served it just now
+        except StoreUnavailable:
+            return None
+        return message, decision_id
+
+    def _campaign_record(
+        self,
+        request: DecisionRequest,
+        claimed: tuple[InAppMessage, str],
+        now: datetime,
+        when: datetime,
+        position: int | None,
+        audience: Audience,
+    ) -> DecisionRecord:
+        """The decision that shows a campaign's in-app message: policy ``campaign``, a
+        deterministic choice (its one candidate with probability 1) that off-policy evaluation
+        must not read as a draw of the bandit (``decisions_for_evaluation`` leaves it out); the
+        campaign and message ids are in ``model_versions``. No contact is charged: the campaign
+        charged it when it wrote the message's outbox row."""
+        message, decision_id = claimed
+        offer = self.offers[message.offer_id]
+        return DecisionRecord(
+            decision_id=decision_id,
+            created_at=now.isoformat(timespec="microseconds"),
+            day=now.toordinal(),
+            customer_id=request.customer_id,
+            slot=request.slot,
+            channel=request.context.channel,
+            device=request.context.device,
+            page=request.context.page,
+            request_time=when.isoformat(timespec="seconds"),
+            offer_id=offer.offer_id,
+            product=offer.product,
+            prob=1.0,
+            candidates=(offer.offer_id,),
+            pmf=(1.0,),
+            scores={offer.offer_id: audience.offer_scores.get(offer.offer_id)},
+            excluded=audience.excluded,
+            policy=CAMPAIGN_POLICY,
+            model_versions={
+                "campaign": message.campaign_id,
+                "campaign_message": message.message_id,
+            },
+            cold_start=position is None,
+            fallback=False,
+            fallback_reason=None,
+            view_as_of=self.store.as_of,
+            content=message.content or None,
+        )
+
     def _charge_shared(
         self,
         contact_store: ContactStore,
@@ -352,6 +429,12 @@ class DecisionEngine:
     def release(self, record: DecisionRecord) -> None:
         """Undo the contact of a decision that could not be logged (it was never shown)."""
         if record.offer_id is None:
+            return
+        if record.policy == CAMPAIGN_POLICY:  # no charge of ours: give the message back
+            message_id = record.model_versions.get("campaign_message")
+            if self.inbox is not None and message_id:
+                with contextlib.suppress(StoreUnavailable):
+                    self.inbox.unclaim(message_id, record.decision_id)
             return
         if self.contact_store is None:
             self.caps.release(record.customer_id, record.channel, record.day, record.offer_id)

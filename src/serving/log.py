@@ -105,6 +105,9 @@ class DecisionRecord:
     fallback_reason: str | None
     view_as_of: str | None
     flags: tuple[str, ...] = ()
+    # a campaign's in-app text shown instead of the offer's creative (not logged: the inbox
+    # keeps it under the message id in ``model_versions``)
+    content: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,8 +692,12 @@ def decisions_for_evaluation(
     Columns: decision_id, ts, customer_id, slot, channel, action (offer id), prob, candidates
     (comma-separated eligible offers), click, convert, value, reward (under ``reward``), policy,
     model_versions, cold_start, fallback, view_as_of. A decision with no reward yet has reward 0.
+    Decisions that served a campaign's in-app message (policy ``campaign``, probability 1) are
+    left out: a deterministic choice made for the campaign is no draw of the slot's policy, and
+    its propensity of 1 would bias an estimate that reads it as one (the full log keeps them).
     """
-    shown = decisions.loc[decisions["offer_id"].notna()].copy()
+    shown = decisions.loc[decisions["offer_id"].notna() & (decisions["policy"] != "campaign")]
+    shown = shown.copy()
     kinds = rewards.pivot_table(
         index="decision_id", columns="kind", values="received_at", aggfunc="count"
     )

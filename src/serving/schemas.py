@@ -170,7 +170,10 @@ class DecisionResponse(BaseModel):
     channel: str
     offer: ChosenOffer | None
     probability: float | None = Field(description="Probability the chosen offer was drawn with.")
-    policy: Literal["bandit", "propensity_greedy", "default_order", "none"]
+    policy: Literal["bandit", "propensity_greedy", "default_order", "campaign", "none"] = Field(
+        description="``campaign``: a campaign's in-app message for this slot, shown before the "
+        "policy's choice (probability 1; campaign and message ids in model_versions)."
+    )
     ranked: list[RankedOffer]
     excluded: list[ExcludedOffer]
     model_versions: dict[str, str]
