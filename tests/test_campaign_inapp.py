@@ -243,3 +243,16 @@ def test_ineligible_message_is_refused_by_the_slot(world: dict) -> None:
     assert d["policy"] != "campaign"
     outcome = {r[0]: r for r in inbox.outcomes("x")}["m9"]
     assert outcome[1] == "undeliverable" and outcome[4] == "offer_not_in_slot"
+
+
+def test_contact_store_url_names_its_backend(tmp_path: Path) -> None:
+    from src.contact.store_redis import RedisContactStore
+    from src.serving.app import open_contact_store, open_inbox
+
+    sql = open_contact_store(ServingSettings(contact_store_url=f"sqlite:///{tmp_path / 's.db'}"))
+    assert isinstance(sql, SQLContactStore) and open_inbox(sql) is not None
+    sql.close()
+    redis_store = open_contact_store(ServingSettings(contact_store_url="redis://127.0.0.1:1/0"))
+    assert isinstance(redis_store, RedisContactStore) and open_inbox(redis_store) is None
+    with pytest.raises(ValueError, match="serving.contact_store_url"):
+        open_contact_store(ServingSettings(contact_store_url="mysql://db/x"))

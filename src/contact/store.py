@@ -7,6 +7,16 @@ retried send or decision never charges twice). Implementations: SQL (SQLite embe
 shared; a charge can commit in the same transaction as an outbox row) and Redis (one Lua script).
 Optimistic use: read :meth:`usage`, choose an offer, then :meth:`try_charge`; if the charge is
 refused because another replica took the last contact meanwhile, choose again.
+
+Which store counts for both: the SQL one. A campaign's charge must commit in the same
+transaction as its outbox row (a crash between the two would keep a charge for a message never
+written, or write a message never charged), and Redis cannot join a SQL transaction; so the
+slot charges the campaigns' table (``serving.contact_store_url`` = ``sqlite:///...`` or
+``postgresql://...``, the same database as ``campaigns.store_url``), not the campaigns Redis.
+Both charge under the same names: the request's or the step's channel (``app`` for the slot
+and in-app steps), the customer's local day (days since 1970-01-01), the offer id. A Redis
+store (one script per charge, no fsync) serves the slot's replicas alone: its counts are not
+the campaigns'.
 """
 
 from __future__ import annotations
