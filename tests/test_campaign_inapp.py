@@ -256,3 +256,32 @@ def test_contact_store_url_names_its_backend(tmp_path: Path) -> None:
     assert isinstance(redis_store, RedisContactStore) and open_inbox(redis_store) is None
     with pytest.raises(ValueError, match="serving.contact_store_url"):
         open_contact_store(ServingSettings(contact_store_url="mysql://db/x"))
+
+
+def test_a_wave_after_an_in_app_step_follows_the_slot_deliveries(world: dict) -> None:
+    """Only the customer the slot showed the banner to enters the next step; the other one's
+    message expires unseen and is reported failed."""
+    client, camp = world["client"], world["camp"]
+    shown, unseen = world["customers"][4:6]
+    spec = _inapp_spec(world["tmp"], [shown, unseen], "wave1")
+    spec = spec.model_copy(
+        update={
+            "steps": (
+                *spec.steps,
+                spec.steps[0].model_copy(
+                    update={"step_id": "next", "after": "banner", "slot": "account_message",
+                            "offer_id": "OF09", "content": ""}
+                ),
+            )
+        }
+    )  # fmt: skip
+    assert _run(camp, spec) == (2, 0)
+    assert _decide(client, shown)["policy"] == "campaign"
+    camp.approve(spec, "bob")
+    later = NOW.replace(tzinfo=None, hour=13)
+    result = camp.run(spec, adapter=SimulatedChannel(), step_id="next", now=later)
+    assert result.enqueued == 1
+    assert camp.why("wave1", shown)["step_id"].tolist() == ["banner", "next"]
+    camp.sync_inbox(datetime(2026, 2, 13), "wave1")  # a week later: the unseen one expired
+    steps = camp.report(spec)["steps"].set_index("step_id")
+    assert steps.loc["banner", ["sent", "delivered", "failed"]].tolist() == [2, 1, 1]
