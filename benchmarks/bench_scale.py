@@ -56,18 +56,36 @@ DEFAULT_MAX_CUSTOMERS: dict[str, int] = {"spark": 100_000}
 
 
 def ensure_bank(data_root: Path, customers: int, days: int, seed: int) -> Path:
-    """The simulated bank of that size (simulated now if it is not there yet)."""
-    from src.data.synthetic import SimConfig, simulate
-
+    """The simulated bank of that size (simulated now, in a child process whose time, CPU and
+    peak memory go to ``simulated.json`` beside the bank, if it is not there yet)."""
     work = Path(data_root) / f"{customers}x{days}-seed{seed}"
     if not (work / "truth" / "meta.json").exists():
-        config = SimConfig(customers=customers, days=days, seed=seed)
-        simulate(config, work / "raw", work / "truth", progress=True)
+        result = _in_child(_simulate_child, str(work), customers, days, seed, timeout_s=6 * 3600)
+        if "error" in result:
+            raise RuntimeError(f"simulating {customers}x{days}: {result['error']}")
+        (work / "simulated.json").write_text(json.dumps(result, indent=2) + "\n")
     trusted_catalog(work)
     return work
 
 
+def _simulated(work: Path) -> dict[str, Any]:
+    """How the bank was made (see :func:`ensure_bank`), if that was recorded."""
+    path = work / "simulated.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 # -- child processes ---------------------------------------------------------------------------
+
+
+def _simulate_child(work: str, customers: int, days: int, seed: int, queue: mp.Queue) -> None:
+    from src.data.synthetic import SimConfig, simulate
+
+    started = time.perf_counter()
+    config = SimConfig(customers=customers, days=days, seed=seed)
+    counts = simulate(config, Path(work) / "raw", Path(work) / "truth", progress=False)
+    seconds = time.perf_counter() - started
+    events = counts["clickstream"] + counts["transactions"]
+    queue.put({"seconds": round(seconds, 1), "events_per_s": round(events / seconds)})
 
 
 def _duckdb_child(data_dir: str, as_of: str, out: str, memory_limit: str, queue: mp.Queue) -> None:
@@ -278,6 +296,7 @@ def run(
             "input_rows": rows,
             "events": events,
             "bank_ready_s": round(simulate_s, 1),
+            "simulated": _simulated(work),
         }
         for engine in engines:
             cap = caps.get(engine)
