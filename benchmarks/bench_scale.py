@@ -34,6 +34,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import shutil
 import threading
 import time
@@ -185,7 +186,10 @@ def _in_child(target, *args, timeout_s: float, spill_dir: Path | None = None) ->
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
+    import psutil
+
     load_before = os.getloadavg()[0]
+    available_before = psutil.virtual_memory().available
     started = time.perf_counter()
     proc.start()
     pid = proc.pid
@@ -206,12 +210,21 @@ def _in_child(target, *args, timeout_s: float, spill_dir: Path | None = None) ->
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    result: dict[str, Any]
+    result: dict[str, Any] | None = None
     try:
-        result = queue.get(timeout=timeout_s)
-    except Exception:  # queue.Empty: timed out, or the child died (OOM-killed) without a result
-        proc.kill()
-        result = {"error": f"no result after {time.perf_counter() - started:.0f} s"}
+        # Poll: a child killed by the kernel (out of memory) sends nothing, and waiting for the
+        # whole timeout would only hide that.
+        while result is None:
+            with contextlib.suppress(queue_module.Empty):
+                result = queue.get(timeout=1.0)
+            if result is None and not proc.is_alive():
+                with contextlib.suppress(queue_module.Empty):
+                    result = queue.get(timeout=1.0)
+                if result is None:
+                    result = {"error": "died without a result (killed: out of memory?)"}
+            elif result is None and time.perf_counter() - started > timeout_s:
+                proc.kill()
+                result = {"error": f"no result after {time.perf_counter() - started:.0f} s"}
     finally:
         done.set()
         sampler.join()
@@ -226,6 +239,7 @@ def _in_child(target, *args, timeout_s: float, spill_dir: Path | None = None) ->
     if spill_dir is not None:
         result["peak_spill_gb"] = round(peak[1] / GIB, 2)
     result["load_1m_before"] = round(load_before, 2)
+    result["machine_available_gb_before"] = round(available_before / GIB, 1)
     result["load_1m_after"] = round(os.getloadavg()[0], 2)
     return result
 
@@ -266,8 +280,8 @@ def run(
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
     engines: tuple[str, ...] = ENGINES,
     seed: int = 7,
-    duckdb_memory_limit: str = "10GB",
-    spark_driver_memory: str = "8g",
+    duckdb_memory_limit: str = "4GB",
+    spark_driver_memory: str = "4g",
     timeout_s: float = 4 * 3600,
     max_customers: dict[str, int] | None = None,
 ) -> Report:
@@ -528,8 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-root", type=Path, default=ROOT / "benchmarks" / ".data")
-    parser.add_argument("--duckdb-memory-limit", default="10GB")
-    parser.add_argument("--spark-driver-memory", default="8g")
+    parser.add_argument("--duckdb-memory-limit", default="4GB")
+    parser.add_argument("--spark-driver-memory", default="4g")
     parser.add_argument(
         "--timeout-s", type=float, default=4 * 3600, help="per engine and size (a failure)"
     )
