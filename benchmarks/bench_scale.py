@@ -414,7 +414,12 @@ def notes(results: dict[str, Any], params: dict[str, Any]) -> list[str]:
                     f"{engine} {r['seconds']:.1f} s ({_rate(r['events_per_s'])} events/s, "
                     f"peak {r['peak_rss_gb']:.1f} GB"
                     + (f", spilled {spill:.1f} GB" if spill else "")
-                    + f", {r['cpu_s']:.0f} CPU s)"
+                    + f", {r['cpu_s']:.0f} CPU s"
+                    + (
+                        f", {_rate(p['events'] / r['cpu_s'])} events per CPU s)"
+                        if r.get("cpu_s")
+                        else ")"
+                    )
                 )
             elif r:
                 why = r.get("not_run") or f"failed: {r.get('error')}"
@@ -468,6 +473,13 @@ def notes(results: dict[str, Any], params: dict[str, Any]) -> list[str]:
                 f", {r['peak_spill_gb']:.1f} GB spilled to its temp_directory"
                 if r.get("peak_spill_gb")
                 else ", nothing spilled"
+            )
+            + (
+                f"; {_rate(r['events_per_s'])} events/s against "
+                f"{_rate(biggest[-2]['duckdb']['events_per_s'])} at "
+                f"{biggest[-2]['customers']:,} customers"
+                if len(biggest) >= 2
+                else ""
             )
         )
     return out
@@ -558,6 +570,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="scale", help="result file name (without .json)")
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="context for this run appended to the notes verbatim (e.g. an earlier attempt)",
+    )
     args = parser.parse_args(argv)
 
     def step() -> Report:
@@ -573,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     report, seconds, load = timed(step)
+    report.notes.extend(args.note)
     write_report(args.out, args.name, report, seconds=seconds, load_at_start=load)
     print(f"[bench] wrote {plot(report.results, args.out / f'{args.name}.png')}")
     print(json.dumps(asdict(report)["notes"], indent=2))
