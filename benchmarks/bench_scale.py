@@ -7,7 +7,9 @@ fresh child process, the same work ``nextoffer build-view`` does for the view:
 
 - DuckDB: ``connect_tables`` + ``register_stages`` + ``COPY ... TO parquet``, with an explicit
   ``memory_limit`` and a ``temp_directory`` on disk, so a bank larger than memory spills
-  (out-of-core) instead of failing; the limit is reported with the figures.
+  (out-of-core) instead of failing; the limit is reported with the figures. The default, 4GB,
+  leaves room for the other jobs on a shared machine: a 10GB build at 1M customers was killed by
+  the kernel's OOM killer there, with others holding 13 GB; at 4GB it spilled 17 GB and finished.
 - Spark: :func:`src.features.spark_view.write_customer_view_spark` on ``local[2]`` with a
   driver heap of ``--spark-driver-memory``; the JVM start-up is timed apart from the build.
 
