@@ -521,6 +521,13 @@ def render_scale(results_dir: Path) -> str:
                     f"{r['seconds']:.1f} s, {_rate(r['events_per_s'])} events/s, "
                     f"{r['peak_rss_gb']:.1f} GB peak"
                 )
+            elif "not_run" in r or "projected" in r:
+                proj = r.get("projected")
+                cells.append(
+                    "not run"
+                    + (f" ({r['not_run']})" if "not_run" in r else f": {r.get('error')}")
+                    + (f"; projected ~{proj['seconds']:,} s, NOT measured" if proj else "")
+                )
             else:
                 cells.append(f"failed: {r.get('error', 'not run')}")
         same = {True: "equal", False: "DIFFER"}.get(p.get("views_match"), "—")
