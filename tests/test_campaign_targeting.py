@@ -5,6 +5,7 @@ time zone from the customers table."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from src.campaigns import engine
 from src.campaigns.adapters import SimulatedChannel
 from src.campaigns.gate import gate, re_entries
 from src.campaigns.segments import SegmentBuilder, SegmentError
-from src.campaigns.spec import CHANNEL_COST_KRW, LATER_FIELDS, CampaignSpec, Segment
+from src.campaigns.spec import CHANNEL_COST_KRW, LATER_FIELDS, CampaignSpec, Segment, When
 from src.contact.policy import Offer, PolicyConfig
 from src.models.scoring import Champion, cvr_rows, score_cvr_embedded
 
@@ -226,6 +227,31 @@ def test_re_entry_after_days_and_always(ctx: engine.Context) -> None:  # noqa: F
         _daily({"after_days": 0})
 
 
+def test_re_entry_once_of_a_trigger_campaign(ctx: engine.Context) -> None:  # noqa: F811
+    """A second detection of a customer who entered is refused (``re_entry``), not sent."""
+    from src.contact.triggers import DetectionQueue, DetectionRecord
+
+    spec = bank_spec(
+        campaign_id="trig",
+        when={"trigger": "fx_remit_large", "re_entry": "once"},
+        holdout={"share": 0.0},
+        steps=[{"step_id": "s1", "channel": "email", "offer_id": "OF03"}],
+    )
+    # who the gate lets through (the same spec, one-off at the detection's time)
+    ref = engine.plan(spec.model_copy(update={"when": When(at=datetime(2026, 2, 5, 10))}), ctx)
+    who = list(ref.frame.index[ref.frame["reason"].isna()][:3])
+    queue = DetectionQueue(ctx.db.store)
+    queue.append([DetectionRecord(c, "fx_remit_large", datetime(2026, 2, 5, 10)) for c in who])
+    first = engine.run_triggered(spec, ctx, SimulatedChannel(), queue, datetime(2026, 2, 5, 11))
+    entered = set(ctx.db.outbox("trig")["customer_id"])
+    assert first.enqueued == len(entered) > 0
+    queue.append([DetectionRecord(c, "fx_remit_large", datetime(2026, 2, 6, 10)) for c in who])
+    second = engine.run_triggered(spec, ctx, SimulatedChannel(), queue, datetime(2026, 2, 6, 11))
+    assert second.enqueued == 0 and len(ctx.db.outbox("trig")) == len(entered)
+    one = sorted(entered)[0]
+    assert ctx.db.why("trig", one)["reason"].tolist() == ["contacted", "re_entry"]
+
+
 # -- 3. quiet hours in the customer's zone --------------------------------------------------
 def test_quiet_hours_use_the_customers_zone_from_the_customers_table(
     ctx: engine.Context,  # noqa: F811
@@ -291,3 +317,49 @@ def test_an_unknown_zone_is_an_error_naming_the_record() -> None:
             PolicyConfig(offers=(Offer(offer_id="OF02", slots=("app",), product="savings"),)),
             pd.Series(pd.Timestamp("2026-02-05T12:00"), index=members.index),
         )
+
+
+def test_cvr_scores_of_a_registered_cvr_champion_feed_a_segment(
+    ctx: engine.Context,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The real path: a CVR model logged and registered as ``nextoffer-cvr@champion`` (as
+    retrain does), scored by ``run_score_cvr`` into ``cvr_scores``; a cvr segment reads it."""
+    import mlflow
+
+    from src.models.cvr import train_cvr
+    from src.models.registry import register_and_promote
+    from src.models.scoring import CVR_MODEL, run_score_cvr
+    from src.models.tracking import configure_mlflow, log_pyfunc
+    from src.settings import Settings
+
+    view = ctx.catalog.read("customer_view", AS_OF)
+    rng = np.random.default_rng(0)
+    rows = pd.concat([view, view], ignore_index=True).assign(
+        offer_id=rng.choice(["OF02", "OF03"], 2 * len(view)), channel="app"
+    )
+    rows["convert"] = (rng.random(len(rows)) < 0.1 + 0.3 * (rows["age"] > 40)).astype(int)
+    model = train_cvr(rows.iloc[::2], rows.iloc[1::2], ["OF02", "OF03"], n_estimators=10)
+    settings = Settings(
+        mlruns_dir=tmp_path / "mlruns", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}"
+    )
+    with mlflow.start_run(experiment_id=configure_mlflow(settings, "cvr-test")):
+        uri = log_pyfunc(model, rows, model.raw_columns)
+    register_and_promote(
+        uri, CVR_MODEL, metric="fixture", candidate_score=1.0, score_champion=lambda _: 0.0,
+        tracking_uri=settings.tracking_uri,
+    )  # fmt: skip
+    path, champion = run_score_cvr(ctx.catalog, AS_OF, settings.tracking_uri, chunk_rows=250)
+    try:
+        out = pd.read_parquet(path)
+        offers = sorted(ctx.catalog.read("offers")["offer_id"])
+        assert champion.products == ("convert",) and sorted(set(out["offer_id"])) == offers
+        assert len(out) == len(view) * len(offers) and out["score"].between(0, 1).all()
+        of02 = out[out["offer_id"] == "OF02"].set_index("customer_id")["score"]
+        expected = model.predict(view.assign(offer_id="OF02", channel="app"))
+        assert np.allclose(of02.reindex(view["customer_id"]).to_numpy(), expected)
+        b = SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members, ctx.policy.offers)
+        seg = Segment.model_validate({"model": {"score": "cvr", "offer_id": "OF02", "top_k": 5}})
+        assert set(b.build(seg).ids) == _top(of02, 5)
+    finally:
+        path.unlink()
