@@ -55,3 +55,23 @@ def test_time_zones_change_no_other_simulated_value(tmp_path: Path) -> None:
     zones = pd.read_parquet(tmp_path / "raw" / "customers.parquet")["timezone"]
     assert zones.dropna().isin(FOREIGN_ZONES).all() and set(FOREIGN_ZONES) <= TIMEZONES
     assert 0 < zones.notna().sum() < 0.1 * len(zones)  # a small share abroad, the rest null
+
+
+def test_a_mapping_written_before_the_column_still_ingests() -> None:
+    """An optional contract column the bank's mapping does not name stays absent (validation
+    allows it; the gate then uses the bank's zone); named, it is mapped as any column."""
+    from src.data.ingest import apply_mapping, load_mapping, read_source
+    from src.data.loaders import validate_frame
+    from src.settings import Settings
+
+    mapping = load_mapping(Settings().root / "examples" / "bank_export" / "mapping.yaml")
+    customers = mapping.tables["customers"]
+    export = read_source(customers.source, customers.format, "customers")
+    old = customers.model_copy(
+        update={"constants": {}}  # neither consent_night nor timezone, as before either existed
+    )
+    out, report = apply_mapping(export, old)
+    assert report.empty and not {"consent_night", "timezone"} & set(out.columns)
+    assert validate_frame(out, "customers").n_rejected == 0
+    named, _ = apply_mapping(export, customers)
+    assert "timezone" in named.columns and named["timezone"].isna().all()
