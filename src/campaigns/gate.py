@@ -1,11 +1,11 @@
 """The contact gate over a whole audience: one reason code per customer not contacted.
 
 The same checks as the offer slot (``src.contact.eligibility``), vectorised over a segment and
-in a fixed order (the first failing one is the reason): re-entry (``when.re_entry``: a
-repeat occurrence or detection for someone who already entered), global control, closed account, accident
-report, product held, the offer's targeting rules (the slot's own ``offer_block``, so both read a
-rule alike: ``target:<column>``, ``target_unknown:<column>``), campaign exclusions, consent for
-the channel (none for a channel the policy does not list; messenger falls back to SMS
+in a fixed order (the first failing one is the reason): re-entry (``when.re_entry``: a repeat
+occurrence or detection for someone who already entered), global control, closed account,
+accident report, product held, the offer's targeting rules (the slot's own ``offer_block``, so
+both read a rule alike: ``target:<column>``, ``target_unknown:<column>``), campaign exclusions,
+consent for the channel (none for a channel the policy does not list; messenger falls back to SMS
 when only SMS is consented), quiet hours (advertising push/SMS at night without night-time
 consent: requeued to the morning or dropped), then the campaign holdout. Fatigue caps are
 charged later, per message, against the shared contact store.
