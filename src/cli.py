@@ -381,6 +381,14 @@ def score(
         int, typer.Option("--chunk-rows", min=1, help="Customers per batch (embedded engine).")
     ] = 50_000,
     data_dir: DataDirOpt = None,
+    cvr: Annotated[
+        bool,
+        typer.Option(
+            "--cvr",
+            help="Score the CVR champion (nextoffer-cvr) over customer x offer instead: writes "
+            "cvr_scores (what cvr / expected_value campaign segments read). Embedded engine.",
+        ),
+    ] = False,
 ) -> None:
     """Score every customer of the view with the champion propensity model: writes the
     scores table (customer_id, product, score, model_version, as_of)."""
@@ -391,6 +399,16 @@ def score(
 
     settings = _settings(data_dir=data_dir)
     when = as_of or default_as_of(settings)
+    if cvr:
+        from src.models.scoring import CVR_MODEL, run_score_cvr
+
+        name = CVR_MODEL if model == "nextoffer-propensity" else model
+        with _exit_on(NoChampion, FileNotFoundError, ValueError):
+            path, champion = run_score_cvr(
+                settings.catalog, when, settings.tracking_uri, name, chunk_rows=chunk_rows
+            )
+        typer.echo(f"cvr_scores       {path}  ({champion.label})")
+        return
     with (
         _exit_on(NoChampion, FileNotFoundError, ValueError),
         tqdm(desc="scoring", unit=" customers", disable=engine != "duckdb") as bar,

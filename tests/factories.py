@@ -44,6 +44,7 @@ def make_customers() -> pd.DataFrame:
             "consent_night": [True, False, False, True],
             "accident_reported_at": _ts("NaT", "2025-11-02 10:00:00", "NaT", "NaT"),
             "closed_at": _ts("NaT", "NaT", "NaT", "2025-12-01 00:00:00"),
+            "timezone": pd.array([None, "Europe/London", None, None], dtype="str"),
         }
     )
 

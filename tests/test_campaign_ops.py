@@ -141,7 +141,7 @@ def test_an_old_sqlite_store_opens_and_upgrades(tmp_path: Path) -> None:
     store = SQLContactStore(tmp_path / "old.sqlite")
     _check_upgrade(store)
     fresh = CampaignDB(SQLContactStore(tmp_path / "new.sqlite"))
-    assert fresh.migrated == [1, 2]
+    assert fresh.migrated == [1, 2, 3]
 
 
 @pytest.fixture
@@ -172,6 +172,8 @@ def test_fields_added_later_are_signed_only_when_set() -> None:
     spec = _daily()
     old = spec.model_dump(mode="json")
     for section, names in LATER_FIELDS.items():
+        if section == "who.model":  # model segments: test_campaign_targeting.py
+            continue
         for name in names:
             del old[section][name]
     assert spec.signed_dump() == old and spec.content_hash() == sha256_json(old)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from src.campaigns.adapters import DeliveryAdapter
-from src.campaigns.gate import GATE_ORDER, assign_arms, gate
+from src.campaigns.gate import GATE_ORDER, assign_arms, gate, re_entries
 from src.campaigns.segments import SegmentBuilder, SegmentError
 from src.campaigns.spec import CampaignSpec, SpecError, Step, sha256_json
 from src.campaigns.state import CampaignDB, message_id
@@ -113,7 +113,7 @@ def validate(spec: CampaignSpec, ctx: Context | None = None) -> list[str]:
                     )
     if ctx is not None and not problems:
         try:
-            SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members).build(spec.who)
+            SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members, ctx.policy.offers).build(spec.who)
         except SegmentError as error:
             problems.append(f"who: {error}")
     return problems
@@ -135,7 +135,7 @@ def plan(
     step to the segment members in it, each sent at their own time."""
     step = spec.steps[0] if step_id is None else _step(spec, step_id)
     members = ctx.members.set_index("customer_id", drop=False)
-    builder = SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members)
+    builder = SegmentBuilder(ctx.catalog, ctx.as_of, ctx.members, ctx.policy.offers)
     built = builder.build(spec.who)
     ids = built.ids
     segment_version = _segment_version(ids)
@@ -165,8 +165,23 @@ def plan(
         )
         excluded = excluded.union(pd.Index(sent["customer_id"]))
     rows = members.reindex(audience)
-    result = gate(spec, step, rows, arms, ctx.policy, send_at, excluded)
+    reentered = None
+    if step.after is None and spec.when.re_entry != "always":
+        reentered = re_entries(spec, _last_entries(spec, step, ctx.db), send_at)
+    result = gate(spec, step, rows, arms, ctx.policy, send_at, excluded, reentered)
     return Plan(spec, step, result.frame, segment_version, holdout_version, built.problems)
+
+
+def _last_entries(spec: CampaignSpec, step: Step, db: CampaignDB) -> pd.Series:
+    """Every entry into the campaign: customer -> planned send time of each of their
+    first-step messages, pending or sent (:func:`re_entries` reads it)."""
+    rows = db.frame(
+        "SELECT customer_id, send_at FROM campaign_outbox WHERE campaign_id = ? AND step_id = ? "
+        "AND status IN ('pending', 'sent')",
+        (spec.campaign_id, step.step_id),
+        ["customer_id", "send_at"],
+    )
+    return pd.Series(pd.to_datetime(rows["send_at"]).to_numpy(), index=rows["customer_id"])
 
 
 def _step(spec: CampaignSpec, step_id: str) -> Step:
@@ -485,6 +500,18 @@ def enqueue(
                     "channel, message_id, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (campaign_id, step_id, customer_id) DO NOTHING",
                     decisions,
+                )
+            refused = [
+                (spec.campaign_id, step.step_id, str(cid), row["send_at"].isoformat(), run_id)
+                for cid, row, _ in rows
+                if row["reason"] == "re_entry"
+            ]
+            if refused:  # the decision row is their first verdict: keep each refusal too
+                tx.executemany(
+                    "INSERT INTO campaign_reentries (campaign_id, step_id, customer_id, at, "
+                    "run_id) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (campaign_id, step_id, customer_id, at) DO NOTHING",
+                    refused,
                 )
     return enq, capped
 

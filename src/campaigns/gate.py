@@ -1,10 +1,11 @@
 """The contact gate over a whole audience: one reason code per customer not contacted.
 
 The same checks as the offer slot (``src.contact.eligibility``), vectorised over a segment and
-in a fixed order (the first failing one is the reason): global control, closed account, accident
-report, product held, the offer's targeting rules (the slot's own ``offer_block``, so both read a
-rule alike: ``target:<column>``, ``target_unknown:<column>``), campaign exclusions, consent for
-the channel (none for a channel the policy does not list; messenger falls back to SMS
+in a fixed order (the first failing one is the reason): re-entry (``when.re_entry``: a repeat
+occurrence or detection for someone who already entered), global control, closed account,
+accident report, product held, the offer's targeting rules (the slot's own ``offer_block``, so
+both read a rule alike: ``target:<column>``, ``target_unknown:<column>``), campaign exclusions,
+consent for the channel (none for a channel the policy does not list; messenger falls back to SMS
 when only SMS is consented), quiet hours (advertising push/SMS at night without night-time
 consent: requeued to the morning or dropped), then the campaign holdout. Fatigue caps are
 charged later, per message, against the shared contact store.
@@ -15,18 +16,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
-from src.campaigns.spec import CONSENT_CHANNEL, CampaignSpec, Step
+from src.campaigns.spec import CONSENT_CHANNEL, CampaignSpec, ReEntryAfter, Step
 from src.contact.eligibility import offer_block
 from src.contact.policy import Offer, PolicyConfig
 
 NIGHT_CHANNELS = ("push", "sms", "lms")
 #: the funnel's steps in gate order (reasons); "contact" rows remain
 GATE_ORDER: tuple[str, ...] = (
+    "re_entry",
     "global_control",
     "closed_account",
     "accident_report",
@@ -80,6 +82,27 @@ def next_morning(local: datetime, end_hour: int) -> datetime:
     return morning if morning > local else morning + timedelta(days=1)
 
 
+def re_entries(spec: CampaignSpec, entries: pd.Series, send_at: pd.Series) -> pd.Index:
+    """Who ``when.re_entry`` keeps from entering again. ``entries``: every earlier entry into
+    the campaign (customer id -> planned send time of a first-step message, pending or sent;
+    repeated per customer); only those before a customer's ``send_at`` count, so a rerun of
+    the same occurrence is not its own re-entry. ``once`` refuses anyone with one,
+    ``after_days`` anyone whose latest is less than that many days before, ``always`` nobody."""
+    rule = spec.when.re_entry
+    if rule == "always" or entries.empty or send_at.empty:
+        return pd.Index([], dtype=object)
+    at = pd.to_datetime(send_at)
+    prior = pd.DataFrame(
+        {"customer_id": entries.index.astype(str), "entry": pd.to_datetime(entries.to_numpy())}
+    )
+    prior = prior[prior["customer_id"].isin(at.index)]
+    prior = prior[prior["entry"] < prior["customer_id"].map(at)]
+    last = prior.groupby("customer_id")["entry"].max()
+    if isinstance(rule, ReEntryAfter):
+        last = last[at.reindex(last.index) - last < pd.Timedelta(days=rule.after_days)]
+    return pd.Index(last.index, dtype=object)
+
+
 def gate(
     spec: CampaignSpec,
     step: Step,
@@ -88,10 +111,11 @@ def gate(
     policy: PolicyConfig,
     send_at: pd.Series,
     excluded: pd.Index | None = None,
+    reentered: pd.Index | None = None,
 ) -> GateResult:
     """Apply the gate to ``members`` (view rows indexed by customer_id, ``consent_night`` and
     optionally ``timezone`` columns); ``send_at`` is each member's planned local send time in
-    the campaign's time zone."""
+    the campaign's time zone; ``reentered`` (:func:`re_entries`) are refused first."""
     n = len(members)
     reason = pd.Series([None] * n, index=members.index, dtype=object)
 
@@ -99,6 +123,8 @@ def gate(
         m = np.asarray(mask, dtype=bool) & reason.isna().to_numpy()
         reason[m] = code
 
+    if reentered is not None and len(reentered):
+        mark(members.index.isin(reentered), "re_entry")
     arm = arms.reindex(members.index).fillna("treatment")
     mark(arm == "global_control", "global_control")
     mark(members.get("is_closed", False), "closed_account")
@@ -186,13 +212,25 @@ def _local_hours(
     shift = pd.Series(pd.Timedelta(0), index=local.index)
     for zone, rows in zones.groupby(zones).groups.items():
         at = local.loc[rows]
-        there = at.dt.tz_localize(ZoneInfo(campaign_zone)).dt.tz_convert(ZoneInfo(str(zone)))
+        there = at.dt.tz_localize(ZoneInfo(campaign_zone)).dt.tz_convert(_zone(str(zone), rows))
         pos = local.index.get_indexer(rows)
         hours[pos] = there.dt.hour.to_numpy()
         morning = there.dt.normalize() + pd.Timedelta(hours=end_hour)
         morning = morning.where(morning > there, morning + pd.Timedelta(days=1))
         shift.loc[rows] = (morning - there).to_numpy()
     return hours, shift
+
+
+def _zone(name: str, customers: pd.Index) -> ZoneInfo:
+    """The customers' zone; an unknown name is an error naming them (validated customers
+    tables never carry one: ``schemas.Customers``)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        shown = ", ".join(map(str, customers[:5])) + (" ..." if len(customers) > 5 else "")
+        raise ValueError(
+            f"customers.timezone: {name!r} is not an IANA time zone name (customer {shown})"
+        ) from None
 
 
 def _consent(members: pd.DataFrame, channel: str, policy: PolicyConfig) -> pd.Series:

@@ -11,7 +11,7 @@ the feature SQL's transpiler) for a bank whose view and detections live on Spark
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -22,6 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from src.campaigns.spec import ModelSegment, Segment
+from src.contact.policy import Offer
 from src.data.catalog import Catalog
 
 _ALLOWED: tuple[type[exp.Expression], ...] = (
@@ -143,10 +144,20 @@ def _check_detected(rule: str, node: exp.Anonymous, detections: bool) -> None:
 class SegmentBuilder:
     """Builds segments as of one date from the catalog's view, detections and scores."""
 
-    def __init__(self, catalog: Catalog, as_of: datetime | str, view: pd.DataFrame) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        as_of: datetime | str,
+        view: pd.DataFrame,
+        offers: Iterable[Offer] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.as_of = pd.Timestamp(as_of)
         self.view = view
+        #: offer -> (product, value_krw); the policy's offers when given (expected value)
+        self.offers: dict[str, tuple[str, float]] | None = (
+            None if offers is None else {o.offer_id: (o.product, o.value_krw) for o in offers}
+        )
         # object-dtype ids: hash lookups (arrow-backed strings' isin loops in Python)
         self.known = pd.Index(np.asarray(view["customer_id"].astype(str), dtype=object))
 
@@ -189,20 +200,8 @@ class SegmentBuilder:
         return pd.Index(ids).sort_values()
 
     def model_ids(self, model: ModelSegment) -> pd.Index:
-        """Top-k / threshold on the product's score (``scores_{as_of}``: customer_id, product,
-        score)."""
-        path = self.catalog.path("scores", self.as_of)
-        if not path.exists():
-            raise SegmentError(
-                f"model segment: no scores for {self.as_of:%Y-%m-%d} at {path} "
-                "(score the champion first)"
-            )
-        scores = self.catalog.read(
-            "scores", self.as_of, columns=["customer_id", "product", "score"]
-        )
-        scores = scores[scores["product"] == model.product]
-        if scores.empty:
-            raise SegmentError(f"model segment: no scores for product {model.product!r}")
+        """Top-k / threshold on a model score of the view's customers (ties: by id)."""
+        scores = self.model_scores(model)
         ids = pd.Index(np.asarray(scores["customer_id"].astype(str), dtype=object))
         scores = scores[self.known.get_indexer(ids) >= 0]
         if model.top_k is not None:
@@ -212,6 +211,68 @@ class SegmentBuilder:
         else:
             scores = scores[scores["score"] >= model.threshold]
         return pd.Index(scores["customer_id"].astype(str)).sort_values()
+
+    def model_scores(self, model: ModelSegment) -> pd.DataFrame:
+        """``customer_id, score`` of the segment's score: propensity of the product
+        (``scores_{as_of}``), CVR of the offer (``cvr_scores_{as_of}``), or expected value
+        (KRW) = that probability x the offer's value - the contact's cost."""
+        if model.score == "propensity":
+            product = model.product or self._offer(model.offer_id or "", "model.offer_id")[0]
+            return self._propensity(product)
+        offer_id = model.offer_id or ""
+        product, offer_value = self._offer(offer_id, "model.offer_id")
+        if model.score == "cvr" or model.rate == "cvr":
+            rates = self._cvr(offer_id)
+        else:
+            rates = self._propensity(product)
+        if model.score == "cvr":
+            return rates
+        value = offer_value if model.value_krw is None else model.value_krw
+        return rates.assign(score=rates["score"] * value - model.net_cost)
+
+    def _offer(self, offer_id: str, field: str) -> tuple[str, float]:
+        """(product, value_krw) of an offer: the policy's offers, else the catalog's."""
+        if self.offers is None:
+            table = self.catalog.read("offers", columns=["offer_id", "product", "value_krw"])
+            self.offers = {
+                str(r.offer_id): (str(r.product), float(r.value_krw))
+                for r in table.itertuples(index=False)
+            }
+        if offer_id not in self.offers:
+            raise SegmentError(
+                f"{field}: unknown offer {offer_id!r} (offers: {', '.join(sorted(self.offers))})"
+            )
+        return self.offers[offer_id]
+
+    def _propensity(self, product: str) -> pd.DataFrame:
+        path = self.catalog.path("scores", self.as_of)
+        if not path.exists():
+            raise SegmentError(
+                f"model segment: no scores for {self.as_of:%Y-%m-%d} at {path} "
+                "(score the champion first: `nextoffer score`)"
+            )
+        scores = self.catalog.read(
+            "scores", self.as_of, columns=["customer_id", "product", "score"]
+        )
+        scores = scores[scores["product"] == product]
+        if scores.empty:
+            raise SegmentError(f"model.product: no scores for product {product!r} at {path}")
+        return scores[["customer_id", "score"]]
+
+    def _cvr(self, offer_id: str) -> pd.DataFrame:
+        path = self.catalog.path("cvr_scores", self.as_of)
+        if not path.exists():
+            raise SegmentError(
+                f"model segment: no CVR scores for {self.as_of:%Y-%m-%d} at {path} "
+                "(score the CVR champion first: `nextoffer score --cvr`)"
+            )
+        scores = self.catalog.read(
+            "cvr_scores", self.as_of, columns=["customer_id", "offer_id", "score"]
+        )
+        scores = scores[scores["offer_id"] == offer_id]
+        if scores.empty:
+            raise SegmentError(f"model.offer_id: no CVR scores for offer {offer_id!r} at {path}")
+        return scores[["customer_id", "score"]]
 
     def upload_ids(self, path: Any, allow_unknown: bool) -> Built:
         """A CSV with a ``customer_id`` column; malformed and unknown ids are reported with

@@ -119,17 +119,71 @@ class Segment(_Model):
 
 
 class ModelSegment(_Model):
-    """Top-k or a threshold on the propensity score of ``product`` (``scores_{as_of}``)."""
+    """Top-k or a threshold on a champion model's score as of the run's date.
 
-    product: str
+    ``score``: ``propensity`` (P(signs up for ``product``), the ``scores`` table of
+    ``nextoffer score``), ``cvr`` (P(converts | shown ``offer_id``), the ``cvr_scores`` table of
+    ``nextoffer score --cvr``) or ``expected_value`` (KRW: the ``rate`` score of the offer x
+    the offer's value, less ``cost_krw`` or the cost of a message on ``channel``). A propensity
+    segment may name ``offer_id`` instead of ``product`` (the offer's product)."""
+
+    score: Literal["propensity", "cvr", "expected_value"] = "propensity"
+    product: str | None = None
+    offer_id: str | None = None
+    rate: Literal["propensity", "cvr"] = Field(
+        "cvr", description="expected_value: the probability it multiplies the value by."
+    )
+    value_krw: float | None = Field(
+        None, ge=0, description="expected_value: default the offer's value_krw (policy/catalog)."
+    )
+    channel: Channel | None = Field(
+        None, description="expected_value: net of the cost of one message on this channel."
+    )
+    cost_krw: float | None = Field(
+        None, ge=0, description="expected_value: net of this cost (instead of the channel's)."
+    )
     top_k: int | None = Field(None, ge=1)
-    threshold: float | None = Field(None, ge=0, le=1)
+    threshold: float | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Self:
         if (self.top_k is None) == (self.threshold is None):
             raise ValueError("model segment: give exactly one of top_k, threshold")
+        probability = self.score != "expected_value"
+        if probability and self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(
+                f"model.threshold: {self.threshold} is not a probability in [0, 1] "
+                f"(score {self.score})"
+            )
+        if self.score == "propensity" and (self.product is None) == (self.offer_id is None):
+            raise ValueError("model.product: a propensity segment names product or offer_id")
+        if self.score != "propensity" and self.offer_id is None:
+            raise ValueError(f"model.offer_id: a {self.score} segment names the offer")
+        if self.score != "propensity" and self.product is not None:
+            raise ValueError(f"model.product: a {self.score} segment scores offer_id, not product")
+        extra = [
+            k
+            for k in ("value_krw", "channel", "cost_krw")
+            if self.score != "expected_value" and getattr(self, k) is not None
+        ]
+        if extra:
+            raise ValueError(f"model.{extra[0]}: only for score expected_value")
+        if self.score != "expected_value" and self.rate != "cvr":
+            raise ValueError("model.rate: only for score expected_value")
         return self
+
+    @property
+    def net_cost(self) -> float:
+        """What one contact costs (KRW), netted from the expected value."""
+        if self.cost_krw is not None:
+            return self.cost_krw
+        return CHANNEL_COST_KRW[self.channel] if self.channel is not None else 0.0
+
+
+class ReEntryAfter(_Model):
+    """Enter again only ``after_days`` days after the last entry."""
+
+    after_days: int = Field(ge=1)
 
 
 class When(_Model):
@@ -159,6 +213,13 @@ class When(_Model):
     catch_up_hours: float = Field(24.0, gt=0, le=31 * 24)
     grace_minutes: int = Field(15, ge=0, description="catch_up none: how late a tick may be.")
     timezone: str = "Asia/Seoul"
+    re_entry: Literal["always", "once"] | ReEntryAfter = Field(
+        "always",
+        description="A repeat occurrence (cron) or detection (trigger) for a customer who "
+        "already entered the campaign (a first-step message pending or sent): ``always`` "
+        "enters again (the caps decide), ``once`` never, ``{after_days: N}`` only N days "
+        "after the last entry. Refused before the gate, reason ``re_entry``.",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Self:
@@ -326,6 +387,9 @@ class CampaignSpec(_Model):
         stands after an upgrade (its bundle hash is unchanged); set, they are signed."""
         data = self.model_dump(mode="json")
         for section, fields in LATER_FIELDS.items():
+            if section == "who.model":
+                _drop_model_defaults(self.who, data["who"], fields)
+                continue
             model = getattr(self, section)
             for name in fields:
                 if getattr(model, name) == type(model).model_fields[name].default:
@@ -341,9 +405,28 @@ Segment.model_rebuild()
 
 #: spec fields added since the first release, per section (see :meth:`CampaignSpec.signed_dump`)
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
-    "when": ("trigger_max_age_minutes", "catch_up", "catch_up_hours", "grace_minutes"),
+    "when": (
+        "trigger_max_age_minutes",
+        "catch_up",
+        "catch_up_hours",
+        "grace_minutes",
+        "re_entry",
+    ),
     "why": ("exit_on_goal",),
+    # model segments (at any depth of ``who``)
+    "who.model": ("score", "offer_id", "rate", "value_krw", "channel", "cost_krw"),
 }
+
+
+def _drop_model_defaults(segment: Segment, data: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Leave the later fields of every model segment in ``segment`` out while at default."""
+    if segment.model is not None:
+        for name in fields:
+            if getattr(segment.model, name) == ModelSegment.model_fields[name].default:
+                data["model"].pop(name, None)
+    for key in ("union", "intersect", "minus"):
+        for child, child_data in zip(getattr(segment, key) or (), data.get(key) or (), strict=True):
+            _drop_model_defaults(child, child_data, fields)
 
 
 def sha256_json(data: Any) -> str:

@@ -103,10 +103,24 @@ DDL_V2: tuple[str, ...] = (
         updated_at TEXT NOT NULL
     )""",
 )
+#: version 3: each refusal of a repeat entry (``when.re_entry``), one row per customer and
+#: refused send time (a step's decision row is the customer's first verdict, so a later
+#: occurrence's refusal needs its own record for ``campaign why``)
+DDL_V3: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS campaign_reentries (
+        campaign_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, step_id, customer_id, at)
+    )""",
+)
 #: (version, what it does, statements), in order; never edit a released entry, append one
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "outbox, decisions, segments, runs, events, ticks, approvals", DDL),
     (2, "triggered messages, receipt sources, trigger cursors", DDL_V2),
+    (3, "re-entry refusals", DDL_V3),
 )
 SCHEMA_DDL = """CREATE TABLE IF NOT EXISTS campaign_schema (
     version INTEGER PRIMARY KEY,
@@ -273,15 +287,27 @@ class CampaignDB:
 
     def why(self, campaign_id: str, customer_id: str) -> pd.DataFrame:
         """Per step: the customer's arm and why they were (not) contacted, the message, and
-        (reason ``arbitration_lost``) the campaign that won the contact."""
-        return self.frame(
+        (reason ``arbitration_lost``) the campaign that won the contact; then each later
+        occurrence ``when.re_entry`` refused (reason ``re_entry``, ``at`` its send time)."""
+        cols = ["step_id", "arm", "reason", "channel", "status", "winner", "at"]
+        first = self.frame(
             "SELECT d.step_id, d.arm, COALESCE(d.reason, 'contacted'), d.channel, o.status, "
-            "COALESCE(d.winner, '') FROM campaign_decisions d "
+            "COALESCE(d.winner, ''), COALESCE(o.send_at, '') FROM campaign_decisions d "
             "LEFT JOIN campaign_outbox o ON o.message_id = d.message_id "
             "WHERE d.campaign_id = ? AND d.customer_id = ? ORDER BY d.step_id",
             (campaign_id, customer_id),
-            ["step_id", "arm", "reason", "channel", "status", "winner"],
+            cols,
         )
+        again = self.frame(
+            "SELECT r.step_id, COALESCE(d.arm, ''), 're_entry', NULL, NULL, '', r.at "
+            "FROM campaign_reentries r LEFT JOIN campaign_decisions d ON "
+            "d.campaign_id = r.campaign_id AND d.step_id = r.step_id "
+            "AND d.customer_id = r.customer_id "
+            "WHERE r.campaign_id = ? AND r.customer_id = ? ORDER BY r.step_id, r.at",
+            (campaign_id, customer_id),
+            cols,
+        )
+        return first if again.empty else pd.concat([first, again], ignore_index=True)
 
     def mark_arbitration_lost(self, loser: str, winners: Sequence[str]) -> int:
         """A capped member of ``loser`` whom an earlier-arbitrated campaign (``winners``, in

@@ -82,6 +82,7 @@ DATASETS: dict[str, Dataset] = {
         Dataset(
             "scores", "features", "scores_{as_of}.parquet", "propensity per customer x product"
         ),
+        Dataset("cvr_scores", "features", "cvr_scores_{as_of}.parquet", "CVR per customer x offer"),
         Dataset(
             "feature_table",
             "features",

@@ -456,6 +456,10 @@ def apply_mapping(frame: pd.DataFrame, mapping: TableMapping) -> tuple[pd.DataFr
                 "column; remove the constant or drop the source column"
             )
         out[column] = value
+    # an optional contract column (added to the contract later: consent_night, timezone) the
+    # mapping does not name stays absent, as validation allows: older mappings keep working
+    optional = {c for c, col in _schema_columns(table).items() if not col.required}
+    contract = tuple(c for c in contract if c in out.columns or c not in optional)
     absent = [c for c in contract if c not in out.columns]
     if absent:
         raise MappingError(

@@ -9,6 +9,7 @@ the transaction's own currency.
 from __future__ import annotations
 
 import warnings
+from zoneinfo import available_timezones
 
 import pandas as pd
 
@@ -115,6 +116,10 @@ PAGES: tuple[str, ...] = (
 )
 
 
+#: the names a customer's ``timezone`` may take: the IANA database this Python knows
+TIMEZONES: frozenset[str] = frozenset(available_timezones())
+
+
 def _isin(values: tuple[str, ...]) -> pa.Check:
     return pa.Check.isin(list(values))
 
@@ -139,6 +144,14 @@ class Customers(pa.DataFrameModel):
     consent_night: Series[pd.BooleanDtype] | None = pa.Field(nullable=True)
     accident_reported_at: Series[pd.Timestamp] = pa.Field(nullable=True)
     closed_at: Series[pd.Timestamp] = pa.Field(nullable=True)
+    # the customer's own time zone (IANA name, e.g. Europe/London) for quiet hours; optional and
+    # nullable: absent or null = the bank's zone (Asia/Seoul); an unknown name is refused
+    timezone: Series[str] | None = pa.Field(nullable=True)
+
+    @pa.check("timezone", name="iana_timezone", error="not an IANA time zone name")
+    @classmethod
+    def _known_zone(cls, zone: Series[str]) -> Series[bool]:
+        return zone.isna() | zone.isin(TIMEZONES)
 
     class Config:
         name = "customers"

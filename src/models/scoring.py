@@ -305,7 +305,120 @@ def run_score(
     return score_spark(spark, catalog, as_of, champion), champion
 
 
+# --- CVR: customer x offer ------------------------------------------------------------------
+CVR_MODEL = "nextoffer-cvr"
+CVR_SCORE_COLUMNS = ("customer_id", "offer_id", "score", "model_version", "as_of")
+CVR_SCORES_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("offer_id", pa.string()),
+        ("score", pa.float64()),
+        ("model_version", pa.string()),
+        ("as_of", pa.timestamp("us")),
+    ]
+)
+
+
+def cvr_rows(
+    frame: pd.DataFrame,
+    model: Any,
+    champion: Champion,
+    offer_ids: list[str],
+    as_of: Any,
+    channel: str = "app",
+) -> pd.DataFrame:
+    """``cvr_scores`` rows of view rows x offers: the CVR pyfunc's P(convert | shown the offer
+    on ``channel``) (its one output column); refuses what is not a probability, naming the
+    customer and offer."""
+    parts = []
+    for offer_id in offer_ids:
+        rows = frame.assign(offer_id=offer_id, channel=channel)
+        out = model.predict(model_rows(rows, champion))
+        values = np.asarray(
+            out[champion.products[0]] if isinstance(out, pd.DataFrame) else out, dtype=float
+        ).reshape(-1)
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            raise ValueError(
+                f"model {champion.label} scored customer {frame['customer_id'].iloc[i]!r} offer "
+                f"{offer_id!r} as {values[i]!r}: not a probability"
+            )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "customer_id": frame["customer_id"].astype(str).to_numpy(),
+                    "offer_id": offer_id,
+                    "score": values,
+                    "model_version": champion.label,
+                    "as_of": pd.Timestamp(as_of).as_unit("us"),
+                },
+                columns=list(CVR_SCORE_COLUMNS),
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def score_cvr_embedded(
+    catalog: Catalog,
+    as_of: Any,
+    champion: Champion,
+    offer_ids: list[str] | None = None,
+    chunk_rows: int = 50_000,
+    model: Any = None,
+    channel: str = "app",
+) -> Path:
+    """Score the view x every offer (default: the catalog's) with the CVR champion and write
+    ``cvr_scores_{as_of}`` (what CVR and expected-value campaign segments read); batches of
+    ``chunk_rows`` customers, moved into place at the end as the propensity scores."""
+    import mlflow
+
+    source = pq.ParquetFile(_view_path(catalog, as_of))
+    model = model if model is not None else mlflow.pyfunc.load_model(champion.uri)
+    if offer_ids is None:
+        offer_ids = catalog.read("offers", columns=["offer_id"])["offer_id"].astype(str).tolist()
+    out = catalog.path("cvr_scores", as_of)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
+    inputs = [c for c in champion.input_columns if c not in ("customer_id", "offer_id", "channel")]
+    try:
+        with pq.ParquetWriter(scratch, CVR_SCORES_SCHEMA) as writer:
+            for batch in source.iter_batches(
+                batch_size=chunk_rows, columns=["customer_id", *inputs]
+            ):
+                rows = cvr_rows(batch.to_pandas(), model, champion, offer_ids, as_of, channel)
+                writer.write_table(
+                    pa.Table.from_pandas(rows, schema=CVR_SCORES_SCHEMA, preserve_index=False)
+                )
+        os.replace(scratch, out)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return out
+
+
+def run_score_cvr(
+    catalog: Catalog,
+    as_of: Any,
+    tracking_uri: str,
+    model_name: str = CVR_MODEL,
+    alias: str = "champion",
+    chunk_rows: int = 50_000,
+) -> tuple[Path, Champion]:
+    """``nextoffer score --cvr``: the CVR champion over the view x every offer."""
+    import mlflow
+
+    _view_path(catalog, as_of)
+    mlflow.set_tracking_uri(tracking_uri)
+    champion = resolve_champion(model_name, alias, tracking_uri)
+    return score_cvr_embedded(catalog, as_of, champion, chunk_rows=chunk_rows), champion
+
+
 __all__ = [
+    "CVR_MODEL",
+    "CVR_SCORES_SCHEMA",
+    "cvr_rows",
+    "run_score_cvr",
+    "score_cvr_embedded",
     "DEFAULT_MODEL",
     "ENGINES",
     "SCORES_SCHEMA",

@@ -227,8 +227,24 @@ def _ts(us: np.ndarray) -> pd.Series:
     return out.where(us != NAT)
 
 
-def customers_frame(pop: Population) -> pd.DataFrame:
-    """The observable customer master (schemas.Customers)."""
+#: zones of the customers who live abroad (the rest: null, the bank's zone)
+FOREIGN_ZONES: tuple[str, ...] = (
+    "America/Los_Angeles",
+    "America/New_York",
+    "Europe/London",
+    "Asia/Tokyo",
+    "Asia/Singapore",
+    "Australia/Sydney",
+)
+
+
+def customers_frame(pop: Population, seed: int = 0) -> pd.DataFrame:
+    """The observable customer master (schemas.Customers). About 3 % live abroad (``timezone``),
+    drawn from their own generator derived from ``seed``: no other simulated value changes."""
+    zone_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A6F6E65]))
+    abroad = zone_rng.random(pop.n) < 0.03
+    zones = np.array(FOREIGN_ZONES, dtype=object)[zone_rng.integers(len(FOREIGN_ZONES), size=pop.n)]
+    zones[~abroad] = None
     return pd.DataFrame(
         {
             "customer_id": pd.array(pop.customer_ids, dtype="str"),
@@ -245,6 +261,7 @@ def customers_frame(pop: Population) -> pd.DataFrame:
             "consent_night": night_consent(pop),
             "accident_reported_at": _ts(pop.accident_us),
             "closed_at": _ts(pop.closed_us),
+            "timezone": pd.array(zones, dtype="str"),
         }
     )
 

@@ -278,7 +278,7 @@ def simulate(
     offers = response.make_offers(_day_rng(config.seed, 1, 0), config.logging_uniform_mix)
     holdings0 = initial_holdings(pop, config.start_date, _day_rng(config.seed, 2, 0))
     templates = flows.build_templates()
-    customers_frame(pop).to_parquet(raw_dir / "customers.parquet", index=False)
+    customers_frame(pop, config.seed).to_parquet(raw_dir / "customers.parquet", index=False)
     offers.public_frame().to_parquet(raw_dir / "offers.parquet", index=False)
     traits_frame(pop).to_parquet(truth_dir / "customer_traits.parquet", index=False)
     offers.truth_frame().to_parquet(truth_dir / "offers.parquet", index=False)
