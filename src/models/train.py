@@ -334,8 +334,16 @@ def _track(
         mlflow.log_text(run.gaps.to_csv(), "tables/auc_gap.csv")
         log_figures(run.figures)
         train_rows = run.extra.get("train_rows")
-        if train_rows is not None:  # what `nextoffer monitor` compares the current view with
-            log_reference(train_rows, run.model.raw_columns)
+        # what `nextoffer monitor` compares the current view with: the test snapshot, the
+        # newest view of the plan and the rows the metrics above were measured on (why not the
+        # training rows: src/models/monitor.py)
+        log_reference(
+            run.test_rows,
+            run.model.raw_columns,
+            snapshot=test_dates[-1],
+            data_start=f"{data_period(settings.catalog)[0]:%Y-%m-%d}",
+            train_snapshots=[f"{d:%Y-%m-%d}" for d in run.plan.train],
+        )
         run.run_id = active.info.run_id
         run.model_uri = log_pyfunc(run.model, run.test_rows, run.model.raw_columns)
         card_args = {
