@@ -193,7 +193,7 @@ def funnel_report_spark(
     if by:
         assert customers is not None
         steps = steps.join(customers.select("customer_id", by), "customer_id", "left")
-    counts = (
+    counts = pd.DataFrame(
         steps.groupBy("rule", *keys, "step")
         .agg(
             F.count(F.lit(1)).alias("customers"),
