@@ -335,8 +335,8 @@ def detect(
 ) -> None:
     """Run the behaviour rules over history: detections, step funnels, rule features.
 
-    With --engine spark: detections and rule features on Spark from the stitched events that
-    build-view wrote for the same --as-of (the step funnels stay embedded-only)."""
+    With --engine spark: detections, step funnels and rule features on Spark from the stitched
+    events that build-view wrote for the same --as-of."""
     from src.features.detection import RuleError, load_rules
     from src.pipeline import default_as_of, run_detection
 
@@ -461,6 +461,14 @@ def detect_stream(
     kafka_bootstrap: Annotated[
         str | None, typer.Option("--kafka-bootstrap", help="Read --source as a Kafka topic.")
     ] = None,
+    kafka_starting_offsets: Annotated[
+        str,
+        typer.Option(
+            "--kafka-starting-offsets",
+            help="earliest, latest or JSON offsets (a new checkpoint only); needs the "
+            "spark-sql-kafka connector (spark-submit --packages).",
+        ),
+    ] = "latest",
     rules: Annotated[
         Path | None, typer.Option("--rules", help="A rule file or directory of YAML rules.")
     ] = None,
@@ -472,13 +480,15 @@ def detect_stream(
     from src.features.detection import spark_stream as ss
     from src.features.detection.spark_batch import python_workers_session
 
-    with _exit_on(RuleError, ValueError, FileNotFoundError):
+    with _exit_on(RuleError, ValueError, FileNotFoundError, ss.KafkaConnectorMissing):
         compiled = load_rules(rules) if rules else load_rules()
         if kafka_bootstrap is None and not Path(source).is_dir():
             raise FileNotFoundError(f"--source {source}: no such directory")
+        if kafka_bootstrap is not None:
+            ss.kafka_options(kafka_bootstrap, source, kafka_starting_offsets)  # before the JVM
         spark = python_workers_session(master, app_name="nextoffer-detect-stream")
         events = (
-            ss.read_kafka_events(spark, kafka_bootstrap, source)
+            ss.read_kafka_events(spark, kafka_bootstrap, source, kafka_starting_offsets)
             if kafka_bootstrap
             else ss.read_event_files(spark, source, fmt, max_files_per_trigger)
         )

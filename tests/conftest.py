@@ -69,3 +69,22 @@ def redis_prefix():
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one Spark session of the test run (``local[2]``, a 2 GB driver, Python workers on
+    this interpreter): a JVM start costs tens of seconds on the shared box, so every Spark test
+    module takes this fixture instead of starting its own. Tests may change ``spark.sql.*``
+    settings only if they put them back."""
+    pytest.importorskip("pyspark")
+    from src.features.detection.spark_batch import python_workers_session
+
+    session = python_workers_session(
+        "local[2]",
+        app_name="nextoffer-tests",
+        shuffle_partitions=2,
+        extra_conf={"spark.driver.memory": "2g"},
+    )
+    yield session
+    session.stop()

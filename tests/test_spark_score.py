@@ -102,18 +102,12 @@ def test_missing_view_is_a_clear_error(bank: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_spark_scores_equal_embedded(bank: dict) -> None:
-    pytest.importorskip("pyspark")
-    from src.features.detection.spark_batch import python_workers_session
+def test_spark_scores_equal_embedded(bank: dict, spark) -> None:
     from src.models.scoring import score_spark
 
     catalog, champion, as_of = bank["catalog"], bank["champion"], bank["as_of"]
     embedded = pd.read_parquet(score_embedded(catalog, as_of, champion, chunk_rows=128))
-    spark = python_workers_session("local[2]", app_name="test-spark-score")
-    try:
-        path = score_spark(spark, catalog, as_of, champion)
-    finally:
-        spark.stop()
+    path = score_spark(spark, catalog, as_of, champion)
     on_spark = pd.read_parquet(path)
     assert list(on_spark.columns) == list(SCORE_COLUMNS)
     key = ["customer_id", "product"]

@@ -6,13 +6,12 @@ columns with the same Parquet types, and numbers within 1e-9 relative. Once with
 time zone UTC (through the CLI, ``build-view --engine spark``) and once with Asia/Seoul: the
 timestamps are wall-clock times (TIMESTAMP_NTZ), so the zone must change nothing.
 
-One SparkSession serves the module (a JVM start-up costs tens of seconds on the shared box).
+One SparkSession serves the whole test run (``spark`` in tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,6 @@ pytestmark = pytest.mark.slow
 
 AS_OF = "2026-01-31 12:30:00"  # mid-day inside the 35-day bank: windows cut through sessions
 OUTPUTS = ("identity_map", "session_map", "stitched_events", "customer_view")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
-    from src.features.spark_session import spark_session
-
-    session = spark_session("local[2]", shuffle_partitions=2, app_name="test-spark-view")
-    yield session
-    session.stop()
 
 
 def _copy_bank(small_bank: Settings, to: Path) -> Catalog:

@@ -16,10 +16,13 @@ import sys
 
 
 def main(argv: list[str]) -> None:
-    from src.cli import app
-
     if "--engine" in argv and "--master" in argv:
         raise SystemExit("under spark-submit give the master to spark-submit, not to nextoffer")
+    import src
+    from src.cli import app
+
+    # the log shows which package ran: the submitted wheel, not a copy installed on the node
+    print(f"nextoffer: package src from {src.__file__}", file=sys.stderr, flush=True)
     app(argv, prog_name="nextoffer")
 
 

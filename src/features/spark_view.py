@@ -174,14 +174,31 @@ def write_customer_view_spark(
     return write_parquet(view, catalog.path("customer_view", as_of), single_file)
 
 
+BUILD_VIEW_STAGES: tuple[str, ...] = (*IDENTITY_STAGES, "customer_view")
+"""Every stage ``build-view`` writes from, in dependency order: the identity stages and the
+view share ``session_keys``, ``identity_map`` and ``session_map``."""
+
+
 def run_customer_view_spark(
     spark: SparkSession, catalog: Catalog, as_of: DateLike, single_file: bool = True
 ) -> dict[str, Path]:
     """What ``nextoffer build-view`` writes, built on Spark: the identity tables as of ``as_of``
-    and the customer view. The stages are bound once per output family, like on DuckDB."""
-    paths = write_identity_spark(spark, catalog, as_of, single_file)
-    paths["customer_view"] = write_customer_view_spark(spark, catalog, as_of, single_file)
-    release_stages(spark)
+    and the customer view.
+
+    All stages are bound once, so the cached ``session_keys``, ``identity_map`` and
+    ``session_map`` are computed once for the four outputs (binding the view's stages again
+    after the identity tables would uncache and recompute them: the clickstream scanned and
+    aggregated twice)."""
+    assert set(VIEW_STAGES) <= set(BUILD_VIEW_STAGES)
+    register_sources(spark, catalog)
+    register_spark_stages(spark, BUILD_VIEW_STAGES, as_of)
+    paths = {}
+    for name, order in WRITTEN_ORDER.items():
+        frame = spark.sql(f"SELECT * FROM {name}" + (f" ORDER BY {order}" if order else ""))
+        paths[name] = write_parquet(frame, catalog.path(name), single_file)
+    view_path = catalog.path("customer_view", as_of)
+    paths["customer_view"] = write_parquet(spark.table("customer_view"), view_path, single_file)
+    release_stages(spark, BUILD_VIEW_STAGES)
     return paths
 
 
@@ -287,6 +304,7 @@ def write_feature_table_spark(
 
 
 __all__ = [
+    "BUILD_VIEW_STAGES",
     "WRITTEN_ORDER",
     "FeatureTableSpec",
     "build_customer_view_spark",

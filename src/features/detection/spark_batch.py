@@ -23,11 +23,13 @@ import pandas as pd
 from src.data.catalog import Catalog
 from src.features.detection.batch import detect
 from src.features.detection.events import DETECTION_COLUMNS, EVENT_FIELDS, sort_detections, to_ns
+from src.features.detection.reports import FUNNEL_STEP_COLUMNS, funnel_steps, funnel_table
 from src.features.detection.rules import CompiledRule
 from src.features.spark_view import write_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.group import GroupedData
 
 #: The stitched events the rules read, as Spark DDL (the streaming source needs a schema).
 EVENT_SCHEMA = ", ".join(
@@ -54,6 +56,10 @@ EVENT_SCHEMA = ", ".join(
 DETECTION_SCHEMA = (
     "customer_id string, rule string, kind string, anchor_at timestamp_ntz, "
     "fired_at timestamp_ntz, fired_event_id bigint, event_ids array<bigint>"
+)
+#: :data:`~src.features.detection.reports.FUNNEL_STEP_COLUMNS` per rule, as Spark DDL.
+FUNNEL_STEP_SCHEMA = (
+    "rule string, customer_id string, period timestamp_ntz, step bigint, gap_ns bigint"
 )
 DEFAULT_BUCKETS = 64
 assert tuple(f.split()[0] for f in EVENT_SCHEMA.split(", ")) == EVENT_FIELDS
@@ -114,8 +120,6 @@ def detect_spark(
     the history is split into; each group must fit one Python worker's memory (a group's
     events are one pandas frame), so a large history wants more.
     """
-    from pyspark.sql import functions as F
-
     missing = [c for c in EVENT_FIELDS if c not in events.columns]
     if missing:
         raise ValueError(f"the event frame lacks column(s) {missing}")
@@ -125,13 +129,86 @@ def detect_spark(
     def run(pdf: pd.DataFrame) -> pd.DataFrame:
         return detections_for_pandas(pdf.drop(columns="_bucket"), rules, until_ns)
 
+    return _bucketed(events, until_ns, buckets).applyInPandas(run, DETECTION_SCHEMA)
+
+
+def _bucketed(events: DataFrame, until_ns: int, buckets: int) -> GroupedData:
+    """Identified events up to ``until`` grouped into ``buckets`` groups of whole customers."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in EVENT_FIELDS if c not in events.columns]
+    if missing:
+        raise ValueError(f"the event frame lacks column(s) {missing}")
     chosen = events.select(*EVENT_FIELDS).where(
         F.col("customer_id").isNotNull() & (F.col("ts") <= F.expr(ntz_literal(until_ns)))
     )
     bucket = F.pmod(F.xxhash64("customer_id"), F.lit(buckets)).alias("_bucket")
-    return (
-        chosen.select(bucket, *EVENT_FIELDS).groupBy("_bucket").applyInPandas(run, DETECTION_SCHEMA)
+    return chosen.select(bucket, *EVENT_FIELDS).groupBy("_bucket")
+
+
+def funnel_steps_for_pandas(
+    events: pd.DataFrame, rules: list[CompiledRule], until_ns: int, freq: str
+) -> pd.DataFrame:
+    """One group's :func:`~src.features.detection.reports.funnel_steps` for every rule."""
+    if "session_id" in events:
+        events = events.astype({"session_id": "Int64"})
+    parts = [funnel_steps(events, rule, freq=freq, until=until_ns) for rule in rules]
+    out = pd.concat(
+        [p.assign(rule=rule.name) for p, rule in zip(parts, rules, strict=True)], ignore_index=True
     )
+    # plain object strings: Arrow-backed ``str`` columns reach pyspark as chunked arrays
+    return out[["rule", *FUNNEL_STEP_COLUMNS]].astype({"rule": object, "customer_id": object})
+
+
+def funnel_report_spark(
+    events: DataFrame,
+    rules: list[CompiledRule],
+    until: Any = None,
+    customers: DataFrame | None = None,
+    by: str | None = None,
+    freq: str = "D",
+    buckets: int = DEFAULT_BUCKETS,
+) -> pd.DataFrame:
+    """:func:`~src.features.detection.reports.funnel_report` of every rule on Spark, the
+    rules' reports concatenated with a ``rule`` column (what ``detect`` writes as
+    ``rule_funnels``): equal to the embedded reports.
+
+    Which steps a customer-period reached only depends on that customer's events, so it runs
+    per group of customers (``applyInPandas``, the embedded code); the counts and the exact
+    median gap per period, segment and step are one Spark aggregation, and only that small
+    table comes back to the driver. ``by`` names a column of ``customers`` (a Spark frame).
+    """
+    from pyspark.sql import functions as F
+
+    if by and customers is None:
+        raise ValueError("funnel_report_spark: 'by' needs the customers frame")
+    until_ns = spark_until(events, until)
+    rules = list(rules)
+
+    def run(pdf: pd.DataFrame) -> pd.DataFrame:
+        return funnel_steps_for_pandas(pdf.drop(columns="_bucket"), rules, until_ns, freq)
+
+    steps = _bucketed(events, until_ns, buckets).applyInPandas(run, FUNNEL_STEP_SCHEMA)
+    keys = ["period", *([by] if by else [])]
+    if by:
+        assert customers is not None
+        steps = steps.join(customers.select("customer_id", by), "customer_id", "left")
+    counts = pd.DataFrame(
+        steps.groupBy("rule", *keys, "step")
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.percentile("gap_ns", F.lit(0.5)).alias("median_ns"),
+        )
+        .toPandas()
+    )
+    counts["period"] = pd.to_datetime(counts["period"]).astype("datetime64[ns]")
+    reports = [
+        funnel_table(counts[counts["rule"] == rule.name].drop(columns="rule"), rule, by).assign(
+            rule=rule.name
+        )
+        for rule in rules
+    ]
+    return pd.concat(reports, ignore_index=True)
 
 
 def sorted_detections(df: DataFrame) -> pd.DataFrame:
@@ -162,12 +239,12 @@ def run_detection_spark(
     as_of: Any,
     buckets: int = DEFAULT_BUCKETS,
 ) -> dict[str, Path]:
-    """``nextoffer detect`` on Spark: detections and rule features as of ``as_of``.
+    """``nextoffer detect`` on Spark: detections, step funnels and rule features as of ``as_of``.
 
     Reads the catalog's ``stitched_events`` (written by ``build-view`` on either engine for the
     same ``as_of``): events strictly before ``as_of``, as the embedded path stitches them.
-    The rule features are computed from the detections (one small table) with the embedded
-    code; the step funnels need the whole history in one frame and stay embedded-only.
+    The step funnels are counted on Spark (:func:`funnel_report_spark`); the rule features are
+    computed from the detections (one small table) with the embedded code.
     """
     from pyspark.sql import functions as F
 
@@ -190,17 +267,26 @@ def run_detection_spark(
     write_parquet(detect_spark(events, rules, as_of, buckets), out)
     detections = sort_detections(pd.read_parquet(out))
     customers = catalog.read("customers", columns=["customer_id", "life_stage"])
+    paths = {
+        "detections": out,
+        "rule_funnels": catalog.path("rule_funnels", as_of),
+        "rule_features": catalog.path("rule_features", as_of),
+    }
+    funnels = funnel_report_spark(events, rules, as_of, buckets=buckets)
+    funnels.to_parquet(paths["rule_funnels"], index=False)
     features = rule_features(detections, as_of, customers, rules=rules, wide=True)
-    paths = {"detections": out, "rule_features": catalog.path("rule_features", as_of)}
     features.to_parquet(paths["rule_features"], index=False)
     return paths
 
 
 __all__ = [
     "DETECTION_SCHEMA",
+    "FUNNEL_STEP_SCHEMA",
     "EVENT_SCHEMA",
     "detect_spark",
     "detections_for_pandas",
+    "funnel_report_spark",
+    "funnel_steps_for_pandas",
     "ntz_literal",
     "python_workers_session",
     "run_detection_spark",

@@ -337,17 +337,72 @@ def read_event_files(
     return reader.format(fmt).load(str(source))
 
 
-def read_kafka_events(spark: SparkSession, bootstrap_servers: str, topic: str) -> DataFrame:
+class KafkaConnectorMissing(RuntimeError):
+    """The Kafka source was asked for but Spark has no ``spark-sql-kafka`` connector."""
+
+
+def kafka_connector(spark_version: str) -> str:
+    """The Maven coordinates of the Kafka connector matching this Spark (Scala 2.13 builds)."""
+    return f"org.apache.spark:spark-sql-kafka-0-10_2.13:{spark_version}"
+
+
+def kafka_options(bootstrap_servers: str, topic: str, starting_offsets: str = "latest") -> dict:
+    """The Kafka source's options, checked before any session starts.
+
+    ``starting_offsets`` is Spark's ``startingOffsets``: ``earliest``, ``latest`` (the
+    default: a new query reads what arrives from now on) or a JSON object of offsets per
+    partition (``{"events": {"0": 42}}``). It only applies to a new checkpoint; a restarted
+    query continues from the offsets in its checkpoint.
+    """
+    if not bootstrap_servers.strip():
+        raise ValueError("--kafka-bootstrap: give host:port[,host:port...]")
+    if not topic.strip():
+        raise ValueError("--source: give the Kafka topic to subscribe to")
+    if starting_offsets not in ("earliest", "latest"):
+        try:
+            parsed = json.loads(starting_offsets)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError(
+                f"--kafka-starting-offsets must be earliest, latest or a JSON object of "
+                f"offsets per topic and partition, got {starting_offsets!r}"
+            )
+    return {
+        "kafka.bootstrap.servers": bootstrap_servers,
+        "subscribe": topic,
+        "startingOffsets": starting_offsets,
+    }
+
+
+def read_kafka_events(
+    spark: SparkSession, bootstrap_servers: str, topic: str, starting_offsets: str = "latest"
+) -> DataFrame:
     """Events from a Kafka topic whose values are JSON objects with the stitched-event
-    fields (needs ``--packages org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>``)."""
+    fields (the JSON replay files' format, one object per message).
+
+    Needs the ``spark-sql-kafka`` connector, which pyspark does not bundle: ``spark-submit
+    --packages`` :func:`kafka_connector` (or ``spark.jars.packages``). Without it this raises
+    :class:`KafkaConnectorMissing` naming the package, not Spark's generic lookup error.
+    """
+    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    raw = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", bootstrap_servers)
-        .option("subscribe", topic)
-        .load()
-    )
+    options = kafka_options(bootstrap_servers, topic, starting_offsets)
+    try:
+        raw = spark.readStream.format("kafka").options(**options).load()
+    except AnalysisException as error:
+        text = str(error)
+        if "kafka" in text.lower() and (
+            "DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text
+        ):
+            package = kafka_connector(spark.version)
+            raise KafkaConnectorMissing(
+                f"the Kafka source needs the spark-sql-kafka connector ({package}), which is "
+                f"not on this Spark's classpath: submit with --packages {package} (or set "
+                "spark.jars.packages), or read a directory of event files instead"
+            ) from error
+        raise
     parsed = F.from_json(
         F.col("value").cast("string"),
         EVENT_SCHEMA,
@@ -443,10 +498,13 @@ def write_replay(
 
 __all__ = [
     "DEFAULT_WATERMARK_SECONDS",
+    "KafkaConnectorMissing",
     "STATE_SCHEMA",
     "customer_step",
     "detect_stream",
     "dump_state",
+    "kafka_connector",
+    "kafka_options",
     "load_state",
     "read_event_files",
     "read_kafka_events",
