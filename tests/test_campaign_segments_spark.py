@@ -3,8 +3,6 @@ view and detections (one tiny local session; the view's own Spark parity is test
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import duckdb
 import pandas as pd
 import pytest
@@ -38,15 +36,6 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
-    from src.features.spark_session import spark_session
-
-    session = spark_session("local[1]", shuffle_partitions=1, app_name="test-segments-spark")
-    yield session
-    session.stop()
-
-
 def _duckdb(sql: str) -> list[str]:
     con = duckdb.connect()
     try:
@@ -73,3 +62,5 @@ def test_rule_segments_give_the_same_members_on_spark_and_duckdb(spark) -> None:
         on_spark = sorted(r["customer_id"] for r in spark.sql(spark_sql).collect())
         assert on_duckdb == expected[rule], rule
         assert on_spark == on_duckdb, (rule, spark_sql)
+    for view in ("cv", "detections"):  # the session is shared by every Spark test
+        spark.catalog.dropTempView(view)
