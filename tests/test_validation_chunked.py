@@ -158,7 +158,9 @@ def test_duplicate_across_chunks_and_late_bad_reference_are_named(tmp_path: Path
     pd.testing.assert_frame_equal(orphan, whole.value.failures)
 
 
-def test_chunk_size_comes_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunk_size_comes_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from src.pipeline import run_validation
 
     monkeypatch.setenv("NEXTOFFER_VALIDATION_CHUNK_ROWS", "4")

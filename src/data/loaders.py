@@ -1082,7 +1082,7 @@ def _stream_table(
         raw = first if first is not None else read_table_file(name, path)
         result = validate_frame(raw, name, quarantine=quarantine_dir is not None, source=source)
         _quarantine(result, quarantine_dir)
-        sink = _TableSink(name, out_path, None, keys, orphans)
+        sink = _TableSink(name, out_path, keys, orphans)
         sink.add(result)
         sink.close()
         return _Counts(source, result.n_accepted, result.n_rejected)
@@ -1105,7 +1105,7 @@ def _stream_table(
     # Pass 1: validate every chunk and write its accepted rows; failures are kept (their rows
     # and reasons are the report), rejects wait for pass 2, which renders timestamps as the
     # whole table would (see _as_text).
-    sink = _TableSink(name, out_path, None, keys, orphans)
+    sink = _TableSink(name, out_path, keys, orphans)
     failures_seen: list[pd.DataFrame] = []
     bounds: list[tuple[int, int]] = []  # (offset, rows) of each chunk
     fail_witness: dict[str, tuple[int, object] | None] = {}
@@ -1262,20 +1262,18 @@ def _shift_rows(failures: pd.DataFrame, offset: int) -> pd.DataFrame:
 
 
 class _TableSink:
-    """Appends the accepted rows (and rejects) of a table's chunks to Parquet files and keeps
-    what the reference check needs: accepted keys of referenced tables, orphan rows of others."""
+    """Appends the accepted rows of a table's chunks to its Parquet file and keeps what the
+    reference check needs: accepted keys of referenced tables, orphan rows of the others."""
 
     def __init__(
         self,
         name: str,
         data_path: Path,
-        reject_path: Path | None,
         keys: dict[tuple[str, str], pd.Index],
         orphans: dict[tuple[str, str], list[pd.DataFrame]],
     ) -> None:
         self.name = name
         self.data = _ParquetAppender(data_path)
-        self.rejects = _ParquetAppender(reject_path) if reject_path is not None else None
         self.keys = keys
         self.orphans = orphans
         self.id_column = _id_column(TABLES[name].to_schema())
@@ -1286,8 +1284,6 @@ class _TableSink:
     def add(self, result: LoadResult) -> None:
         data = result.data
         self.data.write(_with_microsecond_timestamps(data))
-        if self.rejects is not None:
-            self.rejects.write(result.rejects)
         self.n_accepted += result.n_accepted
         self.n_rejected += result.n_rejected
         for column, parts in self.key_parts.items():
@@ -1321,8 +1317,6 @@ class _TableSink:
 
     def close(self) -> None:
         self.data.close()
-        if self.rejects is not None:
-            self.rejects.close()
         for column, parts in self.key_parts.items():
             values = pd.concat(parts, ignore_index=True) if parts else pd.Series(dtype="string")
             self.keys[(self.name, column)] = pd.Index(pd.unique(values.dropna()))
