@@ -151,11 +151,12 @@ def validate(
 ) -> None:
     """Validate the raw tables against the data contract and publish the accepted rows to
     data/validated, which everything downstream reads; bad input names table, column, rows."""
-    from src.data.loaders import RawDataError, validate_raw
+    from src.data.loaders import RawDataError
+    from src.pipeline import run_validation
 
     settings = _settings(data_dir=data_dir)
     try:
-        report = validate_raw(settings.catalog, quarantine=quarantine)
+        report = run_validation(settings, quarantine=quarantine)
     except (RawDataError, FileNotFoundError) as error:
         typer.echo(str(error), err=True)
         if not quarantine and isinstance(error, RawDataError):

@@ -34,7 +34,12 @@ def run_validation(settings: Settings, quarantine: bool = False) -> dict[str, di
     """Validate the raw tables and publish the accepted rows: the only door downstream."""
     from src.data.loaders import validate_raw
 
-    return validate_raw(settings.catalog, quarantine=quarantine)
+    return validate_raw(
+        settings.catalog,
+        quarantine=quarantine,
+        chunk_rows=settings.validation_chunk_rows,
+        memory_limit=settings.validation_memory_limit,
+    )
 
 
 def run_customer_view(settings: Settings, as_of: datetime | None = None) -> dict[str, Path]:

@@ -460,6 +460,18 @@ class Settings(BaseSettings):
         description="A tracking server; default: SQLite under mlruns/ (embedded).",
     )
 
+    validation_chunk_rows: int | None = Field(
+        default=250_000,
+        ge=1,
+        description="Rows per chunk when validating raw tables: a longer table is validated chunk "
+        "by chunk so memory stays bounded (a 1M-customer export on a laptop); None = whole "
+        "tables in memory.",
+    )
+    validation_memory_limit: str = Field(
+        default="1GB",
+        description="DuckDB memory limit of the whole-table id uniqueness check (spills beyond).",
+    )
+
     sim: SimSettings = Field(default_factory=SimSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)

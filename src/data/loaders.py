@@ -23,13 +23,15 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.parquet as pq
 from pandera.engines import pandas_engine
 
 from src.data.catalog import MANIFEST, RAW_SUFFIXES, Catalog
@@ -210,11 +214,7 @@ def validate_frame(
     raw = df.copy()
     if not raw.index.equals(pd.RangeIndex(len(raw))):
         raw = raw.reset_index(drop=True)
-    typed, parse_failures = _pre_coerce(raw, schema)
-    accepted, failures, fatal = _validate_rows(typed, schema, parse_failures)
-    failures = _dedupe(failures, raw)
-    failures = _with_values(failures, raw, name, _id_column(schema))
-    fatal = _with_values(fatal, raw, name, _id_column(schema))
+    accepted, failures, fatal = _check(raw, name, schema, _id_column(schema))
 
     if not fatal.empty or (not failures.empty and not quarantine):
         all_failures = pd.concat([fatal, failures], ignore_index=True)
@@ -246,6 +246,13 @@ def load_table_result(name: str, path: Path, *, quarantine_dir: Path | None = No
         path = find_table_file(name, path)
     raw = read_table_file(name, path)
     result = validate_frame(raw, name, quarantine=quarantine_dir is not None, source=str(path))
+    _quarantine(result, quarantine_dir)
+    return result
+
+
+def _quarantine(result: LoadResult, quarantine_dir: Path | None) -> None:
+    """Write the rejects of a whole-table result (quarantine mode) and log the counts."""
+    name = result.table
     if quarantine_dir is not None:
         reject_path = Path(quarantine_dir) / f"{name}{REJECT_SUFFIX}"
         _atomic_parquet(result.rejects, reject_path)  # written even when empty: no stale file
@@ -264,7 +271,6 @@ def load_table_result(name: str, path: Path, *, quarantine_dir: Path | None = No
                 result.n_rejected,
                 _summary_by_check(result.failures),
             )
-    return result
 
 
 def load_table(name: str, path: Path, *, quarantine_dir: Path | None = None) -> pd.DataFrame:
@@ -317,7 +323,13 @@ def check_references(tables: Mapping[str, pd.DataFrame]) -> list[ReferenceProble
     return problems
 
 
-def validate_raw(catalog: Catalog, *, quarantine: bool = False) -> dict[str, dict[str, Any]]:
+def validate_raw(
+    catalog: Catalog,
+    *,
+    quarantine: bool = False,
+    chunk_rows: int | None = None,
+    memory_limit: str = "1GB",
+) -> dict[str, dict[str, Any]]:
     """Validate the catalog's raw tables and publish the accepted rows as its validated layer.
 
     Every table plus the cross-table references are checked before anything is written, so one
@@ -331,7 +343,15 @@ def validate_raw(catalog: Catalog, *, quarantine: bool = False) -> dict[str, dic
     manifest of sources and counts; on failure it is removed, so nothing downstream can read
     tables that no longer match the raw export. Returns ``{"accepted": {table: rows},
     "rejected": {table: rows}, "reject_files": {table: path}}`` for all of ``TABLES``.
+
+    With ``chunk_rows`` (``Settings.validation_chunk_rows``) a table longer than that is read,
+    validated and written chunk by chunk with the same schemas, so memory is bounded by the
+    chunk, not the table; ids are checked for uniqueness across the whole table in DuckDB
+    (``memory_limit``, spilling to disk) and references against the accepted keys. The
+    outputs are the same as without it. ``None`` validates each table in memory at once.
     """
+    if chunk_rows is not None:
+        return _validate_raw_chunked(catalog, quarantine, chunk_rows, memory_limit)
     try:
         results = _load_results(
             catalog.raw_dir,
@@ -343,6 +363,12 @@ def validate_raw(catalog: Catalog, *, quarantine: bool = False) -> dict[str, dic
         _remove_tree(catalog.validated_dir)
         raise
     _publish_validated(catalog, results)
+    return _report(catalog, results, quarantine)
+
+
+def _report(
+    catalog: Catalog, results: Mapping[str, LoadResult | _Counts], quarantine: bool
+) -> dict[str, dict[str, Any]]:
     return {
         "accepted": {name: r.n_accepted for name, r in results.items()},
         "rejected": {name: r.n_rejected for name, r in results.items()},
@@ -397,16 +423,21 @@ def _publish_validated(catalog: Catalog, results: Mapping[str, LoadResult]) -> N
                 "rejected": result.n_rejected,
             }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        old = None
-        if target.exists():
-            old = target.parent / f".validated.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            _remove_tree(old)
+        _swap_in(staging, target)
     except BaseException:
         _remove_tree(staging)
         raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``staging`` directory as a whole."""
+    old = None
+    if target.exists():
+        old = target.parent / f".validated.old.{os.getpid()}"
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        _remove_tree(old)
 
 
 def _with_microsecond_timestamps(df: pd.DataFrame) -> pd.DataFrame:
@@ -637,6 +668,30 @@ def _validate_rows(
     return remaining.iloc[0:0], _concat(row_failures), fatal
 
 
+def _check(
+    raw: pd.DataFrame,
+    name: str,
+    schema: pa.DataFrameSchema,
+    id_column: str | None,
+    known_failures: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Validate ``raw`` (RangeIndex): (accepted rows, row failures, table-level failures).
+
+    ``known_failures`` (column, check, row) were found outside this frame (a chunk's duplicate
+    ids across the whole table); they are reported like pandera's and their rows not accepted.
+    """
+    typed, parse_failures = _pre_coerce(raw, schema)
+    if known_failures is not None and len(known_failures):
+        parse_failures = _concat([parse_failures, known_failures])
+    accepted, failures, fatal = _validate_rows(typed, schema, parse_failures)
+    if known_failures is not None and len(known_failures):
+        accepted = accepted.drop(index=known_failures["row"].astype("int64"), errors="ignore")
+    failures = _dedupe(failures, raw)
+    failures = _with_values(failures, raw, name, id_column)
+    fatal = _with_values(fatal, raw, name, id_column)
+    return accepted, failures, fatal
+
+
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
     if not parts:
@@ -696,7 +751,11 @@ def _dedupe(failures: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_values(
-    failures: pd.DataFrame, raw: pd.DataFrame, name: str, id_column: str | None
+    failures: pd.DataFrame,
+    raw: pd.DataFrame,
+    name: str,
+    id_column: str | None,
+    witnesses: Mapping[str, object] | None = None,
 ) -> pd.DataFrame:
     """Add table, the value as found in the file and the record id; sort by row."""
     if failures.empty:
@@ -709,7 +768,8 @@ def _with_values(
     for column, index in (
         out[has_row & out["column"].isin(raw.columns)].groupby("column").groups.items()
     ):
-        values[index] = _cells_as_text(raw[column], out.loc[index, "row"])
+        witness = (witnesses or {}).get(str(column))
+        values[index] = _cells_as_text(raw[column], out.loc[index, "row"], witness)
     if id_column in raw.columns:
         ids[has_row] = _cells_as_text(raw[id_column], out.loc[has_row, "row"])
     out["value"] = values
@@ -719,10 +779,49 @@ def _with_values(
     return out.sort_values(["row", "column", "check"], na_position="first").reset_index(drop=True)
 
 
-def _cells_as_text(column: pd.Series, rows: pd.Series) -> np.ndarray:
+def _cells_as_text(column: pd.Series, rows: pd.Series, witness: object = None) -> np.ndarray:
     """``column`` at positions ``rows`` as text, null as ``<null>``; vectorised."""
-    cells = column.iloc[rows.astype("int64").to_numpy()].astype("string")
+    cells = _as_text(column.iloc[rows.astype("int64").to_numpy()], witness)
     return cells.fillna("<null>").to_numpy()
+
+
+def _as_text(values: pd.Series, witness: object = None) -> pd.Series:
+    """``values`` as text. pandas writes a timestamp column with the precision its finest value
+    needs ('09:41:17.000' next to '06:00:17.300'), so a chunk renders as its whole table would
+    when the table's finest value (``witness``, see :func:`_finest`) is rendered along."""
+    if witness is None:
+        return values.astype("string")
+    extended = pd.concat(
+        [values, pd.Series([witness], dtype=values.dtype)], ignore_index=True
+    ).astype("string")
+    return pd.Series(extended.iloc[:-1].to_numpy(), index=values.index, dtype="string")
+
+
+def _finest(values: pd.Series, best: tuple[int, object] | None) -> tuple[int, object] | None:
+    """The value of ``values`` (or ``best``) whose text needs the finest precision, with its
+    rank: 0 midnight, 1 whole second, 2 ms, 3 us, 4 ns. None for non-timestamp columns."""
+    if not pd.api.types.is_datetime64_dtype(values.dtype) or isinstance(
+        values.dtype, pd.DatetimeTZDtype
+    ):
+        return best
+    present = values.dropna()
+    if present.empty:
+        return best
+    unit = np.datetime_data(present.dtype)[0]
+    per_s = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}.get(unit)
+    if per_s is None:
+        return best
+    ticks = present.to_numpy().astype("int64")
+    sub = ticks % per_s
+    rank = np.where(ticks % (86_400 * per_s) != 0, 1, 0)
+    rank[sub != 0] = 2
+    if per_s >= 10**6:
+        rank[sub % (per_s // 10**3) != 0] = 3
+    if per_s >= 10**9:
+        rank[sub % (per_s // 10**6) != 0] = 4
+    at = int(rank.argmax())
+    found = (int(rank[at]), present.iloc[at])
+    return found if best is None or found[0] > best[0] else best
 
 
 def _isna(value: object) -> bool:
@@ -819,9 +918,21 @@ def _summary_by_check(failures: pd.DataFrame) -> str:
     return ", ".join(f"{c}/{k}: {n}" for (c, k), n in counts.items())
 
 
-def _reject_frame(bad: pd.DataFrame, failures: pd.DataFrame) -> pd.DataFrame:
-    """Rejected rows as text, with every reason and the source row number."""
+def _reject_frame(
+    bad: pd.DataFrame,
+    failures: pd.DataFrame,
+    shared: Mapping[int, tuple[int, ...]] | None = None,
+    witnesses: Mapping[str, object] | None = None,
+) -> pd.DataFrame:
+    """Rejected rows as text, with every reason and the source row number.
+
+    ``shared`` maps a duplicate-id row to all rows with its id when they are not all in
+    ``failures`` (a chunk of a table); by default they are found in ``failures``.
+    ``witnesses``: per timestamp column, the table's finest rejected value (see :func:`_as_text`).
+    """
     out = bad.astype("string")
+    for column, witness in (witnesses or {}).items():
+        out[column] = _as_text(bad[column], witness)
     out["reject_reason"] = pd.Series(pd.NA, index=bad.index, dtype="string")
     if len(failures):
         f = failures.reset_index(drop=True)
@@ -839,12 +950,15 @@ def _reject_frame(bad: pd.DataFrame, failures: pd.DataFrame) -> pd.DataFrame:
         )
         dupes = f["check"].eq("field_uniqueness")
         if dupes.any():
-            shared = (
-                f[dupes]
-                .groupby(["column", "value"], dropna=False)["row"]
-                .transform(lambda rows: _preview(int(r) for r in rows))
-            )
-            reason[dupes] = reason[dupes] + "; shared by rows " + shared + ", every copy rejected"
+            if shared is None:
+                sharing = (
+                    f[dupes]
+                    .groupby(["column", "value"], dropna=False)["row"]
+                    .transform(lambda rows: _preview(int(r) for r in rows))
+                )
+            else:
+                sharing = f.loc[dupes, "row"].map(lambda r: _preview(shared.get(int(r), (int(r),))))
+            reason[dupes] = reason[dupes] + "; shared by rows " + sharing + ", every copy rejected"
         by_row: dict[int, list[str]] = {}
         for row, text in zip(f["row"].astype("int64").tolist(), reason.tolist(), strict=True):
             by_row.setdefault(row, []).append(text)
@@ -865,3 +979,464 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --------------------------------------------------------------------------------------
+# Chunked validation (validate_raw with chunk_rows): memory bounded by the chunk
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """What the manifest and the report need of a table validated chunk by chunk."""
+
+    source: str | None
+    n_accepted: int
+    n_rejected: int
+
+
+#: Referenced (table, column) pairs whose accepted keys are kept for the reference check.
+_REFERENCED: frozenset[tuple[str, str]] = frozenset((t, c) for _, _, t, c in REFERENCES)
+
+
+def _validate_raw_chunked(
+    catalog: Catalog, quarantine: bool, chunk_rows: int, memory_limit: str
+) -> dict[str, dict[str, Any]]:
+    """:func:`validate_raw` table by table, chunk by chunk, into a staging directory.
+
+    Tables are validated in ``TABLES`` order, so the customers and offers are known before the
+    tables that reference them; every table is still validated before anything raises.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    raw_dir = catalog.raw_dir
+    quarantine_dir = catalog.rejects_dir if quarantine else None
+    target = catalog.validated_dir
+    try:
+        names = list(TABLES)
+        missing = [n for n in names if not any((raw_dir / f"{n}{s}").is_file() for s in SUFFIXES)]
+        if missing:
+            raise FileNotFoundError(
+                f"raw tables not found in {raw_dir} (want <table>.parquet or <table>.csv): "
+                f"{missing}"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".validated."))
+        try:
+            counts: dict[str, _Counts] = {}
+            errors: list[RawDataError] = []
+            keys: dict[tuple[str, str], pd.Index] = {}
+            orphans: dict[tuple[str, str], list[pd.DataFrame]] = {}
+            for name in names:
+                try:
+                    counts[name] = _stream_table(
+                        name,
+                        find_table_file(name, raw_dir),
+                        staging / catalog.path(name).name,
+                        quarantine_dir,
+                        chunk_rows,
+                        memory_limit,
+                        keys,
+                        orphans,
+                    )
+                except RawDataError as exc:
+                    errors.append(exc)
+            if len(errors) == 1:
+                raise errors[0]
+            if errors:
+                failures = pd.concat([e.failures for e in errors], ignore_index=True)
+                raise RawDataError("\n".join(str(e) for e in errors), failures)
+            _raise_on_orphans(orphans, raw_dir)
+            manifest = {
+                "tables": {
+                    name: {"source": c.source, "accepted": c.n_accepted, "rejected": c.n_rejected}
+                    for name, c in counts.items()
+                }
+            }
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _swap_in(staging, target)
+        except BaseException:
+            _remove_tree(staging)
+            raise
+    except (RawDataError, FileNotFoundError):
+        _remove_tree(target)
+        raise
+    return _report(catalog, counts, quarantine)
+
+
+def _stream_table(
+    name: str,
+    path: Path,
+    out_path: Path,
+    quarantine_dir: Path | None,
+    chunk_rows: int,
+    memory_limit: str,
+    keys: dict[tuple[str, str], pd.Index],
+    orphans: dict[tuple[str, str], list[pd.DataFrame]],
+) -> _Counts:
+    """Validate one raw file into ``out_path``; a file of one chunk is validated as a whole."""
+    source = str(path)
+    chunks = _iter_chunks(name, path, chunk_rows)
+    first, second = next(chunks, None), next(chunks, None)
+    if second is None:  # fits one chunk: exactly the in-memory path
+        raw = first if first is not None else read_table_file(name, path)
+        result = validate_frame(raw, name, quarantine=quarantine_dir is not None, source=source)
+        _quarantine(result, quarantine_dir)
+        sink = _TableSink(name, out_path, keys, orphans)
+        sink.add(result)
+        sink.close()
+        return _Counts(source, result.n_accepted, result.n_rejected)
+
+    assert first is not None
+    schema = _schema_model(name).to_schema()
+    id_column = _id_column(schema)
+    unique = [c for c, col in schema.columns.items() if col.unique and c in first.columns]
+    shared: dict[int, tuple[int, ...]] = {}
+    for column in unique:
+        shared.update(
+            _duplicate_rows(
+                name, path, column, schema.columns[column].dtype, chunk_rows, memory_limit
+            )
+        )
+    chunk_schema = schema.update_columns({c: {"unique": False} for c in unique})
+    dup_rows = np.array(sorted(shared), dtype="int64")
+    dup_column = unique[0] if unique else None
+
+    # Pass 1: validate every chunk and write its accepted rows; failures are kept (their rows
+    # and reasons are the report), rejects wait for pass 2, which renders timestamps as the
+    # whole table would (see _as_text).
+    sink = _TableSink(name, out_path, keys, orphans)
+    failures_seen: list[pd.DataFrame] = []
+    bounds: list[tuple[int, int]] = []  # (offset, rows) of each chunk
+    fail_witness: dict[str, tuple[int, object] | None] = {}
+    reject_witness: dict[str, tuple[int, object] | None] = {}
+    offset = 0
+    try:
+        for raw in itertools.chain([first, second], chunks):
+            n = len(raw)
+            bounds.append((offset, n))
+            in_chunk = dup_rows[(dup_rows >= offset) & (dup_rows < offset + n)] - offset
+            known = _concat(
+                [
+                    pd.DataFrame(
+                        {
+                            "column": dup_column,
+                            "check": "field_uniqueness",
+                            "row": pd.array(in_chunk, dtype="Int64"),
+                        }
+                    )
+                ]
+            )
+            accepted, failures, fatal = _check(raw, name, chunk_schema, id_column, known)
+            if not fatal.empty:
+                every = pd.concat(
+                    [_shift_rows(fatal, offset), *failures_seen, _shift_rows(failures, offset)],
+                    ignore_index=True,
+                )
+                raise RawDataError(format_failures(every, source=source), every)
+            if len(failures):
+                bad_local = sorted(set(failures["row"].astype(int)))
+                for column in raw.columns:
+                    reject_witness[column] = _finest(
+                        raw[column].iloc[bad_local], reject_witness.get(column)
+                    )
+                    rows = failures.loc[failures["column"] == column, "row"].astype(int)
+                    fail_witness[column] = _finest(
+                        raw[column].iloc[rows.to_numpy()], fail_witness.get(column)
+                    )
+                failures_seen.append(_shift_rows(failures, offset))
+            if quarantine_dir is None and failures_seen:
+                offset += n  # doomed: keep collecting every failure, write nothing more
+                continue
+            n_bad = len(set(failures["row"].astype(int)))
+            if len(accepted) + n_bad != n:  # the contract of this module; never expected
+                raise AssertionError(f"{name}: {len(accepted)} + {n_bad} != {n} rows at {offset}")
+            sink.add(
+                LoadResult(
+                    table=name,
+                    data=accepted.reset_index(drop=True),
+                    rejects=pd.DataFrame(index=pd.RangeIndex(n_bad)),
+                    failures=failures,
+                    source=source,
+                    source_rows=accepted.index.to_numpy(dtype="int64") + offset,
+                )
+            )
+            offset += n
+        sink.close()
+    except BaseException:
+        sink.close()
+        raise
+    witnesses = {c: w[1] for c, w in fail_witness.items() if w is not None}
+    reject_witnesses = {c: w[1] for c, w in reject_witness.items() if w is not None}
+    every = _pass_two(
+        name,
+        path,
+        chunk_rows,
+        bounds,
+        failures_seen,
+        shared,
+        witnesses,
+        reject_witnesses,
+        quarantine_dir,
+    )
+    if quarantine_dir is None:
+        if not every.empty:
+            raise RawDataError(format_failures(every, source=source), every)
+        return _Counts(source, sink.n_accepted, 0)
+    logger.info(
+        "%s: %d input rows, %d accepted, %d rejected -> %s (%s-row chunks)",
+        name,
+        offset,
+        sink.n_accepted,
+        sink.n_rejected,
+        quarantine_dir / f"{name}{REJECT_SUFFIX}",
+        chunk_rows,
+    )
+    if sink.n_rejected:
+        logger.warning(
+            "%s: %d row(s) quarantined: %s", name, sink.n_rejected, _summary_by_check(every)
+        )
+    return _Counts(source, sink.n_accepted, sink.n_rejected)
+
+
+def _pass_two(
+    name: str,
+    path: Path,
+    chunk_rows: int,
+    bounds: list[tuple[int, int]],
+    failures_seen: list[pd.DataFrame],
+    shared: Mapping[int, tuple[int, ...]],
+    witnesses: Mapping[str, object],
+    reject_witnesses: Mapping[str, object],
+    quarantine_dir: Path | None,
+) -> pd.DataFrame:
+    """Every failure of a chunked table with its value rendered as in a whole-table run, and
+    (quarantine) the reject file: the chunks holding failures are read again, the rest skipped.
+    Returns the failures, sorted by row as :func:`validate_frame` reports them."""
+    every = pd.concat(failures_seen, ignore_index=True) if failures_seen else _empty_failures()
+    rerender = bool(every["column"].isin(list(witnesses)).any())
+    if quarantine_dir is None and not rerender:
+        return every
+    id_column = _id_column(TABLES[name].to_schema())
+    rejects = None
+    if quarantine_dir is not None:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=quarantine_dir, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        rejects = _ParquetAppender(Path(tmp))
+    rows = every["row"].astype("int64").to_numpy()
+    fixed: list[pd.DataFrame] = []
+    try:
+        for (offset, n), raw in zip(bounds, _iter_chunks(name, path, chunk_rows), strict=True):
+            lo, hi = np.searchsorted(rows, [offset, offset + n])
+            if lo == hi and (rejects is None or rejects.writer is not None):
+                continue  # nothing failed here (a reject file needs its first, empty, frame)
+            local = _shift_rows(every.iloc[lo:hi].reset_index(drop=True), -offset)
+            if rerender and len(local):
+                local = _with_values(
+                    local[["column", "check", "row"]], raw, name, id_column, witnesses
+                )
+            chunk = _shift_rows(local, offset)
+            fixed.append(chunk)
+            if rejects is not None:
+                bad = raw.loc[sorted(set(local["row"].astype(int)))]
+                bad.index = bad.index + offset
+                rejects.write(_reject_frame(bad, chunk, shared, reject_witnesses))
+        if rejects is not None:
+            rejects.close()
+            assert quarantine_dir is not None
+            os.replace(rejects.path, quarantine_dir / f"{name}{REJECT_SUFFIX}")
+    except BaseException:
+        if rejects is not None:
+            rejects.close()
+            rejects.path.unlink(missing_ok=True)
+        raise
+    return pd.concat(fixed, ignore_index=True) if fixed else every
+
+
+def _shift_rows(failures: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """Chunk row numbers -> file row numbers."""
+    if offset and len(failures):
+        failures = failures.assign(row=failures["row"] + offset)
+    return failures
+
+
+class _TableSink:
+    """Appends the accepted rows of a table's chunks to its Parquet file and keeps what the
+    reference check needs: accepted keys of referenced tables, orphan rows of the others."""
+
+    def __init__(
+        self,
+        name: str,
+        data_path: Path,
+        keys: dict[tuple[str, str], pd.Index],
+        orphans: dict[tuple[str, str], list[pd.DataFrame]],
+    ) -> None:
+        self.name = name
+        self.data = _ParquetAppender(data_path)
+        self.keys = keys
+        self.orphans = orphans
+        self.id_column = _id_column(TABLES[name].to_schema())
+        self.key_parts: dict[str, list[pd.Series]] = {c: [] for t, c in _REFERENCED if t == name}
+        self.n_accepted = 0
+        self.n_rejected = 0
+
+    def add(self, result: LoadResult) -> None:
+        data = result.data
+        self.data.write(_with_microsecond_timestamps(data))
+        self.n_accepted += result.n_accepted
+        self.n_rejected += result.n_rejected
+        for column, parts in self.key_parts.items():
+            parts.append(data[column])
+        for table, column, ref_table, ref_column in REFERENCES:
+            known = self.keys.get((ref_table, ref_column))
+            if table != self.name or known is None or column not in data.columns:
+                continue
+            values = data[column]
+            orphan = (values.notna() & (known.get_indexer(values) == -1)).to_numpy(bool)
+            if orphan.any():
+                self.orphans.setdefault((table, column), []).append(
+                    pd.DataFrame(
+                        {
+                            "table": table,
+                            "column": column,
+                            "check": f"references {ref_table}.{ref_column}",
+                            "row": result.source_rows[orphan],
+                            "value": values[orphan].astype("string").fillna("<null>").to_numpy(),
+                            "record_id": (
+                                data.loc[orphan, self.id_column]
+                                .astype("string")
+                                .fillna("<null>")
+                                .to_numpy()
+                                if self.id_column
+                                else None
+                            ),
+                        }
+                    )
+                )
+
+    def close(self) -> None:
+        self.data.close()
+        for column, parts in self.key_parts.items():
+            values = pd.concat(parts, ignore_index=True) if parts else pd.Series(dtype="string")
+            self.keys[(self.name, column)] = pd.Index(pd.unique(values.dropna()))
+            parts.clear()
+
+
+class _ParquetAppender:
+    """One Parquet file written frame by frame; the first frame's schema is the file's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        table = pa_arrow.Table.from_pandas(df, preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        elif table.schema != self.writer.schema:
+            table = table.cast(self.writer.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _iter_chunks(
+    name: str, path: Path, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """The raw file in frames of at most ``chunk_rows`` rows (each with a fresh RangeIndex),
+    read as :func:`read_table_file` reads the whole file."""
+    try:
+        if path.suffix == ".parquet":
+            reader = pq.ParquetFile(path)
+            for batch in reader.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield pa_arrow.Table.from_batches([batch]).to_pandas().reset_index(drop=True)
+        elif path.suffix == ".csv":
+            with pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8-sig",
+                usecols=columns,
+                chunksize=chunk_rows,
+            ) as frames:
+                for frame in frames:
+                    yield frame.reset_index(drop=True)
+        else:
+            raise RawDataError(
+                f"table '{name}': unsupported file type {path.name!r} (want .parquet or .csv)",
+                _table_failure(name, None, "file_type", path.name),
+            )
+    except (RawDataError, FileNotFoundError):
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise RawDataError(
+            f"table '{name}': cannot read {path}: {exc}",
+            _table_failure(name, None, "read_file", str(exc)),
+        ) from exc
+
+
+def _duplicate_rows(
+    name: str, path: Path, column: str, dtype: object, chunk_rows: int, memory_limit: str
+) -> dict[int, tuple[int, ...]]:
+    """Rows whose (typed, non-null) ``column`` value occurs more than once in the whole file,
+    each mapped to all rows sharing it. The keys go, chunk by chunk, into an on-disk DuckDB
+    table: memory stays within ``memory_limit`` however long the table is."""
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="nextoffer-unique-") as tmp:
+        con = duckdb.connect(str(Path(tmp) / "keys.duckdb"))
+        try:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+            con.execute(f"SET temp_directory = '{tmp}'")
+            con.execute("SET preserve_insertion_order = false")
+            with contextlib.suppress(duckdb.InvalidInputException):
+                con.execute("SET enable_progress_bar = false")
+            offset = 0
+            for chunk in _iter_chunks(name, path, chunk_rows, columns=[column]):
+                values = chunk[column]
+                parsed = _parse_cells(values, dtype)
+                typed = values if parsed is None else parsed
+                if pd.api.types.is_integer_dtype(typed.dtype):
+                    key = pa_arrow.array(typed.astype("Int64"), type=pa_arrow.int64())
+                else:
+                    key = pa_arrow.array(typed.astype("string"), type=pa_arrow.large_string())
+                rows = pa_arrow.array(np.arange(offset, offset + len(chunk), dtype="int64"))
+                batch = pa_arrow.table({"row": rows, "key": key})  # noqa: F841 (read by DuckDB)
+                verb = "CREATE TABLE keys AS" if offset == 0 else "INSERT INTO keys"
+                con.execute(f"{verb} SELECT * FROM batch")
+                offset += len(chunk)
+            if offset == 0:
+                return {}
+            dups = con.execute(
+                "SELECT row, key FROM keys WHERE key IN "
+                "(SELECT key FROM keys WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1) "
+                "ORDER BY row"
+            ).fetch_df()
+        finally:
+            con.close()
+    shared: dict[int, tuple[int, ...]] = {}
+    for rows in dups.groupby("key", sort=False)["row"]:
+        group = tuple(int(r) for r in rows[1])
+        shared.update(dict.fromkeys(group, group))
+    return shared
+
+
+def _raise_on_orphans(orphans: Mapping[tuple[str, str], list[pd.DataFrame]], raw_dir: Path) -> None:
+    """Raise the references problems of a chunked run as :func:`_raise_on_references` does."""
+    parts = [
+        pd.concat(orphans[(t, c)], ignore_index=True)
+        for t, c, _, _ in REFERENCES
+        if orphans.get((t, c))
+    ]
+    if not parts:
+        return
+    failures = _normalise_failure_dtypes(pd.concat(parts, ignore_index=True))
+    raise RawDataError(
+        f"raw data in {raw_dir}: {len(parts)} referential problem(s)\n" + format_failures(failures),
+        failures,
+    )
