@@ -366,6 +366,25 @@ def _campaigns(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _validation_scale(doc: dict[str, Any]) -> list[Row]:
+    r, params = doc["results"], doc["params"]
+    rows = []
+    for bank in params["banks"]:
+        key = f"{bank['customers']}x{bank['days']}"
+        point = r[key]
+        chunked, whole = point["chunked"], point["whole"]
+        rows.append(
+            (
+                f"`nextoffer validate`, {_size(bank)} (chunks of {params['chunk_rows']:,} rows)",
+                f"{chunked['wall_s']:.0f} s, {chunked['peak_rss_gb']:.2f} GiB peak",
+                f"whole tables in memory: {whole['wall_s']:.0f} s, {whole['peak_rss_gb']:.2f} GiB peak"
+                if "wall_s" in whole
+                else f"whole tables in memory: not run ({whole.get('skipped', 'skipped')})",
+            )
+        )
+    return rows
+
+
 def _retrain(doc: dict[str, Any]) -> list[Row]:
     r, params = doc["results"], doc["params"]
     steps = r["retrain"]["steps_s"]
@@ -402,6 +421,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("campaigns", _campaigns),
     ("retrain_demo", _retrain),
     ("retrain_100000", _retrain),
+    ("validation_scale", _validation_scale),
 )
 # the README's order: propensity, UCI, then CVR (which lives in models.json)
 _ORDER = ("simulator", "customer view", "detection", "propensity,", "propensity on", "CVR")
