@@ -245,33 +245,28 @@ class SegmentBuilder:
         return self.offers[offer_id]
 
     def _propensity(self, product: str) -> pd.DataFrame:
-        path = self.catalog.path("scores", self.as_of)
-        if not path.exists():
-            raise SegmentError(
-                f"model segment: no scores for {self.as_of:%Y-%m-%d} at {path} "
-                "(score the champion first: `nextoffer score`)"
-            )
-        scores = self.catalog.read(
-            "scores", self.as_of, columns=["customer_id", "product", "score"]
-        )
-        scores = scores[scores["product"] == product]
-        if scores.empty:
-            raise SegmentError(f"model.product: no scores for product {product!r} at {path}")
-        return scores[["customer_id", "score"]]
+        return self._scores("scores", "product", product, "model.product", "`nextoffer score`")
 
     def _cvr(self, offer_id: str) -> pd.DataFrame:
-        path = self.catalog.path("cvr_scores", self.as_of)
+        return self._scores(
+            "cvr_scores", "offer_id", offer_id, "model.offer_id", "`nextoffer score --cvr`"
+        )
+
+    def _scores(self, dataset: str, key: str, value: str, field: str, command: str) -> pd.DataFrame:
+        """(customer_id, score) of one product or offer from a scores table of the segment's
+        date; a missing table or key is an error naming the command that makes it."""
+        path = self.catalog.path(dataset, self.as_of)
+        what = "CVR scores" if dataset == "cvr_scores" else "scores"
         if not path.exists():
             raise SegmentError(
-                f"model segment: no CVR scores for {self.as_of:%Y-%m-%d} at {path} "
-                "(score the CVR champion first: `nextoffer score --cvr`)"
+                f"model segment: no {what} for {self.as_of:%Y-%m-%d} at {path} "
+                f"(score the {'CVR ' if dataset == 'cvr_scores' else ''}champion first: {command})"
             )
-        scores = self.catalog.read(
-            "cvr_scores", self.as_of, columns=["customer_id", "offer_id", "score"]
-        )
-        scores = scores[scores["offer_id"] == offer_id]
+        scores = self.catalog.read(dataset, self.as_of, columns=["customer_id", key, "score"])
+        scores = scores[scores[key] == value]
         if scores.empty:
-            raise SegmentError(f"model.offer_id: no CVR scores for offer {offer_id!r} at {path}")
+            kind = "offer" if key == "offer_id" else "product"
+            raise SegmentError(f"{field}: no {what} for {kind} {value!r} at {path}")
         return scores[["customer_id", "score"]]
 
     def upload_ids(self, path: Any, allow_unknown: bool) -> Built:

@@ -548,12 +548,17 @@ def _load_results(
             results[name] = load_table_result(name, Path(raw_dir), quarantine_dir=quarantine_dir)
         except RawDataError as exc:
             errors.append(exc)
+    _raise_collected(errors)
+    return results
+
+
+def _raise_collected(errors: list[RawDataError]) -> None:
+    """Raise every table's failures at once (one error as it is; several as one, all rows)."""
     if len(errors) == 1:
         raise errors[0]
     if errors:
         failures = pd.concat([e.failures for e in errors], ignore_index=True)
         raise RawDataError("\n".join(str(e) for e in errors), failures)
-    return results
 
 
 def _pre_coerce(raw: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -1041,11 +1046,7 @@ def _validate_raw_chunked(
                     )
                 except RawDataError as exc:
                     errors.append(exc)
-            if len(errors) == 1:
-                raise errors[0]
-            if errors:
-                failures = pd.concat([e.failures for e in errors], ignore_index=True)
-                raise RawDataError("\n".join(str(e) for e in errors), failures)
+            _raise_collected(errors)
             _raise_on_orphans(orphans, raw_dir)
             manifest = {
                 "tables": {
