@@ -263,6 +263,13 @@ def test_cli_tick_catches_up_missed_occurrences_and_ingests_receipts(
     out = runner.invoke(app, ["campaign", "receipts", str(receipts), "--allow-invalid", *common])
     assert out.exit_code == 0, out.output
     assert "recorded 2, already stored 0, rejected 1" in out.output
+    # `watch` ticks on the wall clock: the first tick runs what is due now, the second finds it ran
+    out = runner.invoke(app, ["campaign", "watch", "--interval", "1", "--max-ticks", "2", *common])
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.startswith("daily_all @")]
+    ran = [line for line in lines if not line.endswith("already ran")]
+    assert ran and ", sent " in ran[-1], out.output
+    assert lines[-1] == ran[-1].split(": ", 1)[0] + ": already ran", out.output
 
 
 def test_a_trigger_campaign_is_not_run_for_its_whole_segment(

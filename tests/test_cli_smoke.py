@@ -246,6 +246,12 @@ def test_score_both_engines(bank: dict[str, str], tmp_path: Path) -> None:
         embedded.drop(columns="score"), on_spark.drop(columns="score"), check_dtype=False
     )
     assert ((embedded["score"] - on_spark["score"]).abs() <= 1e-9 * embedded["score"]).all()
+    # --cvr: retrain registered the CVR champion too; it scores customer x offer
+    out = run("score", "--as-of", bank["as_of"], "--cvr", "--data-dir", bank["data_dir"], env=env)
+    cvr = pd.read_parquet(Path(bank["data_dir"], "features", f"cvr_scores_{bank['as_of']}.parquet"))
+    assert "nextoffer-cvr/" in out, out
+    assert len(cvr) == embedded["customer_id"].nunique() * cvr["offer_id"].nunique() > 0
+    assert cvr["score"].between(0, 1).all()
 
 
 def test_detect_spark_and_detect_stream(bank: dict[str, str], tmp_path: Path) -> None:
