@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.catalog import Catalog
+from src.data.catalog import Catalog, TableNotValidated
 from src.data.schemas import PRODUCTS
 from src.features.feature_table import (
     AsOfPlan,
@@ -341,7 +341,7 @@ def _track(
             run.test_rows,
             run.model.raw_columns,
             snapshot=test_dates[-1],
-            data_start=f"{data_period(settings.catalog)[0]:%Y-%m-%d}",
+            data_start=_data_start(settings.catalog),
             train_snapshots=[f"{d:%Y-%m-%d}" for d in run.plan.train],
         )
         run.run_id = active.info.run_id
@@ -657,6 +657,16 @@ def _track_cvr(
         )
         mlflow.log_text(card, CARD_ARTIFACT)
         run.model_card = card
+
+
+def _data_start(catalog: Catalog) -> str | None:
+    """The first day of the bank's data, for the monitor's history check; None when the run was
+    handed its feature table and this catalog holds no validated data (the monitor then skips
+    the history-truncation analysis instead of guessing)."""
+    try:
+        return f"{data_period(catalog)[0]:%Y-%m-%d}"
+    except TableNotValidated:
+        return None
 
 
 def _with_interval(value: float, low: float | None, high: float | None) -> str:
