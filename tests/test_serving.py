@@ -443,7 +443,7 @@ def test_unloggable_decision_shows_nothing_and_frees_the_contact(no_models: Test
 
 def test_engine_error_is_answered_not_raised(no_models: TestClient, bank: dict, monkeypatch):
     engine = no_models.app.state.service.engine
-    monkeypatch.setattr(engine, "decide", lambda request: 1 / 0)
+    monkeypatch.setattr(engine, "decide", lambda request, prefetched=None, models=None: 1 / 0)
     r = _decide(no_models, bank["view"]["customer_id"].iloc[0])
     assert r.status_code == 200 and r.json()["fallback_reason"] == "internal_error"
 

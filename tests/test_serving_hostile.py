@@ -595,7 +595,7 @@ def test_customer_ids_are_matched_by_their_canonical_form(tmp_path: Path, caplog
 def test_failures_are_logged_once_per_cause(client: TestClient, monkeypatch, caplog):
     """Today: a traceback per request."""
 
-    def broken(request):
+    def broken(request, prefetched=None, models=None):
         raise RuntimeError("model exploded")
 
     monkeypatch.setattr(client.app.state.service.engine, "decide", broken)

@@ -424,3 +424,72 @@ def test_a_model_poll_that_loaded_nothing_keeps_the_customers_audiences():
     swapped = replace(models, propensity=Propensity())  # a new model: scores change
     again = engine.audience(0, "app", "home_banner", swapped)
     assert again is not first and again.scores == {"loan": 0.5}
+
+
+# --- counts read on the event loop before the decision ---------------------------------------
+
+
+def test_async_usage_read_matches_the_sync_one_and_fails_closed_when_down(prefix: str):
+    import socket
+
+    store = _store(prefix)
+    try:
+        for i, offer in enumerate(("A", "B", "A")):
+            store.try_charge(Charge(f"k{i}", "C1", "app", offer, 20_000 + i, "slot"), POLICY)
+        for day in (20_000, 20_001, 20_002, 20_010):
+            assert asyncio.run(store.ausage("C1", "app", day)) == store.usage("C1", "app", day)
+    finally:
+        store.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = _store(prefix, with_port(REDIS_URL, port))
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(down.ausage("C1", "app", 20_000))
+    down.close()
+
+
+def test_prefetched_counts_a_moment_old_never_break_a_cap(prefix: str):
+    """The counts read before the decision say nothing was shown; meanwhile another replica
+    reaches the channel's day cap: the charge is refused, the counts are read again and the
+    customer gets nothing (a stale read cannot push a customer past a cap)."""
+    store = _store(prefix)
+    engine = _engine(store)  # type: ignore[arg-type]
+    try:
+        prefetched = asyncio.run(engine.prefetch(_request()))
+        assert prefetched is not None and prefetched.usage is not None
+        assert prefetched.usage.channel_day == 0
+        day = prefetched.local_day
+        for i, offer in enumerate("ABC"):  # the other replica: 3 = the channel's day cap
+            assert (
+                store.try_charge(Charge(f"other{i}", "C1", "app", offer, day, "slot"), POLICY)
+                is None
+            )
+        record = engine.decide(_request(), prefetched)
+        assert record.offer_id is None
+        assert store.usage("C1", "app", day).channel_day == 3
+        fresh = engine.decide(_request(), asyncio.run(engine.prefetch(_request())))
+        assert fresh.offer_id is None and set(fresh.excluded.values()) == {"cap_channel_day"}
+    finally:
+        store.close()
+
+
+def test_a_prefetch_that_could_not_read_the_counts_fails_closed_without_reading_again():
+    from src.serving.engine import EPOCH_ORDINAL, Prefetched
+
+    class CountingStore(ScriptedStore):
+        reads = 0
+
+        def usage(self, customer_id, channel, day):
+            self.reads += 1
+            return super().usage(customer_id, channel, day)
+
+    store = CountingStore()
+    engine = _engine(store)
+    day = engine.now().toordinal() - EPOCH_ORDINAL
+    record = engine.decide(_request(), Prefetched("C1", "app", day, None))
+    assert record.offer_id is None and record.fallback_reason == "contact_store_unavailable"
+    assert store.reads == 0 and store.charged == []
+    # counts prefetched for another customer are not used
+    other = engine.decide(_request(), Prefetched("C2", "app", day, None))
+    assert other.offer_id == "A" and store.reads == 1

@@ -119,11 +119,27 @@ def test_published_rows_and_scores_read_back_exactly(views: dict, pg_schema: str
     store.close()
 
 
-def test_prefetch_reads_the_row_off_the_event_loop(views: dict, pg_schema: str) -> None:
-    """The decision path awaits ``prefetch`` first: the PostgreSQL round trip runs in a worker
-    thread, and the engine's lookups on the loop are then served from the cache."""
+def _closed_port_url(url: str) -> str:
+    """``url`` on a local port nothing listens on (connections are refused)."""
+    import socket
+
+    from benchmarks.harness.backends import with_port
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return with_port(url, port)
+
+
+def test_prefetch_reads_the_row_on_the_loop_without_blocking_it(
+    views: dict, pg_schema: str
+) -> None:
+    """The decision path awaits ``prefetch`` first: the PostgreSQL round trip goes through the
+    async connection (no blocking call, no worker thread), and the engine's lookups are then
+    served from the cache; a store that cannot be reached answers UNREACHABLE at once."""
     import asyncio
-    import threading
+
+    from src.serving.customer_store_shared import UNREACHABLE
 
     as_of, view = views["new"]
     publish_to_postgres(PG_URL, pg_schema, view, as_of)
@@ -131,20 +147,38 @@ def test_prefetch_reads_the_row_off_the_event_loop(views: dict, pg_schema: str) 
     store = source.open(source.manifest())
     assert isinstance(store, PgCustomerStore)
     cid = str(view["customer_id"].iloc[7])
-    real_query, threads = store._query, []
+    real_aquery, looked_up = store._aquery, []
 
-    def query(where, value):
-        threads.append(threading.current_thread())
-        return real_query(where, value)
+    async def aquery(customer_id):
+        looked_up.append(customer_id)
+        return await real_aquery(customer_id)
 
-    store._query = query  # type: ignore[method-assign]
-    asyncio.run(store.prefetch(cid))
-    asyncio.run(store.prefetch(cid))  # cached: no second query
-    asyncio.run(store.prefetch("NOT-A-CUSTOMER"))
-    assert len(threads) == 2 and threading.main_thread() not in threads
+    def blocking(where, value):
+        raise AssertionError(f"a blocking lookup of {where}={value}")
+
+    store._aquery = aquery  # type: ignore[method-assign]
+    store._query = blocking  # type: ignore[method-assign]
+
+    async def requests() -> None:
+        await asyncio.gather(store.prefetch(cid), store.prefetch("NOT-A-CUSTOMER"))
+        await store.prefetch(cid)  # cached: no second query
+
+    asyncio.run(requests())
+    assert sorted(looked_up) == sorted([cid, "NOT-A-CUSTOMER"])
     assert store.position(cid) == 7 and store.row(7, ["customer_id"]) == {"customer_id": cid}
-    assert store.position("NOT-A-CUSTOMER") is None and len(threads) == 2
+    assert store.position("NOT-A-CUSTOMER") is None
+    asyncio.run(store.prefetch(str(view["customer_id"].iloc[8])))  # a second event loop
+    assert store.position(str(view["customer_id"].iloc[8])) == 8
     store.close()
+
+    manifest = source.manifest()
+    assert manifest is not None
+    down = PgCustomerStore(_closed_port_url(PG_URL), pg_schema, manifest, cache_size=50)
+    started = time.monotonic()
+    asyncio.run(down.prefetch(cid))
+    assert down.position(cid) == UNREACHABLE  # no second (blocking) attempt on the loop
+    assert time.monotonic() - started < 1.5
+    down.close()
 
 
 def test_a_bad_scores_table_is_refused_and_nothing_is_published(

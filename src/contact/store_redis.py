@@ -15,13 +15,19 @@ charges on a crash: counts can only be lower than the log's, never an offer the 
 every charge expires with the week, so the store does not grow with history.
 
 Any Redis error raises :class:`~src.contact.store.StoreUnavailable`: the caller fails closed.
+
+:meth:`RedisContactStore.ausage` reads the counts on the event loop (``redis.asyncio``), so the
+endpoint reads them while it reads the customer's row, without a blocking call on its loop
+(a synchronous read there stalls every other request of the process for the round trip).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -105,6 +111,8 @@ class RedisContactStore:
         client: redis.Redis | None = None,
     ) -> None:
         self.prefix = prefix
+        self.url = url
+        self.timeout_s = timeout_s
         self.client = client or redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -112,6 +120,8 @@ class RedisContactStore:
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection the server dropped
             decode_responses=True,
         )
+        # the event loop's client: made on first use, on that loop (its connections belong to it)
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         self._charge = self.client.register_script(CHARGE_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
 
@@ -126,6 +136,34 @@ class RedisContactStore:
             fields: dict[str, Any] = self.client.hgetall(self._customer_key(customer_id))  # type: ignore[assignment]
         except redis.RedisError as error:
             raise StoreUnavailable(f"Redis contact store: {error}") from error
+        return usage_from_fields(fields, channel, day)
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 1),
+                decode_responses=True,
+            )
+            self._async = (loop, client)
+        return self._async[1]
+
+    async def ausage(self, customer_id: str, channel: str, day: int) -> Usage:
+        """:meth:`usage` without blocking the event loop."""
+        client = self._async_client()
+        try:
+            fields: dict[str, Any] = await client.hgetall(self._customer_key(customer_id))  # type: ignore[assignment]
+        except (redis.RedisError, OSError, RuntimeError) as error:
+            # RuntimeError: uvloop's "handler is closed" on a connection the server reset,
+            # which redis.asyncio does not wrap; start over with a new client
+            if self._async is not None and self._async[1] is client:
+                self._async = None
+            raise StoreUnavailable(
+                f"Redis contact store: {type(error).__name__}: {error}"
+            ) from error
         return usage_from_fields(fields, channel, day)
 
     def try_charge(self, charge: Charge, policy: PolicyConfig) -> str | None:
@@ -174,6 +212,11 @@ class RedisContactStore:
 
     def close(self) -> None:
         self.client.close()
+        if self._async is not None:
+            loop, client = self._async
+            self._async = None
+            if loop.is_running():  # closed from a worker thread: close it on its own loop
+                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
 
 
 def usage_from_fields(fields: dict[str, Any], channel: str, day: int) -> Usage:

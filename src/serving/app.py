@@ -1047,13 +1047,13 @@ async def _decision(state: ServiceState, body: DecisionRequest, explain: bool = 
     ``explain``: the caller may see reasons (internal key)."""
     engine = state.engine
     example = None
-    prefetch = getattr(engine.store, "prefetch", None)  # a shared store: its lookup off the loop
-    if prefetch is not None:
-        await prefetch(body.customer_id)
     try:
-        record = engine.decide(body)
+        prefetched = await engine.prefetch(body)  # shared stores: read off the loop
+        # the models of this decision: the poller may swap them (from its thread) meanwhile
+        models = engine.models.current
+        record = engine.decide(body, prefetched, models)
         if state.online is not None:  # before any await: the scorer keeps its last example
-            example = state.online.example_of(record, engine.models.current.bandit)
+            example = state.online.example_of(record, models.bandit)
     except Exception as error:
         state.failures.failure("decide", error, "a decision failed inside the engine")
         record = engine.without_offer(body, "internal_error")

@@ -61,6 +61,19 @@ class Audience:
 AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; cleared when full
 _EPOCH = datetime(1970, 1, 1)
 EPOCH_ORDINAL = _EPOCH.toordinal()  # a contact store's day: days since 1970-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """A shared contact store's counts, read on the event loop before the decision (see
+    :meth:`DecisionEngine.prefetch`); ``usage`` None: the store could not be read."""
+
+    customer_id: str
+    channel: str
+    local_day: int
+    usage: Usage | None
+
+
 CHARGE_ATTEMPTS = 3  # choose again after a refused charge at most this often
 CAMPAIGN_POLICY = "campaign"  # a decision that served a campaign's in-app message (prob 1)
 
@@ -225,14 +238,42 @@ class DecisionEngine:
         self._audiences[key] = found
         return found
 
-    def decide(self, request: DecisionRequest) -> DecisionRecord:
-        """One decision, with its contact reserved; the caller logs it (or releases the contact)."""
+    async def prefetch(self, request: DecisionRequest) -> Prefetched | None:
+        """Read what the decision needs from shared stores without blocking the event loop: the
+        customer's row (a shared customer store) and the contact counts (a shared contact store
+        that reads async). One after the other: ``asyncio.gather`` saved no time here and cost
+        CPU (tasks). The counts may be a moment old when the decision uses them: the charge
+        checks the caps again atomically, so a cap still holds (a refused charge reads them
+        again, like a charge lost to another replica)."""
+        store_prefetch = getattr(self.store, "prefetch", None)
+        if store_prefetch is not None:
+            await store_prefetch(request.customer_id)
+        ausage = getattr(self.contact_store, "ausage", None)
+        if ausage is None:
+            return None
+        customer_id, channel = request.customer_id, request.context.channel
+        local_day = self.now().toordinal() - EPOCH_ORDINAL
+        try:
+            usage = await ausage(customer_id, channel, local_day)
+        except StoreUnavailable:
+            usage = None
+        return Prefetched(customer_id, channel, local_day, usage)
+
+    def decide(
+        self,
+        request: DecisionRequest,
+        prefetched: Prefetched | None = None,
+        models: ModelSet | None = None,
+    ) -> DecisionRecord:
+        """One decision, with its contact reserved; the caller logs it (or releases the contact).
+        ``prefetched``: what :meth:`prefetch` read for this request; ``models``: the model set
+        to decide with (default: the current one), so the caller knows which scorer decided."""
         now = self.now()
         day = now.toordinal()
         ctx = request.context
         when = self.local(ctx.time, now)
         customer_id, channel, slot = request.customer_id, ctx.channel, request.slot
-        models = self.models.current
+        models = models if models is not None else self.models.current
         position = self.store.position(customer_id)
         audience = self.audience(position, channel, slot, models)
         excluded = audience.excluded
@@ -282,7 +323,14 @@ class DecisionEngine:
             )
         else:
             choice = self._charge_shared(
-                self.contact_store, decision_id, customer_id, channel, day, audience, choose
+                self.contact_store,
+                decision_id,
+                customer_id,
+                channel,
+                day,
+                audience,
+                choose,
+                prefetched,
             )
         chosen = self.offers.get(choice.offer_id) if choice.offer_id else None
         return DecisionRecord(
@@ -388,15 +436,27 @@ class DecisionEngine:
         day: int,
         audience: Audience,
         choose: Callable[[Usage, dict[str, str]], tuple[str | None, Choice]],
+        prefetched: Prefetched | None = None,
     ) -> Choice:
-        """Optimistic use of a shared store: read the counts, choose, charge the contact under the
-        decision's id; if another replica took the contact meanwhile (refused), read and choose
-        again. The store unreachable: no offer that needs a cap check (fail closed)."""
+        """Optimistic use of a shared store: read the counts (or take them ``prefetched``),
+        choose, charge the contact under the decision's id; if another replica took the contact
+        meanwhile (refused), read and choose again. The store unreachable: no offer that needs
+        a cap check (fail closed)."""
         local_day = day - EPOCH_ORDINAL
         refused: dict[str, str] = {}
-        for _ in range(CHARGE_ATTEMPTS):
+        if prefetched is not None and (prefetched.customer_id, prefetched.channel) != (
+            customer_id,
+            channel,
+        ):
+            prefetched = None
+        for attempt in range(CHARGE_ATTEMPTS):
             try:
-                usage = contact_store.usage(customer_id, channel, local_day)
+                if attempt == 0 and prefetched is not None and prefetched.local_day == local_day:
+                    if prefetched.usage is None:
+                        raise StoreUnavailable("the contact store could not be read")
+                    usage = prefetched.usage
+                else:
+                    usage = contact_store.usage(customer_id, channel, local_day)
             except StoreUnavailable:
                 return self._unchecked(channel, audience, choose)
             blocked = self.caps.blocked(usage, channel, audience.eligible_ids)
