@@ -71,6 +71,36 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+# the servers' processes by name in /proc (``comm``): their CPU is part of every request's cost
+SERVER_PROCESSES = {"postgres": "postgresql", "redis-server": "redis"}
+
+
+def _cpu_by_role(replicas: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the replicas, this client and every PostgreSQL and Redis process
+    on the machine (a snapshot: the difference of two is what a load cost each of them)."""
+    out = dict.fromkeys(("service", "client", *SERVER_PROCESSES.values()), 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        role = (
+            "service"
+            if pid in replicas
+            else "client"
+            if pid == me
+            else SERVER_PROCESSES.get(name.split()[0] if name else "")
+        )
+        if role is not None:
+            fields = text.rsplit(")", 1)[1].split()
+            out[role] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _merge(results: list[LoadResult]) -> LoadResult:
     out = LoadResult()
     for r in results:
@@ -87,10 +117,11 @@ def _merge(results: list[LoadResult]) -> LoadResult:
 
 def load_replicas(
     servers: list[ServerProcess], make_request, concurrency: int, total: int, duration_s: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``concurrency`` connections spread over the replicas; one summary, server CPU included."""
     pids = [s.proc.pid for s in servers if s.proc is not None]
     before = sum(_cpu_s(p) for p in pids)
+    roles_before = _cpu_by_role(pids)
     share = [
         concurrency // len(servers) + (k < concurrency % len(servers)) for k in range(len(servers))
     ]
@@ -118,6 +149,18 @@ def load_replicas(
         out["server_cpu_us_per_request"] = (
             (sum(_cpu_s(p) for p in pids) - before) / result.completed * 1e6
         )
+        roles = _cpu_by_role(pids)
+        per = {
+            role: round((roles[role] - roles_before[role]) / result.completed * 1e6, 1)
+            for role in roles
+        }
+        total = sum(per.values())
+        summary: dict[str, Any] = {k: round(v, 3) for k, v in out.items()}
+        summary["cpu_us_per_request_by_process"] = per
+        summary["cpu_us_per_request_all"] = round(total, 1)
+        # what the machine's cores could serve if every one of them did nothing but this
+        summary["requests_per_s_if_cpu_bound"] = round((os.cpu_count() or 1) * 1e6 / total)
+        return summary
     return {k: round(v, 3) for k, v in out.items()}
 
 
@@ -346,6 +389,29 @@ def soak(
     }
 
 
+def rate_sweep(
+    servers: list[ServerProcess],
+    bodies: list[dict],
+    schema: str,
+    rates: tuple[float, ...],
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """Latency at fixed request rates (open loop, as an app's users arrive, unlike the closed
+    loop of ``c`` connections that wait for each answer): where p99 stays under the goal."""
+    out = []
+    for rate in rates:
+        s = soak(servers, bodies, schema, rate, seconds, sample_every_s=seconds)
+        out.append(
+            {
+                k: s[k]
+                for k in ("rate_per_s", "achieved_per_s", "p50_ms", "p99_ms", "errors")
+                if k in s
+            }
+            | {"lost": s["lost_decisions"] + s["lost_rewards"]}
+        )
+    return out
+
+
 async def _request(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
@@ -378,6 +444,8 @@ def run(
     goal_p99_ms: float = 10.0,
     goal_scale: float = 1.6,
     store_rows: int | None = None,
+    sweep_rates: tuple[float, ...] = (200.0, 400.0, 600.0, 800.0, 1000.0),
+    sweep_s: float = 10.0,
 ) -> Report:
     """Build a bank with champion models under ``work_dir``, then measure (``store_rows``: see
     the module docstring)."""
@@ -447,6 +515,7 @@ def run(
         "duration_s": duration_s,
         "backends": {"postgresql": PG_URL, "redis": REDIS_URL},
         "soak": {"duration_s": soak_s, "rate_per_s": soak_rate_per_s},
+        "rate_sweep": {"rates_per_s": list(sweep_rates), "seconds_each": sweep_s},
         "goal": {"p99_ms_at_c8_shared": goal_p99_ms, "two_replica_throughput_ratio": goal_scale},
     }
     out: dict[str, Any] = {
@@ -500,6 +569,10 @@ def run(
                 cfg = ServingSettings.model_validate(base.model_copy(update=update).model_dump())
                 servers = measure(f"shared_pg_redis_{replicas}", cfg, replicas)
                 try:
+                    if sweep_rates:
+                        out[f"shared_pg_redis_{replicas}_rates"] = rate_sweep(
+                            servers, bodies, schema, sweep_rates, sweep_s
+                        )
                     if replicas == 2 and soak_s > 0:
                         out["soak"] = soak(servers, bodies, schema, soak_rate_per_s, soak_s)
                 finally:
@@ -653,6 +726,30 @@ def notes(r: dict[str, Any], params: dict[str, Any]) -> list[str]:
             f"goal p99 < {goal['p99_ms_at_c8_shared']:g} ms at c=8 on the shared backends: "
             f"{'met' if max(c8) < goal['p99_ms_at_c8_shared'] else 'NOT met'} ({', '.join(f'{p:.1f}' for p in c8)} ms for 1, 2 replicas)"
         )
+    for k in (1, 2):
+        sweep = r.get(f"shared_pg_redis_{k}_rates")
+        if sweep:
+            under = [
+                x["rate_per_s"]
+                for x in sweep
+                if x["p99_ms"] is not None and x["p99_ms"] < goal["p99_ms_at_c8_shared"]
+            ]
+            out.append(
+                f"fixed rates, PostgreSQL+Redis {k} replica{'s' if k > 1 else ''}: "
+                + ", ".join(f"{x['rate_per_s']:.0f} req/s p99 {x['p99_ms']:.1f} ms" for x in sweep)
+                + f"; p99 under {goal['p99_ms_at_c8_shared']:g} ms up to "
+                + (f"{max(under):.0f} req/s" if under else "none of these rates")
+            )
+    for key in ("embedded_sqlite_1_c8", "shared_pg_redis_1_c8", "shared_pg_redis_2_c8"):
+        point = r.get(key, {})
+        if "cpu_us_per_request_by_process" in point:
+            by = point["cpu_us_per_request_by_process"]
+            out.append(
+                f"CPU per request, {key}: {point['cpu_us_per_request_all']:.0f} µs in all ("
+                + ", ".join(f"{role} {us:.0f}" for role, us in by.items())
+                + f"): {os.cpu_count()} cores could serve at most ~{point['requests_per_s_if_cpu_bound']:,} req/s; "
+                f"measured {point['requests_per_s']:,.0f}"
+            )
     ratios = [r[f"ratio_2_vs_1_replica_c{c}"] for c in params["concurrencies"]]
     cpu = r.get(f"shared_pg_redis_1_c{params['concurrencies'][-1]}", {}).get(
         "server_cpu_us_per_request"
@@ -712,6 +809,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--soak-only", action="store_true", help="only the soak, on a previous run's bank"
     )
+    parser.add_argument(
+        "--sweep-rates", type=float, nargs="*", default=[200.0, 400.0, 600.0, 800.0, 1000.0]
+    )
+    parser.add_argument("--sweep-seconds", type=float, default=10.0)
     args = parser.parse_args()
     started = time.perf_counter()
     name = "serving_shared_soak" if args.soak_only else "serving_shared"
@@ -726,6 +827,8 @@ if __name__ == "__main__":
             soak_s=args.soak,
             soak_rate_per_s=args.soak_rate,
             store_rows=args.store_rows,
+            sweep_rates=tuple(args.sweep_rates),
+            sweep_s=args.sweep_seconds,
         )
     )
     if args.out:
