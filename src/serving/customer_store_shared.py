@@ -525,8 +525,9 @@ class PgCustomerStore(CustomerStore):
                         self.url, autocommit=True, connect_timeout=LOOKUP_TIMEOUT_S
                     )
                     self._aloop = asyncio.get_running_loop()
-            cursor = await asyncio.wait_for(conn.execute(sql, (customer_id,)), LOOKUP_TIMEOUT_S)
-            return await cursor.fetchone()
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):  # no task per lookup (wait_for)
+                cursor = await conn.execute(sql, (customer_id,))
+                return await cursor.fetchone()
         except (psycopg.Error, OSError, TimeoutError) as error:
             conn, self._aconn = self._aconn, None
             if conn is not None:

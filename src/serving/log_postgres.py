@@ -260,9 +260,11 @@ class PostgresDecisionLog:
                 del self._batchers[old]
             batcher = self._batchers[loop] = _LoopBatcher(self, loop)
         future = batcher.add(kind, record)
-        # shield: a timeout answers the request, the write itself still resolves its future
+        # shield: a timeout answers the request, the write itself still resolves its future;
+        # asyncio.timeout rather than wait_for: no task per request
         try:
-            return await asyncio.wait_for(asyncio.shield(future), 2 * self.timeout_s + 1)
+            async with asyncio.timeout(2 * self.timeout_s + 1):
+                return await asyncio.shield(future)
         except TimeoutError as error:  # still queued or in flight: it may commit later
             raise LogUnavailable("PostgreSQL log: no answer in time", True) from error
 
