@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cachetools import FIFOCache
+
 from src.contact.caps import ContactCaps, Usage
 from src.contact.eligibility import exclusions, needed_columns
 from src.contact.inbox import InAppInbox, InAppMessage
@@ -58,7 +60,7 @@ class Audience:
     offer_scores: dict[str, float | None]  # propensity by eligible offer
 
 
-AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; cleared when full
+AUDIENCE_CACHE_MAX = 100_000  # (customer, channel, slot) entries; the oldest goes first
 _EPOCH = datetime(1970, 1, 1)
 EPOCH_ORDINAL = _EPOCH.toordinal()  # a contact store's day: days since 1970-01-01
 
@@ -178,7 +180,9 @@ class DecisionEngine:
             for slot, offers in self.by_slot.items()
             for o in offers
         }
-        self._audiences: dict[tuple[int | None, str, str], Audience] = {}
+        self._audiences: FIFOCache[tuple[int | None, str, str], Audience] = FIFOCache(
+            AUDIENCE_CACHE_MAX
+        )
         self._audience_models: ModelSet | None = None
         self._versions: dict[str, str] = {}
 
@@ -213,7 +217,7 @@ class DecisionEngine:
                 or old.propensity is not models.propensity
                 or old.bandit is not models.bandit
             ):
-                self._audiences = {}
+                self._audiences = FIFOCache(AUDIENCE_CACHE_MAX)
             self._versions = models.versions()
             self._audience_models = models
         key = (position, channel, slot)
@@ -233,8 +237,6 @@ class DecisionEngine:
             scores,
             {o.offer_id: (scores.get(o.product) if scores else None) for o in eligible},
         )
-        if len(self._audiences) >= AUDIENCE_CACHE_MAX:
-            self._audiences.clear()
         self._audiences[key] = found
         return found
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from cachetools import FIFOCache
 
 from src.serving.customers import CustomerStore
 
@@ -182,7 +183,7 @@ class CustomerPart:
 _PROBE_CANDIDATE = {"offer_id": "probe"}
 _MISSING: Any = object()
 _REQUEST_KEYS = ("hour", "weekday", "channel", "exposures_7d")
-_CACHE_MAX = 100_000  # entries per cache; cleared when full (bounded memory, no LRU bookkeeping)
+_CACHE_MAX = 100_000  # entries per cache (bounded memory; the oldest entry goes first)
 
 
 class VwScorer:
@@ -215,12 +216,14 @@ class VwScorer:
         )
         self._rule_columns = frozenset(self.spec.rules)
         self._customer_columns = frozenset(self.spec.context_columns) - self._rule_columns
-        self._customer: dict[Any, CustomerPart] = {}
-        self._request: dict[tuple[Any, ...], Any] = {}
-        self._action_lines: dict[tuple[Any, ...], str] = {}
-        self._blocks: dict[
+        # bounded, the oldest entry out first (never a whole cache freed at once: that stalls
+        # the event loop for every request behind it)
+        self._customer: FIFOCache[Any, CustomerPart] = FIFOCache(_CACHE_MAX)
+        self._request: FIFOCache[tuple[Any, ...], Any] = FIFOCache(_CACHE_MAX)
+        self._action_lines: FIFOCache[tuple[Any, ...], str] = FIFOCache(_CACHE_MAX)
+        self._blocks: FIFOCache[
             int, tuple[tuple[Mapping[str, Any], ...], list[str], dict[Any, int]]
-        ] = {}
+        ] = FIFOCache(_CACHE_MAX)
 
     # -- pieces, each built by vw_example ----------------------------------------------------------
     def _example(
@@ -242,8 +245,6 @@ class VwScorer:
         part = self._customer.get(key)
         if part is None:
             part = self._customer_part(context_fn())
-            if len(self._customer) >= _CACHE_MAX:
-                self._customer.clear()
             self._customer[key] = part
         return part
 
@@ -259,8 +260,6 @@ class VwScorer:
                 dict(zip(_REQUEST_KEYS, request, strict=True)), [_PROBE_CANDIDATE]
             )[0]
             seg = self._segments(line).get("time")
-            if len(self._request) >= _CACHE_MAX:
-                self._request.clear()
             self._request[request] = seg
         return seg
 
@@ -297,8 +296,6 @@ class VwScorer:
         )
         line = self._action_lines.get(key)
         if line is None:
-            if len(self._action_lines) >= _CACHE_MAX:
-                self._action_lines.clear()
             seen = {str(candidate["offer_id"]): n_seen} if n_seen else {}
             line = self._action_lines[key] = self._example({"seen": seen}, [candidate])[1]
         return line
@@ -314,8 +311,6 @@ class VwScorer:
             ]
         block = self._blocks.get(id(candidates))
         if block is None or block[0] is not candidates:
-            if len(self._blocks) >= _CACHE_MAX:
-                self._blocks.clear()
             block = self._blocks[
                 id(candidates)
             ] = (  # holds the tuple: its id is not reused meanwhile
