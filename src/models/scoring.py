@@ -45,16 +45,16 @@ from src.data.catalog import Catalog
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-SCORE_COLUMNS = ("customer_id", "product", "score", "model_version", "as_of")
-SCORES_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.string()),
-        ("product", pa.string()),
-        ("score", pa.float64()),
-        ("model_version", pa.string()),
-        ("as_of", pa.timestamp("us")),
-    ]
-)
+
+def _scores_schema(key: str) -> tuple[tuple[str, ...], pa.Schema]:
+    """A scores table's columns and Parquet schema: one row per customer x ``key`` (the
+    propensity scores are per product, the CVR scores per offer)."""
+    columns = ("customer_id", key, "score", "model_version", "as_of")
+    types = (pa.string(), pa.string(), pa.float64(), pa.string(), pa.timestamp("us"))
+    return columns, pa.schema(list(zip(columns, types, strict=True)))
+
+
+SCORE_COLUMNS, SCORES_SCHEMA = _scores_schema("product")
 DEFAULT_MODEL = "nextoffer-propensity"
 ENGINES = ("duckdb", "spark")
 
@@ -307,16 +307,7 @@ def run_score(
 
 # --- CVR: customer x offer ------------------------------------------------------------------
 CVR_MODEL = "nextoffer-cvr"
-CVR_SCORE_COLUMNS = ("customer_id", "offer_id", "score", "model_version", "as_of")
-CVR_SCORES_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.string()),
-        ("offer_id", pa.string()),
-        ("score", pa.float64()),
-        ("model_version", pa.string()),
-        ("as_of", pa.timestamp("us")),
-    ]
-)
+CVR_SCORE_COLUMNS, CVR_SCORES_SCHEMA = _scores_schema("offer_id")
 
 
 def cvr_rows(
